@@ -1,0 +1,49 @@
+"""Lab Manager: track dental lab work from the intraoral scan to the day it is fitted."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flask import Flask
+
+from portal.config import ROOT, Config
+
+
+def create_app(overrides: Mapping | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_path=str(ROOT / "instance"),
+    )
+    app.config.from_mapping(Config().as_dict())
+    if overrides:
+        app.config.from_mapping(overrides)
+
+    from portal import models  # noqa: F401  (every model registered before Alembic looks)
+    from portal.extensions import csrf, db, htmx, limiter, login_manager, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    htmx.init_app(app)
+
+    from portal import web
+
+    web.init_app(app)
+
+    from portal.audit.routes import bp as audit_bp
+    from portal.auth.routes import bp as auth_bp
+    from portal.board.routes import bp as board_bp
+    from portal.cases.routes import bp as cases_bp
+    from portal.labs.routes import bp as labs_bp
+    from portal.people.routes import bp as people_bp
+
+    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp):
+        app.register_blueprint(bp)
+
+    from portal import cli
+
+    cli.init_app(app)
+    return app

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, make_response, request
+from sqlalchemy import select
+
+from portal.board import services
+from portal.board.services import Filters
+from portal.cases.lifecycle import Status
+from portal.extensions import db
+from portal.labs.models import Lab
+from portal.people.models import Provider
+from portal.web import ANY_ROLE, render, requires
+
+bp = Blueprint("board", __name__)
+
+
+def _filter_choices() -> dict:
+    practice = g.practice
+    return {
+        "labs": db.session.scalars(select(Lab).where(Lab.organization_id == practice.organization_id)
+                                   .order_by(Lab.name)).all(),
+        "providers": db.session.scalars(select(Provider).where(Provider.practice_id == practice.id)
+                                        .order_by(Provider.name)).all(),
+    }
+
+
+@bp.get("/")
+@requires(*ANY_ROLE)
+def index():
+    filters = Filters.from_args(request.args)
+    stamp = services.board_stamp(g.practice.id)
+    since = request.args.get("since", type=int)
+    if since is not None and since == stamp and request.htmx:
+        # The idle poll: one cheap query and an empty answer.
+        response = make_response("", 204)
+        response.vary.add("HX-Request")
+        return response
+    columns = services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
+    choices = _filter_choices() if not request.htmx else {}
+    return render("board/index.html", "columns", columns=columns, filters=filters, stamp=stamp,
+                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, **choices)
+
+
+@bp.get("/board/column/<status>")
+@requires(*ANY_ROLE)
+def column(status: str):
+    try:
+        status = Status(status)
+    except ValueError:
+        return "", 404
+    filters = Filters.from_args(request.args)
+    offset = max(request.args.get("offset", 0, type=int), 0)
+    limit = current_app.config["BOARD_COLUMN_LIMIT"]
+    cards = services.load_column(g.practice.id, status, filters, offset, limit + 1)
+    return render("board/column_more.html", cards=cards[:limit], status=status, filters=filters,
+                  next_offset=offset + limit if len(cards) > limit else None)
+
+
+@bp.get("/risk")
+@requires(*ANY_ROLE)
+def risk():
+    from portal.cases.risk import risk_of
+
+    cases = services.risk_list(g.practice.id)
+    return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases})

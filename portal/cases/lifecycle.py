@@ -1,0 +1,234 @@
+"""The one place that knows how a lab case may move between statuses.
+
+Every change of status, whether from a drag on the board, a lab's click on its link, a lab API
+event, a vendor webhook or a job, goes through :func:`move`. An illegal move raises
+:class:`IllegalMove` with a message fit to show a person, and changes nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from portal.audit.actor import Actor
+    from portal.cases.models import LabCase
+
+
+class Status(enum.StrEnum):
+    DRAFT = "draft"
+    SENT = "sent"
+    ACKNOWLEDGED = "acknowledged"
+    IN_PRODUCTION = "in_production"
+    DISPATCHED = "dispatched"
+    RECEIVED = "received"
+    FITTED = "fitted"
+    ON_HOLD = "on_hold"
+    RESCAN = "rescan"
+    CANCELLED = "cancelled"
+
+    @property
+    def label(self) -> str:
+        return LABELS[self]
+
+    @property
+    def phase(self) -> str:
+        return PHASE[self]
+
+    @classmethod
+    def awaiting_lab(cls) -> frozenset[Status]:
+        """Statuses in which the work is at the lab and can be late."""
+        return frozenset({cls.SENT, cls.ACKNOWLEDGED, cls.IN_PRODUCTION, cls.ON_HOLD})
+
+    @classmethod
+    def open(cls) -> frozenset[Status]:
+        return frozenset(cls) - {cls.FITTED, cls.CANCELLED}
+
+
+LABELS = {
+    Status.DRAFT: "Draft",
+    Status.SENT: "Sent",
+    Status.ACKNOWLEDGED: "Acknowledged",
+    Status.IN_PRODUCTION: "In production",
+    Status.DISPATCHED: "Dispatched",
+    Status.RECEIVED: "Received",
+    Status.FITTED: "Fitted",
+    Status.ON_HOLD: "On hold",
+    Status.RESCAN: "Returned for rescan",
+    Status.CANCELLED: "Cancelled",
+}
+
+# Seed 000's coarse lifecycle: request -> in progress -> delivery -> fit.
+PHASE = {
+    Status.DRAFT: "request",
+    Status.SENT: "request",
+    Status.ACKNOWLEDGED: "in progress",
+    Status.IN_PRODUCTION: "in progress",
+    Status.ON_HOLD: "in progress",
+    Status.RESCAN: "request",
+    Status.DISPATCHED: "delivery",
+    Status.RECEIVED: "delivery",
+    Status.FITTED: "fit",
+    Status.CANCELLED: "closed",
+}
+
+# The main line, in order. A lab may skip ahead (dispatch without acknowledging first).
+MAIN_LINE = [
+    Status.DRAFT, Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION,
+    Status.DISPATCHED, Status.RECEIVED, Status.FITTED,
+]
+
+PRACTICE = "practice"
+LAB = "lab"
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: str  # the verb written to the audit row: case.<action>
+    needs_reason: bool = False
+    by: frozenset[str] = frozenset({PRACTICE, LAB})
+
+
+def _lab(action: str, needs_reason: bool = False) -> Rule:
+    return Rule(action, needs_reason)
+
+
+def _practice(action: str, needs_reason: bool = False) -> Rule:
+    return Rule(action, needs_reason, frozenset({PRACTICE}))
+
+
+_AT_LAB = {
+    Status.ACKNOWLEDGED: _lab("acknowledge"),
+    Status.IN_PRODUCTION: _lab("start_production"),
+    Status.DISPATCHED: _lab("dispatch"),
+    Status.ON_HOLD: _lab("hold", needs_reason=True),
+    Status.RESCAN: _lab("request_rescan", needs_reason=True),
+    Status.CANCELLED: _practice("cancel", needs_reason=True),
+}
+
+
+def _forward_from(status: Status) -> dict[Status, Rule]:
+    later = MAIN_LINE[MAIN_LINE.index(status) + 1:]
+    return {s: r for s, r in _AT_LAB.items() if s in later or s not in MAIN_LINE}
+
+
+TRANSITIONS: dict[Status, dict[Status, Rule]] = {
+    Status.DRAFT: {
+        Status.SENT: _practice("send"),
+        Status.CANCELLED: _practice("cancel", needs_reason=True),
+    },
+    Status.SENT: _forward_from(Status.SENT),
+    Status.ACKNOWLEDGED: _forward_from(Status.ACKNOWLEDGED),
+    Status.IN_PRODUCTION: _forward_from(Status.IN_PRODUCTION),
+    Status.DISPATCHED: {
+        Status.RECEIVED: _practice("receive"),
+        Status.CANCELLED: _practice("cancel", needs_reason=True),
+    },
+    Status.RECEIVED: {Status.FITTED: _practice("fit")},
+    Status.FITTED: {},
+    # Resuming from hold is worked out from where the case was held (see allowed_moves).
+    Status.ON_HOLD: {
+        Status.RESCAN: _lab("request_rescan", needs_reason=True),
+        Status.CANCELLED: _practice("cancel", needs_reason=True),
+    },
+    Status.RESCAN: {
+        Status.DRAFT: _practice("rework"),
+        Status.SENT: _practice("resend"),
+        Status.CANCELLED: _practice("cancel", needs_reason=True),
+    },
+    Status.CANCELLED: {},
+}
+
+TERMINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+
+
+class IllegalMove(Exception):
+    """A move the lifecycle refuses; str(exc) is the message shown to the person."""
+
+
+def allowed_moves(case: LabCase, side: str = PRACTICE) -> dict[Status, Rule]:
+    """The moves this case can make now, for someone on `side` (practice or lab)."""
+    targets = dict(TRANSITIONS[case.status])
+    if case.status is Status.ON_HOLD:
+        held_from = case.held_from or Status.SENT
+        targets[held_from] = _lab("resume")
+        for status, rule in _forward_from(held_from).items():
+            if status in MAIN_LINE:
+                targets.setdefault(status, rule)
+    return {s: r for s, r in targets.items() if side in r.by}
+
+
+def check(case: LabCase, to: Status, side: str = PRACTICE, reason: str = "") -> Rule:
+    """The rule for moving `case` to `to`, or IllegalMove saying why not."""
+    current = case.status
+    if to == current:
+        raise IllegalMove(f"{case.number} is already {current.label}.")
+    moves = allowed_moves(case, side)
+    rule = moves.get(to)
+    if rule is None:
+        if current in TERMINAL:
+            raise IllegalMove(f"{case.number} is {current.label}; a closed case can't move.")
+        if to in TRANSITIONS[current] or to in allowed_moves(case, PRACTICE):
+            raise IllegalMove(f"Only the practice can move {case.number} to {to.label}.")
+        options = ", ".join(s.label for s in moves) or "nowhere"
+        raise IllegalMove(
+            f"{case.number} can't go from {current.label} to {to.label}. "
+            f"From {current.label} it can go to: {options}."
+        )
+    if rule.needs_reason and not reason.strip():
+        raise IllegalMove(f"Moving {case.number} to {to.label} needs a reason.")
+    return rule
+
+
+def move(
+    case: LabCase,
+    to: Status | str,
+    *,
+    actor: Actor,
+    reason: str = "",
+    detail: dict | None = None,
+    now: dt.datetime | None = None,
+) -> Rule:
+    """Move `case` to `to` on behalf of `actor`, writing the audit row in the same transaction.
+
+    The caller commits. Raises IllegalMove (and changes nothing) when the move is not allowed.
+    """
+    from portal.audit.service import record
+    from portal.cases.risk import refresh_risk
+    from portal.practices.models import utcnow
+
+    to = Status(to)
+    side = LAB if actor.kind == "lab" else PRACTICE
+    rule = check(case, to, side, reason)
+    now = now or utcnow()
+    before = {"status": case.status.value, "reason": case.status_reason}
+    if to is Status.ON_HOLD:
+        case.held_from = case.status
+    elif case.status is Status.ON_HOLD:
+        case.held_from = None
+    case.status = to
+    case.status_reason = reason.strip() if rule.needs_reason or to is Status.ON_HOLD else ""
+    stamp = {
+        Status.SENT: "sent_at", Status.DISPATCHED: "dispatched_at",
+        Status.RECEIVED: "received_at", Status.FITTED: "fitted_at",
+    }.get(to)
+    if stamp:
+        setattr(case, stamp, now)
+    if to in TERMINAL:
+        case.closed_at = now
+    detail = detail or {}
+    for field in ("carrier", "tracking_number"):
+        if detail.get(field):
+            setattr(case, field, detail[field])
+    if detail.get("eta"):
+        case.lab_eta = detail["eta"] if isinstance(detail["eta"], dt.date) else dt.date.fromisoformat(detail["eta"])
+    case.updated_at = now
+    refresh_risk(case)
+    after = {"status": to.value, "reason": case.status_reason}
+    after.update({k: str(v) for k, v in detail.items() if v not in (None, "")})
+    record(
+        f"case.{rule.action}", "lab_case", case.id, before=before, after=after,
+        actor=actor, practice_id=case.practice_id,
+    )
+    return rule

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import (
+    Date, DateTime, Enum, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.cases.lifecycle import Status
+from portal.extensions import db
+from portal.practices.models import utcnow
+
+
+class Counter(db.Model):
+    """Named counters incremented atomically (UPDATE ... RETURNING) for case numbers."""
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LabCase(db.Model):
+    __table_args__ = (
+        Index("ix_lab_case_board", "practice_id", "status", "due_date"),
+        Index("ix_lab_case_practice_updated", "practice_id", "updated_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(String(20), unique=True)
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    provider_id: Mapped[int | None] = mapped_column(ForeignKey("provider.id"))
+    lab_id: Mapped[int | None] = mapped_column(ForeignKey("lab.id"), index=True)
+    seat_appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointment.id"), index=True)
+    planned_appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointment.id"))
+    status: Mapped[Status] = mapped_column(Enum(Status, native_enum=False, length=20), default=Status.DRAFT)
+    status_reason: Mapped[str] = mapped_column(String(500), default="")
+    held_from: Mapped[Status | None] = mapped_column(Enum(Status, native_enum=False, length=20))
+    due_date: Mapped[dt.date | None] = mapped_column(Date)
+    due_date_overridden: Mapped[bool] = mapped_column(default=False)
+    lab_eta: Mapped[dt.date | None] = mapped_column(Date)
+    seat_risk: Mapped[bool] = mapped_column(default=False)
+    fee: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    invoice_number: Mapped[str] = mapped_column(String(60), default="")
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    origin: Mapped[str] = mapped_column(String(20), default="manual")  # manual, itero, medit, 3shape
+    origin_order_id: Mapped[str] = mapped_column(String(100), default="")
+    stage: Mapped[str] = mapped_column(String(20), default="final")  # try_in or final
+    previous_stage_id: Mapped[int | None] = mapped_column(ForeignKey("lab_case.id"))
+    remake_of_id: Mapped[int | None] = mapped_column(ForeignKey("lab_case.id"))
+    remake_reason: Mapped[str] = mapped_column(String(20), default="")
+    remake_payer: Mapped[str] = mapped_column(String(20), default="")
+    carrier: Mapped[str] = mapped_column(String(60), default="")
+    tracking_number: Mapped[str] = mapped_column(String(100), default="")
+    quality_checked: Mapped[bool] = mapped_column(default=False)
+    quality_note: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    received_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    fitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    patient = relationship("Patient")
+    provider = relationship("Provider")
+    lab = relationship("Lab")
+    seat_appointment = relationship("Appointment", foreign_keys=[seat_appointment_id])
+    planned_appointment = relationship("Appointment", foreign_keys=[planned_appointment_id])
+    items: Mapped[list[CaseItem]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", order_by="CaseItem.position"
+    )
+    remake_of = relationship("LabCase", remote_side=[id], foreign_keys=[remake_of_id])
+    previous_stage = relationship("LabCase", remote_side=[id], foreign_keys=[previous_stage_id])
+
+    @property
+    def seat_date(self) -> dt.date | None:
+        return self.seat_appointment.starts_at.date() if self.seat_appointment else None
+
+    @property
+    def expected_date(self) -> dt.date | None:
+        """When the work is expected back: the lab's ETA once known, else the due date."""
+        return self.lab_eta or self.due_date
+
+    def is_overdue(self, today: dt.date) -> bool:
+        return (
+            self.status in Status.awaiting_lab()
+            and self.expected_date is not None
+            and self.expected_date < today
+        )
+
+
+class CaseItem(db.Model):
+    """One line of the prescription: teeth (FDI, space separated), restoration, material..."""
+
+    __table_args__ = (UniqueConstraint("case_id", "position"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("lab_case.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    teeth: Mapped[str] = mapped_column(String(200), default="")
+    restoration: Mapped[str] = mapped_column(String(40))
+    material: Mapped[str] = mapped_column(String(60), default="")
+    shade: Mapped[str] = mapped_column(String(20), default="")
+    margin: Mapped[str] = mapped_column(String(30), default="")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    case: Mapped[LabCase] = relationship(back_populates="items")
+
+    @property
+    def tooth_list(self) -> list[str]:
+        return self.teeth.split()

@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import segno
+from flask import Blueprint, abort, current_app, flash, g, make_response, redirect, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from portal.audit.actor import Actor
+from portal.board import services as board_services
+from portal.board.services import Filters
+from portal.cases import services, teeth
+from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeForm
+from portal.cases.lifecycle import IllegalMove, Status, allowed_moves
+from portal.cases.models import LabCase
+from portal.cases.risk import risk_of
+from portal.cases.services import CaseData, CaseInputError, ItemData
+from portal.extensions import db
+from portal.labs.models import Lab
+from portal.people.models import Appointment, Patient, Provider
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+
+bp = Blueprint("cases", __name__, url_prefix="/cases")
+
+
+def _fill_choices(form: CaseForm, patient_id: int | None) -> None:
+    practice = g.practice
+    patients = db.session.scalars(select(Patient).where(Patient.practice_id == practice.id)
+                                  .order_by(Patient.last_name, Patient.first_name)).all()
+    form.patient_id.choices = choices([(0, "— choose —")] + [
+        (p.id, f"{p.last_name}, {p.first_name} · {p.chart_number}") for p in patients])
+    form.provider_id.choices = choices([(0, "— choose —")] + [
+        (p.id, p.name) for p in db.session.scalars(
+            select(Provider).where(Provider.practice_id == practice.id, Provider.active).order_by(Provider.name))])
+    form.lab_id.choices = choices([(0, "— choose —")] + [
+        (lab.id, f"{lab.name} ({lab.channel.value})") for lab in db.session.scalars(
+            select(Lab).where(Lab.organization_id == practice.organization_id, Lab.active).order_by(Lab.name))])
+    appts = []
+    if patient_id:
+        appts = db.session.scalars(select(Appointment).where(
+            Appointment.practice_id == practice.id, Appointment.patient_id == patient_id,
+            Appointment.starts_at >= dt.datetime.combine(dt.date.today() - dt.timedelta(days=30), dt.time()),
+        ).order_by(Appointment.starts_at)).all()
+    form.seat_appointment_id.choices = choices([(0, "— none yet —")] + [
+        (a.id, f"{a.starts_at:%a %d %b %Y %H:%M} · {a.kind.value.replace('_', '-')}") for a in appts])
+
+
+def _case_data(form: CaseForm) -> CaseData:
+    prev_id = None
+    if form.previous_stage_number.data:
+        prev = services.find_by_number(g.practice.id, form.previous_stage_number.data)
+        if prev is None:
+            raise CaseInputError("previous_stage_number", "No case of this practice has that number.")
+        prev_id = prev.id
+    return CaseData(
+        patient_id=form.patient_id.data, provider_id=form.provider_id.data or None,
+        lab_id=form.lab_id.data or None, seat_appointment_id=form.seat_appointment_id.data or None,
+        due_date=form.due_date.data, instructions=form.instructions.data or "", fee=form.fee.data,
+        invoice_number=form.invoice_number.data or "", origin=form.origin.data,
+        origin_order_id=form.origin_order_id.data or "", stage=form.stage.data, previous_stage_id=prev_id,
+        items=[ItemData(teeth=e.form.teeth.fdi, restoration=e.form.restoration.data,
+                        material=(e.form.material.data or "").strip(), shade=(e.form.shade.data or "").strip(),
+                        margin=e.form.margin.data or "", notes=e.form.notes.data or "")
+               for e in form.items],
+    )
+
+
+def _validated(form: CaseForm) -> bool:
+    form.set_numbering(g.practice.tooth_numbering)
+    ok = form.validate()
+    for name in ("patient_id", "provider_id", "lab_id"):
+        if getattr(form, name).data == 0:
+            getattr(form, name).errors = list(getattr(form, name).errors) + [f"Choose the {getattr(form, name).label.text.lower()}."]
+            ok = False
+    return ok
+
+
+def _form_response(form, case, status=422):
+    return render("cases/form.html", "case_form", form=form, case=case, code=status)
+
+
+def _save(form: CaseForm, case: LabCase | None):
+    """Validate, call the service, commit; or re-render the form with errors beside the fields."""
+    if form.add_item.data == "1" and len(form.items) < form.items.max_entries:
+        form.items.append_entry()
+        form.set_numbering(g.practice.tooth_numbering)
+        return _form_response(form, case, 200)
+    if not _validated(form):
+        return _form_response(form, case)
+    try:
+        data = _case_data(form)
+        if case is None:
+            case = services.create_case(g.practice, data, Actor.user(current_user))
+        else:
+            services.update_case(case, data, Actor.user(current_user))
+    except CaseInputError as exc:
+        db.session.rollback()
+        getattr(form, exc.field, form.patient_id).errors = [str(exc)]
+        return _form_response(form, case)
+    except IllegalMove as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+        return _form_response(form, case, 409)
+    db.session.commit()
+    flash(f"{case.number} saved.", "success")
+    target = url_for("cases.show", case_id=case.id)
+    if request.htmx:
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@requires(*CAN_EDIT)
+def new():
+    form = CaseForm()
+    patient_id = request.values.get("patient_id", type=int)
+    if request.method == "GET" and patient_id:
+        form.patient_id.data = patient_id
+    _fill_choices(form, patient_id)
+    if request.method == "POST":
+        return _save(form, None)
+    form.set_numbering(g.practice.tooth_numbering)
+    return render("cases/form.html", "case_form", form=form, case=None)
+
+
+@bp.route("/<int:case_id>/edit", methods=["GET", "POST"])
+@requires(*CAN_EDIT)
+def edit(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    if request.method == "POST":
+        form = CaseForm()
+        _fill_choices(form, form.patient_id.data)
+        return _save(form, case)
+    form = CaseForm(obj=case)
+    form.previous_stage_number.data = case.previous_stage.number if case.previous_stage else ""
+    form.due_date.data = case.due_date if case.due_date_overridden else None
+    while len(form.items):
+        form.items.pop_entry()
+    for item in case.items:
+        form.items.append_entry()
+        entry = form.items[-1].form
+        entry.teeth.data = teeth.display(item.teeth, g.practice.tooth_numbering).replace("#", "")
+        for name in ("restoration", "material", "shade", "margin", "notes"):
+            getattr(entry, name).data = getattr(item, name)
+    form.seat_appointment_id.data = case.seat_appointment_id or 0
+    _fill_choices(form, case.patient_id)
+    form.set_numbering(g.practice.tooth_numbering)
+    return render("cases/form.html", "case_form", form=form, case=case)
+
+
+@bp.get("/appointments")
+@requires(*CAN_EDIT)
+def appointment_options():
+    """The seat-appointment choices for the patient picked in the form (htmx)."""
+    form = CaseForm(formdata=None)
+    _fill_choices(form, request.args.get("patient_id", type=int))
+    return render("cases/form.html", "appointment_field", form=form)
+
+
+@bp.get("/<int:case_id>")
+@requires(*ANY_ROLE)
+def show(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    return render(
+        "cases/show.html", case=case, moves=allowed_moves(case), events=services.timeline(case),
+        risk=risk_of(case), move_form=MoveForm(), remake_form=RemakeForm(), checkin_form=CheckInForm(),
+        remakes=db.session.scalars(select(LabCase).where(LabCase.remake_of_id == case.id)).all(),
+        next_stages=db.session.scalars(select(LabCase).where(LabCase.previous_stage_id == case.id)).all(),
+    )
+
+
+def _board_response(status: int, message: str | None = None, level: str = "error"):
+    filters = Filters.from_args(request.args)
+    columns = board_services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
+    stamp = board_services.board_stamp(g.practice.id)
+    return render("board/index.html", "columns", code=status, columns=columns, filters=filters,
+                  stamp=stamp, phases=board_services.PHASES, toast=message, toast_level=level)
+
+
+@bp.post("/<int:case_id>/move")
+@requires(*CAN_EDIT)
+def move(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    form = MoveForm()
+    from_board = request.htmx and request.htmx.target == "board-columns"
+    if not form.validate():
+        message = "Choose where to move the case."
+        return _board_response(422, message) if from_board else _back(case, message, "error")
+    on_behalf = f"lab:{case.lab_id}" if case.lab_id and form.status.data in {
+        "acknowledged", "in_production", "dispatched", "on_hold", "rescan"} else ""
+    actor = Actor.user(current_user, on_behalf_of=on_behalf)
+    try:
+        services.move_case(case, form.status.data, actor, reason=form.reason.data or "")
+    except IllegalMove as exc:
+        db.session.rollback()
+        return _board_response(409, str(exc)) if from_board else _back(case, str(exc), "error", 409)
+    db.session.commit()
+    message = f"{case.number} moved to {case.status.label}."
+    return _board_response(200, message, "success") if from_board else _back(case, message, "success")
+
+
+def _back(case: LabCase, message: str, level: str, status: int = 303):
+    flash(message, level)
+    target = request.form.get("next") or url_for("cases.show", case_id=case.id)
+    if not target.startswith("/") or target.startswith("//"):
+        target = url_for("cases.show", case_id=case.id)
+    if request.htmx:
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target, 303)
+
+
+@bp.post("/<int:case_id>/check-in")
+@requires(*CAN_EDIT)
+def check_in(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    form = CheckInForm()
+    if not form.validate():
+        return _back(case, "The check-in form was incomplete.", "error")
+    try:
+        services.check_in(case, Actor.user(current_user), form.quality_checked.data, form.quality_note.data or "")
+    except IllegalMove as exc:
+        db.session.rollback()
+        return _back(case, str(exc), "error")
+    db.session.commit()
+    return _back(case, f"{case.number} checked in{' and quality checked' if case.quality_checked else ''}.",
+                 "success")
+
+
+@bp.post("/<int:case_id>/remake")
+@requires(*CAN_EDIT)
+def remake(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    form = RemakeForm()
+    if not form.validate():
+        errors = "; ".join(e for errs in form.errors.values() for e in errs)
+        return _back(case, f"Remake not created: {errors}", "error")
+    try:
+        new = services.remake(case, Actor.user(current_user), form.reason.data, form.payer.data, form.notes.data)
+    except IllegalMove as exc:
+        db.session.rollback()
+        return _back(case, str(exc), "error")
+    db.session.commit()
+    flash(f"Remake {new.number} created from {case.number}. Check the prescription, then send it.", "success")
+    return redirect(url_for("cases.edit", case_id=new.id), 303)
+
+
+@bp.get("/<int:case_id>/label")
+@requires(*ANY_ROLE)
+def label(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    qr = segno.make(case.number, error="m")
+    buffer = io.BytesIO()
+    qr.save(buffer, kind="svg", scale=4, border=2, xmldecl=False, svgns=True)
+    return render("cases/label.html", case=case, qr_svg=buffer.getvalue().decode())
+
+
+@bp.get("/<int:case_id>/slip")
+@requires(*ANY_ROLE)
+def slip(case_id: int):
+    case = get_or_404(LabCase, case_id)
+    return render("cases/slip.html", case=case)
+
+
+@bp.get("/find")
+@requires(*ANY_ROLE)
+def find():
+    """The 'find case' box: a barcode scanner types the case number and presses Enter."""
+    text = request.args.get("number", "")
+    case = services.find_by_number(g.practice.id, text)
+    if case is None:
+        flash(f"No case numbered “{text.strip()[:30]}” in this practice." if text.strip()
+              else "Type or scan a case number.", "error")
+        return redirect(request.referrer if request.referrer and request.referrer.startswith(request.host_url)
+                        else url_for("board.index"))
+    return redirect(url_for("cases.show", case_id=case.id))

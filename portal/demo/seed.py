@@ -1,0 +1,193 @@
+"""Demo data: a DSO with two practices, three labs (API, email, manual), ~40 patients with
+appointments and ~60 cases across every status, some late and some at seat risk.
+
+Every case moves through the real lifecycle, so the audit trail and timelines are real too.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from portal.audit.actor import Actor
+from portal.audit.service import record
+from portal.auth.passwords import hash_password
+from portal.cases import lifecycle
+from portal.cases.lifecycle import Status
+from portal.cases.services import CaseData, ItemData, create_case
+from portal.extensions import db
+from portal.labs.models import Channel, Lab, LabSecret, LabService
+from portal.people.models import Appointment, AppointmentKind, Patient, Provider
+from portal.practices.models import Membership, Organization, Practice, PracticeClosure, Role, User
+
+FIRST = ["Ava", "Liam", "Mia", "Noah", "Emma", "Oliver", "Sophia", "Elijah", "Isabella", "Lucas", "Amelia",
+         "Mason", "Harper", "Ethan", "Evelyn", "Logan", "Abigail", "James", "Ella", "Aiden", "Grace", "Jack",
+         "Chloe", "Henry", "Zoe", "Owen", "Nora", "Samuel", "Lily", "Leo", "Hannah", "Caleb", "Aria", "Ryan",
+         "Layla", "Nathan", "Riley", "Isaac", "Stella", "Julian", "Maya", "Adrian"]
+LAST = ["Nguyen", "Garcia", "Smith", "Patel", "Kowalski", "O'Brien", "Johansson", "Okafor", "Müller", "Rossi",
+        "Chen", "Dubois", "Haddad", "Silva", "Tanaka", "Murphy", "Novak", "Schmidt", "Ali", "Fischer", "Lopez",
+        "Kim", "Brown", "Ivanova", "Yilmaz", "Cohen", "Walsh", "Khan", "Moreau", "Santos", "Berg", "Reyes",
+        "Fernandes", "Lindqvist", "Mensah", "Park", "Costa", "Hughes", "Sato", "Varga", "Baker", "Ortiz"]
+
+LABS = [
+    ("Keystone Digital Lab", Channel.API, "Dana Whitfield", "orders@keystone.lab.test", "+1 555 0100",
+     [("crown", "zirconia, lithium disilicate, PFM", 5, "189"), ("bridge", "zirconia, PFM", 7, "520"),
+      ("implant_crown", "zirconia, titanium", 8, "420"), ("night_guard", "hard acrylic", 4, "95"),
+      ("inlay_onlay", "lithium disilicate, composite", 5, "160")]),
+    ("Harbor Ceramics", Channel.EMAIL, "Luis Ortega", "cases@harbor-ceramics.test", "+1 555 0142",
+     [("crown", "lithium disilicate, zirconia", 6, "210"), ("veneer", "lithium disilicate", 7, "240"),
+      ("bridge", "zirconia", 8, "560")]),
+    ("Oakridge Denture Studio", Channel.MANUAL, "Pat Kemper", "", "+1 555 0177",
+     [("full_denture", "acrylic", 10, "650"), ("partial_denture", "CoCr, acrylic", 9, "580"),
+      ("night_guard", "hard acrylic, soft EVA", 5, "90"), ("retainer", "thermoplastic", 4, "70")]),
+]
+
+# (restoration, teeth FDI, material, shade, margin)
+RX = [
+    ("crown", ["11"], "zirconia", "A2", "chamfer"),
+    ("crown", ["36"], "zirconia", "A3", "chamfer"),
+    ("crown", ["14"], "lithium disilicate", "A2", "shoulder"),
+    ("bridge", ["24", "25", "26"], "zirconia", "A3", "chamfer"),
+    ("implant_crown", ["46"], "zirconia", "B2", "shoulder"),
+    ("night_guard", [], "hard acrylic", "", ""),
+    ("inlay_onlay", ["27"], "lithium disilicate", "A3", "bevel"),
+    ("veneer", ["12", "11", "21", "22"], "lithium disilicate", "BL2", "feather_edge"),
+    ("full_denture", [], "acrylic", "A3", ""),
+    ("partial_denture", ["35", "36", "37"], "CoCr", "A3", ""),
+]
+
+# How many cases end in each status, per practice [main, second].
+PLAN = {
+    Status.DRAFT: (5, 2), Status.SENT: (6, 2), Status.ACKNOWLEDGED: (5, 1), Status.IN_PRODUCTION: (7, 2),
+    Status.DISPATCHED: (5, 1), Status.RECEIVED: (4, 1), Status.FITTED: (4, 1), Status.ON_HOLD: (2, 1),
+    Status.RESCAN: (2, 1), Status.CANCELLED: (2, 1),
+}
+PATH = {
+    Status.SENT: [Status.SENT],
+    Status.ACKNOWLEDGED: [Status.SENT, Status.ACKNOWLEDGED],
+    Status.IN_PRODUCTION: [Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION],
+    Status.DISPATCHED: [Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION, Status.DISPATCHED],
+    Status.RECEIVED: [Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION, Status.DISPATCHED, Status.RECEIVED],
+    Status.FITTED: [Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION, Status.DISPATCHED, Status.RECEIVED,
+                    Status.FITTED],
+    Status.ON_HOLD: [Status.SENT, Status.ACKNOWLEDGED, Status.ON_HOLD],
+    Status.RESCAN: [Status.SENT, Status.RESCAN],
+    Status.CANCELLED: [Status.CANCELLED],
+    Status.DRAFT: [],
+}
+REASONS = {
+    Status.ON_HOLD: ["Waiting for shade photo", "Bite registration unclear", "Awaiting payment approval"],
+    Status.RESCAN: ["Margin not visible on 36 distal", "Scan body moved during capture"],
+    Status.CANCELLED: ["Patient chose extraction", "Treatment postponed by patient"],
+}
+
+
+def already_seeded() -> bool:
+    return db.session.scalar(select(User).where(User.email == "coordinator@demo.test")) is not None
+
+
+def seed(password: str, today: dt.date | None = None) -> dict:
+    rng = random.Random(2026)
+    today = today or dt.date.today()
+    system = Actor.system("seed-demo")
+    org = Organization(name="Bright Smiles Dental Group")
+    main = Practice(organization=org, name="Bright Smiles Downtown", phone="+1 555 0110",
+                    address="120 Main Street, Springfield", tooth_numbering="universal")
+    second = Practice(organization=org, name="Bright Smiles Riverside", phone="+1 555 0120",
+                      address="8 River Road, Springfield", tooth_numbering="fdi")
+    db.session.add_all([org, main, second])
+    db.session.flush()
+    # A closed day two weeks out, so due dates visibly skip it.
+    closure_day = today + dt.timedelta(days=14)
+    for practice in (main, second):
+        db.session.add(PracticeClosure(practice_id=practice.id, day=closure_day, reason="Staff training day"))
+
+    users = {}
+    for email, name, role in [("coordinator@demo.test", "Casey Coordinator", Role.COORDINATOR),
+                              ("manager@demo.test", "Morgan Manager", Role.MANAGER),
+                              ("admin@demo.test", "Alex Admin", Role.ADMIN)]:
+        user = User(email=email, name=name, password_hash=hash_password(password))
+        db.session.add(user)
+        db.session.flush()
+        for practice in (main, second):
+            db.session.add(Membership(user_id=user.id, practice_id=practice.id, role=role))
+        users[role] = user
+        record("user.create", "user", user.id, after={"email": email, "role": role.value}, actor=system)
+
+    labs = []
+    for name, channel, contact, email, phone, services in LABS:
+        lab = Lab(organization_id=org.id, name=name, channel=channel, contact_name=contact, email=email,
+                  phone=phone, api_url="http://127.0.0.1:5055" if channel is Channel.API else "")
+        lab.services = [LabService(restoration=r, materials=m, turnaround_days=d, fee=Decimal(f))
+                        for r, m, d, f in services]
+        if channel is Channel.API:
+            lab.secrets = [LabSecret(secret="whsec_" + "ZGVtby1sYWItc2VjcmV0LWZvci1rZXlzdG9uZS0wMDE=")]
+        db.session.add(lab)
+        labs.append(lab)
+    db.session.flush()
+    for lab in labs:
+        record("lab.create", "lab", lab.id, after={"name": lab.name, "channel": lab.channel.value}, actor=system)
+
+    coordinator = Actor.user(users[Role.COORDINATOR])
+    counts = {}
+    patient_no = 0
+    for index, practice in enumerate((main, second)):
+        providers = [Provider(practice_id=practice.id, abbr=abbr, name=name, license_number=lic)
+                     for abbr, name, lic in ([("DRS", "Dr. Rosa Stein", "DDS-44120"), ("DRK", "Dr. Ken Ito", "DDS-51877"),
+                                              ("DRP", "Dr. Priya Nair", "DDS-60231")] if index == 0
+                                             else [("DRL", "Dr. Lena Holm", "DDS-70015"), ("DRM", "Dr. Marc Bauer", "DDS-70422")])]
+        db.session.add_all(providers)
+        patients = []
+        for _ in range(28 if index == 0 else 12):
+            first, last = FIRST[patient_no % len(FIRST)], LAST[(patient_no * 7) % len(LAST)]
+            patient_no += 1
+            patients.append(Patient(
+                practice_id=practice.id, chart_number=f"{'D' if index == 0 else 'R'}{1000 + patient_no}",
+                first_name=first, last_name=last, sex=rng.choice("FM"),
+                date_of_birth=dt.date(1950 + rng.randrange(55), rng.randrange(1, 13), rng.randrange(1, 28)),
+                phone=f"+1 555 {2000 + patient_no:04d}"))
+        db.session.add_all(patients)
+        db.session.flush()
+
+        n = 0
+        for status, per_practice in PLAN.items():
+            for _ in range(per_practice[index]):
+                patient = patients[n % len(patients)]
+                provider = providers[n % len(providers)]
+                n += 1
+                restoration, fdi, material, shade, margin = RX[n % len(RX)]
+                lab = next(lab for lab in labs[n % 3:] + labs if lab.service_for(restoration))
+                # Seat appointments spread over the next three weeks; a few too close for comfort.
+                seat_day = today + dt.timedelta(days=rng.randrange(3, 24))
+                seat = Appointment(practice_id=practice.id, patient_id=patient.id, provider_id=provider.id,
+                                   starts_at=dt.datetime.combine(seat_day, dt.time(9 + n % 8, 0)),
+                                   kind=AppointmentKind.SEAT, external_id=f"A{practice.id}{n:04d}")
+                db.session.add(seat)
+                db.session.flush()
+                late = status in (Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION) and n % 4 == 0
+                due = today - dt.timedelta(days=rng.randrange(1, 4)) if late else None
+                case = create_case(practice, CaseData(
+                    patient_id=patient.id, provider_id=provider.id, lab_id=lab.id,
+                    seat_appointment_id=seat.id if status is not Status.CANCELLED else None,
+                    due_date=due, fee=lab.service_for(restoration).fee,
+                    items=[ItemData(teeth=fdi, restoration=restoration, material=material, shade=shade,
+                                    margin=margin)],
+                    origin=rng.choice(["manual", "manual", "itero", "medit", "3shape"]),
+                ), coordinator)
+                if case.origin != "manual":
+                    case.origin_order_id = f"{case.origin.upper()}-{rng.randrange(10**6, 10**7)}"
+                lab_actor = Actor.lab(lab, source="seed-demo")
+                for step in PATH[status]:
+                    actor = lab_actor if step in (Status.ACKNOWLEDGED, Status.IN_PRODUCTION, Status.DISPATCHED,
+                                                  Status.ON_HOLD, Status.RESCAN) else coordinator
+                    detail = {}
+                    if step is Status.DISPATCHED:
+                        detail = {"carrier": "UPS", "tracking_number": f"1Z{rng.randrange(10**9, 10**10)}",
+                                  "eta": (today + dt.timedelta(days=rng.randrange(1, 3))).isoformat()}
+                    lifecycle.move(case, step, actor=actor, reason=rng.choice(REASONS.get(step, [""])),
+                                   detail=detail)
+                counts[status] = counts.get(status, 0) + 1
+    db.session.flush()
+    return {"cases": sum(counts.values()), "patients": patient_no, "by_status": counts}

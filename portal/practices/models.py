@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from flask_login import UserMixin
+from sqlalchemy import Date, DateTime, Enum, ForeignKey, Integer, String, UniqueConstraint, func
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Role(enum.StrEnum):
+    COORDINATOR = "coordinator"  # capture: creates and moves cases
+    MANAGER = "manager"  # view: reads everything and the reports
+    ADMIN = "admin"  # admin: labs, users, scanners, and everything a coordinator does
+
+
+class Organization(db.Model):
+    """A dental service organisation (DSO) running one or more practices."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    practices: Mapped[list[Practice]] = relationship(back_populates="organization")
+
+
+class Practice(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str] = mapped_column(String(40), default="")
+    address: Mapped[str] = mapped_column(String(300), default="")
+    tooth_numbering: Mapped[str] = mapped_column(String(10), default="universal")  # or "fdi"
+    seat_buffer_days: Mapped[int] = mapped_column(Integer, default=2)
+    organization: Mapped[Organization] = relationship(back_populates="practices")
+    closures: Mapped[list[PracticeClosure]] = relationship(
+        back_populates="practice", order_by="PracticeClosure.day"
+    )
+
+
+class PracticeClosure(db.Model):
+    """A day the practice is closed (holiday); due dates skip it like a weekend."""
+
+    __table_args__ = (UniqueConstraint("practice_id", "day"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
+    day: Mapped[dt.date] = mapped_column(Date)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    practice: Mapped[Practice] = relationship(back_populates="closures")
+
+
+class User(UserMixin, db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="user", lazy="joined", order_by="Membership.practice_id"
+    )
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return self.active
+
+    def role_in(self, practice_id: int | None) -> Role | None:
+        for m in self.memberships:
+            if m.practice_id == practice_id:
+                return m.role
+        return None
+
+
+class Membership(db.Model):
+    __table_args__ = (UniqueConstraint("user_id", "practice_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
+    role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=20))
+    user: Mapped[User] = relationship(back_populates="memberships")
+    practice: Mapped[Practice] = relationship(lazy="joined")
