@@ -33,6 +33,7 @@ def create_app(overrides: Mapping | None = None) -> Flask:
 
     web.init_app(app)
 
+    from portal.admin.routes import bp as admin_bp
     from portal.audit.routes import bp as audit_bp
     from portal.auth.routes import bp as auth_bp
     from portal.board.routes import bp as board_bp
@@ -40,7 +41,7 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.labs.routes import bp as labs_bp
     from portal.people.routes import bp as people_bp
 
-    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp):
+    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp):
         app.register_blueprint(bp)
 
     from portal import cli

@@ -170,6 +170,7 @@ def world(db):
 def login(client, world):
     def _login(role: str = "coordinator", practice=None):
         user = world.users[role]
+        client.post("/logout")  # whoever was signed in before
         client._token = None
         response = client.post("/login", {"email": user.email, "password": factories.PASSWORD})
         assert response.status_code == 302, response.get_data(as_text=True)
