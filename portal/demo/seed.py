@@ -15,6 +15,7 @@ from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.auth.passwords import hash_password
 from portal.cases import lifecycle
+from portal.cases.duedates import add_business_days
 from portal.cases.lifecycle import Status
 from portal.cases.services import CaseData, ItemData, create_case
 from portal.extensions import db
@@ -60,7 +61,7 @@ RX = [
 
 # How many cases end in each status, per practice [main, second].
 PLAN = {
-    Status.DRAFT: (5, 2), Status.SENT: (6, 2), Status.ACKNOWLEDGED: (5, 1), Status.IN_PRODUCTION: (7, 2),
+    Status.DRAFT: (5, 2), Status.SENT: (7, 2), Status.ACKNOWLEDGED: (5, 2), Status.IN_PRODUCTION: (8, 2),
     Status.DISPATCHED: (5, 1), Status.RECEIVED: (4, 1), Status.FITTED: (4, 1), Status.ON_HOLD: (2, 1),
     Status.RESCAN: (2, 1), Status.CANCELLED: (2, 1),
 }
@@ -160,7 +161,7 @@ def seed(password: str, today: dt.date | None = None) -> dict:
                 restoration, fdi, material, shade, margin = RX[n % len(RX)]
                 lab = next(lab for lab in labs[n % 3:] + labs if lab.service_for(restoration))
                 # Seat appointments spread over the next three weeks; a few too close for comfort.
-                seat_day = today + dt.timedelta(days=rng.randrange(3, 24))
+                seat_day = add_business_days(today, rng.randrange(2, 17))
                 seat = Appointment(practice_id=practice.id, patient_id=patient.id, provider_id=provider.id,
                                    starts_at=dt.datetime.combine(seat_day, dt.time(9 + n % 8, 0)),
                                    kind=AppointmentKind.SEAT, external_id=f"A{practice.id}{n:04d}")
