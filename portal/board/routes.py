@@ -9,7 +9,7 @@ from portal.cases.lifecycle import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Provider
-from portal.web import ANY_ROLE, render, requires
+from portal.web import ANY_ROLE, render, requires, wants_fragment
 
 bp = Blueprint("board", __name__)
 
@@ -52,8 +52,12 @@ def column(status: str):
     offset = max(request.args.get("offset", 0, type=int), 0)
     limit = current_app.config["BOARD_COLUMN_LIMIT"]
     cards = services.load_column(g.practice.id, status, filters, offset, limit + 1)
-    return render("board/column_more.html", cards=cards[:limit], status=status, filters=filters,
-                  next_offset=offset + limit if len(cards) > limit else None)
+    context = dict(cards=cards[:limit], status=status, filters=filters,
+                   next_offset=offset + limit if len(cards) > limit else None)
+    if wants_fragment():
+        return render("board/column_more.html", **context)
+    # Without htmx the link still works: a page of that column's cards.
+    return render("board/column_page.html", prev_offset=max(offset - limit, 0) if offset else None, **context)
 
 
 @bp.get("/risk")

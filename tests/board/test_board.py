@@ -110,3 +110,12 @@ def test_risk_list_explains_what_to_do(client, login, world):
     assert risky.number in html and "Chase the lab or move the appointment" in html
     board = client.get("/").get_data(as_text=True)
     assert "Seat risk" in board
+
+
+def test_show_more_link_works_without_htmx(client, login, world):
+    case = factories.case(world, Status.SENT)
+    login()
+    page = client.get("/board/column/sent?offset=0")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "<html" in html and case.number in html
+    assert client.get("/board/column/nonsense").status_code == 404
