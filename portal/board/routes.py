@@ -67,3 +67,17 @@ def risk():
 
     cases = services.risk_list(g.practice.id)
     return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases})
+
+
+@bp.get("/day")
+@requires(*ANY_ROLE)
+def day():
+    import datetime as dt
+
+    try:
+        chosen = dt.date.fromisoformat(request.args.get("date", ""))
+    except ValueError:
+        chosen = dt.date.today()
+    view = services.day_view(g.practice.id, chosen)
+    return render("board/day.html", view=view, prev_day=chosen - dt.timedelta(days=1),
+                  next_day=chosen + dt.timedelta(days=1))

@@ -171,3 +171,33 @@ def risk_list(practice_id: int, today: dt.date | None = None) -> list[LabCase]:
         .order_by(LabCase.due_date)
     ).unique().all()
     return sorted(rows, key=lambda c: (c.seat_date or dt.date.max, c.due_date or dt.date.max))
+
+
+@dataclass
+class DayView:
+    day: dt.date
+    due_by_lab: dict[str, list[LabCase]]
+    received: list[LabCase]
+    seating: list[LabCase]
+
+
+def day_view(practice_id: int, day: dt.date) -> DayView:
+    """Dentrix Ascend's outstanding and received lists: what is due in on `day`, grouped by lab;
+    what arrived; and whose work is being seated."""
+    from portal.people.models import Appointment
+
+    expected = func.coalesce(LabCase.lab_eta, LabCase.due_date)
+    start, end = dt.datetime.combine(day, dt.time()), dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+    due = db.session.scalars(card_query().where(
+        LabCase.practice_id == practice_id, expected == day,
+        LabCase.status.in_(Status.awaiting_lab() | {Status.DISPATCHED})).order_by(LabCase.id)).unique().all()
+    received = db.session.scalars(card_query().where(
+        LabCase.practice_id == practice_id, LabCase.received_at >= start, LabCase.received_at < end)
+        .order_by(LabCase.received_at)).unique().all()
+    seating = db.session.scalars(card_query().join(Appointment, Appointment.id == LabCase.seat_appointment_id).where(
+        LabCase.practice_id == practice_id, Appointment.starts_at >= start, Appointment.starts_at < end,
+        LabCase.status != Status.CANCELLED).order_by(Appointment.starts_at)).unique().all()
+    by_lab: dict[str, list[LabCase]] = {}
+    for case in due:
+        by_lab.setdefault(case.lab.name if case.lab else "No lab", []).append(case)
+    return DayView(day, dict(sorted(by_lab.items())), list(received), list(seating))

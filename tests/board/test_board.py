@@ -119,3 +119,15 @@ def test_show_more_link_works_without_htmx(client, login, world):
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and "<html" in html and case.number in html
     assert client.get("/board/column/nonsense").status_code == 404
+
+
+def test_day_view_groups_due_work_by_lab(client, login, world):
+    today = dt.date.today()
+    due_email = factories.case(world, Status.IN_PRODUCTION, due=today)
+    due_manual = factories.case(world, Status.SENT, due=today, lab=world.labs["manual"])
+    later = factories.case(world, Status.SENT, due=today + dt.timedelta(days=9))
+    login()
+    html = client.get(f"/day?date={today.isoformat()}").get_data(as_text=True)
+    assert due_email.number in html and due_manual.number in html and later.number not in html
+    assert html.index(world.labs["email"].name) < html.index(due_email.number)
+    assert client.get("/day?date=not-a-date").status_code == 200
