@@ -1,6 +1,7 @@
 """Imports every feature's models so SQLAlchemy and Alembic see the whole schema."""
 from portal.audit.models import AuditEvent, AuditHead  # noqa: F401
 from portal.cases.models import CaseItem, Counter, LabCase  # noqa: F401
+from portal.dispatch.models import Dispatch, LabEvent  # noqa: F401
 from portal.labs.models import Lab, LabSecret, LabService  # noqa: F401
 from portal.people.models import Appointment, Patient, Provider  # noqa: F401
 from portal.practices.models import Membership, Organization, Practice, PracticeClosure, User  # noqa: F401

@@ -1,0 +1,1 @@
+"""Sending approved cases to labs: the dispatch outbox, validation, and the delivery rules."""

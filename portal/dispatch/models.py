@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+
+from sqlalchemy import DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+from portal.labs.models import Channel
+from portal.practices.models import utcnow
+
+
+class DispatchState(enum.StrEnum):
+    PENDING = "pending"  # waiting for (another) attempt at next_attempt_at
+    SENDING = "sending"  # an attempt holds the row until next_attempt_at (its lease)
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanent refusal or attempts used up; a person may retry
+    SUPERSEDED = "superseded"  # the case was sent again (after a rescan) or is no longer at this lab
+
+    @property
+    def label(self) -> str:
+        return {"pending": "Waiting to send", "sending": "Sending", "delivered": "Delivered",
+                "failed": "Dispatch failed", "superseded": "Superseded"}[self.value]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Dispatch(db.Model):
+    """One approved sending of a case to its lab: the outbox row (RELIABILITY.md D1-D4).
+
+    `id` is the work order's `order_id` and its `Idempotency-Key`; `webhook_id` is the signed
+    message id. Both stay the same on every retry. `payload` is the work order as approved.
+    """
+
+    __table_args__ = (
+        Index("ix_dispatch_due", "state", "next_attempt_at"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    case_id: Mapped[int] = mapped_column(ForeignKey("lab_case.id"), index=True)
+    lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"), index=True)
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
+    channel: Mapped[Channel] = mapped_column(Enum(Channel, native_enum=False, length=10))
+    state: Mapped[DispatchState] = mapped_column(
+        Enum(DispatchState, native_enum=False, length=12), default=DispatchState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=6)  # raised by a manual retry
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    lab_reference: Mapped[str] = mapped_column(String(100), default="")
+    webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[str] = mapped_column(Text, default="")
+    approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    case = relationship("LabCase")
+    lab = relationship("Lab")
+    approved_by = relationship("User")
+
+    @property
+    def job_id(self) -> str:
+        """The RQ job id of the next attempt (deterministic: the sweep and the relay agree)."""
+        return f"dispatch-{self.id}-{self.attempts + 1}"
+
+
+class LabEvent(db.Model):
+    """A status event a lab posted, kept so a repeat (same event id or webhook id) has no effect (W4)."""
+
+    __table_args__ = (
+        UniqueConstraint("lab_id", "event_id"),
+        UniqueConstraint("lab_id", "webhook_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"))
+    event_id: Mapped[str] = mapped_column(String(100))
+    webhook_id: Mapped[str] = mapped_column(String(100))
+    dispatch_id: Mapped[str] = mapped_column(ForeignKey("dispatch.id"), index=True)
+    type: Mapped[str] = mapped_column(String(30))
+    occurred_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    outcome: Mapped[str] = mapped_column(String(20))  # applied, noop, ignored
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
