@@ -10,10 +10,14 @@ from portal.extensions import db
 
 
 class Patient(db.Model):
-    __table_args__ = (UniqueConstraint("practice_id", "chart_number"),)
+    __table_args__ = (
+        UniqueConstraint("practice_id", "chart_number"),
+        UniqueConstraint("practice_id", "external_id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
     chart_number: Mapped[str] = mapped_column(String(40))
+    external_id: Mapped[str | None] = mapped_column(String(40))  # Open Dental PatNum, from a CSV import
     first_name: Mapped[str] = mapped_column(String(100))
     last_name: Mapped[str] = mapped_column(String(100))
     date_of_birth: Mapped[dt.date | None] = mapped_column(Date)
@@ -31,10 +35,14 @@ class Patient(db.Model):
 
 
 class Provider(db.Model):
-    __table_args__ = (UniqueConstraint("practice_id", "abbr"),)
+    __table_args__ = (
+        UniqueConstraint("practice_id", "abbr"),
+        UniqueConstraint("practice_id", "external_id"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
     abbr: Mapped[str] = mapped_column(String(20))  # Open Dental's provider abbreviation
+    external_id: Mapped[str | None] = mapped_column(String(40))  # Open Dental ProvNum, from a CSV import
     name: Mapped[str] = mapped_column(String(200))
     license_number: Mapped[str] = mapped_column(String(40), default="")
     active: Mapped[bool] = mapped_column(default=True)
