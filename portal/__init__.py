@@ -38,10 +38,13 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.auth.routes import bp as auth_bp
     from portal.board.routes import bp as board_bp
     from portal.cases.routes import bp as cases_bp
+    from portal.dispatch.routes import bp as dispatch_bp
+    from portal.labapi.routes import bp as labapi_bp
     from portal.labs.routes import bp as labs_bp
     from portal.people.routes import bp as people_bp
 
-    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp):
+    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp,
+               dispatch_bp, labapi_bp):
         app.register_blueprint(bp)
 
     from portal import cli

@@ -189,6 +189,13 @@ def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: di
         target = Status(to)
     except ValueError:
         raise IllegalMove(f"“{to}” is not a status.") from None
+    if target is Status.SENT and case.status in {Status.DRAFT, Status.RESCAN}:
+        # Sending is "Approve and send": the prescription check, the dispatch row and the move
+        # together. A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
+        from portal.dispatch.services import approve_and_send
+
+        approve_and_send(case, actor, confirm_risk=False)
+        return
     lifecycle.move(case, target, actor=actor, reason=reason, detail=detail)
 
 

@@ -1,0 +1,130 @@
+"""Deliver one attempt of a work order to a lab's API (contracts/lab-api.md, RELIABILITY.md D1-D4).
+
+deliver(dispatch_id) claims the row (state guard plus a lease, committed before the request goes
+out), posts the approved work order with its stable Idempotency-Key and Standard Webhooks
+signature, then records the outcome: delivered, retry scheduled (capped exponential backoff with
+full jitter, honouring Retry-After), or failed. An unexpected error is not swallowed: it reaches
+RQ's failed registry, and `on_failure` puts the row back on the retry path.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import time
+
+import httpx
+import redis
+
+from jobs import app as _app
+
+log = logging.getLogger(__name__)
+ACTOR_NAME = "jobs.dispatch.deliver"
+TRANSIENT_STATUS = frozenset({408, 425, 429})
+USER_AGENT = "LabManager-Dispatch/1"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _lab_reference(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    ref = data.get("lab_reference") if isinstance(data, dict) else None
+    return ref if isinstance(ref, str) else ""
+
+
+def _short(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:200]
+
+
+def deliver(dispatch_id: str) -> str:
+    from portal.audit.actor import Actor
+    from portal.dispatch import services, signing
+    from portal.extensions import db
+
+    with _app().app_context():
+        actor = Actor.job(ACTOR_NAME)
+        dispatch = services.claim(dispatch_id)
+        if dispatch is None:
+            db.session.rollback()
+            return "nothing to do"
+        # The claim is committed before the request goes out: a second job (or the sweep) sees
+        # the lease and leaves the row alone; no transaction stays open during the HTTP call.
+        db.session.commit()
+        lab = dispatch.lab
+        secrets = [s.secret for s in lab.secrets if s.revoked_at is None]
+        body = dispatch.payload.encode()
+        url = lab.api_url.rstrip("/") + "/orders"
+        headers = {
+            "Content-Type": "application/json", "User-Agent": USER_AGENT,
+            "Idempotency-Key": dispatch.id,
+            **signing.headers(secrets, dispatch.webhook_id, body),
+        }
+        timeout = httpx.Timeout(services.http_timeout())
+        delay = None
+        try:
+            response = httpx.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False)
+        except httpx.TransportError as exc:  # connect/read/write timeouts, refused, reset
+            delay = services.mark_transient(
+                dispatch, f"Could not reach {lab.name}: {exc.__class__.__name__} {exc}".strip(), None, actor)
+        else:
+            code = response.status_code
+            if 200 <= code < 300:
+                services.mark_delivered(dispatch, code, _lab_reference(response), actor)
+            elif code in TRANSIENT_STATUS or code >= 500:
+                delay = services.mark_transient(
+                    dispatch, f"{lab.name} answered HTTP {code}: {_short(response)}".strip(), code, actor,
+                    retry_after=_retry_after(response) if code in (429, 503) else None)
+            else:
+                services.mark_permanent(
+                    dispatch, f"{lab.name} refused the work order (HTTP {code}): {_short(response)}".strip(),
+                    code, actor)
+        db.session.commit()
+        if delay is not None:
+            _schedule(dispatch, delay)
+        return dispatch.state.value
+
+
+def _schedule(dispatch, delay: float) -> None:
+    """The next attempt, via RQ's scheduler (workers run --with-scheduler). If Redis is away the row
+    is still pending with its next_attempt_at, and the outbox sweep enqueues it."""
+    from portal.dispatch import services
+    from portal.queue import get_queue
+
+    try:
+        get_queue().enqueue_in(dt.timedelta(seconds=delay), services.DELIVER, dispatch.id,
+                               job_id=dispatch.job_id, **services.job_options())
+    except redis.RedisError as exc:
+        log.warning("could not schedule %s (%s); the outbox sweep will", dispatch.job_id, exc.__class__.__name__)
+
+
+def on_failure(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ calls this when deliver() raised (a bug, the database away): put the row back on the
+    retry path with the error, or fail it when its attempts are used up. The job stays failed in RQ."""
+    from portal.audit.actor import Actor
+    from portal.dispatch import services
+    from portal.dispatch.models import Dispatch
+    from portal.extensions import db
+
+    dispatch_id = job.args[0] if job.args else None
+    with _app().app_context():
+        dispatch = db.session.get(Dispatch, dispatch_id) if dispatch_id else None
+        if dispatch is None:
+            return
+        services.mark_transient(dispatch, f"The delivery job failed: {exc_type.__name__}: {exc_value}",
+                                None, Actor.job(ACTOR_NAME))
+        db.session.commit()

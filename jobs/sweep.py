@@ -1,0 +1,53 @@
+"""The outbox sweep: hand RQ every piece of outgoing work the database says is due.
+
+Run it every OUTBOX_SWEEP_SECONDS with RQ's cron scheduler, which loads this module:
+
+    rq cron --url "$REDIS_URL" --path . jobs.sweep
+
+Loading the module registers `run` with `rq.cron`; the scheduler enqueues it on the app's queue
+and a worker runs it. Every sweep is idempotent (deterministic job ids), so two schedulers, or a
+sweep that overlaps the relay, do no harm.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from rq import cron
+
+from jobs import app as _app
+from portal.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def run() -> dict:
+    from portal.dispatch import services as dispatch_services
+    from portal.extensions import db
+
+    with _app().app_context():
+        result = {"dispatch": dispatch_services.sweep()}
+        db.session.rollback()  # the dispatch sweep only reads
+        mail_sweep = _mail_sweep()
+        if mail_sweep is not None:
+            result["mail"] = mail_sweep()
+            db.session.commit()
+        return result
+
+
+def _mail_sweep():
+    """Part of the mail outbox, when that feature is installed."""
+    if importlib.util.find_spec("portal.mail") is None or importlib.util.find_spec("portal.mail.services") is None:
+        return None
+    from portal.mail import services as mail_services
+
+    return getattr(mail_services, "sweep", None)
+
+
+def _register() -> None:
+    config = Config()
+    cron.register(run, queue_name=config.RQ_QUEUE, interval=config.OUTBOX_SWEEP_SECONDS, job_timeout=120,
+                  result_ttl=600, failure_ttl=86400, name="outbox-sweep")
+
+
+_register()

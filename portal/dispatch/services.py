@@ -1,0 +1,288 @@
+"""Approve and send, retry, and the outbox sweep. Services flush; the view or job commits."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import random
+
+from flask import current_app
+from sqlalchemy import select, update
+
+from portal.audit.actor import Actor
+from portal.audit.service import record
+from portal.cases import lifecycle
+from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.models import LabCase
+from portal.dispatch.models import Dispatch, DispatchState, new_id
+from portal.dispatch.validation import Check, check_case
+from portal.extensions import db
+from portal.labs.models import Channel
+from portal.practices.models import Practice, utcnow
+
+SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
+LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
+DELIVER = "jobs.dispatch.deliver"
+SCHEMA = "labmanager.work_order/1"
+
+
+class NotSendable(IllegalMove):
+    """The prescription has problems (or a warning nobody confirmed); `check` lists them."""
+
+    def __init__(self, case: LabCase, check: Check, unconfirmed: bool = False):
+        self.check = check
+        if check.problems:
+            text = f"{case.number} can't be sent yet: " + " ".join(p.message for p in check.problems)
+        else:
+            text = f"{case.number} needs a confirmation before it is sent: {' '.join(check.warnings)} " \
+                   "Open the case and use Approve and send to confirm."
+        super().__init__(text)
+
+
+def http_timeout() -> float:
+    return float(current_app.config["LAB_API_TIMEOUT"])
+
+
+def job_timeout() -> int:
+    """Longer than one attempt's HTTP timeouts added up (connect, write, read, pool)."""
+    return math.ceil(4 * http_timeout()) + 2
+
+
+def job_options() -> dict:
+    from rq import Callback
+
+    return {"job_timeout": job_timeout(), "result_ttl": 3600, "failure_ttl": 7 * 86400,
+            "on_failure": Callback("jobs.dispatch.on_failure")}
+
+
+def lease_seconds() -> int:
+    """How long an attempt holds the row; after that the sweep may start another attempt."""
+    return job_timeout() + 1
+
+
+def latest_dispatch(case_id: int) -> Dispatch | None:
+    return db.session.scalar(
+        select(Dispatch).where(Dispatch.case_id == case_id).order_by(Dispatch.created_at.desc()).limit(1))
+
+
+def work_order(case: LabCase, dispatch_id: str) -> dict:
+    """The JSON body of contracts/lab-api.md, as the coordinator approved it."""
+    practice = db.session.get(Practice, case.practice_id)
+    patient, provider = case.patient, case.provider
+    base = current_app.config["PUBLIC_BASE_URL"].rstrip("/")
+    return {
+        "schema": SCHEMA,
+        "order_id": dispatch_id,
+        "case_number": case.number,
+        "practice": {"id": str(practice.id), "name": practice.name, "phone": practice.phone},
+        "patient": {
+            "reference": patient.chart_number, "first_name": patient.first_name,
+            "last_name": patient.last_name,
+            "date_of_birth": patient.date_of_birth.isoformat() if patient.date_of_birth else None,
+            "sex": patient.sex or None,
+        },
+        "provider": {"name": provider.name, "license_number": provider.license_number},
+        "items": [
+            {"teeth": item.tooth_list, "restoration": item.restoration, "material": item.material,
+             "shade": item.shade, "margin": item.margin, "notes": item.notes}
+            for item in case.items
+        ],
+        "due_date": case.due_date.isoformat(),
+        "seat_date": case.seat_date.isoformat() if case.seat_date else None,
+        "instructions": case.instructions,
+        "scans": [],
+        "callback_url": f"{base}/api/labs/{case.lab_id}/events",
+    }
+
+
+def _supersede_earlier(case: LabCase, actor: Actor) -> None:
+    for old in db.session.scalars(select(Dispatch).where(
+            Dispatch.case_id == case.id, Dispatch.state.in_(LIVE))):
+        before = old.state.value
+        old.state = DispatchState.SUPERSEDED
+        record("dispatch.superseded", "dispatch", old.id, before={"state": before},
+               after={"state": old.state.value}, actor=actor, practice_id=case.practice_id)
+
+
+def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatch:
+    """A person approves the prescription: check it, write the dispatch, move the case to Sent.
+
+    All in the caller's transaction; the API delivery job is relayed to RQ after the commit.
+    Raises IllegalMove (NotSendable for prescription problems) and changes nothing.
+    """
+    if case.status not in SENDABLE:
+        raise IllegalMove(f"{case.number} is {case.status.label}; only a draft or a case returned for "
+                          "rescan can be sent.")
+    check = check_case(case)
+    if not check.ok or (check.warnings and not confirm_risk):
+        raise NotSendable(case, check)
+    lab = case.lab
+    _supersede_earlier(case, actor)
+    dispatch_id = new_id()
+    now = utcnow()
+    dispatch = Dispatch(
+        id=dispatch_id, case_id=case.id, lab_id=lab.id, practice_id=case.practice_id, channel=lab.channel,
+        state=DispatchState.PENDING, attempts=0, max_attempts=current_app.config["DISPATCH_MAX_ATTEMPTS"],
+        next_attempt_at=now, webhook_id="msg_" + dispatch_id.replace("-", ""),
+        approved_by_id=int(actor.id) if actor.kind == "user" and actor.id else None,
+        payload=json.dumps(work_order(case, dispatch_id), separators=(",", ":"), sort_keys=True),
+        created_at=now,
+    )
+    db.session.add(dispatch)
+    case.dispatch_error = ""
+    detail = {"dispatch_id": dispatch_id, "channel": lab.channel.value}
+    if check.warnings:
+        detail["risk_confirmed"] = "yes"
+    lifecycle.move(case, Status.SENT, actor=actor, detail=detail, now=now)
+    if lab.channel is Channel.MANUAL:
+        # The coordinator phones the lab; what the lab says is then recorded with the status buttons.
+        dispatch.state, dispatch.delivered_at = DispatchState.DELIVERED, now
+    db.session.flush()
+    if lab.channel is Channel.API:
+        enqueue_attempt(dispatch)
+    elif lab.channel is Channel.EMAIL:
+        from portal.ack.services import prepare_email_dispatch
+
+        prepare_email_dispatch(dispatch)
+    return dispatch
+
+
+def enqueue_attempt(dispatch: Dispatch) -> None:
+    """Hand the next attempt to RQ after the commit (the outbox relay)."""
+    from portal.queue import enqueue_after_commit
+
+    enqueue_after_commit(DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options())
+
+
+def retry(dispatch: Dispatch, actor: Actor) -> None:
+    """A person asks for another go at a failed dispatch: same order id, same idempotency key."""
+    if dispatch.state is not DispatchState.FAILED:
+        raise IllegalMove(f"This dispatch is {dispatch.state.label.lower()}; only a failed one can be retried.")
+    case = db.session.get(LabCase, dispatch.case_id)
+    before = {"state": dispatch.state.value, "attempts": dispatch.attempts}
+    dispatch.state = DispatchState.PENDING
+    dispatch.max_attempts = dispatch.attempts + current_app.config["DISPATCH_MAX_ATTEMPTS"]
+    dispatch.next_attempt_at = utcnow()
+    case.dispatch_error = ""
+    record("dispatch.retry", "dispatch", dispatch.id, before=before,
+           after={"state": dispatch.state.value, "case": case.number}, actor=actor,
+           practice_id=dispatch.practice_id)
+    enqueue_attempt(dispatch)
+
+
+# --- the delivery job's steps (jobs/dispatch.py does the HTTP between them) ---------------------
+
+def claim(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
+    """Take the row for one attempt, atomically: only a pending row, or one whose previous attempt
+    outlived its lease (its worker died). Returns None when there is nothing to do (state guard)."""
+    now = now or utcnow()
+    lease_until = now + dt.timedelta(seconds=lease_seconds())
+    taken = db.session.execute(
+        update(Dispatch)
+        .where(Dispatch.id == dispatch_id, Dispatch.channel == Channel.API,
+               (Dispatch.state == DispatchState.PENDING)
+               | ((Dispatch.state == DispatchState.SENDING) & (Dispatch.next_attempt_at <= now)))
+        .values(state=DispatchState.SENDING, attempts=Dispatch.attempts + 1, next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not taken:
+        return None
+    dispatch = db.session.get(Dispatch, dispatch_id)
+    db.session.refresh(dispatch)
+    return dispatch
+
+
+def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
+    """Capped exponential backoff with full jitter; never sooner than the lab's Retry-After."""
+    base = float(current_app.config["DISPATCH_BACKOFF_BASE"])
+    cap = float(current_app.config["DISPATCH_BACKOFF_CAP"])
+    delay = random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, max(cap, 3600.0)))
+    return delay
+
+
+def _outcome_allowed(dispatch: Dispatch) -> bool:
+    # The case may have been re-sent or cancelled while the attempt ran: leave that row alone.
+    db.session.refresh(dispatch)
+    return dispatch.state is DispatchState.SENDING
+
+
+def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, actor: Actor) -> None:
+    if not _outcome_allowed(dispatch):
+        return
+    dispatch.state, dispatch.delivered_at = DispatchState.DELIVERED, utcnow()
+    dispatch.last_status_code, dispatch.last_error = status_code, ""
+    dispatch.lab_reference = lab_reference[:100]
+    db.session.execute(update(LabCase).where(LabCase.id == dispatch.case_id).values(dispatch_error=""))
+    record("dispatch.delivered", "dispatch", dispatch.id, before={"state": "sending"},
+           after={"state": "delivered", "attempt": dispatch.attempts, "status_code": status_code,
+                  "lab_reference": dispatch.lab_reference, "case_id": dispatch.case_id},
+           actor=actor, practice_id=dispatch.practice_id)
+
+
+def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor,
+                   retry_after: float | None = None) -> float | None:
+    """Schedule the next attempt (returns the delay), or fail the dispatch if attempts are used up."""
+    if not _outcome_allowed(dispatch):
+        return None
+    dispatch.last_error, dispatch.last_status_code = error[:500], status_code
+    if dispatch.attempts >= dispatch.max_attempts:
+        _fail(dispatch, f"{error} (gave up after {dispatch.attempts} attempts)", actor)
+        return None
+    delay = backoff_seconds(dispatch.attempts, retry_after)
+    dispatch.state = DispatchState.PENDING
+    dispatch.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+    record("dispatch.retry_scheduled", "dispatch", dispatch.id, before={"state": "sending"},
+           after={"state": "pending", "attempt": dispatch.attempts, "error": dispatch.last_error,
+                  "status_code": status_code, "retry_in_seconds": round(delay, 3)},
+           actor=actor, practice_id=dispatch.practice_id)
+    return delay
+
+
+def mark_permanent(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor) -> None:
+    if not _outcome_allowed(dispatch):
+        return
+    dispatch.last_status_code = status_code
+    _fail(dispatch, error, actor)
+
+
+def _fail(dispatch: Dispatch, error: str, actor: Actor) -> None:
+    dispatch.state, dispatch.last_error = DispatchState.FAILED, error[:500]
+    dispatch.next_attempt_at = None
+    db.session.execute(update(LabCase).where(LabCase.id == dispatch.case_id)
+                       .values(dispatch_error=dispatch.last_error[:300]))
+    record("dispatch.failed", "dispatch", dispatch.id, before={"state": "sending"},
+           after={"state": "failed", "attempt": dispatch.attempts, "error": dispatch.last_error,
+                  "status_code": dispatch.last_status_code, "case_id": dispatch.case_id},
+           actor=actor, practice_id=dispatch.practice_id)
+
+
+# --- the outbox sweep -------------------------------------------------------------------------------
+
+def due_for_sweep(now: dt.datetime | None = None, limit: int = 500) -> list[Dispatch]:
+    """API dispatches whose next attempt is due: pending ones, and attempts whose lease ran out."""
+    now = now or utcnow()
+    return list(db.session.scalars(
+        select(Dispatch).where(
+            Dispatch.channel == Channel.API,
+            Dispatch.state.in_((DispatchState.PENDING, DispatchState.SENDING)),
+            Dispatch.next_attempt_at <= now,
+        ).order_by(Dispatch.next_attempt_at).limit(limit)
+    ))
+
+
+def sweep(now: dt.datetime | None = None) -> int:
+    """Re-enqueue every due dispatch that has no live RQ job. Returns how many were handed to RQ.
+
+    Job ids are deterministic (`dispatch-<id>-<attempt>`), so a job already queued, scheduled or
+    running is left alone; when Redis is down nothing is lost and the next sweep tries again.
+    """
+    from portal.queue import enqueue_now, get_queue
+
+    queue = get_queue()
+    handed = 0
+    for dispatch in due_for_sweep(now):
+        if enqueue_now(queue, DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options()):
+            handed += 1
+    return handed

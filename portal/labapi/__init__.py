@@ -1,0 +1,1 @@
+"""The lab-facing JSON API: signed status events from labs (openapi/lab-api.yaml)."""

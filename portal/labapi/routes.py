@@ -1,0 +1,69 @@
+"""POST /api/labs/<lab_id>/events: a lab's signed status events (openapi/lab-api.yaml).
+
+Verify (signature over the raw body, fresh timestamp), apply, commit, answer; JSON errors only.
+No CSRF token here: the Standard Webhooks signature is the authentication.
+"""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, jsonify, make_response, request
+from sqlalchemy.exc import IntegrityError
+
+from portal.dispatch import signing
+from portal.extensions import csrf, db
+from portal.labapi import services
+from portal.labs.models import Lab
+
+bp = Blueprint("labapi", __name__, url_prefix="/api/labs")
+MAX_BODY = 64 * 1024
+
+
+def _error(status: int, message: str):
+    response = jsonify(error=message)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _no_content():
+    response = make_response("", 204)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/<int:lab_id>/events")
+@csrf.exempt
+def events(lab_id: int):
+    if (request.content_length or 0) > MAX_BODY:
+        return _error(413, "the body is larger than 64 KiB")
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY:
+        return _error(413, "the body is larger than 64 KiB")
+    lab = db.session.get(Lab, lab_id)
+    if lab is None:
+        return _error(404, "unknown lab")
+    msg_id = request.headers.get("webhook-id", "")
+    try:
+        signing.verify(services.active_secrets(lab), msg_id, request.headers.get("webhook-timestamp", ""),
+                       request.headers.get("webhook-signature", ""), raw)
+    except signing.SignatureError as exc:
+        return _error(401, str(exc))
+    if len(msg_id) > 100:
+        return _error(422, "webhook-id is longer than 100 characters")
+    if services.seen_webhook(lab, msg_id):
+        return _no_content()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _error(422, "the body is not JSON")
+    try:
+        services.apply_event(lab, msg_id, body, raw)
+        db.session.commit()
+    except services.EventError as exc:
+        db.session.rollback()
+        return _error(422, str(exc))
+    except IntegrityError:
+        # The same event arrived twice at once (unique per lab); the other copy was applied.
+        db.session.rollback()
+    return _no_content()
