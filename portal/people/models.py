@@ -12,7 +12,8 @@ from portal.extensions import db
 class Patient(db.Model):
     __table_args__ = (
         UniqueConstraint("practice_id", "chart_number"),
-        UniqueConstraint("practice_id", "external_id"),
+        # Named: the naming convention uses only the first column, which the chart number's took.
+        UniqueConstraint("practice_id", "external_id", name="uq_patient_practice_external_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
@@ -37,7 +38,7 @@ class Patient(db.Model):
 class Provider(db.Model):
     __table_args__ = (
         UniqueConstraint("practice_id", "abbr"),
-        UniqueConstraint("practice_id", "external_id"),
+        UniqueConstraint("practice_id", "external_id", name="uq_provider_practice_external_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
