@@ -32,7 +32,7 @@
   });
 
   // ---- The board ---------------------------------------------------------------------------
-  var reasonDialog, pendingMove;
+  var reasonDialog, pendingMove, movedCaseId;
 
   function filterValues() {
     var form = document.getElementById("filters");
@@ -42,20 +42,32 @@
   }
 
   function postMove(card, status, reason) {
-    var values = filterValues();
-    values.status = status;
+    var values = { status: status };
     if (reason) values.reason = reason;
+    movedCaseId = card.dataset.caseId;
     htmx.ajax("POST", card.dataset.moveUrl, {
       source: card, target: "#board-columns", swap: "outerHTML", values: values,
     });
   }
 
+  // A move answers with the board re-rendered through the filters in its query string, so the
+  // board stays filtered after a drag or a menu move (the form fields go in the body).
+  document.addEventListener("htmx:configRequest", function (e) {
+    if (e.detail.verb !== "post" || e.detail.target.id !== "board-columns") return;
+    var query = new URLSearchParams(filterValues()).toString();
+    if (query && e.detail.path.indexOf("?") === -1) e.detail.path += "?" + query;
+    var card = e.detail.elt.closest && e.detail.elt.closest(".card");
+    if (card) movedCaseId = card.dataset.caseId;
+  });
+
+  // Put the card back where it came from (a cancelled reason, a drop back into its own column).
   function snapBack(evt) {
-    var ref = evt.from.children[evt.oldIndex] || null;
-    evt.from.insertBefore(evt.item, ref);
+    var item = evt.item;
+    if (item.parentNode) item.parentNode.removeChild(item);
+    evt.from.insertBefore(item, evt.from.children[evt.oldIndex] || null);
   }
 
-  function askReason(evt, status) {
+  function askReason(evt) {
     pendingMove = evt;
     var column = evt.to.closest(".column");
     document.getElementById("reason-title").textContent =
@@ -78,9 +90,18 @@
     });
     document.getElementById("reason-cancel").addEventListener("click", function () { reasonDialog.close(); });
     reasonDialog.addEventListener("close", function () {
-      if (pendingMove) { snapBack(pendingMove); pendingMove = null; }
+      if (pendingMove) {
+        var evt = pendingMove; pendingMove = null;
+        snapBack(evt);
+        focusCard(evt.item.dataset.caseId);
+      }
       document.body.classList.remove("dragging");
     });
+  }
+
+  function focusCard(caseId) {
+    var link = caseId && document.querySelector('#board-columns .card[data-case-id="' + caseId + '"] a.patient');
+    if (link) link.focus({ preventScroll: false });
   }
 
   function setupSortable(root) {
@@ -89,8 +110,10 @@
       if (list.dataset.sortable) return;
       list.dataset.sortable = "1";
       Sortable.create(list, {
-        group: "board", animation: 120, ghostClass: "sortable-ghost", filter: "details, a, input, select, button",
-        preventOnFilter: false, delay: 80, delayOnTouchOnly: true,
+        // The order inside a column is the server's (by date); only moves between columns count.
+        group: "board", sort: false, animation: 120, ghostClass: "sortable-ghost",
+        filter: "details, a, input, select, button", preventOnFilter: false,
+        delay: 80, delayOnTouchOnly: true,
         onStart: function (evt) {
           document.body.classList.add("dragging");
           var allowed = (evt.item.dataset.allowed || "").split(" ");
@@ -105,26 +128,52 @@
             col.classList.remove("drop-ok", "drop-no");
           });
           if (evt.from === evt.to) { document.body.classList.remove("dragging"); snapBack(evt); return; }
-          var status = evt.to.dataset.status;
-          if (evt.to.closest(".column").hasAttribute("data-needs-reason")) { askReason(evt, status); return; }
+          if (evt.to.closest(".column").hasAttribute("data-needs-reason")) { askReason(evt); return; }
           document.body.classList.remove("dragging");
           // The server answers with the whole board as it now is: a refused move comes back in
           // its old column with the reason in a toast.
-          postMove(evt.item, status);
+          postMove(evt.item, evt.to.dataset.status);
         },
       });
     });
   }
 
-  // Pause the live poll while someone is dragging, typing a reason or has a menu open.
-  document.addEventListener("htmx:beforeRequest", function (e) {
-    var elt = e.detail.elt;
-    if (!elt.hasAttribute || !elt.hasAttribute("data-poll")) return;
-    var busy = document.body.classList.contains("dragging") ||
+  // The live poll waits while someone is dragging, typing a reason, has a menu open or a move
+  // is on its way; a poll answer that arrives in the middle of one of those is dropped (the
+  // next poll fetches it again, since its stamp has not moved).
+  function boardBusy(board) {
+    return document.body.classList.contains("dragging") ||
       (reasonDialog && reasonDialog.open) ||
-      elt.querySelector(".card-menu[open]") ||
-      (document.activeElement && elt.contains(document.activeElement) && document.activeElement.matches("input, select, textarea"));
-    if (busy) e.preventDefault();
+      board.querySelector(".card-menu[open], .htmx-request") ||
+      (document.activeElement && board.contains(document.activeElement) &&
+        document.activeElement.matches("input, select, textarea"));
+  }
+  function isPoll(e) {
+    var elt = e.detail.elt;
+    return elt && elt.hasAttribute && elt.hasAttribute("data-poll") &&
+      e.detail.requestConfig && e.detail.requestConfig.verb === "get";
+  }
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    if (isPoll(e) && boardBusy(e.detail.elt)) e.preventDefault();
+    // Typing in the search box already refreshed the board; the "change" it fires when it loses
+    // focus (say, on pressing a card to drag it) would swap the board out under the pointer.
+    var trigger = e.detail.requestConfig && e.detail.requestConfig.triggeringEvent;
+    if (e.detail.elt.id === "filters" && trigger && trigger.type === "change" && trigger.target.type === "search") {
+      e.preventDefault();
+    }
+  });
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (isPoll(e) && e.detail.elt.isConnected && boardBusy(e.detail.elt)) e.detail.shouldSwap = false;
+  });
+
+  // After a move the board is new: keep the focus on the card that moved, so a keyboard user
+  // carries on from there instead of from the top of the page.
+  document.addEventListener("htmx:afterSettle", function (e) {
+    if (!movedCaseId || !e.detail.target || e.detail.target.id !== "board-columns") return;
+    if (e.detail.requestConfig && e.detail.requestConfig.verb !== "post") return;
+    var caseId = movedCaseId; movedCaseId = null;
+    var active = document.activeElement;
+    if (!active || active === document.body || !active.isConnected) focusCard(caseId);
   });
 
   htmx.onLoad(function (root) {

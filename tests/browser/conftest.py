@@ -60,9 +60,23 @@ def context(browser):
     ctx.close()
 
 
+def watch_for_script_errors(page) -> list[str]:
+    """Collect uncaught script errors and Content-Security-Policy refusals on `page`: both mean a
+    behaviour silently did not happen. (Failed loads such as a 409 are logged too, and not errors.)"""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on("console", lambda msg: errors.append(f"CSP: {msg.text}")
+            if msg.type == "error" and "Content Security Policy" in msg.text else None)
+    return errors
+
+
 @pytest.fixture()
 def page(context):
-    return context.new_page()
+    """A page whose uncaught script errors and CSP refusals fail the test."""
+    page = context.new_page()
+    errors = watch_for_script_errors(page)
+    yield page
+    assert not errors, "the page reported script errors:\n" + "\n".join(errors)
 
 
 def _free_port() -> int:

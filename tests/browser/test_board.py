@@ -1,0 +1,222 @@
+"""The coordinator's board in a real Chromium: drag and drop, the reason dialog, the keyboard menu,
+live updates from another session, and the filters.
+
+The data is made by the test (factories, committed) and read by a real server process
+(`live_server`); after the browser acts, the test re-reads the database for the truth.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import expect
+from sqlalchemy import select
+
+from portal.audit.actor import Actor
+from portal.audit.models import AuditEvent
+from portal.cases import lifecycle
+from portal.cases.lifecycle import Status
+from portal.cases.models import LabCase
+from tests import factories
+
+pytestmark = pytest.mark.browser
+
+
+def card(page, number: str, status: str | None = None):
+    column = f'section.column[data-status="{status}"] ' if status else ""
+    return page.locator(f'{column}li.card[data-case-number="{number}"]')
+
+
+def drop_zone(page, status: str):
+    return page.locator(f'section.column[data-status="{status}"] ol.cards')
+
+
+def drag(page, number: str, to_status: str) -> None:
+    """Drag a card by hand, in small steps, the way SortableJS wants to see it: press on the card
+    (away from its links and menu), leave the source column, hover the target list, release."""
+    source = card(page, number)
+    source.scroll_into_view_if_needed()
+    box = source.locator(".items").bounding_box()
+    target = drop_zone(page, to_status).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 8, y + 8, steps=4)
+    tx, ty = target["x"] + target["width"] / 2, target["y"] + min(target["height"] / 2, 60)
+    page.mouse.move(tx, ty, steps=12)
+    page.mouse.move(tx + 2, ty + 2, steps=2)
+    page.mouse.up()
+
+
+def move_response(page):
+    return page.expect_response(lambda r: r.request.method == "POST" and urlsplit(r.url).path.endswith("/move"))
+
+
+def fresh(case_id: int) -> LabCase:
+    from portal.extensions import db
+
+    db.session.rollback()
+    db.session.expire_all()
+    return db.session.get(LabCase, case_id)
+
+
+def make_case(world, status: Status, first: str = "Ada", last: str | None = None) -> tuple[int, str]:
+    patient = factories.patient(world.practice, first=first, last=last)
+    c = factories.case(world, status, patient_obj=patient)
+    return c.id, c.number
+
+
+def test_drag_sent_to_acknowledged_is_saved(page, signed_in, world, db):
+    case_id, number = make_case(world, Status.SENT)
+    signed_in(page, world.users["coordinator"])
+    expect(card(page, number, "sent")).to_be_visible()
+
+    with move_response(page) as response:
+        drag(page, number, "acknowledged")
+    assert response.value.status == 200
+    expect(card(page, number, "acknowledged")).to_be_visible()
+    expect(page.locator("#toasts .toast.success")).to_contain_text(f"{number} moved to Acknowledged")
+
+    page.reload()
+    expect(card(page, number, "acknowledged")).to_be_visible()
+    expect(card(page, number, "sent")).to_have_count(0)
+    assert fresh(case_id).status is Status.ACKNOWLEDGED
+    audit = db.session.scalars(select(AuditEvent).where(
+        AuditEvent.entity_type == "lab_case", AuditEvent.entity_id == str(case_id),
+        AuditEvent.action == "case.acknowledge")).all()
+    assert len(audit) == 1
+    assert audit[0].actor_id == str(world.users["coordinator"].id)
+
+
+def test_illegal_drop_snaps_back_with_the_reason(page, signed_in, world, db):
+    case_id, number = make_case(world, Status.DRAFT)
+    signed_in(page, world.users["coordinator"])
+
+    with move_response(page) as response:
+        drag(page, number, "received")
+    assert response.value.status == 409
+    expect(card(page, number, "draft")).to_be_visible()
+    expect(card(page, number, "received")).to_have_count(0)
+    toast = page.locator("#toasts .toast.error")
+    expect(toast).to_contain_text(f"{number} can't go from Draft to Received")
+    toast.locator(".toast-close").click()
+    expect(toast).to_have_count(0)
+    assert fresh(case_id).status is Status.DRAFT
+
+
+def test_drop_on_hold_asks_for_a_reason(page, signed_in, world, db):
+    held_id, held = make_case(world, Status.SENT, last="Held")
+    kept_id, kept = make_case(world, Status.SENT, last="Kept")
+    signed_in(page, world.users["coordinator"])
+    dialog = page.locator("#reason-dialog")
+
+    drag(page, held, "on_hold")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#reason-title")).to_have_text(f"Move {held} to On hold")
+    expect(page.locator("#reason-input")).to_be_focused()
+    page.fill("#reason-input", "Waiting for the shade photo")
+    with move_response(page) as response:
+        page.locator("#reason-input").press("Enter")
+    assert response.value.status == 200
+    expect(dialog).to_be_hidden()
+    held_card = card(page, held, "on_hold")
+    expect(held_card).to_be_visible()
+    expect(held_card.locator(".badge.hold")).to_contain_text("Waiting for the shade")
+
+    drag(page, kept, "on_hold")
+    expect(dialog).to_be_visible()
+    page.click("#reason-cancel")
+    expect(dialog).to_be_hidden()
+    expect(card(page, kept, "sent")).to_be_visible()
+    expect(card(page, kept, "on_hold")).to_have_count(0)
+
+    drag(page, kept, "on_hold")  # Escape cancels too
+    expect(dialog).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(card(page, kept, "sent")).to_be_visible()
+
+    assert fresh(held_id).status is Status.ON_HOLD
+    assert fresh(held_id).status_reason == "Waiting for the shade photo"
+    assert fresh(kept_id).status is Status.SENT
+
+
+def test_status_menu_moves_a_card_from_the_keyboard(page, signed_in, world, db):
+    case_id, number = make_case(world, Status.SENT)
+    signed_in(page, world.users["coordinator"])
+    menu = card(page, number).locator("details.card-menu")
+
+    menu.locator("summary").focus()
+    page.keyboard.press("Enter")
+    expect(menu).to_have_attribute("open", "")
+    page.keyboard.press("Tab")
+    select_box = menu.locator("select")
+    expect(select_box).to_be_focused()
+    select_box.select_option("acknowledged")
+    menu.locator("button").focus()
+    with move_response(page) as response:
+        page.keyboard.press("Enter")
+    assert response.value.status == 200
+    moved = card(page, number, "acknowledged")
+    expect(moved).to_be_visible()
+    # Focus stays with the card the person just moved, not lost to the top of the page.
+    expect(moved.locator("a.patient")).to_be_focused()
+    assert fresh(case_id).status is Status.ACKNOWLEDGED
+
+
+def test_a_move_elsewhere_shows_up_without_a_reload(browser, live_server, world, db):
+    first_id, first = make_case(world, Status.SENT, last="Firstly")
+    second_id, second = make_case(world, Status.SENT, last="Secondly")
+    contexts = [browser.new_context(viewport={"width": 1600, "height": 1000}) for _ in range(2)]
+    try:
+        a, b = (ctx.new_page() for ctx in contexts)
+        from tests.browser.conftest import log_in
+
+        log_in(a, live_server, world.users["coordinator"])
+        log_in(b, live_server, world.users["manager"])
+        b.evaluate("window.notReloaded = true")
+
+        with move_response(a):
+            drag(a, first, "acknowledged")
+        expect(card(b, first, "acknowledged")).to_be_visible(timeout=5000)
+
+        case = db.session.get(LabCase, second_id)
+        lifecycle.move(case, Status.ACKNOWLEDGED, actor=Actor.lab(world.lab))
+        db.session.commit()
+        expect(card(b, second, "acknowledged")).to_be_visible(timeout=5000)
+        expect(card(a, second, "acknowledged")).to_be_visible(timeout=5000)
+        assert b.evaluate("window.notReloaded") is True
+    finally:
+        for ctx in contexts:
+            ctx.close()
+
+
+def test_search_narrows_the_board_and_keeps_the_url(page, signed_in, world, db):
+    _, ada = make_case(world, Status.SENT, first="Ada", last="Quintero")
+    _, grace = make_case(world, Status.DRAFT, first="Grace", last="Hopper")
+    _, other = make_case(world, Status.SENT, first="Grace", last="Quimby")
+    signed_in(page, world.users["coordinator"])
+    page.evaluate("window.notReloaded = true")
+
+    page.locator("#q").press_sequentially("Quint", delay=30)
+    expect(card(page, grace)).to_have_count(0)
+    expect(card(page, other)).to_have_count(0)
+    expect(card(page, ada, "sent")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"[?&]q=Quint"))
+    assert page.evaluate("window.notReloaded") is True
+
+    # A move made while filtered keeps the board filtered.
+    with move_response(page):
+        drag(page, ada, "acknowledged")
+    expect(card(page, ada, "acknowledged")).to_be_visible()
+    expect(card(page, grace)).to_have_count(0)
+
+    page.select_option("#f-lab", str(world.labs["manual"].id))
+    expect(card(page, ada)).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"lab=\d+"))
+
+    page.go_back()
+    expect(card(page, ada)).to_be_visible()
+    page.goto(page.url.split("?")[0])
+    expect(card(page, grace, "draft")).to_be_visible()
