@@ -53,6 +53,15 @@ def _patient_data(form: PatientForm) -> PatientData:
                        sex=form.sex.data or "", phone=form.phone.data or "", email=form.email.data or "")
 
 
+def _valid_patient(form: PatientForm, patient: Patient | None) -> bool:
+    """The form's own checks plus a taken chart number, so every problem shows at once."""
+    ok = form.validate()
+    if problem := services.chart_conflict(g.practice.id, form.chart_number.data or "", patient and patient.id):
+        form.chart_number.errors = list(form.chart_number.errors) + [problem]
+        ok = False
+    return ok
+
+
 def _patient_form(form: PatientForm, patient: Patient | None, code: int = 200):
     return render("people/patient_form.html", "patient_form", code=code, form=form, patient=patient)
 
@@ -61,8 +70,10 @@ def _patient_form(form: PatientForm, patient: Patient | None, code: int = 200):
 @requires(*CAN_EDIT)
 def patient_new():
     form = PatientForm()
-    if request.method == "GET" or not form.validate():
-        return _patient_form(form, None, 422 if request.method == "POST" else 200)
+    if request.method == "GET":
+        return _patient_form(form, None)
+    if not _valid_patient(form, None):
+        return _patient_form(form, None, 422)
     try:
         patient = services.create_patient(g.practice.id, _patient_data(form), Actor.user(current_user))
     except PeopleInputError as exc:
@@ -88,7 +99,7 @@ def patient_edit(patient_id: int):
     if request.method == "GET":
         return _patient_form(PatientForm(obj=patient), patient)
     form = PatientForm()
-    if not form.validate():
+    if not _valid_patient(form, patient):
         return _patient_form(form, patient, 422)
     try:
         changed = services.update_patient(patient, _patient_data(form), Actor.user(current_user))
@@ -114,6 +125,14 @@ def _provider_data(form: ProviderForm) -> ProviderData:
                         active=bool(form.active.data))
 
 
+def _valid_provider(form: ProviderForm, provider: Provider | None) -> bool:
+    ok = form.validate()
+    if problem := services.abbr_conflict(g.practice.id, form.abbr.data or "", provider and provider.id):
+        form.abbr.errors = list(form.abbr.errors) + [problem]
+        ok = False
+    return ok
+
+
 def _provider_form(form: ProviderForm, provider: Provider | None, code: int = 200):
     return render("people/provider_form.html", "provider_form", code=code, form=form, provider=provider)
 
@@ -122,8 +141,10 @@ def _provider_form(form: ProviderForm, provider: Provider | None, code: int = 20
 @requires(*CAN_EDIT)
 def provider_new():
     form = ProviderForm()
-    if request.method == "GET" or not form.validate():
-        return _provider_form(form, None, 422 if request.method == "POST" else 200)
+    if request.method == "GET":
+        return _provider_form(form, None)
+    if not _valid_provider(form, None):
+        return _provider_form(form, None, 422)
     try:
         provider = services.create_provider(g.practice.id, _provider_data(form), Actor.user(current_user))
     except PeopleInputError as exc:
@@ -140,7 +161,7 @@ def provider_edit(provider_id: int):
     if request.method == "GET":
         return _provider_form(ProviderForm(obj=provider), provider)
     form = ProviderForm()
-    if not form.validate():
+    if not _valid_provider(form, provider):
         return _provider_form(form, provider, 422)
     try:
         changed = services.update_provider(provider, _provider_data(form), Actor.user(current_user))

@@ -92,9 +92,20 @@ def _chart_taken(practice_id: int, chart: str, exclude_id: int | None) -> Patien
     return db.session.scalar(stmt)
 
 
+def chart_conflict(practice_id: int, chart: str, exclude_id: int | None = None) -> str | None:
+    """Why this chart number can't be used (another patient of the practice has it), or None."""
+    other = _chart_taken(practice_id, chart, exclude_id) if chart else None
+    return f"Chart number {chart} is already {other.full_name}'s." if other else None
+
+
+def abbr_conflict(practice_id: int, abbr: str, exclude_id: int | None = None) -> str | None:
+    other = _abbr_taken(practice_id, abbr, exclude_id) if abbr else None
+    return f"{abbr} is already {other.name}'s abbreviation." if other else None
+
+
 def create_patient(practice_id: int, data: PatientData, actor: Actor) -> Patient:
-    if (other := _chart_taken(practice_id, data.chart_number, None)) is not None:
-        raise PeopleInputError("chart_number", f"Chart number {data.chart_number} is already {other.full_name}'s.")
+    if problem := chart_conflict(practice_id, data.chart_number):
+        raise PeopleInputError("chart_number", problem)
     patient = Patient(practice_id=practice_id, **asdict(data))
     db.session.add(patient)
     db.session.flush()
@@ -105,8 +116,8 @@ def create_patient(practice_id: int, data: PatientData, actor: Actor) -> Patient
 
 def update_patient(patient: Patient, data: PatientData, actor: Actor) -> dict:
     """Apply an edit; one audit row with the changed fields. Returns the changed fields' new values."""
-    if (other := _chart_taken(patient.practice_id, data.chart_number, patient.id)) is not None:
-        raise PeopleInputError("chart_number", f"Chart number {data.chart_number} is already {other.full_name}'s.")
+    if problem := chart_conflict(patient.practice_id, data.chart_number, patient.id):
+        raise PeopleInputError("chart_number", problem)
     before, after = _apply(patient, asdict(data))
     if after:
         db.session.flush()
@@ -123,8 +134,8 @@ def _abbr_taken(practice_id: int, abbr: str, exclude_id: int | None) -> Provider
 
 
 def create_provider(practice_id: int, data: ProviderData, actor: Actor) -> Provider:
-    if (other := _abbr_taken(practice_id, data.abbr, None)) is not None:
-        raise PeopleInputError("abbr", f"{data.abbr} is already {other.name}'s abbreviation.")
+    if problem := abbr_conflict(practice_id, data.abbr):
+        raise PeopleInputError("abbr", problem)
     provider = Provider(practice_id=practice_id, **asdict(data))
     db.session.add(provider)
     db.session.flush()
@@ -134,8 +145,8 @@ def create_provider(practice_id: int, data: ProviderData, actor: Actor) -> Provi
 
 
 def update_provider(provider: Provider, data: ProviderData, actor: Actor) -> dict:
-    if (other := _abbr_taken(provider.practice_id, data.abbr, provider.id)) is not None:
-        raise PeopleInputError("abbr", f"{data.abbr} is already {other.name}'s abbreviation.")
+    if problem := abbr_conflict(provider.practice_id, data.abbr, provider.id):
+        raise PeopleInputError("abbr", problem)
     before, after = _apply(provider, asdict(data))
     if after:
         db.session.flush()
