@@ -1,0 +1,102 @@
+"""Fixtures for sending to labs: a lab stub, an API lab pointing at it, a clean queue, a drain helper."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+from rq import SimpleWorker
+from rq.job import Job
+
+from portal.dispatch import services
+from portal.extensions import db as _db
+from portal.queue import get_queue
+from tests.dispatch.labstub import LabStub
+
+SECRET = "whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ="  # tests/factories.py gives API labs this one
+
+
+@pytest.fixture()
+def fast(app):
+    """Small backoff and timeouts, restored afterwards."""
+    saved = {k: app.config[k] for k in ("DISPATCH_BACKOFF_BASE", "DISPATCH_BACKOFF_CAP",
+                                        "DISPATCH_MAX_ATTEMPTS", "LAB_API_TIMEOUT", "REDIS_URL")}
+    app.config.update(DISPATCH_BACKOFF_BASE=0.01, DISPATCH_BACKOFF_CAP=0.05, DISPATCH_MAX_ATTEMPTS=4,
+                      LAB_API_TIMEOUT=2.0)
+    yield app.config
+    app.config.update(saved)
+
+
+@pytest.fixture()
+def queue(app, db, fast):
+    q = get_queue()
+    _clean(q)
+    yield q
+    _clean(q)
+
+
+def _clean(q) -> None:
+    q.empty()
+    for registry in (q.scheduled_job_registry, q.failed_job_registry, q.finished_job_registry):
+        for job_id in registry.get_job_ids():
+            registry.remove(job_id, delete_job=True)
+
+
+@pytest.fixture()
+def stub():
+    lab = LabStub(secrets=[SECRET]).start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture()
+def api_lab(world, stub):
+    lab = world.labs["api"]
+    lab.api_url = stub.url
+    _db.session.commit()
+    return lab
+
+
+def drain(queue, timeout: float = 15.0) -> None:
+    """Run queued jobs in this process, and scheduled ones once due, until none are left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        SimpleWorker([queue], connection=queue.connection, name=f"test-{uuid.uuid4().hex[:8]}").work(
+            burst=True, with_scheduler=False)
+        registry = queue.scheduled_job_registry
+        due = registry.get_jobs_to_schedule(int(time.time()) + 1)
+        for job_id in due:
+            job = Job.fetch(job_id, connection=queue.connection)
+            registry.remove(job)
+            queue._enqueue_job(job)
+        if not due and not registry.get_job_ids() and not queue.count:
+            _db.session.expire_all()
+            return
+        if not due:
+            time.sleep(0.05)
+    raise AssertionError("jobs still waiting after the timeout")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("redis-server did not start")
+
+
+__all__ = ["drain", "free_port", "start_redis", "services", "SECRET"]

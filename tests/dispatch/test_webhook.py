@@ -1,0 +1,227 @@
+"""POST /api/labs/<lab_id>/events: signature, freshness, idempotency, rotation, ordering, 422s."""
+import datetime as dt
+import json
+import time
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from portal.audit.actor import Actor
+from portal.audit.models import AuditEvent
+from portal.cases.lifecycle import Status
+from portal.dispatch import services, signing
+from portal.dispatch.models import DispatchState, LabEvent
+from portal.extensions import db
+from portal.labs.models import LabSecret
+from portal.practices.models import utcnow
+from tests import factories
+from tests.dispatch.conftest import SECRET
+
+NEW_SECRET = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ="
+
+
+@pytest.fixture()
+def sent(world, queue):
+    lab = world.labs["api"]
+    case = factories.case(world, lab=lab, due=dt.date.today() + dt.timedelta(days=20))
+    dispatch = services.approve_and_send(case, Actor.user(world.users["coordinator"]), confirm_risk=False)
+    db.session.commit()
+    queue.empty()
+    return case, dispatch, lab
+
+
+def _event(dispatch, kind, data=None, at=None, event_id=None, **extra):
+    body = {"event_id": event_id or f"evt_{uuid.uuid4().hex}", "order_id": dispatch.id,
+            "case_number": dispatch.case.number, "type": kind,
+            "occurred_at": (at or utcnow()).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "data": data or {}}
+    body.update(extra)
+    return body
+
+
+def post(client, lab_id, body, secrets=(SECRET,), ts=None, msg_id=None, raw=None, signature=None):
+    raw = raw if raw is not None else json.dumps(body).encode()
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    headers = signing.headers(list(secrets), msg_id, raw, timestamp=ts)
+    if signature is not None:
+        headers["webhook-signature"] = signature
+    return client.raw.post(f"/api/labs/{lab_id}/events", data=raw, headers=headers,
+                           content_type="application/json")
+
+
+def _count(model, *where):
+    return db.session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def _audit_count():
+    return _count(AuditEvent)
+
+
+def test_events_move_the_case_along(client, sent):
+    case, dispatch, lab = sent
+    assert post(client, lab.id, _event(dispatch, "acknowledged")).status_code == 204
+    assert post(client, lab.id, _event(dispatch, "in_production", {"eta": "2030-01-07"})).status_code == 204
+    response = post(client, lab.id, _event(dispatch, "dispatched",
+                                           {"carrier": "UPS", "tracking_number": "1Z999", "eta": "2030-01-08"}))
+    assert response.status_code == 204 and response.data == b""
+    db.session.expire_all()
+    assert case.status is Status.DISPATCHED and case.tracking_number == "1Z999" and case.carrier == "UPS"
+    assert case.lab_eta == dt.date(2030, 1, 8)
+    rows = db.session.scalars(select(AuditEvent).where(AuditEvent.action.like("case.%"),
+                                                       AuditEvent.actor_type == "lab")).all()
+    assert [r.action for r in rows] == ["case.acknowledge", "case.start_production", "case.dispatch"]
+    assert {r.actor_id for r in rows} == {str(lab.id)}
+    # The lab evidently has the order: a dispatch still pending is now delivered.
+    assert dispatch.state is DispatchState.DELIVERED
+
+
+def test_bad_signature_is_401_and_writes_nothing(client, sent):
+    case, dispatch, lab = sent
+    before = _audit_count()
+    body = _event(dispatch, "acknowledged")
+    wrong = post(client, lab.id, body, secrets=("whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==",))
+    assert wrong.status_code == 401 and wrong.json == {"error": "no valid signature"}
+    raw = json.dumps(body).encode()
+    tampered = post(client, lab.id, body, raw=raw + b" ",
+                    signature=signing.headers([SECRET], "msg_x", raw, timestamp=int(time.time()))["webhook-signature"],
+                    msg_id="msg_x")
+    assert tampered.status_code == 401
+    missing = client.raw.post(f"/api/labs/{lab.id}/events", data=raw, content_type="application/json")
+    assert missing.status_code == 401 and "missing" in missing.json["error"]
+    db.session.expire_all()
+    assert case.status is Status.SENT and _count(LabEvent) == 0 and _audit_count() == before
+
+
+@pytest.mark.parametrize("skew", [-301, 301])
+def test_timestamp_more_than_300s_away_is_401(client, sent, skew):
+    case, dispatch, lab = sent
+    response = post(client, lab.id, _event(dispatch, "acknowledged"), ts=int(time.time()) + skew)
+    assert response.status_code == 401 and "300 seconds" in response.json["error"]
+    assert _count(LabEvent) == 0
+
+
+def test_unknown_lab_is_404(client, sent):
+    _, dispatch, _ = sent
+    response = post(client, 99999, _event(dispatch, "acknowledged"))
+    assert response.status_code == 404 and response.json == {"error": "unknown lab"}
+
+
+def test_repeated_webhook_id_or_event_id_is_204_without_effect(client, sent):
+    case, dispatch, lab = sent
+    body = _event(dispatch, "on_hold", {"reason": "Missing bite"})
+    assert post(client, lab.id, body, msg_id="msg_1").status_code == 204
+    audits = _audit_count()
+    assert post(client, lab.id, body, msg_id="msg_1").status_code == 204  # the same delivery again
+    assert post(client, lab.id, body, msg_id="msg_2").status_code == 204  # same event, new message id
+    other = _event(dispatch, "resumed")
+    assert post(client, lab.id, other, msg_id="msg_1").status_code == 204  # an old message id: handled
+    db.session.expire_all()
+    assert case.status is Status.ON_HOLD and _count(LabEvent) == 1 and _audit_count() == audits
+
+
+def test_secret_rotation_accepts_old_and_new(client, sent):
+    case, dispatch, lab = sent
+    lab.secrets.append(LabSecret(secret=NEW_SECRET))
+    db.session.commit()
+    assert post(client, lab.id, _event(dispatch, "acknowledged"), secrets=(SECRET,)).status_code == 204
+    assert post(client, lab.id, _event(dispatch, "in_production"), secrets=(NEW_SECRET,)).status_code == 204
+    # During the rotation the lab may sign with both; after it, the old one is revoked.
+    lab.secrets[0].revoked_at = utcnow()
+    db.session.commit()
+    old = post(client, lab.id, _event(dispatch, "dispatched", {"carrier": "UPS", "tracking_number": "1"}),
+               secrets=(SECRET,))
+    assert old.status_code == 401
+    both = post(client, lab.id, _event(dispatch, "dispatched", {"carrier": "UPS", "tracking_number": "1"}),
+                secrets=(SECRET, NEW_SECRET))
+    assert both.status_code == 204
+    db.session.expire_all()
+    assert case.status is Status.DISPATCHED
+
+
+def test_backwards_and_stale_events_are_ignored_with_an_audit_row(client, sent):
+    case, dispatch, lab = sent
+    t0 = utcnow()
+    post(client, lab.id, _event(dispatch, "dispatched", {"carrier": "DHL", "tracking_number": "9"},
+                                at=t0 + dt.timedelta(minutes=5)))
+    late = post(client, lab.id, _event(dispatch, "in_production", at=t0 + dt.timedelta(minutes=10)))
+    older = post(client, lab.id, _event(dispatch, "acknowledged", at=t0))
+    assert late.status_code == 204 and older.status_code == 204
+    db.session.expire_all()
+    assert case.status is Status.DISPATCHED
+    ignored = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "lab_event.ignored")).all()
+    assert len(ignored) == 2 and "does not move back" in ignored[0].after
+    assert "older than an event already applied" in ignored[1].after
+
+
+def test_hold_and_resume_out_of_order_end_right(client, sent):
+    case, dispatch, lab = sent
+    t0 = utcnow()
+    post(client, lab.id, _event(dispatch, "acknowledged", at=t0))
+    # The lab held the case, then resumed it; the resume arrives first.
+    assert post(client, lab.id, _event(dispatch, "resumed", at=t0 + dt.timedelta(minutes=2))).status_code == 204
+    assert post(client, lab.id, _event(dispatch, "on_hold", {"reason": "x"},
+                                       at=t0 + dt.timedelta(minutes=1))).status_code == 204
+    db.session.expire_all()
+    assert case.status is Status.ACKNOWLEDGED
+
+
+def test_rejected_puts_the_case_on_hold_with_the_reason(client, sent):
+    case, dispatch, lab = sent
+    assert post(client, lab.id, _event(dispatch, "rejected", {"reason": "Prep too shallow"})).status_code == 204
+    db.session.expire_all()
+    assert case.status is Status.ON_HOLD and case.status_reason == "Rejected by lab: Prep too shallow"
+    assert post(client, lab.id, _event(dispatch, "resumed")).status_code == 204
+    db.session.expire_all()
+    assert case.status is Status.SENT
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"order_id": "00000000-0000-0000-0000-000000000000"}, "unknown order"),
+    ({"type": "exploded"}, "unknown type"),
+    ({"event_id": ""}, "event_id is required"),
+    ({"type": "dispatched", "data": {"carrier": "UPS"}}, "needs data.tracking_number"),
+    ({"type": "on_hold", "data": {}}, "needs data.reason"),
+    ({"type": "message", "data": {}}, "needs data.text"),
+    ({"type": "dispatched", "data": {"carrier": "UPS", "tracking_number": "1", "eta": "soon"}}, "data.eta"),
+    ({"occurred_at": "yesterday"}, "occurred_at"),
+    ({"case_number": "LC-1999-000001"}, "not LC-1999-000001"),
+])
+def test_bad_bodies_are_422_with_a_json_error(client, sent, change, message):
+    case, dispatch, lab = sent
+    body = _event(dispatch, "acknowledged")
+    body.update(change)
+    response = post(client, lab.id, body)
+    assert response.status_code == 422 and message in response.json["error"]
+    assert _count(LabEvent) == 0
+
+
+def test_a_move_the_case_cannot_make_is_422(client, sent, world):
+    case, dispatch, lab = sent
+    from portal.cases import lifecycle
+
+    lifecycle.move(case, Status.CANCELLED, actor=Actor.user(world.users["coordinator"]), reason="patient moved")
+    db.session.commit()
+    response = post(client, lab.id, _event(dispatch, "acknowledged"))
+    assert response.status_code == 422 and "closed case" in response.json["error"]
+    assert _count(LabEvent) == 0
+    assert post(client, lab.id, "not an object").status_code == 422
+    assert post(client, lab.id, None, raw=b"{not json").status_code == 422
+
+
+def test_another_labs_order_is_unknown(client, sent, world):
+    case, dispatch, lab = sent
+    other = factories.lab(world.org, lab.channel, name="Other API Lab")
+    db.session.commit()
+    response = post(client, other.id, _event(dispatch, "acknowledged"))
+    assert response.status_code == 422 and "unknown order" in response.json["error"]
+
+
+def test_message_event_records_a_lab_message(client, sent):
+    messages = pytest.importorskip("portal.messages.models")
+    case, dispatch, lab = sent
+    response = post(client, lab.id, _event(dispatch, "message", {"text": "Can you send a bite scan?"}))
+    assert response.status_code == 204
+    rows = db.session.scalars(select(messages.LabMessage)).all()
+    assert [r.text for r in rows] == ["Can you send a bite scan?"]
+    db.session.expire_all()
+    assert case.status is Status.SENT
