@@ -33,6 +33,7 @@ def create_app(overrides: Mapping | None = None) -> Flask:
 
     web.init_app(app)
 
+    from portal.ack.routes import bp as ack_bp
     from portal.admin.routes import bp as admin_bp
     from portal.audit.routes import bp as audit_bp
     from portal.auth.routes import bp as auth_bp
@@ -41,10 +42,12 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.dispatch.routes import bp as dispatch_bp
     from portal.labapi.routes import bp as labapi_bp
     from portal.labs.routes import bp as labs_bp
+    from portal.mail.routes import bp as mail_bp
+    from portal.messages.routes import bp as messages_bp
     from portal.people.routes import bp as people_bp
 
     for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp,
-               dispatch_bp, labapi_bp):
+               dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp):
         app.register_blueprint(bp)
 
     from portal import cli

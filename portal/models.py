@@ -1,7 +1,10 @@
 """Imports every feature's models so SQLAlchemy and Alembic see the whole schema."""
+from portal.ack.models import AckLink  # noqa: F401
 from portal.audit.models import AuditEvent, AuditHead  # noqa: F401
 from portal.cases.models import CaseItem, Counter, LabCase  # noqa: F401
 from portal.dispatch.models import Dispatch, LabEvent  # noqa: F401
 from portal.labs.models import Lab, LabSecret, LabService  # noqa: F401
+from portal.mail.models import MailMessage  # noqa: F401
+from portal.messages.models import LabMessage  # noqa: F401
 from portal.people.models import Appointment, Patient, Provider  # noqa: F401
 from portal.practices.models import Membership, Organization, Practice, PracticeClosure, User  # noqa: F401

@@ -181,6 +181,10 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
         case.updated_at = utcnow()
         record("case.update", "lab_case", case.id, before={k: before[k] for k in changed},
                after={k: after[k] for k in changed}, actor=actor, practice_id=case.practice_id)
+    if "due_date" in changed:
+        from portal.ack.services import notify_lab  # an email lab hears of the new date
+
+        notify_lab(case, "due_date", {"before": before["due_date"], "after": after["due_date"]})
     return {k: (before[k], after[k]) for k in changed}
 
 
