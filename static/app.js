@@ -32,7 +32,7 @@
   });
 
   // ---- The board ---------------------------------------------------------------------------
-  var reasonDialog, pendingMove, movedCaseId;
+  var reasonDialog, pendingMove, refocus;
 
   function filterValues() {
     var form = document.getElementById("filters");
@@ -44,7 +44,6 @@
   function postMove(card, status, reason) {
     var values = { status: status };
     if (reason) values.reason = reason;
-    movedCaseId = card.dataset.caseId;
     htmx.ajax("POST", card.dataset.moveUrl, {
       source: card, target: "#board-columns", swap: "outerHTML", values: values,
     });
@@ -56,8 +55,6 @@
     if (e.detail.verb !== "post" || e.detail.target.id !== "board-columns") return;
     var query = new URLSearchParams(filterValues()).toString();
     if (query && e.detail.path.indexOf("?") === -1) e.detail.path += "?" + query;
-    var card = e.detail.elt.closest && e.detail.elt.closest(".card");
-    if (card) movedCaseId = card.dataset.caseId;
   });
 
   // Put the card back where it came from (a cancelled reason, a drop back into its own column).
@@ -90,19 +87,11 @@
     });
     document.getElementById("reason-cancel").addEventListener("click", function () { reasonDialog.close(); });
     reasonDialog.addEventListener("close", function () {
-      if (pendingMove) {
-        var evt = pendingMove; pendingMove = null;
-        snapBack(evt);
-        focusCard(evt.item.dataset.caseId);
-      }
+      if (pendingMove) { snapBack(pendingMove); pendingMove = null; }
       document.body.classList.remove("dragging");
     });
   }
 
-  function focusCard(caseId) {
-    var link = caseId && document.querySelector('#board-columns .card[data-case-id="' + caseId + '"] a.patient');
-    if (link) link.focus({ preventScroll: false });
-  }
 
   function setupSortable(root) {
     if (typeof Sortable === "undefined") return;
@@ -166,14 +155,28 @@
     if (isPoll(e) && e.detail.elt.isConnected && boardBusy(e.detail.elt)) e.detail.shouldSwap = false;
   });
 
-  // After a move the board is new: keep the focus on the card that moved, so a keyboard user
-  // carries on from there instead of from the top of the page.
-  document.addEventListener("htmx:afterSettle", function (e) {
-    if (!movedCaseId || !e.detail.target || e.detail.target.id !== "board-columns") return;
-    if (e.detail.requestConfig && e.detail.requestConfig.verb !== "post") return;
-    var caseId = movedCaseId; movedCaseId = null;
+  // Every swap of the board (a move, a poll, a filter) replaces the element that had the focus.
+  // Put it back on the same card (the moved card, after a move from its menu), so a keyboard
+  // user carries on from there instead of from the top of the page. A mouse drag focuses nothing.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var board = e.detail.target;
+    if (!board || board.id !== "board-columns" || !e.detail.shouldSwap) return;
     var active = document.activeElement;
-    if (!active || active === document.body || !active.isConnected) focusCard(caseId);
+    var card = active && board.contains(active) && active.closest(".card");
+    if (!card) { refocus = null; return; }
+    var moved = e.detail.requestConfig && e.detail.requestConfig.verb === "post";
+    refocus = {
+      caseId: card.dataset.caseId,
+      selector: moved || !active.matches("summary") ? "a.patient" : ".card-menu summary",
+    };
+  });
+  document.addEventListener("htmx:afterSettle", function (e) {
+    if (!refocus || !e.detail.target || e.detail.target.id !== "board-columns") return;
+    var want = refocus; refocus = null;
+    var active = document.activeElement;
+    if (active && active !== document.body && active.isConnected) return;
+    var el = document.querySelector('#board-columns .card[data-case-id="' + want.caseId + '"] ' + want.selector);
+    if (el) el.focus();
   });
 
   htmx.onLoad(function (root) {

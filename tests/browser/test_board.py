@@ -19,6 +19,7 @@ from portal.cases import lifecycle
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from tests import factories
+from tests.browser.conftest import log_in, watch_for_script_errors
 
 pytestmark = pytest.mark.browser
 
@@ -171,22 +172,27 @@ def test_a_move_elsewhere_shows_up_without_a_reload(browser, live_server, world,
     contexts = [browser.new_context(viewport={"width": 1600, "height": 1000}) for _ in range(2)]
     try:
         a, b = (ctx.new_page() for ctx in contexts)
-        from tests.browser.conftest import log_in
+        errors = [watch_for_script_errors(a), watch_for_script_errors(b)]
 
         log_in(a, live_server, world.users["coordinator"])
         log_in(b, live_server, world.users["manager"])
         b.evaluate("window.notReloaded = true")
+        card(b, second).locator("a.patient").focus()
 
         with move_response(a):
             drag(a, first, "acknowledged")
         expect(card(b, first, "acknowledged")).to_be_visible(timeout=5000)
+        # The poll replaced B's board; B's keyboard focus is still on the card it was on.
+        expect(card(b, second, "sent").locator("a.patient")).to_be_focused()
 
         case = db.session.get(LabCase, second_id)
         lifecycle.move(case, Status.ACKNOWLEDGED, actor=Actor.lab(world.lab))
         db.session.commit()
         expect(card(b, second, "acknowledged")).to_be_visible(timeout=5000)
         expect(card(a, second, "acknowledged")).to_be_visible(timeout=5000)
+        expect(card(b, second, "acknowledged").locator("a.patient")).to_be_focused()
         assert b.evaluate("window.notReloaded") is True
+        assert errors == [[], []]
     finally:
         for ctx in contexts:
             ctx.close()
