@@ -89,11 +89,15 @@ def main() -> int:
 
 
 def _extra_processes(env: dict) -> list[subprocess.Popen]:
-    """Demo helpers started beside the app (the demo lab's API server, when present)."""
+    """Helpers started beside the app: RQ's cron scheduler running the outbox sweep (jobs/sweep.py),
+    and the demo lab's API server, when present."""
+    procs = [subprocess.Popen(
+        [str(BIN / "rq"), "cron", "--url", env["REDIS_URL"], "--path", str(ROOT), "jobs.sweep"],
+        env=env, cwd=ROOT)]
     demo_lab = ROOT / "portal" / "demo" / "lab_server.py"
     if demo_lab.exists():
-        return [subprocess.Popen([sys.executable, "-m", "portal.demo.lab_server"], env=env, cwd=ROOT)]
-    return []
+        procs.append(subprocess.Popen([sys.executable, "-m", "portal.demo.lab_server"], env=env, cwd=ROOT))
+    return procs
 
 
 if __name__ == "__main__":

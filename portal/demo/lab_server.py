@@ -1,0 +1,195 @@
+"""A pretend lab with an API for the demo: `python -m portal.demo.lab_server` (make run starts it).
+
+Listens on 127.0.0.1:5055 (DEMO_LAB_PORT) for signed work orders (contracts/lab-api.md) for the
+seeded "Keystone Digital Lab", honours Idempotency-Key, and over the following minutes posts
+signed status events back to the order's callback_url: acknowledged, in_production, dispatched
+with a tracking number. DEMO_LAB_STEP_SECONDS (default 20) sets the pace. It talks to loopback
+addresses only and gives up on an event after a few tries.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import httpx
+
+from portal.dispatch import signing
+
+SECRET = os.environ.get("DEMO_LAB_SECRET", "whsec_ZGVtby1sYWItc2VjcmV0LWZvci1rZXlzdG9uZS0wMDE=")
+HOST = "127.0.0.1"
+PORT = int(os.environ.get("DEMO_LAB_PORT", "5055"))
+STEP = float(os.environ.get("DEMO_LAB_STEP_SECONDS", "20"))
+MAX_TRIES = 5
+log = logging.getLogger("demo-lab")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Lab:
+    """Orders by Idempotency-Key, and a timeline of events to post."""
+
+    def __init__(self, step: float = STEP):
+        self.step = step
+        self.orders: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.refs = itertools.count(1001)
+        self.plan: list[tuple[float, int, dict]] = []  # (when, seq, job) heap
+        self.seq = itertools.count()
+        self.wakeup = threading.Condition(self.lock)
+        self.stopping = False
+        self.client = httpx.Client(timeout=httpx.Timeout(5.0))
+
+    def take_order(self, key: str, raw: bytes) -> tuple[int, dict]:
+        with self.lock:
+            known = self.orders.get(key)
+            if known is not None:
+                return (200, {"lab_reference": known["reference"]}) if known["raw"] == raw else \
+                    (409, {"error": "this Idempotency-Key was used with another body"})
+            body = json.loads(raw)
+            reference = f"KS-{next(self.refs)}"
+            self.orders[key] = {"raw": raw, "reference": reference}
+        log.info("order %s for case %s accepted as %s", body["order_id"], body["case_number"], reference)
+        self._plan_events(body)
+        return 201, {"lab_reference": reference}
+
+    def _plan_events(self, order: dict) -> None:
+        callback = order.get("callback_url", "")
+        if not is_loopback(callback):
+            log.warning("not calling back %s: the demo lab only talks to loopback addresses", callback)
+            return
+        eta = (dt.date.today() + dt.timedelta(days=2)).isoformat()
+        steps = [
+            ("acknowledged", {}),
+            ("in_production", {"eta": eta}),
+            ("dispatched", {"carrier": "UPS", "tracking_number": f"1Z{random.randint(10**9, 10**10 - 1)}",
+                            "eta": eta}),
+        ]
+        now = time.time()
+        with self.lock:
+            for n, (kind, data) in enumerate(steps, start=1):
+                event = {"event_id": f"evt_{uuid.uuid4().hex}", "order_id": order["order_id"],
+                         "case_number": order["case_number"], "type": kind, "data": data}
+                job = {"url": callback, "event": event, "msg_id": f"msg_{uuid.uuid4().hex}", "tries": 0,
+                       "at": now + n * self.step}
+                heapq.heappush(self.plan, (job["at"], next(self.seq), job))
+            self.wakeup.notify()
+
+    def run_plan(self) -> None:
+        """Post planned events when due; retry a few times with backoff, then give up."""
+        while True:
+            with self.lock:
+                while not self.stopping and (not self.plan or self.plan[0][0] > time.time()):
+                    self.wakeup.wait(timeout=(self.plan[0][0] - time.time()) if self.plan else None)
+                if self.stopping:
+                    return
+                _, _, job = heapq.heappop(self.plan)
+            self._post(job)
+
+    def _post(self, job: dict) -> None:
+        event = dict(job["event"], occurred_at=dt.datetime.fromtimestamp(job["at"], dt.UTC)
+                     .strftime("%Y-%m-%dT%H:%M:%SZ"))
+        raw = json.dumps(event).encode()
+        job["tries"] += 1
+        try:
+            response = self.client.post(job["url"], content=raw, headers={
+                "Content-Type": "application/json", **signing.headers([SECRET], job["msg_id"], raw)})
+            status = response.status_code
+        except httpx.TransportError as exc:
+            status, response = None, exc
+        if status is not None and (status < 300 or (400 <= status < 500 and status not in (408, 429))):
+            log.info("%s for %s -> %s %s", event["type"], event["case_number"], status,
+                     "" if status < 300 else response.text[:200])
+            return
+        if job["tries"] >= MAX_TRIES:
+            log.warning("giving up on %s for %s after %s tries", event["type"], event["case_number"], job["tries"])
+            return
+        delay = 2 ** job["tries"]
+        log.info("%s for %s failed (%s); again in %ss", event["type"], event["case_number"], status or response,
+                 delay)
+        with self.lock:
+            heapq.heappush(self.plan, (time.time() + delay, next(self.seq), job))
+            self.wakeup.notify()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            self.wakeup.notify()
+
+
+def make_server(lab: Lab, host: str = HOST, port: int = PORT) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):
+            log.debug(fmt, *args)
+
+        def _answer(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 1_000_000:
+                return self._answer(413, {"error": "too large"})
+            raw = self.rfile.read(length)
+            if self.path.rstrip("/") != "/orders":
+                return self._answer(404, {"error": "not found"})
+            try:
+                signing.verify([SECRET], self.headers.get("webhook-id", ""), self.headers.get("webhook-timestamp", ""),
+                               self.headers.get("webhook-signature", ""), raw)
+            except signing.SignatureError as exc:
+                return self._answer(401, {"error": str(exc)})
+            key = self.headers.get("Idempotency-Key", "")
+            if not key:
+                return self._answer(400, {"error": "Idempotency-Key is required"})
+            try:
+                status, body = lab.take_order(key, raw)
+            except (ValueError, KeyError) as exc:
+                return self._answer(400, {"error": f"not a work order: {exc}"})
+            return self._answer(status, body)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="demo-lab: %(message)s")
+    lab = Lab()
+    server = make_server(lab)
+    threading.Thread(target=lab.run_plan, daemon=True).start()
+    log.info("Keystone Digital Lab's API listening on http://%s:%s/orders (events every %ss)", HOST, PORT, STEP)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lab.stop()
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The demo lab (portal/demo/lab_server.py) takes a real signed work order and reports back,
+and what it posts is accepted by our events endpoint: the whole loop make run shows."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from portal.audit.actor import Actor
+from portal.cases.lifecycle import Status
+from portal.demo import lab_server
+from portal.dispatch import services
+from portal.extensions import db
+from tests import factories
+from tests.dispatch.test_delivery import _due
+
+
+def test_demo_lab_loop(client, world, queue, monkeypatch):
+    monkeypatch.setattr(lab_server, "SECRET", "whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=")
+    received: list[tuple[dict, bytes]] = []
+
+    class Callback(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, raw))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
+    threading.Thread(target=sink.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    lab = lab_server.Lab(step=0.05)
+    server = lab_server.make_server(lab, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(target=lab.run_plan, daemon=True).start()
+    try:
+        api = world.labs["api"]
+        api.api_url = f"http://127.0.0.1:{server.server_address[1]}"
+        case = factories.case(world, lab=api, due=_due())
+        dispatch = services.approve_and_send(case, Actor.user(world.users["coordinator"]), confirm_risk=False)
+        # The callback goes to our sink; the test then plays what arrived into the real endpoint.
+        payload = json.loads(dispatch.payload)
+        payload["callback_url"] = f"http://127.0.0.1:{sink.server_address[1]}/api/labs/{api.id}/events"
+        dispatch.payload = json.dumps(payload)
+        db.session.commit()
+        from tests.dispatch.conftest import drain
+
+        drain(queue)
+        db.session.refresh(dispatch)
+        assert dispatch.state.value == "delivered" and dispatch.lab_reference.startswith("KS-")
+        deadline = time.monotonic() + 10
+        while len(received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [json.loads(raw)["type"] for _, raw in received] == ["acknowledged", "in_production", "dispatched"]
+        for headers, raw in received:
+            response = client.raw.post(f"/api/labs/{api.id}/events", data=raw, content_type="application/json",
+                                       headers={k: headers[k] for k in ("webhook-id", "webhook-timestamp",
+                                                                       "webhook-signature")})
+            assert response.status_code == 204, response.get_json()
+        db.session.expire_all()
+        assert case.status is Status.DISPATCHED and case.tracking_number.startswith("1Z")
+    finally:
+        lab.stop()
+        server.shutdown()
+        server.server_close()
+        sink.shutdown()
+        sink.server_close()
+
+
+def test_demo_lab_only_calls_back_to_loopback():
+    assert lab_server.is_loopback("http://127.0.0.1:5000/api/labs/1/events")
+    assert lab_server.is_loopback("http://localhost:5000/x")
+    assert not lab_server.is_loopback("https://example.com/api/labs/1/events")
+    assert not lab_server.is_loopback("http://10.0.0.5/x")
