@@ -65,6 +65,9 @@ def app(database_url, redis_url, tmp_root):
         _db.create_all()
         _db.session.commit()
     yield app
+    with app.app_context():
+        _db.session.remove()
+        _db.engine.dispose()  # close pooled connections now, not in a ResourceWarning at exit
 
 
 def _reset_audit_tables():
