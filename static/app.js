@@ -49,6 +49,34 @@
     });
   }
 
+  // The filters push their URL: leave out the empty ones (?q=ada, not ?q=ada&lab=&provider=...).
+  document.addEventListener("htmx:configRequest", function (e) {
+    if (e.detail.verb !== "get" || e.detail.elt.id !== "filters") return;
+    Object.keys(e.detail.parameters).forEach(function (k) {
+      if (e.detail.parameters[k] === "") delete e.detail.parameters[k];
+    });
+  });
+
+  // A card's Move menu holds the live poll while open, so it must not stay open by accident:
+  // opening one closes the others, and a click outside or Escape closes it.
+  function closeMenus(except) {
+    document.querySelectorAll(".card-menu[open]").forEach(function (menu) {
+      if (menu !== except) menu.open = false;
+    });
+  }
+  document.addEventListener("toggle", function (e) {
+    if (e.target.matches && e.target.matches(".card-menu") && e.target.open) closeMenus(e.target);
+  }, true);
+  document.addEventListener("click", function (e) {
+    if (!e.target.closest(".card-menu")) closeMenus(null);
+  });
+  document.addEventListener("keydown", function (e) {
+    var menu = e.key === "Escape" && e.target.closest && e.target.closest(".card-menu[open]");
+    if (!menu) return;
+    menu.open = false;
+    menu.querySelector("summary").focus();
+  });
+
   // A move answers with the board re-rendered through the filters in its query string, so the
   // board stays filtered after a drag or a menu move (the form fields go in the body).
   document.addEventListener("htmx:configRequest", function (e) {
