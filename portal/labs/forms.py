@@ -3,6 +3,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
+from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField, DecimalField, FieldList, Form, FormField, HiddenField, IntegerField, SelectField,
@@ -20,7 +21,9 @@ CHANNELS = {Channel.API.value: "API", Channel.EMAIL.value: "Email with a private
 
 def check_email(address: str) -> str:
     try:
-        return validate_email(address, check_deliverability=False).normalized
+        # The reserved .test domain is accepted in development and tests (the demo's labs use it).
+        testing = bool(current_app.config.get("TESTING") or current_app.config.get("DEVELOPMENT"))
+        return validate_email(address, check_deliverability=False, test_environment=testing).normalized
     except EmailNotValidError as exc:
         raise ValidationError(f"“{address}” is not an email address ({exc}).") from None
 
@@ -51,12 +54,12 @@ class LabForm(FlaskForm):
     name = StringField("Name", validators=[InputRequired("Give the lab's name."), Length(max=200)])
     channel = SelectField("How work is sent", choices=choices(CHANNELS))
     contact_name = StringField("Contact", validators=[Optional(), Length(max=200)])
-    email = StringField("Email", validators=[Optional(), Length(max=254)])
+    email = StringField("Email", validators=[Length(max=254)])
     cc_emails = StringField("Copy to (cc)", validators=[Optional(), Length(max=1000)],
                             description="Comma separated addresses that also get the lab's emails")
     phone = StringField("Phone", validators=[Optional(), Length(max=40)])
     address = StringField("Address", validators=[Optional(), Length(max=300)])
-    api_url = StringField("API URL", validators=[Optional(), Length(max=500)],
+    api_url = StringField("API URL", validators=[Length(max=500)],
                           description="Where work orders are posted (API labs)")
     active = BooleanField("Active (offered when creating cases)", default=True)
     notes = TextAreaField("Notes", validators=[Optional(), Length(max=4000)])

@@ -37,7 +37,10 @@ class MailMessage(db.Model):
 
     @property
     def recipients(self) -> list[str]:
-        return split_addresses(self.to_addrs) + split_addresses(self.cc_addrs)
+        seen: dict[str, str] = {}
+        for address in split_addresses(self.to_addrs) + split_addresses(self.cc_addrs):
+            seen.setdefault(address.lower(), address)
+        return list(seen.values())
 
     @property
     def message_id(self) -> str:

@@ -44,8 +44,10 @@ def queue_mail(*, to: str | Iterable[str], subject: str, text: str, html: str = 
     to_addrs = _addresses(to)
     if not to_addrs:
         raise ValueError("an email needs at least one recipient")
+    already = {a.lower() for a in split_addresses(to_addrs)}
+    cc_addrs = ", ".join(a for a in split_addresses(_addresses(cc)) if a.lower() not in already)
     mail = MailMessage(
-        to_addrs=to_addrs, cc_addrs=_addresses(cc), subject=subject[:300], text_body=text, html_body=html,
+        to_addrs=to_addrs, cc_addrs=cc_addrs, subject=subject[:300], text_body=text, html_body=html,
         kind=kind, case_id=case_id, practice_id=practice_id, lab_id=lab_id, scrub=scrub, state=PENDING,
     )
     db.session.add(mail)
