@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import os
 import time
 
 import httpx
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "jobs.dispatch.deliver"
 TRANSIENT_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "LabManager-Dispatch/1"
+_client: tuple[int, httpx.Client] | None = None
+
+
+def http_client() -> httpx.Client:
+    """One client per worker process (a fork gets its own): TLS set-up and connections are reused."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT}))
+    return _client[1]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -62,54 +72,51 @@ def deliver(dispatch_id: str) -> str:
         if dispatch is None:
             db.session.rollback()
             return "nothing to do"
+        body, msg_id, next_job_id = dispatch.payload.encode(), dispatch.webhook_id, dispatch.job_id
+        lab_name, api_url, secrets = services.lab_target(dispatch)
         # The claim is committed before the request goes out: a second job (or the sweep) sees
         # the lease and leaves the row alone; no transaction stays open during the HTTP call.
         db.session.commit()
-        lab = dispatch.lab
-        secrets = [s.secret for s in lab.secrets if s.revoked_at is None]
-        body = dispatch.payload.encode()
-        url = lab.api_url.rstrip("/") + "/orders"
-        headers = {
-            "Content-Type": "application/json", "User-Agent": USER_AGENT,
-            "Idempotency-Key": dispatch.id,
-            **signing.headers(secrets, dispatch.webhook_id, body),
-        }
-        timeout = httpx.Timeout(services.http_timeout())
-        delay = None
+        headers = {"Content-Type": "application/json", "Idempotency-Key": dispatch_id,
+                   **signing.headers(secrets, msg_id, body)}
+        delay, outcome = None, "failed"
         try:
-            response = httpx.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False)
+            response = http_client().post(api_url.rstrip("/") + "/orders", content=body, headers=headers,
+                                          timeout=httpx.Timeout(services.http_timeout()))
         except httpx.TransportError as exc:  # connect/read/write timeouts, refused, reset
             delay = services.mark_transient(
-                dispatch, f"Could not reach {lab.name}: {exc.__class__.__name__} {exc}".strip(), None, actor)
+                dispatch, f"Could not reach {lab_name}: {exc.__class__.__name__} {exc}".strip(), None, actor)
         else:
             code = response.status_code
             if 200 <= code < 300:
                 services.mark_delivered(dispatch, code, _lab_reference(response), actor)
+                outcome = "delivered"
             elif code in TRANSIENT_STATUS or code >= 500:
                 delay = services.mark_transient(
-                    dispatch, f"{lab.name} answered HTTP {code}: {_short(response)}".strip(), code, actor,
+                    dispatch, f"{lab_name} answered HTTP {code}: {_short(response)}".strip(), code, actor,
                     retry_after=_retry_after(response) if code in (429, 503) else None)
             else:
                 services.mark_permanent(
-                    dispatch, f"{lab.name} refused the work order (HTTP {code}): {_short(response)}".strip(),
+                    dispatch, f"{lab_name} refused the work order (HTTP {code}): {_short(response)}".strip(),
                     code, actor)
         db.session.commit()
         if delay is not None:
-            _schedule(dispatch, delay)
-        return dispatch.state.value
+            _schedule(dispatch_id, next_job_id, delay)
+            outcome = "retry scheduled"
+        return outcome
 
 
-def _schedule(dispatch, delay: float) -> None:
+def _schedule(dispatch_id: str, job_id: str, delay: float) -> None:
     """The next attempt, via RQ's scheduler (workers run --with-scheduler). If Redis is away the row
     is still pending with its next_attempt_at, and the outbox sweep enqueues it."""
     from portal.dispatch import services
     from portal.queue import get_queue
 
     try:
-        get_queue().enqueue_in(dt.timedelta(seconds=delay), services.DELIVER, dispatch.id,
-                               job_id=dispatch.job_id, **services.job_options())
+        get_queue().enqueue_in(dt.timedelta(seconds=delay), services.DELIVER, dispatch_id, job_id=job_id,
+                               **services.job_options())
     except redis.RedisError as exc:
-        log.warning("could not schedule %s (%s); the outbox sweep will", dispatch.job_id, exc.__class__.__name__)
+        log.warning("could not schedule %s (%s); the outbox sweep will", job_id, exc.__class__.__name__)
 
 
 def on_failure(job, connection, exc_type, exc_value, traceback) -> None:

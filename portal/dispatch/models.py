@@ -72,8 +72,9 @@ class LabEvent(db.Model):
     """A status event a lab posted, kept so a repeat (same event id or webhook id) has no effect (W4)."""
 
     __table_args__ = (
-        UniqueConstraint("lab_id", "event_id"),
-        UniqueConstraint("lab_id", "webhook_id"),
+        # Named: the naming convention would call both uq_lab_event_lab_id.
+        UniqueConstraint("lab_id", "event_id", name="uq_lab_event_lab_id_event_id"),
+        UniqueConstraint("lab_id", "webhook_id", name="uq_lab_event_lab_id_webhook_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"))

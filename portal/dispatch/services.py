@@ -17,7 +17,7 @@ from portal.cases.models import LabCase
 from portal.dispatch.models import Dispatch, DispatchState, new_id
 from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
-from portal.labs.models import Channel
+from portal.labs.models import Channel, Lab, LabSecret
 from portal.practices.models import Practice, utcnow
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
@@ -177,19 +177,25 @@ def claim(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
     outlived its lease (its worker died). Returns None when there is nothing to do (state guard)."""
     now = now or utcnow()
     lease_until = now + dt.timedelta(seconds=lease_seconds())
-    taken = db.session.execute(
+    return db.session.scalars(
         update(Dispatch)
         .where(Dispatch.id == dispatch_id, Dispatch.channel == Channel.API,
                (Dispatch.state == DispatchState.PENDING)
                | ((Dispatch.state == DispatchState.SENDING) & (Dispatch.next_attempt_at <= now)))
         .values(state=DispatchState.SENDING, attempts=Dispatch.attempts + 1, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not taken:
-        return None
-    dispatch = db.session.get(Dispatch, dispatch_id)
-    db.session.refresh(dispatch)
-    return dispatch
+        .returning(Dispatch),
+        execution_options={"populate_existing": True, "synchronize_session": False},
+    ).one_or_none()
+
+
+def lab_target(dispatch: Dispatch) -> tuple[str, str, list[str]]:
+    """(lab name, API base URL, active signing secrets) in one query."""
+    rows = db.session.execute(
+        select(Lab.name, Lab.api_url, LabSecret.secret)
+        .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
+        .where(Lab.id == dispatch.lab_id).order_by(LabSecret.id)
+    ).all()
+    return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
 def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
@@ -202,60 +208,60 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def _outcome_allowed(dispatch: Dispatch) -> bool:
-    # The case may have been re-sent or cancelled while the attempt ran: leave that row alone.
-    db.session.refresh(dispatch)
-    return dispatch.state is DispatchState.SENDING
+def _finish(dispatch: Dispatch, **values) -> bool:
+    """Record an attempt's outcome only if the row is still ours: the case may have been sent again
+    or cancelled while the request ran (then the row is superseded and stays as it is)."""
+    done = db.session.execute(
+        update(Dispatch).where(Dispatch.id == dispatch.id, Dispatch.state == DispatchState.SENDING)
+        .values(**values).execution_options(synchronize_session=False)
+    ).rowcount == 1
+    if done:
+        db.session.expire(dispatch)  # the object reloads what was written when next read
+    return done
 
 
-def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, actor: Actor) -> None:
-    if not _outcome_allowed(dispatch):
-        return
-    dispatch.state, dispatch.delivered_at = DispatchState.DELIVERED, utcnow()
-    dispatch.last_status_code, dispatch.last_error = status_code, ""
-    dispatch.lab_reference = lab_reference[:100]
-    db.session.execute(update(LabCase).where(LabCase.id == dispatch.case_id).values(dispatch_error=""))
+def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, actor: Actor) -> bool:
+    # The case's dispatch_error is already clear: approve_and_send and retry clear it.
+    attempt, case_id, practice_id = dispatch.attempts, dispatch.case_id, dispatch.practice_id
+    if not _finish(dispatch, state=DispatchState.DELIVERED, delivered_at=utcnow(), last_status_code=status_code,
+                   last_error="", lab_reference=lab_reference[:100], next_attempt_at=None):
+        return False
     record("dispatch.delivered", "dispatch", dispatch.id, before={"state": "sending"},
-           after={"state": "delivered", "attempt": dispatch.attempts, "status_code": status_code,
-                  "lab_reference": dispatch.lab_reference, "case_id": dispatch.case_id},
-           actor=actor, practice_id=dispatch.practice_id)
+           after={"state": "delivered", "attempt": attempt, "status_code": status_code,
+                  "lab_reference": lab_reference[:100], "case_id": case_id},
+           actor=actor, practice_id=practice_id)
+    return True
 
 
 def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor,
                    retry_after: float | None = None) -> float | None:
     """Schedule the next attempt (returns the delay), or fail the dispatch if attempts are used up."""
-    if not _outcome_allowed(dispatch):
+    attempt, practice_id = dispatch.attempts, dispatch.practice_id
+    if attempt >= dispatch.max_attempts:
+        mark_permanent(dispatch, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
-    dispatch.last_error, dispatch.last_status_code = error[:500], status_code
-    if dispatch.attempts >= dispatch.max_attempts:
-        _fail(dispatch, f"{error} (gave up after {dispatch.attempts} attempts)", actor)
+    delay = backoff_seconds(attempt, retry_after)
+    if not _finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
+                   next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
-    delay = backoff_seconds(dispatch.attempts, retry_after)
-    dispatch.state = DispatchState.PENDING
-    dispatch.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
     record("dispatch.retry_scheduled", "dispatch", dispatch.id, before={"state": "sending"},
-           after={"state": "pending", "attempt": dispatch.attempts, "error": dispatch.last_error,
+           after={"state": "pending", "attempt": attempt, "error": error[:500],
                   "status_code": status_code, "retry_in_seconds": round(delay, 3)},
-           actor=actor, practice_id=dispatch.practice_id)
+           actor=actor, practice_id=practice_id)
     return delay
 
 
-def mark_permanent(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor) -> None:
-    if not _outcome_allowed(dispatch):
-        return
-    dispatch.last_status_code = status_code
-    _fail(dispatch, error, actor)
-
-
-def _fail(dispatch: Dispatch, error: str, actor: Actor) -> None:
-    dispatch.state, dispatch.last_error = DispatchState.FAILED, error[:500]
-    dispatch.next_attempt_at = None
-    db.session.execute(update(LabCase).where(LabCase.id == dispatch.case_id)
-                       .values(dispatch_error=dispatch.last_error[:300]))
+def mark_permanent(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor) -> bool:
+    attempt, case_id, practice_id = dispatch.attempts, dispatch.case_id, dispatch.practice_id
+    if not _finish(dispatch, state=DispatchState.FAILED, last_error=error[:500], last_status_code=status_code,
+                   next_attempt_at=None):
+        return False
+    db.session.execute(update(LabCase).where(LabCase.id == case_id).values(dispatch_error=error[:300]))
     record("dispatch.failed", "dispatch", dispatch.id, before={"state": "sending"},
-           after={"state": "failed", "attempt": dispatch.attempts, "error": dispatch.last_error,
-                  "status_code": dispatch.last_status_code, "case_id": dispatch.case_id},
-           actor=actor, practice_id=dispatch.practice_id)
+           after={"state": "failed", "attempt": attempt, "error": error[:500], "status_code": status_code,
+                  "case_id": case_id},
+           actor=actor, practice_id=practice_id)
+    return True
 
 
 # --- the outbox sweep -------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def _worker_env(app, redis_url: str) -> dict:
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_dispatch_then_sweep_completes_it_once(app, world, api_lab, stub, queue, fast):
+def test_worker_killed_mid_dispatch_then_sweep_completes_it_once(app, world, api_lab, stub, queue, fast, tmp_path):
     fast["LAB_API_TIMEOUT"] = 0.5  # as the killed worker had it: its lease is job_timeout + 1 s
     stub.hang_next = 1  # the lab stores the order, then does not answer
     dispatch = _send(world, api_lab)
