@@ -22,7 +22,7 @@ PHASES = [
     ("in progress", [Status.ACKNOWLEDGED, Status.IN_PRODUCTION]),
     ("delivery", [Status.DISPATCHED, Status.RECEIVED]),
     ("fit", [Status.FITTED]),
-    ("exceptions", [Status.ON_HOLD, Status.RESCAN]),
+    ("exceptions", [Status.ON_HOLD]),  # On hold and Returned for rescan share one stacked column
 ]
 # Dropping into these columns asks for a reason first.
 NEEDS_REASON = frozenset(
