@@ -139,7 +139,7 @@ def bench_orders(app, n: int) -> dict:
             assert queue.count == n, queue.count
             worker = SimpleWorker([queue], connection=queue.connection, name=f"bench-{uuid.uuid4().hex[:6]}")
             started = time.perf_counter()
-            worker.work(burst=True, with_scheduler=False)
+            worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
             elapsed = time.perf_counter() - started
             delivered = db.session.scalar(select(func.count()).select_from(Dispatch).where(
                 Dispatch.state == DispatchState.DELIVERED))

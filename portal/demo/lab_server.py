@@ -138,6 +138,7 @@ class Lab:
 def make_server(lab: Lab, host: str = HOST, port: int = PORT) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):
             log.debug(fmt, *args)
