@@ -7,7 +7,6 @@ path, and the path of a lab's page is its secret. The filter rewrites `/lab/<tok
 from __future__ import annotations
 
 import logging
-
 import re
 
 LAB_PATH = re.compile(r"(/lab/)[A-Za-z0-9_\-%.~]{6,}")

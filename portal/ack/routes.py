@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 
 from portal.ack import logfilter, services
 from portal.ack.forms import DispatchForm, MessageForm, ReasonForm, StatusForm
+from portal.cases import lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.extensions import db, limiter
 from portal.messages.services import MessageError, thread
@@ -119,7 +120,7 @@ def status(token: str):
     if rule is None:
         try:
             target = Status(wanted)
-            services.lifecycle.check(link.case, target, side="lab")
+            lifecycle.check(link.case, target, side=lifecycle.LAB)
             message = "That is not possible now."
         except (ValueError, IllegalMove) as exc:
             message = str(exc) if isinstance(exc, IllegalMove) else "Choose one of the buttons on the page."

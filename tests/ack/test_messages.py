@@ -13,7 +13,7 @@ from portal.mail.models import MailMessage
 from portal.messages.models import LabMessage
 from portal.messages.services import unread_count
 from tests import factories
-from tests.ack.conftest import audit_count, send_to_email_lab
+from tests.ack.conftest import audit_count
 
 BADGE = re.compile(r'id="unread-lab-messages"[^>]*>Messages <span class="count">(\d+)</span>')
 
