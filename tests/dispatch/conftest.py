@@ -38,10 +38,15 @@ def queue(app, db, fast):
 
 
 def _clean(q) -> None:
+    from rq.exceptions import NoSuchJobError
+
     q.empty()
     for registry in (q.scheduled_job_registry, q.failed_job_registry, q.finished_job_registry):
         for job_id in registry.get_job_ids():
-            registry.remove(job_id, delete_job=True)
+            try:
+                Job.fetch(job_id, connection=q.connection).delete()
+            except NoSuchJobError:
+                registry.remove(job_id)
 
 
 @pytest.fixture()
