@@ -81,6 +81,11 @@ class Config:
         self.SMTP_TIMEOUT = float(os.environ.get("SMTP_TIMEOUT", "10"))
         self.MAIL_FROM = os.environ.get("MAIL_FROM", "Lab Manager <labs@labmanager.invalid>")
         self.LAB_LINK_TTL_DAYS = int(os.environ.get("LAB_LINK_TTL_DAYS", "30"))
+        self.LAB_LINK_RATE_LIMIT = os.environ.get("LAB_LINK_RATE_LIMIT", "30 per minute")
+        self.LAB_LINK_GUESS_LIMIT = os.environ.get("LAB_LINK_GUESS_LIMIT", "10 per minute")
+        self.MAIL_MAX_ATTEMPTS = int(os.environ.get("MAIL_MAX_ATTEMPTS", "12"))
+        self.MAIL_RETRY_INTERVALS = tuple(
+            int(x) for x in os.environ.get("MAIL_RETRY_INTERVALS", "10,60,300").split(",") if x.strip())
         self.LAB_API_TIMEOUT = float(os.environ.get("LAB_API_TIMEOUT", "10"))
         self.DISPATCH_MAX_ATTEMPTS = int(os.environ.get("DISPATCH_MAX_ATTEMPTS", "6"))
         self.DISPATCH_BACKOFF_BASE = float(os.environ.get("DISPATCH_BACKOFF_BASE", "5"))

@@ -198,10 +198,6 @@ def move(case_id: int):
     except IllegalMove as exc:
         db.session.rollback()
         return _board_response(409, str(exc)) if from_board else _back(case, str(exc), "error", 409)
-    if case.status is Status.CANCELLED:
-        from portal.ack.services import on_case_cancelled  # the lab's links stop working; an email lab is told
-
-        on_case_cancelled(case, actor)
     db.session.commit()
     message = f"{case.number} moved to {case.status.label}."
     return _board_response(200, message, "success") if from_board else _back(case, message, "success")

@@ -201,6 +201,10 @@ def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: di
         approve_and_send(case, actor, confirm_risk=False)
         return
     lifecycle.move(case, target, actor=actor, reason=reason, detail=detail)
+    if target is Status.CANCELLED:
+        from portal.ack.services import on_case_cancelled  # the lab's links stop working; an email lab is told
+
+        on_case_cancelled(case, actor)
 
 
 def check_in(case: LabCase, actor: Actor, quality_checked: bool, note: str = "") -> None:
