@@ -34,6 +34,13 @@ def http_client() -> httpx.Client:
     return _client[1]
 
 
+def close_http_client() -> None:
+    global _client
+    if _client is not None:
+        _client[1].close()
+        _client = None
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
     if not value:
