@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 826f4cc42c57
+Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 04:06:01.093269
+Create Date: 2026-11-22 04:58:56.834039
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '826f4cc42c57'
+revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -150,6 +150,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('practice_id', sa.Integer(), nullable=False),
     sa.Column('chart_number', sa.String(length=40), nullable=False),
+    sa.Column('external_id', sa.String(length=40), nullable=True),
     sa.Column('first_name', sa.String(length=100), nullable=False),
     sa.Column('last_name', sa.String(length=100), nullable=False),
     sa.Column('date_of_birth', sa.Date(), nullable=True),
@@ -158,7 +159,8 @@ def upgrade():
     sa.Column('email', sa.String(length=254), nullable=False),
     sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_patient_practice_id_practice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_patient')),
-    sa.UniqueConstraint('practice_id', 'chart_number', name=op.f('uq_patient_practice_id'))
+    sa.UniqueConstraint('practice_id', 'chart_number', name=op.f('uq_patient_practice_id')),
+    sa.UniqueConstraint('practice_id', 'external_id', name='uq_patient_practice_external_id')
     )
     with op.batch_alter_table('patient', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_patient_practice_id'), ['practice_id'], unique=False)
@@ -179,12 +181,14 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('practice_id', sa.Integer(), nullable=False),
     sa.Column('abbr', sa.String(length=20), nullable=False),
+    sa.Column('external_id', sa.String(length=40), nullable=True),
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('license_number', sa.String(length=40), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_provider_practice_id_practice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_provider')),
-    sa.UniqueConstraint('practice_id', 'abbr', name=op.f('uq_provider_practice_id'))
+    sa.UniqueConstraint('practice_id', 'abbr', name=op.f('uq_provider_practice_id')),
+    sa.UniqueConstraint('practice_id', 'external_id', name='uq_provider_practice_external_id')
     )
     with op.batch_alter_table('provider', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_provider_practice_id'), ['practice_id'], unique=False)
@@ -224,6 +228,7 @@ def upgrade():
     sa.Column('due_date_overridden', sa.Boolean(), nullable=False),
     sa.Column('lab_eta', sa.Date(), nullable=True),
     sa.Column('seat_risk', sa.Boolean(), nullable=False),
+    sa.Column('dispatch_error', sa.String(length=300), nullable=False),
     sa.Column('fee', sa.Numeric(precision=10, scale=2), nullable=True),
     sa.Column('invoice_number', sa.String(length=60), nullable=False),
     sa.Column('instructions', sa.Text(), nullable=False),
@@ -280,6 +285,126 @@ def upgrade():
     with op.batch_alter_table('case_item', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_case_item_case_id'), ['case_id'], unique=False)
 
+    op.create_table('dispatch',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('lab_id', sa.Integer(), nullable=False),
+    sa.Column('practice_id', sa.Integer(), nullable=False),
+    sa.Column('channel', sa.Enum('API', 'EMAIL', 'MANUAL', name='channel', native_enum=False, length=10), nullable=False),
+    sa.Column('state', sa.Enum('PENDING', 'SENDING', 'DELIVERED', 'FAILED', 'SUPERSEDED', name='dispatchstate', native_enum=False, length=12), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('max_attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sa.DateTime(), nullable=True),
+    sa.Column('last_error', sa.String(length=500), nullable=False),
+    sa.Column('last_status_code', sa.Integer(), nullable=True),
+    sa.Column('lab_reference', sa.String(length=100), nullable=False),
+    sa.Column('webhook_id', sa.String(length=64), nullable=False),
+    sa.Column('payload', sa.Text(), nullable=False),
+    sa.Column('approved_by_id', sa.Integer(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('delivered_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['approved_by_id'], ['user.id'], name=op.f('fk_dispatch_approved_by_id_user')),
+    sa.ForeignKeyConstraint(['case_id'], ['lab_case.id'], name=op.f('fk_dispatch_case_id_lab_case')),
+    sa.ForeignKeyConstraint(['lab_id'], ['lab.id'], name=op.f('fk_dispatch_lab_id_lab')),
+    sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_dispatch_practice_id_practice')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_dispatch')),
+    sa.UniqueConstraint('webhook_id', name=op.f('uq_dispatch_webhook_id'))
+    )
+    with op.batch_alter_table('dispatch', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_dispatch_case_id'), ['case_id'], unique=False)
+        batch_op.create_index('ix_dispatch_due', ['state', 'next_attempt_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_dispatch_lab_id'), ['lab_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_dispatch_practice_id'), ['practice_id'], unique=False)
+
+    op.create_table('lab_message',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('practice_id', sa.Integer(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('lab_id', sa.Integer(), nullable=True),
+    sa.Column('direction', sa.String(length=3), nullable=False),
+    sa.Column('author', sa.String(length=200), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('read_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['case_id'], ['lab_case.id'], name=op.f('fk_lab_message_case_id_lab_case')),
+    sa.ForeignKeyConstraint(['lab_id'], ['lab.id'], name=op.f('fk_lab_message_lab_id_lab')),
+    sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_lab_message_practice_id_practice')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_lab_message'))
+    )
+    with op.batch_alter_table('lab_message', schema=None) as batch_op:
+        batch_op.create_index('ix_lab_message_case_created', ['case_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_lab_message_unread', ['practice_id', 'direction', 'read_at'], unique=False)
+
+    op.create_table('mail_message',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('practice_id', sa.Integer(), nullable=True),
+    sa.Column('case_id', sa.Integer(), nullable=True),
+    sa.Column('lab_id', sa.Integer(), nullable=True),
+    sa.Column('kind', sa.String(length=40), nullable=False),
+    sa.Column('to_addrs', sa.String(length=1000), nullable=False),
+    sa.Column('cc_addrs', sa.String(length=1000), nullable=False),
+    sa.Column('subject', sa.String(length=300), nullable=False),
+    sa.Column('text_body', sa.Text(), nullable=False),
+    sa.Column('html_body', sa.Text(), nullable=False),
+    sa.Column('scrub', sa.String(length=200), nullable=False),
+    sa.Column('state', sa.String(length=10), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('last_error', sa.String(length=500), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('sent_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['case_id'], ['lab_case.id'], name=op.f('fk_mail_message_case_id_lab_case')),
+    sa.ForeignKeyConstraint(['lab_id'], ['lab.id'], name=op.f('fk_mail_message_lab_id_lab')),
+    sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_mail_message_practice_id_practice')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_mail_message'))
+    )
+    with op.batch_alter_table('mail_message', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_mail_message_case_id'), ['case_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_mail_message_practice_id'), ['practice_id'], unique=False)
+        batch_op.create_index('ix_mail_message_state_created', ['state', 'created_at'], unique=False)
+
+    op.create_table('ack_link',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('dispatch_id', sa.String(length=36), nullable=True),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('lab_id', sa.Integer(), nullable=False),
+    sa.Column('practice_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('expires_at', sa.DateTime(), nullable=False),
+    sa.Column('revoked_at', sa.DateTime(), nullable=True),
+    sa.Column('revoked_reason', sa.String(length=40), nullable=False),
+    sa.Column('last_action_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['case_id'], ['lab_case.id'], name=op.f('fk_ack_link_case_id_lab_case')),
+    sa.ForeignKeyConstraint(['dispatch_id'], ['dispatch.id'], name=op.f('fk_ack_link_dispatch_id_dispatch')),
+    sa.ForeignKeyConstraint(['lab_id'], ['lab.id'], name=op.f('fk_ack_link_lab_id_lab')),
+    sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_ack_link_practice_id_practice')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ack_link')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_ack_link_token_hash'))
+    )
+    with op.batch_alter_table('ack_link', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ack_link_case_id'), ['case_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ack_link_dispatch_id'), ['dispatch_id'], unique=False)
+
+    op.create_table('lab_event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('lab_id', sa.Integer(), nullable=False),
+    sa.Column('event_id', sa.String(length=100), nullable=False),
+    sa.Column('webhook_id', sa.String(length=100), nullable=False),
+    sa.Column('dispatch_id', sa.String(length=36), nullable=False),
+    sa.Column('type', sa.String(length=30), nullable=False),
+    sa.Column('occurred_at', sa.DateTime(), nullable=True),
+    sa.Column('outcome', sa.String(length=20), nullable=False),
+    sa.Column('payload_sha256', sa.String(length=64), nullable=False),
+    sa.Column('received_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['dispatch_id'], ['dispatch.id'], name=op.f('fk_lab_event_dispatch_id_dispatch')),
+    sa.ForeignKeyConstraint(['lab_id'], ['lab.id'], name=op.f('fk_lab_event_lab_id_lab')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_lab_event')),
+    sa.UniqueConstraint('lab_id', 'event_id', name='uq_lab_event_lab_id_event_id'),
+    sa.UniqueConstraint('lab_id', 'webhook_id', name='uq_lab_event_lab_id_webhook_id')
+    )
+    with op.batch_alter_table('lab_event', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_lab_event_dispatch_id'), ['dispatch_id'], unique=False)
+
     # ### end Alembic commands ###
     op.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '')")
     create_audit_guards()
@@ -315,9 +440,38 @@ def drop_audit_guards():
         op.execute("DROP FUNCTION IF EXISTS audit_event_append_only()")
 
 
+
+
 def downgrade():
     drop_audit_guards()
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('lab_event', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_lab_event_dispatch_id'))
+
+    op.drop_table('lab_event')
+    with op.batch_alter_table('ack_link', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ack_link_dispatch_id'))
+        batch_op.drop_index(batch_op.f('ix_ack_link_case_id'))
+
+    op.drop_table('ack_link')
+    with op.batch_alter_table('mail_message', schema=None) as batch_op:
+        batch_op.drop_index('ix_mail_message_state_created')
+        batch_op.drop_index(batch_op.f('ix_mail_message_practice_id'))
+        batch_op.drop_index(batch_op.f('ix_mail_message_case_id'))
+
+    op.drop_table('mail_message')
+    with op.batch_alter_table('lab_message', schema=None) as batch_op:
+        batch_op.drop_index('ix_lab_message_unread')
+        batch_op.drop_index('ix_lab_message_case_created')
+
+    op.drop_table('lab_message')
+    with op.batch_alter_table('dispatch', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_dispatch_practice_id'))
+        batch_op.drop_index(batch_op.f('ix_dispatch_lab_id'))
+        batch_op.drop_index('ix_dispatch_due')
+        batch_op.drop_index(batch_op.f('ix_dispatch_case_id'))
+
+    op.drop_table('dispatch')
     with op.batch_alter_table('case_item', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_case_item_case_id'))
 
