@@ -81,7 +81,14 @@ CAN_EDIT = (Role.COORDINATOR, Role.ADMIN)
 
 
 def can_edit() -> bool:
-    return bool(g.get("practice")) and current_user.role_in(g.practice.id) in CAN_EDIT
+    if "can_edit" not in g:  # asked once per card on the board: answer it once per request
+        g.can_edit = bool(g.get("practice")) and current_user.role_in(g.practice.id) in CAN_EDIT
+    return g.can_edit
+
+
+def case_path(case_id: int, action: str = "") -> str:
+    """/cases/<id>[/<action>]: the board builds a few hundred of these, and url_for is slow."""
+    return f"{request.script_root}/cases/{case_id}" + (f"/{action}" if action else "")
 
 
 def get_or_404(model, ident, practice_field: str = "practice_id"):
@@ -175,7 +182,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["fromjson"] = lambda text: json.loads(text or "{}")
     app.jinja_env.globals.update(
         Status=Status, STATUS_LABELS=LABELS, HTMX_CONFIG=HTMX_CONFIG, can_edit=can_edit, Role=Role,
-        today=lambda: dt.date.today(), case_moves=allowed_moves,
+        today=lambda: dt.date.today(), case_moves=allowed_moves, case_path=case_path,
     )
 
     @app.errorhandler(CSRFError)

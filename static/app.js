@@ -65,10 +65,21 @@
     });
   }
   document.addEventListener("toggle", function (e) {
-    if (e.target.matches && e.target.matches(".card-menu") && e.target.open) closeMenus(e.target);
+    if (!(e.target.matches && e.target.matches(".card-menu") && e.target.open)) return;
+    closeMenus(e.target);
+    var choice = e.target.querySelector(".menu-body select");  // loaded on an earlier opening
+    if (choice) choice.focus();
   }, true);
   document.addEventListener("click", function (e) {
     if (!e.target.closest(".card-menu")) closeMenus(null);
+  });
+  // The menu's form arrives when it is first opened: put the keyboard on its status choice.
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var body = e.detail.target;
+    if (!body || !body.classList || !body.classList.contains("menu-body")) return;
+    var menu = body.closest(".card-menu");
+    var choice = body.querySelector("select");
+    if (menu && menu.open && choice) choice.focus();
   });
   document.addEventListener("keydown", function (e) {
     var menu = e.key === "Escape" && e.target.closest && e.target.closest(".card-menu[open]");

@@ -8,6 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import joinedload, selectinload
 
 from portal.audit.models import AuditEvent
+from portal.board.cards import CardView, card_select, load_cards
 from portal.cases.lifecycle import TRANSITIONS, Status
 from portal.cases.models import LabCase
 from portal.extensions import db
@@ -64,7 +65,7 @@ class Filters:
 class Column:
     status: Status
     count: int = 0
-    cards: list[LabCase] = field(default_factory=list)
+    cards: list[CardView] = field(default_factory=list)
 
     @property
     def has_more(self) -> bool:
@@ -119,7 +120,7 @@ def _order():
 
 def card_query():
     return select(LabCase).options(
-        joinedload(LabCase.patient), joinedload(LabCase.lab), joinedload(LabCase.provider),
+        joinedload(LabCase.patient), joinedload(LabCase.lab),
         joinedload(LabCase.seat_appointment), selectinload(LabCase.items),
     )
 
@@ -134,10 +135,9 @@ def load_board(practice_id: int, f: Filters, per_column: int, today: dt.date | N
     ranked = select(
         LabCase.id, func.row_number().over(partition_by=LabCase.status, order_by=_order()).label("rn")
     ).where(*conds).subquery()
-    cards = db.session.scalars(
-        card_query().join(ranked, ranked.c.id == LabCase.id).where(ranked.c.rn <= per_column)
-        .order_by(*_order())
-    ).unique().all()
+    cards = load_cards(
+        card_select().join(ranked, ranked.c.id == LabCase.id).where(ranked.c.rn <= per_column).order_by(*_order())
+    )
     columns = {s: Column(s, counts.get(s, 0)) for s in COLUMNS}
     for case in cards:
         columns[case.status].cards.append(case)
@@ -145,11 +145,10 @@ def load_board(practice_id: int, f: Filters, per_column: int, today: dt.date | N
 
 
 def load_column(practice_id: int, status: Status, f: Filters, offset: int, limit: int,
-                today: dt.date | None = None) -> list[LabCase]:
+                today: dt.date | None = None) -> list[CardView]:
     conds = _conditions(practice_id, f, today or dt.date.today())
-    return list(db.session.scalars(
-        card_query().where(*conds, LabCase.status == status).order_by(*_order()).offset(offset).limit(limit)
-    ).unique())
+    return load_cards(card_select().where(*conds, LabCase.status == status).order_by(*_order())
+                      .offset(offset).limit(limit))
 
 
 def board_stamp(practice_id: int) -> int:

@@ -4,7 +4,9 @@ import datetime as dt
 import io
 
 import segno
-from flask import Blueprint, abort, current_app, flash, g, make_response, redirect, request, url_for
+from flask import (
+    Blueprint, abort, current_app, flash, g, make_response, redirect, render_template, request, url_for,
+)
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -179,6 +181,16 @@ def _board_response(status: int, message: str | None = None, level: str = "error
     stamp = board_services.board_stamp(g.practice.id)
     return render("board/index.html", "columns", code=status, columns=columns, filters=filters,
                   stamp=stamp, phases=board_services.PHASES, toast=message, toast_level=level)
+
+
+@bp.get("/<int:case_id>/menu")
+@requires(*CAN_EDIT)
+def menu(case_id: int):
+    """A board card's Move menu, fetched when the menu is opened."""
+    case = get_or_404(LabCase, case_id)
+    response = make_response(render_template("board/_card_menu.html", case=case, moves=allowed_moves(case)))
+    response.vary.add("HX-Request")
+    return response
 
 
 @bp.post("/<int:case_id>/move")
