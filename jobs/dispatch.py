@@ -74,6 +74,9 @@ def deliver(dispatch_id: str) -> str:
     from portal.extensions import db
 
     with _app().app_context():
+        # The claim's RETURNING is the row as committed; reloading it after the commit would only
+        # cost a SELECT per attempt. (_finish still expires it after writing an outcome.)
+        db.session().expire_on_commit = False
         actor = Actor.job(ACTOR_NAME)
         dispatch = services.claim(dispatch_id)
         if dispatch is None:
