@@ -10,14 +10,14 @@ from types import SimpleNamespace
 from sqlalchemy import Select, select
 
 from portal.cases.lifecycle import Status
-from portal.cases.models import CaseItem, LabCase
+from portal.cases.models import CaseDates, CaseItem, LabCase
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient
 
 
-@dataclass(slots=True)
-class CardView:
+@dataclass
+class CardView(CaseDates):
     """Duck-types the parts of LabCase the card template and the lifecycle's allowed_moves read."""
 
     id: int
@@ -35,17 +35,6 @@ class CardView:
     lab: SimpleNamespace | None
     seat_appointment: SimpleNamespace | None
     items: list[SimpleNamespace] = field(default_factory=list)
-
-    @property
-    def seat_date(self) -> dt.date | None:
-        return self.seat_appointment.starts_at.date() if self.seat_appointment else None
-
-    @property
-    def expected_date(self) -> dt.date | None:
-        return self.lab_eta or self.due_date
-
-    def is_overdue(self, today: dt.date) -> bool:
-        return LabCase.is_overdue(self, today)
 
 
 def card_select() -> Select:

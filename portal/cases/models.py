@@ -20,7 +20,32 @@ class Counter(db.Model):
     value: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class LabCase(db.Model):
+class CaseDates:
+    """Dates a case is judged by; shared by the ORM model and the board's plain card rows."""
+
+    status: Status
+    lab_eta: dt.date | None
+    due_date: dt.date | None
+    seat_appointment: object
+
+    @property
+    def seat_date(self) -> dt.date | None:
+        return self.seat_appointment.starts_at.date() if self.seat_appointment else None
+
+    @property
+    def expected_date(self) -> dt.date | None:
+        """When the work is expected back: the lab's ETA once known, else the due date."""
+        return self.lab_eta or self.due_date
+
+    def is_overdue(self, today: dt.date) -> bool:
+        return (
+            self.status in Status.awaiting_lab()
+            and self.expected_date is not None
+            and self.expected_date < today
+        )
+
+
+class LabCase(CaseDates, db.Model):
     __table_args__ = (
         Index("ix_lab_case_board", "practice_id", "status", "due_date"),
         Index("ix_lab_case_practice_updated", "practice_id", "updated_at"),
@@ -76,21 +101,6 @@ class LabCase(db.Model):
     remake_of = relationship("LabCase", remote_side=[id], foreign_keys=[remake_of_id])
     previous_stage = relationship("LabCase", remote_side=[id], foreign_keys=[previous_stage_id])
 
-    @property
-    def seat_date(self) -> dt.date | None:
-        return self.seat_appointment.starts_at.date() if self.seat_appointment else None
-
-    @property
-    def expected_date(self) -> dt.date | None:
-        """When the work is expected back: the lab's ETA once known, else the due date."""
-        return self.lab_eta or self.due_date
-
-    def is_overdue(self, today: dt.date) -> bool:
-        return (
-            self.status in Status.awaiting_lab()
-            and self.expected_date is not None
-            and self.expected_date < today
-        )
 
 
 class CaseItem(db.Model):
