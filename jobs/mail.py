@@ -62,6 +62,7 @@ def send(mail_id: int) -> str:
         record("mail.sent", "mail_message", mail.id, before={"state": PENDING},
                after={"state": SENT, "kind": mail.kind, "attempts": mail.attempts, "backend": backend},
                actor=ACTOR, practice_id=mail.practice_id)
+        _dispatch_follows(mail, sent=True)
         db.session.commit()
         log.info("mail %s (%s) %s", mail.id, mail.kind, "captured" if backend == "devmailbox" else "sent")
         return SENT
@@ -80,8 +81,20 @@ def _fail(mail: MailMessage, reason: str) -> None:
     record("mail.failed", "mail_message", mail.id, before={"state": PENDING},
            after={"state": FAILED, "kind": mail.kind, "attempts": mail.attempts, "error": reason[:200]},
            actor=ACTOR, practice_id=mail.practice_id, outcome="failed")
+    _dispatch_follows(mail, sent=False, error=reason)
     db.session.commit()
     log.error("mail %s failed: %s", mail.id, reason)
+
+
+WORK_ORDER_KINDS = ("work_order", "new_link")
+
+
+def _dispatch_follows(mail: MailMessage, sent: bool, error: str = "") -> None:
+    """A work order's email is the email lab's dispatch: its outcome is the dispatch's."""
+    if mail.kind in WORK_ORDER_KINDS and mail.case_id:
+        from portal.dispatch.services import email_outcome
+
+        email_outcome(mail.case_id, sent, error, ACTOR)
 
 
 def _no_more_retries() -> None:

@@ -147,6 +147,31 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
     return dispatch
 
 
+def email_outcome(case_id: int, sent: bool, error: str, actor: Actor) -> None:
+    """The work-order email of an email lab's dispatch was sent, or failed for good: the dispatch
+    (and, on failure, the board's card) say so, as they do for an API lab (D4)."""
+    dispatch = db.session.scalar(
+        select(Dispatch).where(Dispatch.case_id == case_id, Dispatch.channel == Channel.EMAIL,
+                               Dispatch.state != DispatchState.SUPERSEDED)
+        .order_by(Dispatch.created_at.desc()).limit(1))
+    if dispatch is None:
+        return
+    case = db.session.get(LabCase, case_id)
+    before = dispatch.state.value
+    if sent:
+        if dispatch.state is DispatchState.DELIVERED:
+            return
+        dispatch.state, dispatch.delivered_at, dispatch.last_error = DispatchState.DELIVERED, utcnow(), ""
+        case.dispatch_error = ""
+    else:
+        dispatch.state, dispatch.last_error = DispatchState.FAILED, f"The email to the lab failed: {error}"[:500]
+        case.dispatch_error = dispatch.last_error
+    record(f"dispatch.{dispatch.state.value}", "dispatch", dispatch.id, before={"state": before},
+           after={"state": dispatch.state.value, "via": "email", "case_id": case_id,
+                  **({"error": error[:200]} if not sent else {})},
+           actor=actor, practice_id=dispatch.practice_id)
+
+
 def enqueue_attempt(dispatch: Dispatch) -> None:
     """Hand the next attempt to RQ after the commit (the outbox relay)."""
     from portal.queue import enqueue_after_commit
@@ -155,10 +180,24 @@ def enqueue_attempt(dispatch: Dispatch) -> None:
 
 
 def retry(dispatch: Dispatch, actor: Actor) -> None:
-    """A person asks for another go at a failed dispatch: same order id, same idempotency key."""
+    """A person asks for another go at a failed dispatch: same order id, same idempotency key
+    (for an email lab: a new link and the work order mailed again)."""
     if dispatch.state is not DispatchState.FAILED:
         raise IllegalMove(f"This dispatch is {dispatch.state.label.lower()}; only a failed one can be retried.")
     case = db.session.get(LabCase, dispatch.case_id)
+    if dispatch.channel is Channel.EMAIL:
+        from portal.ack.services import LinkError, resend_link
+
+        try:
+            resend_link(case, actor)
+        except LinkError as exc:
+            raise IllegalMove(str(exc)) from None
+        before = {"state": dispatch.state.value}
+        dispatch.state, dispatch.last_error, case.dispatch_error = DispatchState.PENDING, "", ""
+        record("dispatch.retry", "dispatch", dispatch.id, before=before,
+               after={"state": dispatch.state.value, "case": case.number, "via": "new link"}, actor=actor,
+               practice_id=dispatch.practice_id)
+        return
     before = {"state": dispatch.state.value, "attempts": dispatch.attempts}
     dispatch.state = DispatchState.PENDING
     dispatch.max_attempts = dispatch.attempts + current_app.config["DISPATCH_MAX_ATTEMPTS"]
