@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import (
-    BooleanField, DateField, DecimalField, FieldList, Form, FormField, HiddenField, SelectChoice,
+    BooleanField, DateField, DecimalField, FieldList, Form, FormField, HiddenField, IntegerField, SelectChoice,
     SelectField, StringField, TextAreaField,
 )
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
@@ -46,7 +46,10 @@ class ItemForm(Form):
 
 
 class CaseForm(FlaskForm):
-    patient_id = SelectField("Patient", coerce=int, validators=[InputRequired("Choose the patient.")])
+    # Chosen from a searchable radio list (a practice has thousands of patients, not a <select>'s worth).
+    patient_id = IntegerField("Patient", validators=[InputRequired("Choose the patient.")])
+    patient_q = StringField("Find patient", validators=[Optional(), Length(max=100)])
+    find_patient = HiddenField()
     provider_id = SelectField("Provider", coerce=int, validators=[InputRequired("Choose the provider.")])
     lab_id = SelectField("Lab", coerce=int, validators=[InputRequired("Choose a lab.")])
     seat_appointment_id = SelectField("Seat appointment", coerce=int, validate_choice=False)

@@ -29,10 +29,7 @@ bp = Blueprint("cases", __name__, url_prefix="/cases")
 
 def _fill_choices(form: CaseForm, patient_id: int | None) -> None:
     practice = g.practice
-    patients = db.session.scalars(select(Patient).where(Patient.practice_id == practice.id)
-                                  .order_by(Patient.last_name, Patient.first_name)).all()
-    form.patient_id.choices = choices([(0, "— choose —")] + [
-        (p.id, f"{p.last_name}, {p.first_name} · {p.chart_number}") for p in patients])
+    form.patient_options = services.patient_options(practice.id, form.patient_q.data or "", patient_id)
     form.provider_id.choices = choices([(0, "— choose —")] + [
         (p.id, p.name) for p in db.session.scalars(
             select(Provider).where(Provider.practice_id == practice.id, Provider.active).order_by(Provider.name))])
@@ -72,7 +69,7 @@ def _case_data(form: CaseForm) -> CaseData:
 def _validated(form: CaseForm) -> bool:
     form.set_numbering(g.practice.tooth_numbering)
     ok = form.validate()
-    for name in ("patient_id", "provider_id", "lab_id"):
+    for name in ("provider_id", "lab_id"):
         if getattr(form, name).data == 0:
             getattr(form, name).errors = list(getattr(form, name).errors) + [f"Choose the {getattr(form, name).label.text.lower()}."]
             ok = False
@@ -85,6 +82,9 @@ def _form_response(form, case, status=422):
 
 def _save(form: CaseForm, case: LabCase | None):
     """Validate, call the service, commit; or re-render the form with errors beside the fields."""
+    if form.find_patient.data == "1":  # the patient search without htmx: same form, other matches
+        form.set_numbering(g.practice.tooth_numbering)
+        return _form_response(form, case, 200)
     if form.add_item.data == "1" and len(form.items) < form.items.max_entries:
         form.items.append_entry()
         form.set_numbering(g.practice.tooth_numbering)
@@ -152,6 +152,17 @@ def edit(case_id: int):
     _fill_choices(form, case.patient_id)
     form.set_numbering(g.practice.tooth_numbering)
     return render("cases/form.html", "case_form", form=form, case=case)
+
+
+@bp.get("/patients")
+@requires(*CAN_EDIT)
+def patient_options():
+    """The case form's patient matches for what was typed (htmx active search)."""
+    form = CaseForm(formdata=None)
+    form.patient_q.data = request.args.get("patient_q", "")[:100]
+    form.patient_id.data = request.args.get("patient_id", type=int)
+    form.patient_options = services.patient_options(g.practice.id, form.patient_q.data, form.patient_id.data)
+    return render("cases/form.html", "patient_options", form=form)
 
 
 @bp.get("/appointments")

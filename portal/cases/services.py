@@ -5,7 +5,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
@@ -269,3 +269,24 @@ def timeline(case: LabCase):
         select(AuditEvent).where(AuditEvent.entity_type == "lab_case", AuditEvent.entity_id == str(case.id))
         .order_by(AuditEvent.seq.desc())
     ).all()
+
+
+def patient_options(practice_id: int, query: str, selected_id: int | None, limit: int = 10) -> list[Patient]:
+    """Patients to choose from on the case form: the one already chosen first, then matches for
+    `query` (name or chart number), or the most recently added when nothing is typed."""
+    stmt = select(Patient).where(Patient.practice_id == practice_id)
+    query = query.strip().lower()
+    if query:
+        like = f"%{query}%"
+        stmt = stmt.where(or_(func.lower(Patient.last_name + ", " + Patient.first_name).like(like),
+                              func.lower(Patient.first_name + " " + Patient.last_name).like(like),
+                              func.lower(Patient.chart_number) == query))
+        stmt = stmt.order_by(Patient.last_name, Patient.first_name)
+    else:
+        stmt = stmt.order_by(Patient.id.desc())
+    found = list(db.session.scalars(stmt.limit(limit)))
+    if selected_id and all(p.id != selected_id for p in found):
+        chosen = db.session.get(Patient, selected_id)
+        if chosen is not None and chosen.practice_id == practice_id:
+            found.insert(0, chosen)
+    return found

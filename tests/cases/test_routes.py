@@ -158,3 +158,28 @@ def test_seat_risk_follows_due_date_override(client, login, world):
     assert client.post(f"/cases/{case.id}/edit", data).status_code == 302
     db.session.refresh(case)
     assert case.due_date_overridden and case.seat_risk
+
+
+def test_patient_picker_searches_this_practice_only_and_keeps_the_choice(client, login, world):
+    chosen = factories.patient(world.practice, "Zoe", "Quarry", chart="Q-1")
+    match = factories.patient(world.practice, "Quentin", "Quarrington", chart="Q-2")
+    factories.patient(world.other_practice, "Quincy", "Quarrel", chart="Q-3")
+    login()
+    html = client.hx(f"/cases/patients?patient_q=quarr&patient_id={chosen.id}").get_data(as_text=True)
+    assert "Quarrington" in html and "Quarry" in html and "Quarrel" not in html
+    assert f'value="{chosen.id}" checked' in html and "<html" not in html
+    by_chart = client.hx("/cases/patients?patient_q=q-2").get_data(as_text=True)
+    assert "Quarrington" in by_chart and "Quarry" not in by_chart
+    # Without htmx the Find button re-renders the whole form with the matches; nothing is saved.
+    page = client.post("/cases/new", {"patient_q": "quarrington", "find_patient": "1"})
+    assert page.status_code == 200 and "Quarrington" in page.get_data(as_text=True)
+    assert db.session.scalar(select(func.count()).select_from(LabCase)) == 0
+    assert match.id
+
+
+def test_case_without_a_patient_is_refused_beside_the_field(client, login, world):
+    login()
+    data = _form(world, factories.patient(world.practice))
+    del data["patient_id"]
+    response = client.post("/cases/new", data, htmx=True)
+    assert response.status_code == 422 and "Choose the patient." in response.get_data(as_text=True)
