@@ -76,10 +76,13 @@ def unread_by_case(practice_id: int, case_ids: list[int]) -> dict[int, int]:
 
 
 def mark_read(case) -> int:
-    """Mark the case's incoming messages read; returns how many changed. Read markers are a
-    person's view state, not a change to the case, so they are not audited."""
+    """Mark the case's incoming messages read; returns how many changed. It changes stored state,
+    so it is audited (A1) — once per time something actually became read."""
     result = db.session.execute(
         update(LabMessage).where(LabMessage.case_id == case.id, LabMessage.direction == IN,
                                  LabMessage.read_at.is_(None)).values(read_at=utcnow())
     )
-    return result.rowcount or 0
+    changed = result.rowcount or 0
+    if changed:
+        record("lab_message.read", "lab_case", case.id, after={"messages": changed}, practice_id=case.practice_id)
+    return changed
