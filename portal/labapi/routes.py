@@ -1,6 +1,7 @@
 """POST /api/labs/<lab_id>/events: a lab's signed status events (openapi/lab-api.yaml).
 
-Verify (signature over the raw body, fresh timestamp), apply, commit, answer; JSON errors only.
+Verify (signature over the raw body, fresh timestamp), check, store, commit, answer 204 (W5); a job
+enqueued after the commit applies the event to the case. JSON errors only.
 No CSRF token here: the Standard Webhooks signature is the authentication.
 """
 from __future__ import annotations
@@ -58,12 +59,12 @@ def events(lab_id: int):
     except ValueError:
         return _error(422, "the body is not JSON")
     try:
-        services.apply_event(lab, msg_id, body, raw)
+        services.accept_event(lab, msg_id, body, raw)
         db.session.commit()
     except services.EventError as exc:
         db.session.rollback()
         return _error(422, str(exc))
     except IntegrityError:
-        # The same event arrived twice at once (unique per lab); the other copy was applied.
+        # The same event arrived twice at once (unique per lab); the other copy was stored.
         db.session.rollback()
     return _no_content()
