@@ -26,7 +26,7 @@ from portal.cases.lifecycle import LAB, MAIN_LINE, IllegalMove, Status
 from portal.cases.models import LabCase
 from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.extensions import db
-from portal.labs.models import Lab
+from portal.labs.models import Lab, LabSecret
 from portal.practices.models import utcnow
 
 REQUIRED = {
@@ -47,13 +47,19 @@ class EventError(ValueError):
     """The event can't be applied; str(exc) goes back to the lab as {"error": ...} with 422."""
 
 
-def active_secrets(lab: Lab) -> list[str]:
-    return [s.secret for s in lab.secrets if s.revoked_at is None]
+def lab_secrets(lab_id: int) -> list[str] | None:
+    """The lab's active signing secrets, in one query; None when there is no such lab."""
+    rows = db.session.execute(
+        select(Lab.id, LabSecret.secret)
+        .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
+        .where(Lab.id == lab_id).order_by(LabSecret.id)
+    ).all()
+    return [r.secret for r in rows if r.secret] if rows else None
 
 
-def seen_webhook(lab: Lab, webhook_id: str) -> bool:
+def seen_webhook(lab_id: int, webhook_id: str) -> bool:
     return db.session.scalar(select(LabEvent.id).where(
-        LabEvent.lab_id == lab.id, LabEvent.webhook_id == webhook_id).limit(1)) is not None
+        LabEvent.lab_id == lab_id, LabEvent.webhook_id == webhook_id).limit(1)) is not None
 
 
 def _text(data: dict, name: str) -> str:
@@ -119,28 +125,43 @@ def job_options() -> dict:
     return {"job_timeout": 60, "result_ttl": 3600, "failure_ttl": 7 * 86400}
 
 
-def accept_event(lab: Lab, webhook_id: str, body: object, raw: bytes) -> str:
+def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes) -> str:
     """Check one verified event and store it to be applied. Returns "pending" or "duplicate".
 
     Reads the case but changes nothing but the new LabEvent row, which is flushed, so two copies
     arriving at once collide on the unique constraint (the caller answers the loser 204); the job
     that applies it is enqueued after the commit. Raises EventError for a 422.
     """
-    event = parse(body)
+    try:
+        event = parse(body)
+    except EventError:
+        if seen_webhook(lab_id, webhook_id):  # a delivery already handled: 2xx whatever it holds
+            return "duplicate"
+        raise
     if db.session.scalar(select(LabEvent.id).where(
-            LabEvent.lab_id == lab.id,
+            LabEvent.lab_id == lab_id,
             or_(LabEvent.event_id == event["event_id"], LabEvent.webhook_id == webhook_id)).limit(1)):
         return "duplicate"
-    dispatch = db.session.get(Dispatch, event["order_id"])
-    if dispatch is None or dispatch.lab_id != lab.id:
+    # The order and its case in one query (the request only reads them).
+    found = db.session.execute(
+        select(Dispatch, LabCase).join(LabCase, LabCase.id == Dispatch.case_id)
+        .where(Dispatch.id == event["order_id"], Dispatch.lab_id == lab_id)
+    ).one_or_none()
+    if found is None:
         raise EventError(f"unknown order {event['order_id'][:36]!r}")
-    case = db.session.get(LabCase, dispatch.case_id)
+    dispatch, case = found
     if event["case_number"] and event["case_number"] != case.number:
         raise EventError(f"order {dispatch.id} is case {case.number}, not {event['case_number'][:20]}")
-    outcome, _ = _decide(case, dispatch, event)
-    if outcome == "applied":
-        _check_move(case, event)
-    row = LabEvent(lab_id=lab.id, event_id=event["event_id"], webhook_id=webhook_id, dispatch_id=dispatch.id,
+    # The job decides for good on the case as it is then; here only whether to refuse it now.
+    # The newest-event query is needed only when the move looks impossible: an event older than
+    # one already applied is stored (the job ignores it), not refused.
+    if _decide(case, dispatch, event, newest=None)[0] == "applied":
+        try:
+            _check_move(case, event)
+        except EventError:
+            if _decide(case, dispatch, event)[0] == "applied":
+                raise
+    row = LabEvent(lab_id=lab_id, event_id=event["event_id"], webhook_id=webhook_id, dispatch_id=dispatch.id,
                    type=event["type"], occurred_at=event["occurred_at"], outcome=PENDING,
                    payload_sha256=hashlib.sha256(raw).hexdigest(), payload=raw.decode("utf-8"),
                    received_at=utcnow())
@@ -219,13 +240,19 @@ def _newest_status_event(dispatch: Dispatch) -> dt.datetime | None:
         LabEvent.type != "message"))
 
 
-def _decide(case: LabCase, dispatch: Dispatch, event: dict) -> tuple[str, str]:
+_LOOK_UP = object()
+
+
+def _decide(case: LabCase, dispatch: Dispatch, event: dict, newest=_LOOK_UP) -> tuple[str, str]:
+    """applied, noop or ignored (with why). `newest=None` leaves out the check against the newest
+    event already applied for the order (one query)."""
     kind = event["type"]
     if kind == "message":
         return "applied", ""
     if dispatch.state is DispatchState.SUPERSEDED:
         return "ignored", "the order was replaced by a newer one"
-    newest = _newest_status_event(dispatch)
+    if newest is _LOOK_UP:
+        newest = _newest_status_event(dispatch)
     if newest is not None and event["occurred_at"] < newest:
         return "ignored", "older than an event already applied for this order"
     where = case.held_from if case.status is Status.ON_HOLD and case.held_from else case.status
