@@ -90,5 +90,5 @@ class LabEvent(db.Model):
     occurred_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     outcome: Mapped[str] = mapped_column(String(20))  # pending, then applied, noop or ignored
     payload_sha256: Mapped[str] = mapped_column(String(64))
-    payload: Mapped[str] = mapped_column(Text, default="")  # the verified body, for the job that applies it
+    payload: Mapped[str] = mapped_column(Text, default="")  # the verified body as JSON, for the job
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -163,7 +163,7 @@ def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes) -> str:
                 raise
     row = LabEvent(lab_id=lab_id, event_id=event["event_id"], webhook_id=webhook_id, dispatch_id=dispatch.id,
                    type=event["type"], occurred_at=event["occurred_at"], outcome=PENDING,
-                   payload_sha256=hashlib.sha256(raw).hexdigest(), payload=raw.decode("utf-8"),
+                   payload_sha256=hashlib.sha256(raw).hexdigest(), payload=json.dumps(body, separators=(",", ":")),
                    received_at=utcnow())
     db.session.add(row)
     db.session.flush()
