@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
@@ -47,13 +47,24 @@ class EventError(ValueError):
     """The event can't be applied; str(exc) goes back to the lab as {"error": ...} with 422."""
 
 
+# The endpoint's statements, built once: building a statement costs more than running it here.
+_LAB_SECRETS = (
+    select(Lab.id, LabSecret.secret)
+    .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
+    .where(Lab.id == bindparam("lab_id")).order_by(LabSecret.id)
+)
+_SEEN = select(LabEvent.id).where(
+    LabEvent.lab_id == bindparam("lab_id"),
+    or_(LabEvent.event_id == bindparam("event_id"), LabEvent.webhook_id == bindparam("webhook_id"))).limit(1)
+_ORDER_AND_CASE = (
+    select(Dispatch, LabCase).join(LabCase, LabCase.id == Dispatch.case_id)
+    .where(Dispatch.id == bindparam("order_id"), Dispatch.lab_id == bindparam("lab_id"))
+)
+
+
 def lab_secrets(lab_id: int) -> list[str] | None:
     """The lab's active signing secrets, in one query; None when there is no such lab."""
-    rows = db.session.execute(
-        select(Lab.id, LabSecret.secret)
-        .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
-        .where(Lab.id == lab_id).order_by(LabSecret.id)
-    ).all()
+    rows = db.session.execute(_LAB_SECRETS, {"lab_id": lab_id}).all()
     return [r.secret for r in rows if r.secret] if rows else None
 
 
@@ -138,15 +149,10 @@ def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes) -> str:
         if seen_webhook(lab_id, webhook_id):  # a delivery already handled: 2xx whatever it holds
             return "duplicate"
         raise
-    if db.session.scalar(select(LabEvent.id).where(
-            LabEvent.lab_id == lab_id,
-            or_(LabEvent.event_id == event["event_id"], LabEvent.webhook_id == webhook_id)).limit(1)):
+    if db.session.scalar(_SEEN, {"lab_id": lab_id, "event_id": event["event_id"], "webhook_id": webhook_id}):
         return "duplicate"
     # The order and its case in one query (the request only reads them).
-    found = db.session.execute(
-        select(Dispatch, LabCase).join(LabCase, LabCase.id == Dispatch.case_id)
-        .where(Dispatch.id == event["order_id"], Dispatch.lab_id == lab_id)
-    ).one_or_none()
+    found = db.session.execute(_ORDER_AND_CASE, {"order_id": event["order_id"], "lab_id": lab_id}).one_or_none()
     if found is None:
         raise EventError(f"unknown order {event['order_id'][:36]!r}")
     dispatch, case = found
