@@ -7,7 +7,7 @@ import math
 import random
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
@@ -211,29 +211,38 @@ def retry(dispatch: Dispatch, actor: Actor) -> None:
 
 # --- the delivery job's steps (jobs/dispatch.py does the HTTP between them) ---------------------
 
+# The delivery job's claim and look-up, built once: building a statement per attempt cost about
+# as much as running it on SQLite.
+_CLAIM = (
+    update(Dispatch)
+    .where(Dispatch.id == bindparam("dispatch_id"), Dispatch.channel == Channel.API,
+           (Dispatch.state == DispatchState.PENDING)
+           | ((Dispatch.state == DispatchState.SENDING) & (Dispatch.next_attempt_at <= bindparam("now"))))
+    .values(state=DispatchState.SENDING, attempts=Dispatch.attempts + 1,
+            next_attempt_at=bindparam("lease_until", type_=Dispatch.next_attempt_at.type))
+    .returning(Dispatch)
+)
+_LAB_TARGET = (
+    select(Lab.name, Lab.api_url, LabSecret.secret)
+    .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
+    .where(Lab.id == bindparam("lab_id")).order_by(LabSecret.id)
+)
+
+
 def claim(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
     """Take the row for one attempt, atomically: only a pending row, or one whose previous attempt
     outlived its lease (its worker died). Returns None when there is nothing to do (state guard)."""
     now = now or utcnow()
     lease_until = now + dt.timedelta(seconds=lease_seconds())
     return db.session.scalars(
-        update(Dispatch)
-        .where(Dispatch.id == dispatch_id, Dispatch.channel == Channel.API,
-               (Dispatch.state == DispatchState.PENDING)
-               | ((Dispatch.state == DispatchState.SENDING) & (Dispatch.next_attempt_at <= now)))
-        .values(state=DispatchState.SENDING, attempts=Dispatch.attempts + 1, next_attempt_at=lease_until)
-        .returning(Dispatch),
+        _CLAIM, {"dispatch_id": dispatch_id, "now": now, "lease_until": lease_until},
         execution_options={"populate_existing": True, "synchronize_session": False},
     ).one_or_none()
 
 
 def lab_target(dispatch: Dispatch) -> tuple[str, str, list[str]]:
     """(lab name, API base URL, active signing secrets) in one query."""
-    rows = db.session.execute(
-        select(Lab.name, Lab.api_url, LabSecret.secret)
-        .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
-        .where(Lab.id == dispatch.lab_id).order_by(LabSecret.id)
-    ).all()
+    rows = db.session.execute(_LAB_TARGET, {"lab_id": dispatch.lab_id}).all()
     return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
