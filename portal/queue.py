@@ -43,11 +43,21 @@ def enqueue_after_commit(func: Callable | str, *args, job_id: str, **options) ->
 
 def enqueue_now(queue: Queue, func: Callable | str, *args, job_id: str, **options) -> bool:
     """Enqueue, tolerating a job id that is already queued and a Redis that is down.
-    Returns False when Redis could not be reached (the sweep will try again)."""
+    Returns False when Redis could not be reached (the sweep will try again).
+
+    A job id that is new (the usual case, straight after a commit) costs no look-up first:
+    `unique=True` refuses an existing one, and only then is its status checked. A job still
+    queued, scheduled or running is left alone; a finished or failed one is replaced.
+    """
     from rq.exceptions import DuplicateJobError
     from rq.job import Job, JobStatus
 
     try:
+        try:
+            queue.enqueue(func, *args, job_id=job_id, unique=True, **options)
+            return True
+        except DuplicateJobError:
+            pass
         existing = Job.fetch(job_id, connection=queue.connection) if _job_exists(queue, job_id) else None
         if existing is not None and existing.get_status(refresh=True) in (
                 JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED):

@@ -69,12 +69,17 @@ class Dispatch(db.Model):
 
 
 class LabEvent(db.Model):
-    """A status event a lab posted, kept so a repeat (same event id or webhook id) has no effect (W4)."""
+    """A status event a lab posted, kept so a repeat (same event id or webhook id) has no effect (W4).
+
+    The endpoint stores it "pending" (the inbox) with its verified body, and a job applies it to
+    the case after the commit; the outbox sweep re-enqueues any still pending.
+    """
 
     __table_args__ = (
         # Named: the naming convention would call both uq_lab_event_lab_id.
         UniqueConstraint("lab_id", "event_id", name="uq_lab_event_lab_id_event_id"),
         UniqueConstraint("lab_id", "webhook_id", name="uq_lab_event_lab_id_webhook_id"),
+        Index("ix_lab_event_outcome", "outcome"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"))
@@ -83,6 +88,7 @@ class LabEvent(db.Model):
     dispatch_id: Mapped[str] = mapped_column(ForeignKey("dispatch.id"), index=True)
     type: Mapped[str] = mapped_column(String(30))
     occurred_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    outcome: Mapped[str] = mapped_column(String(20))  # applied, noop, ignored
+    outcome: Mapped[str] = mapped_column(String(20))  # pending, then applied, noop or ignored
     payload_sha256: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text, default="")  # the verified body as JSON, for the job
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

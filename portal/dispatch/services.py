@@ -7,7 +7,7 @@ import math
 import random
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
@@ -211,29 +211,38 @@ def retry(dispatch: Dispatch, actor: Actor) -> None:
 
 # --- the delivery job's steps (jobs/dispatch.py does the HTTP between them) ---------------------
 
+# The delivery job's claim and look-up, built once: building a statement per attempt cost about
+# as much as running it on SQLite.
+_CLAIM = (
+    update(Dispatch)
+    .where(Dispatch.id == bindparam("dispatch_id"), Dispatch.channel == Channel.API,
+           (Dispatch.state == DispatchState.PENDING)
+           | ((Dispatch.state == DispatchState.SENDING) & (Dispatch.next_attempt_at <= bindparam("now"))))
+    .values(state=DispatchState.SENDING, attempts=Dispatch.attempts + 1,
+            next_attempt_at=bindparam("lease_until", type_=Dispatch.next_attempt_at.type))
+    .returning(Dispatch)
+)
+_LAB_TARGET = (
+    select(Lab.name, Lab.api_url, LabSecret.secret)
+    .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
+    .where(Lab.id == bindparam("lab_id")).order_by(LabSecret.id)
+)
+
+
 def claim(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
     """Take the row for one attempt, atomically: only a pending row, or one whose previous attempt
     outlived its lease (its worker died). Returns None when there is nothing to do (state guard)."""
     now = now or utcnow()
     lease_until = now + dt.timedelta(seconds=lease_seconds())
     return db.session.scalars(
-        update(Dispatch)
-        .where(Dispatch.id == dispatch_id, Dispatch.channel == Channel.API,
-               (Dispatch.state == DispatchState.PENDING)
-               | ((Dispatch.state == DispatchState.SENDING) & (Dispatch.next_attempt_at <= now)))
-        .values(state=DispatchState.SENDING, attempts=Dispatch.attempts + 1, next_attempt_at=lease_until)
-        .returning(Dispatch),
+        _CLAIM, {"dispatch_id": dispatch_id, "now": now, "lease_until": lease_until},
         execution_options={"populate_existing": True, "synchronize_session": False},
     ).one_or_none()
 
 
 def lab_target(dispatch: Dispatch) -> tuple[str, str, list[str]]:
     """(lab name, API base URL, active signing secrets) in one query."""
-    rows = db.session.execute(
-        select(Lab.name, Lab.api_url, LabSecret.secret)
-        .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
-        .where(Lab.id == dispatch.lab_id).order_by(LabSecret.id)
-    ).all()
+    rows = db.session.execute(_LAB_TARGET, {"lab_id": dispatch.lab_id}).all()
     return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
@@ -249,7 +258,9 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
 
 def _finish(dispatch: Dispatch, **values) -> bool:
     """Record an attempt's outcome only if the row is still ours: the case may have been sent again
-    or cancelled while the request ran (then the row is superseded and stays as it is)."""
+    or cancelled while the request ran (then the row is superseded and stays as it is).
+    Callers read what they need from `dispatch` before this: it is expired afterwards, and
+    touching it again would reload the row with one more SELECT."""
     done = db.session.execute(
         update(Dispatch).where(Dispatch.id == dispatch.id, Dispatch.state == DispatchState.SENDING)
         .values(**values).execution_options(synchronize_session=False)
@@ -261,11 +272,11 @@ def _finish(dispatch: Dispatch, **values) -> bool:
 
 def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, actor: Actor) -> bool:
     # The case's dispatch_error is already clear: approve_and_send and retry clear it.
-    attempt, case_id, practice_id = dispatch.attempts, dispatch.case_id, dispatch.practice_id
+    dispatch_id, attempt, case_id, practice_id = dispatch.id, dispatch.attempts, dispatch.case_id, dispatch.practice_id
     if not _finish(dispatch, state=DispatchState.DELIVERED, delivered_at=utcnow(), last_status_code=status_code,
                    last_error="", lab_reference=lab_reference[:100], next_attempt_at=None):
         return False
-    record("dispatch.delivered", "dispatch", dispatch.id, before={"state": "sending"},
+    record("dispatch.delivered", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "delivered", "attempt": attempt, "status_code": status_code,
                   "lab_reference": lab_reference[:100], "case_id": case_id},
            actor=actor, practice_id=practice_id)
@@ -275,7 +286,7 @@ def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, act
 def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor,
                    retry_after: float | None = None) -> float | None:
     """Schedule the next attempt (returns the delay), or fail the dispatch if attempts are used up."""
-    attempt, practice_id = dispatch.attempts, dispatch.practice_id
+    dispatch_id, attempt, practice_id = dispatch.id, dispatch.attempts, dispatch.practice_id
     if attempt >= dispatch.max_attempts:
         mark_permanent(dispatch, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
@@ -283,7 +294,7 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
     if not _finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
                    next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
-    record("dispatch.retry_scheduled", "dispatch", dispatch.id, before={"state": "sending"},
+    record("dispatch.retry_scheduled", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "pending", "attempt": attempt, "error": error[:500],
                   "status_code": status_code, "retry_in_seconds": round(delay, 3)},
            actor=actor, practice_id=practice_id)
@@ -291,12 +302,12 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
 
 
 def mark_permanent(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor) -> bool:
-    attempt, case_id, practice_id = dispatch.attempts, dispatch.case_id, dispatch.practice_id
+    dispatch_id, attempt, case_id, practice_id = dispatch.id, dispatch.attempts, dispatch.case_id, dispatch.practice_id
     if not _finish(dispatch, state=DispatchState.FAILED, last_error=error[:500], last_status_code=status_code,
                    next_attempt_at=None):
         return False
     db.session.execute(update(LabCase).where(LabCase.id == case_id).values(dispatch_error=error[:300]))
-    record("dispatch.failed", "dispatch", dispatch.id, before={"state": "sending"},
+    record("dispatch.failed", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "failed", "attempt": attempt, "error": error[:500], "status_code": status_code,
                   "case_id": case_id},
            actor=actor, practice_id=practice_id)

@@ -1,6 +1,7 @@
 """POST /api/labs/<lab_id>/events: a lab's signed status events (openapi/lab-api.yaml).
 
-Verify (signature over the raw body, fresh timestamp), apply, commit, answer; JSON errors only.
+Verify (signature over the raw body, fresh timestamp), check, store, commit, answer 204 (W5); a job
+enqueued after the commit applies the event to the case. JSON errors only.
 No CSRF token here: the Standard Webhooks signature is the authentication.
 """
 from __future__ import annotations
@@ -13,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 from portal.dispatch import signing
 from portal.extensions import csrf, db
 from portal.labapi import services
-from portal.labs.models import Lab
 
 bp = Blueprint("labapi", __name__, url_prefix="/api/labs")
 MAX_BODY = 64 * 1024
@@ -40,30 +40,30 @@ def events(lab_id: int):
     raw = request.get_data(cache=False)
     if len(raw) > MAX_BODY:
         return _error(413, "the body is larger than 64 KiB")
-    lab = db.session.get(Lab, lab_id)
-    if lab is None:
+    secrets = services.lab_secrets(lab_id)
+    if secrets is None:
         return _error(404, "unknown lab")
     msg_id = request.headers.get("webhook-id", "")
     try:
-        signing.verify(services.active_secrets(lab), msg_id, request.headers.get("webhook-timestamp", ""),
+        signing.verify(secrets, msg_id, request.headers.get("webhook-timestamp", ""),
                        request.headers.get("webhook-signature", ""), raw)
     except signing.SignatureError as exc:
         return _error(401, str(exc))
     if len(msg_id) > 100:
         return _error(422, "webhook-id is longer than 100 characters")
-    if services.seen_webhook(lab, msg_id):
-        return _no_content()
     try:
         body = json.loads(raw)
     except ValueError:
+        if services.seen_webhook(lab_id, msg_id):  # a delivery already handled
+            return _no_content()
         return _error(422, "the body is not JSON")
     try:
-        services.apply_event(lab, msg_id, body, raw)
+        services.accept_event(lab_id, msg_id, body, raw)
         db.session.commit()
     except services.EventError as exc:
         db.session.rollback()
         return _error(422, str(exc))
     except IntegrityError:
-        # The same event arrived twice at once (unique per lab); the other copy was applied.
+        # The same event arrived twice at once (unique per lab); the other copy was stored.
         db.session.rollback()
     return _no_content()

@@ -87,6 +87,18 @@ def drain(queue, timeout: float = 15.0) -> None:
     raise AssertionError("jobs still waiting after the timeout")
 
 
+def run_jobs(queue) -> list:
+    """Run the jobs waiting in `queue` in this process, in order, as one worker would, and return
+    their results. Quicker than `drain` for many small jobs: a burst worker takes a second to stop."""
+    results = []
+    while queue.count:
+        job = Job.fetch(queue.pop_job_id(), connection=queue.connection)
+        results.append(job.perform())
+        job.delete()
+    _db.session.expire_all()
+    return results
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,4 +119,4 @@ def start_redis(port: int) -> subprocess.Popen:
     raise AssertionError("redis-server did not start")
 
 
-__all__ = ["drain", "free_port", "start_redis", "services", "SECRET"]
+__all__ = ["drain", "run_jobs", "free_port", "start_redis", "services", "SECRET"]

@@ -59,6 +59,7 @@ def test_demo_lab_loop(client, world, queue, monkeypatch):
                                        headers={k: headers[k] for k in ("webhook-id", "webhook-timestamp",
                                                                        "webhook-signature")})
             assert response.status_code == 204, response.get_json()
+        drain(queue)  # the worker applies the stored events, as under make run
         db.session.expire_all()
         assert case.status is Status.DISPATCHED and case.tracking_number.startswith("1Z")
     finally:

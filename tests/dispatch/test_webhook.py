@@ -11,12 +11,13 @@ from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent
 from portal.cases.lifecycle import Status
 from portal.dispatch import services, signing
-from portal.dispatch.models import DispatchState, LabEvent
+from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.extensions import db
 from portal.labs.models import LabSecret
 from portal.practices.models import utcnow
 from tests import factories
-from tests.dispatch.conftest import SECRET
+from portal.queue import get_queue
+from tests.dispatch.conftest import SECRET, run_jobs
 
 NEW_SECRET = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ="
 
@@ -39,14 +40,18 @@ def _event(dispatch, kind, data=None, at=None, event_id=None, **extra):
     return body
 
 
-def post(client, lab_id, body, secrets=(SECRET,), ts=None, msg_id=None, raw=None, signature=None):
+def post(client, lab_id, body, secrets=(SECRET,), ts=None, msg_id=None, raw=None, signature=None, run=True):
+    """POST one signed event; then (run=True) run the job that applies it, as the worker would."""
     raw = raw if raw is not None else json.dumps(body).encode()
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     headers = signing.headers(list(secrets), msg_id, raw, timestamp=ts)
     if signature is not None:
         headers["webhook-signature"] = signature
-    return client.raw.post(f"/api/labs/{lab_id}/events", data=raw, headers=headers,
-                           content_type="application/json")
+    response = client.raw.post(f"/api/labs/{lab_id}/events", data=raw, headers=headers,
+                               content_type="application/json")
+    if run:
+        run_jobs(get_queue())
+    return response
 
 
 def _count(model, *where):
@@ -225,3 +230,55 @@ def test_message_event_records_a_lab_message(client, sent):
     assert [r.text for r in rows] == ["Can you send a bite scan?"]
     db.session.expire_all()
     assert case.status is Status.SENT
+
+
+def test_the_request_stores_the_event_and_a_job_applies_it(client, sent, queue):
+    case, dispatch, lab = sent
+    audits = _audit_count()
+    response = post(client, lab.id, _event(dispatch, "acknowledged"), run=False)
+    assert response.status_code == 204
+    db.session.expire_all()
+    row = db.session.scalars(select(LabEvent)).one()
+    # Stored and handed to RQ; the case has not moved yet and nothing was audited.
+    assert row.outcome == "pending" and case.status is Status.SENT and _audit_count() == audits
+    assert queue.job_ids == [f"lab-event-{row.id}"]
+    from jobs.labapi import apply_event
+
+    assert run_jobs(queue) == ["applied"]
+    db.session.expire_all()
+    assert row.outcome == "applied" and case.status is Status.ACKNOWLEDGED
+    assert apply_event(row.id) == "nothing to do"  # a repeat of the job has no second effect
+    assert _count(AuditEvent, AuditEvent.action == "case.acknowledge") == 1
+
+
+def test_a_move_that_became_impossible_before_the_job_is_ignored_with_an_audit_row(client, sent, world, queue):
+    case, dispatch, lab = sent
+    assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204
+    from portal.cases import lifecycle
+
+    lifecycle.move(case, Status.CANCELLED, actor=Actor.user(world.users["coordinator"]), reason="patient moved")
+    db.session.commit()
+    assert run_jobs(queue) == ["ignored"]
+    db.session.expire_all()
+    assert case.status is Status.CANCELLED
+    assert db.session.scalars(select(LabEvent.outcome)).one() == "ignored"
+    ignored = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "lab_event.ignored")).one()
+    assert "could no longer make this move" in ignored.after and ignored.actor_type == "lab"
+    assert db.session.get(Dispatch, dispatch.id).state is DispatchState.PENDING
+
+
+def test_the_sweep_enqueues_events_still_pending(client, sent, queue):
+    from jobs.sweep import run
+
+    case, dispatch, lab = sent
+    assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204
+    queue.empty()  # as if Redis had lost the job
+    dispatch.next_attempt_at = utcnow() + dt.timedelta(hours=1)  # keep the dispatch sweep out of this
+    db.session.commit()
+    row_id = db.session.scalars(select(LabEvent.id)).one()
+    result = run()
+    assert result["lab_events"] == 1 and queue.job_ids == [f"lab-event-{row_id}"]
+    assert run()["lab_events"] == 1 and queue.count == 1  # the same job id: not queued twice
+    run_jobs(queue)
+    assert case.status is Status.ACKNOWLEDGED
+    assert run()["lab_events"] == 0  # applied: nothing left to hand over
