@@ -4,16 +4,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-import uuid
 
 import pytest
-from rq import SimpleWorker
 from rq.job import Job
 
 from portal.dispatch import services
 from portal.extensions import db as _db
 from portal.queue import get_queue
 from tests.dispatch.labstub import LabStub
+from tests.jobs import drain, free_port  # noqa: F401  (imported by the tests from here)
 
 SECRET = "whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ="  # tests/factories.py gives API labs this one
 
@@ -67,26 +66,6 @@ def api_lab(world, stub):
     return lab
 
 
-def drain(queue, timeout: float = 15.0) -> None:
-    """Run queued jobs in this process, and scheduled ones once due, until none are left."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        SimpleWorker([queue], connection=queue.connection, name=f"test-{uuid.uuid4().hex[:8]}").work(
-            burst=True, with_scheduler=False)
-        registry = queue.scheduled_job_registry
-        due = registry.get_jobs_to_schedule(int(time.time()) + 1)
-        for job_id in due:
-            job = Job.fetch(job_id, connection=queue.connection)
-            registry.remove(job)
-            queue._enqueue_job(job)
-        if not due and not registry.get_job_ids() and not queue.count:
-            _db.session.expire_all()
-            return
-        if not due:
-            time.sleep(0.05)
-    raise AssertionError("jobs still waiting after the timeout")
-
-
 def run_jobs(queue) -> list:
     """Run the jobs waiting in `queue` in this process, in order, as one worker would, and return
     their results. Quicker than `drain` for many small jobs: a burst worker takes a second to stop."""
@@ -97,12 +76,6 @@ def run_jobs(queue) -> list:
         job.delete()
     _db.session.expire_all()
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_redis(port: int) -> subprocess.Popen:

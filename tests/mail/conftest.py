@@ -1,24 +1,17 @@
 """A real SMTP server on loopback (aiosmtpd), an isolated RQ queue, and SMTP settings for the app."""
 from __future__ import annotations
 
-import socket
-import time
 import uuid
 from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from rq import SimpleWorker
 from rq.job import Job
 
 from portal.extensions import db as _db
 from portal.queue import get_queue
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.jobs import drain as _drain
+from tests.jobs import free_port  # noqa: F401  (imported by the tests from here)
 
 
 class Inbox:
@@ -102,17 +95,4 @@ def use_smtp(app, monkeypatch):
 
 def drain(queue, timeout: float = 20.0) -> None:
     """Run the queue's jobs in this process (retries without a delay included) until it is empty."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        SimpleWorker([queue], connection=queue.connection, name=f"mailtest-{uuid.uuid4().hex[:8]}").work(
-            burst=True, with_scheduler=False)
-        registry = queue.scheduled_job_registry
-        due = registry.get_jobs_to_schedule(int(time.time()) + 1)
-        for job_id in due:
-            job = Job.fetch(job_id, connection=queue.connection)
-            registry.remove(job)
-            queue._enqueue_job(job)
-        if not due and not queue.count:
-            _db.session.expire_all()
-            return
-    raise AssertionError("mail jobs still waiting after the timeout")
+    _drain(queue, timeout, wait_for_scheduled=False)
