@@ -36,6 +36,12 @@ def _fill_choices(form: CaseForm, patient_id: int | None) -> None:
     form.lab_id.choices = choices([(0, "— choose —")] + [
         (lab.id, f"{lab.name} ({lab.channel.value})") for lab in db.session.scalars(
             select(Lab).where(Lab.organization_id == practice.organization_id, Lab.active).order_by(Lab.name))])
+    _fill_appointments(form, patient_id)
+
+
+def _fill_appointments(form: CaseForm, patient_id: int | None) -> None:
+    """The chosen patient's visits from a month ago on, to pick the seat appointment from."""
+    practice = g.practice
     appts = []
     if patient_id:
         appts = db.session.scalars(select(Appointment).where(
@@ -170,7 +176,7 @@ def patient_options():
 def appointment_options():
     """The seat-appointment choices for the patient picked in the form (htmx)."""
     form = CaseForm(formdata=None)
-    _fill_choices(form, request.args.get("patient_id", type=int))
+    _fill_appointments(form, request.args.get("patient_id", type=int))
     return render("cases/form.html", "appointment_field", form=form)
 
 
