@@ -1,17 +1,47 @@
-"""Apply a lab's stored status event to its case (portal/labapi/services.py).
+"""Apply a lab's stored status events to their cases (portal/labapi/services.py).
 
-The endpoint verified and stored the event as pending and enqueued this after its commit, with
-the job id `lab-event-<id>`. The job re-reads the case, applies the event through the lifecycle
-with its audit rows, and marks it applied, noop or ignored, in one transaction. A second run finds
-the event no longer pending and does nothing. An error is not swallowed: the job fails in RQ, the
-event stays pending, and the outbox sweep enqueues it again.
+The endpoint verified and stored each event as pending and, after its commit, enqueued
+`apply_pending` for the lab unless one was already waiting. The job first lets the next request
+enqueue again (so nothing committed after its read is left waiting), then applies the lab's
+pending events in the order they arrived, each in its own transaction: it re-reads the case,
+applies the event through the lifecycle with its audit rows, and marks it applied, noop or
+ignored. A second run finds nothing pending and does nothing. An event whose apply raises is
+rolled back and stays pending; the others go on, and the job then fails in RQ so the error is
+seen, and the outbox sweep hands the event over again.
 """
 from __future__ import annotations
 
+import logging
+
 from jobs import app as _app
+
+log = logging.getLogger(__name__)
+
+
+def apply_pending(lab_id: int) -> list[str]:
+    """Every pending event of one lab; returns their outcomes in order."""
+    from portal.extensions import db
+    from portal.labapi import services
+    from portal.queue import release
+
+    with _app().app_context():
+        release(services.drain_key(lab_id))
+        outcomes, failed = [], []
+        for lab_event_id in services.pending_ids(lab_id):
+            try:
+                outcomes.append(services.apply_stored(lab_event_id))
+                db.session.commit()
+            except Exception:
+                db.session.rollback()
+                log.exception("lab event %s could not be applied; it stays pending", lab_event_id)
+                failed.append(lab_event_id)
+        if failed:
+            raise RuntimeError(f"lab events {failed} of lab {lab_id} could not be applied; they stay pending")
+        return outcomes
 
 
 def apply_event(lab_event_id: int) -> str:
+    """One stored event (for an operator re-running one by hand); nothing if no longer pending."""
     from portal.extensions import db
     from portal.labapi import services
 

@@ -41,6 +41,52 @@ def enqueue_after_commit(func: Callable | str, *args, job_id: str, **options) ->
     session.info.setdefault(_PENDING, []).append((func, args, job_id, options, get_queue()))
 
 
+def enqueue_once_after_commit(key: str, func: Callable | str, *args, window: int = 60, **options) -> None:
+    """Enqueue `func(*args)` after the commit unless a job for `key` is already waiting.
+
+    For work that drains a backlog (a lab's stored events): many requests in a burst share one
+    job. The first claims `key` in Redis (SET NX with a `window`-second expiry) and enqueues a job
+    with a fresh id; the others see the claim and enqueue nothing. The job calls `release(key)`
+    before it reads its backlog, so anything committed after that read starts a new job, and a
+    job that died lets the claim lapse after `window` seconds (the sweep covers the gap).
+    """
+    session = db.session()
+    session.info.setdefault(_PENDING, []).append((func, args, None, {"once": key, "window": window, **options},
+                                                  get_queue()))
+
+
+def release(key: str) -> None:
+    """Let the next `enqueue_once_after_commit(key, ...)` enqueue a job again (called by that job)."""
+    try:
+        redis_connection().delete(_claim_key(key))
+    except redis.RedisError as exc:  # the claim lapses on its own
+        log.warning("could not release %s (%s)", key, exc.__class__.__name__)
+
+
+def enqueue_once(queue: Queue, key: str, func: Callable | str, *args, window: int = 60, **options) -> bool:
+    """Claim `key` and enqueue a job for it; False when a job is already waiting or Redis is away."""
+    import uuid
+
+    claim = _claim_key(key)
+    try:
+        if not queue.connection.set(claim, 1, nx=True, ex=window):
+            return False
+    except redis.RedisError as exc:
+        log.warning("could not claim %s (%s); the outbox sweep will retry", key, exc.__class__.__name__)
+        return False
+    if enqueue_now(queue, func, *args, job_id=f"{key}-{uuid.uuid4().hex[:12]}", **options):
+        return True
+    try:
+        queue.connection.delete(claim)
+    except redis.RedisError:
+        pass
+    return False
+
+
+def _claim_key(key: str) -> str:
+    return f"labmanager:once:{key}"
+
+
 def enqueue_now(queue: Queue, func: Callable | str, *args, job_id: str, **options) -> bool:
     """Enqueue, tolerating a job id that is already queued and a Redis that is down.
     Returns False when Redis could not be reached (the sweep will try again).
@@ -83,7 +129,10 @@ def _job_exists(queue: Queue, job_id: str) -> bool:
 def _relay(session: Session) -> None:
     pending = session.info.pop(_PENDING, None)
     for func, args, job_id, options, queue in pending or ():
-        enqueue_now(queue, func, *args, job_id=job_id, **options)
+        if "once" in options:
+            enqueue_once(queue, options.pop("once"), func, *args, **options)
+        else:
+            enqueue_now(queue, func, *args, job_id=job_id, **options)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -40,25 +40,28 @@ def events(lab_id: int):
     raw = request.get_data(cache=False)
     if len(raw) > MAX_BODY:
         return _error(413, "the body is larger than 64 KiB")
-    secrets = services.lab_secrets(lab_id)
-    if secrets is None:
-        return _error(404, "unknown lab")
+    try:  # parsed before it is trusted only to look the event id up in the same query
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        body = None
+    event_id = body.get("event_id") if isinstance(body, dict) else None
     msg_id = request.headers.get("webhook-id", "")
+    known = services.inbound(lab_id, msg_id[:100], event_id if isinstance(event_id, str) else None)
+    if known is None:
+        return _error(404, "unknown lab")
     try:
-        signing.verify(secrets, msg_id, request.headers.get("webhook-timestamp", ""),
+        signing.verify(known.secrets, msg_id, request.headers.get("webhook-timestamp", ""),
                        request.headers.get("webhook-signature", ""), raw)
     except signing.SignatureError as exc:
         return _error(401, str(exc))
     if len(msg_id) > 100:
         return _error(422, "webhook-id is longer than 100 characters")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        if services.seen_webhook(lab_id, msg_id):  # a delivery already handled
-            return _no_content()
+    if known.seen_webhook:  # a delivery already handled: 2xx whatever it holds (W4)
+        return _no_content()
+    if body is None:
         return _error(422, "the body is not JSON")
     try:
-        services.accept_event(lab_id, msg_id, body, raw)
+        services.accept_event(lab_id, msg_id, body, raw, seen_event=known.seen_event)
         db.session.commit()
     except services.EventError as exc:
         db.session.rollback()

@@ -3,21 +3,24 @@ applied by a job.
 
 In the request (W5), `accept_event` checks the event, refuses with EventError (422) what can't
 be applied (a bad body, an unknown order, a move the case can't make now: a read-only check),
-and stores it as a "pending" LabEvent, unique per lab by event id and by webhook id (W4). A job
-(jobs/labapi.py) is enqueued after the commit with a deterministic id; `apply_stored` re-reads
-the case (W6), applies the event through the lifecycle with the audit rows, and marks it applied,
-noop or ignored. An event older than the newest one applied for the same order, one that would
+and stores it as a "pending" LabEvent, unique per lab by event id and by webhook id (W4). After
+the commit the lab's drain job (jobs/labapi.py `apply_pending`) is enqueued unless one is already
+waiting, so a burst of events costs one job; it applies the lab's pending events in the order
+they arrived, each in its own transaction. `apply_stored` re-reads the case (W6), applies the
+event through the lifecycle with the audit rows, and marks it applied, noop or ignored. An event older than the newest one applied for the same order, one that would
 move the case back along the main line, or a move that became impossible meanwhile is kept as
-"ignored" with an audit row and changes nothing. The outbox sweep re-enqueues events still
-pending, so one is never lost while Redis is away.
+"ignored" with an audit row and changes nothing. The outbox sweep enqueues a drain job for
+any lab whose events stay pending, so one is never lost while Redis is away.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, func, insert, select
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
@@ -40,7 +43,7 @@ FORWARD = {"acknowledged": Status.ACKNOWLEDGED, "in_production": Status.IN_PRODU
 RANK = {status: n for n, status in enumerate(MAIN_LINE)}
 LIMITS = {"reason": 500, "carrier": 60, "tracking_number": 100, "text": 5000, "eta": 10}
 PENDING = "pending"
-APPLY = "jobs.labapi.apply_event"
+APPLY_PENDING = "jobs.labapi.apply_pending"
 
 
 class EventError(ValueError):
@@ -48,29 +51,44 @@ class EventError(ValueError):
 
 
 # The endpoint's statements, built once: building a statement costs more than running it here.
-_LAB_SECRETS = (
-    select(Lab.id, LabSecret.secret)
+def _seen_by(column, param: str):
+    return (select(LabEvent.id).where(LabEvent.lab_id == bindparam("lab_id"), column == bindparam(param))
+            .limit(1).scalar_subquery())
+
+
+# The lab's active secrets, and whether this delivery or this event was stored before, in one query.
+_INBOUND = (
+    select(Lab.id, LabSecret.secret, _seen_by(LabEvent.webhook_id, "webhook_id").label("seen_webhook"),
+           _seen_by(LabEvent.event_id, "event_id").label("seen_event"))
     .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
     .where(Lab.id == bindparam("lab_id")).order_by(LabSecret.id)
 )
-_SEEN = select(LabEvent.id).where(
-    LabEvent.lab_id == bindparam("lab_id"),
-    or_(LabEvent.event_id == bindparam("event_id"), LabEvent.webhook_id == bindparam("webhook_id"))).limit(1)
 _ORDER_AND_CASE = (
     select(Dispatch, LabCase).join(LabCase, LabCase.id == Dispatch.case_id)
     .where(Dispatch.id == bindparam("order_id"), Dispatch.lab_id == bindparam("lab_id"))
 )
+_STORE = insert(LabEvent.__table__).returning(LabEvent.__table__.c.id)
 
 
-def lab_secrets(lab_id: int) -> list[str] | None:
-    """The lab's active signing secrets, in one query; None when there is no such lab."""
-    rows = db.session.execute(_LAB_SECRETS, {"lab_id": lab_id}).all()
-    return [r.secret for r in rows if r.secret] if rows else None
+@dataclass(frozen=True)
+class Inbound:
+    """What the endpoint knows before it trusts a delivery: the secrets to verify it with, and
+    whether its webhook id or its event id was stored before (W4)."""
+
+    secrets: list[str]
+    seen_webhook: bool
+    seen_event: bool
 
 
-def seen_webhook(lab_id: int, webhook_id: str) -> bool:
-    return db.session.scalar(select(LabEvent.id).where(
-        LabEvent.lab_id == lab_id, LabEvent.webhook_id == webhook_id).limit(1)) is not None
+def inbound(lab_id: int, webhook_id: str, event_id: str | None) -> Inbound | None:
+    """One query; None when there is no such lab. `event_id` is read from the body before the
+    signature is checked, so it is only trusted (as a duplicate) once that check has passed."""
+    rows = db.session.execute(_INBOUND, {"lab_id": lab_id, "webhook_id": webhook_id,
+                                         "event_id": event_id or ""}).all()
+    if not rows:
+        return None
+    return Inbound(secrets=[r.secret for r in rows if r.secret], seen_webhook=rows[0].seen_webhook is not None,
+                   seen_event=event_id is not None and rows[0].seen_event is not None)
 
 
 def _text(data: dict, name: str) -> str:
@@ -128,28 +146,30 @@ def parse(body: object) -> dict:
 
 
 def job_id(lab_event_id: int) -> str:
-    """The RQ job id of the job that applies a stored event (the relay and the sweep agree)."""
+    """The RQ job id of a job that applies one stored event (`jobs.labapi.apply_event`)."""
     return f"lab-event-{lab_event_id}"
 
 
+def drain_key(lab_id: int) -> str:
+    """The key the requests of one lab share one waiting `jobs.labapi.apply_pending` job by."""
+    return f"lab-events-{lab_id}"
+
+
 def job_options() -> dict:
-    return {"job_timeout": 60, "result_ttl": 3600, "failure_ttl": 7 * 86400}
+    return {"job_timeout": 600, "result_ttl": 3600, "failure_ttl": 7 * 86400}
 
 
-def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes) -> str:
+def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes, *, seen_event: bool = False) -> str:
     """Check one verified event and store it to be applied. Returns "pending" or "duplicate".
 
-    Reads the case but changes nothing but the new LabEvent row, which is flushed, so two copies
-    arriving at once collide on the unique constraint (the caller answers the loser 204); the job
-    that applies it is enqueued after the commit. Raises EventError for a 422.
+    `seen_event`: the event id was stored before (from `inbound`), so this is a repeat.
+    Reads the case but changes nothing but the new LabEvent row, which is inserted at once, so two
+    copies arriving together collide on the unique constraint (the caller answers the loser 204).
+    After the commit the lab's drain job is enqueued, unless one is already waiting: a burst of
+    events shares one job. Raises EventError for a 422.
     """
-    try:
-        event = parse(body)
-    except EventError:
-        if seen_webhook(lab_id, webhook_id):  # a delivery already handled: 2xx whatever it holds
-            return "duplicate"
-        raise
-    if db.session.scalar(_SEEN, {"lab_id": lab_id, "event_id": event["event_id"], "webhook_id": webhook_id}):
+    event = parse(body)
+    if seen_event:
         return "duplicate"
     # The order and its case in one query (the request only reads them).
     found = db.session.execute(_ORDER_AND_CASE, {"order_id": event["order_id"], "lab_id": lab_id}).one_or_none()
@@ -167,16 +187,31 @@ def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes) -> str:
         except EventError:
             if _decide(case, dispatch, event)[0] == "applied":
                 raise
-    row = LabEvent(lab_id=lab_id, event_id=event["event_id"], webhook_id=webhook_id, dispatch_id=dispatch.id,
-                   type=event["type"], occurred_at=event["occurred_at"], outcome=PENDING,
-                   payload_sha256=hashlib.sha256(raw).hexdigest(), payload=json.dumps(body, separators=(",", ":")),
-                   received_at=utcnow())
-    db.session.add(row)
-    db.session.flush()
-    from portal.queue import enqueue_after_commit
+    # A plain INSERT: the ORM's unit of work costs more than the rest of the request here.
+    db.session.execute(_STORE, {
+        "lab_id": lab_id, "event_id": event["event_id"], "webhook_id": webhook_id, "dispatch_id": dispatch.id,
+        "type": event["type"], "occurred_at": event["occurred_at"], "outcome": PENDING,
+        "payload_sha256": hashlib.sha256(raw).hexdigest(), "payload": json.dumps(body, separators=(",", ":")),
+        "received_at": utcnow()})
+    from portal.queue import enqueue_once_after_commit
 
-    enqueue_after_commit(APPLY, row.id, job_id=job_id(row.id), **job_options())
+    enqueue_once_after_commit(drain_key(lab_id), APPLY_PENDING, lab_id, **job_options())
     return PENDING
+
+
+def pending_ids(lab_id: int, batch: int = 200) -> Iterator[int]:
+    """The lab's pending events in the order they arrived, read a batch at a time as the caller
+    commits between them. An event that fails stays pending and is not read again in this pass;
+    one committed after the pass began (a higher id) is read, or its own job picks it up."""
+    after = 0
+    while True:
+        ids = db.session.scalars(select(LabEvent.id).where(
+            LabEvent.lab_id == lab_id, LabEvent.outcome == PENDING, LabEvent.id > after)
+            .order_by(LabEvent.id).limit(batch)).all()
+        if not ids:
+            return
+        yield from ids
+        after = ids[-1]
 
 
 def apply_stored(lab_event_id: int) -> str:
@@ -210,14 +245,19 @@ def apply_stored(lab_event_id: int) -> str:
     return outcome
 
 
-def sweep(limit: int = 500) -> int:
-    """Hand RQ every stored event still pending that has no live job. Returns how many."""
+def sweep(grace_seconds: int = 30) -> int:
+    """Hand RQ a drain job for every lab with an event pending longer than `grace_seconds`
+    (younger ones have their job waiting). Returns how many labs. The job id is fixed per lab, so
+    sweeps don't pile up jobs, and it doesn't depend on the requests' claim, which may have
+    outlived a lost job."""
     from portal.queue import enqueue_now, get_queue
 
     queue = get_queue()
-    ids = db.session.scalars(select(LabEvent.id).where(LabEvent.outcome == PENDING)
-                             .order_by(LabEvent.id).limit(limit)).all()
-    return sum(1 for i in ids if enqueue_now(queue, APPLY, i, job_id=job_id(i), **job_options()))
+    cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
+    labs = db.session.scalars(select(LabEvent.lab_id).where(
+        LabEvent.outcome == PENDING, LabEvent.received_at <= cutoff).distinct().order_by(LabEvent.lab_id)).all()
+    return sum(1 for lab_id in labs
+               if enqueue_now(queue, APPLY_PENDING, lab_id, job_id=f"{drain_key(lab_id)}-sweep", **job_options()))
 
 
 def _check_move(case: LabCase, event: dict) -> None:

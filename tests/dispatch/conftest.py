@@ -40,6 +40,8 @@ def _clean(q) -> None:
     from rq.exceptions import NoSuchJobError
 
     q.empty()
+    for key in q.connection.scan_iter("labmanager:once:*"):  # the claims of jobs now gone
+        q.connection.delete(key)
     for registry in (q.scheduled_job_registry, q.failed_job_registry, q.finished_job_registry):
         for job_id in registry.get_job_ids():
             try:

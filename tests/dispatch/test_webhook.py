@@ -241,10 +241,11 @@ def test_the_request_stores_the_event_and_a_job_applies_it(client, sent, queue):
     row = db.session.scalars(select(LabEvent)).one()
     # Stored and handed to RQ; the case has not moved yet and nothing was audited.
     assert row.outcome == "pending" and case.status is Status.SENT and _audit_count() == audits
-    assert queue.job_ids == [f"lab-event-{row.id}"]
+    [job_id] = queue.job_ids  # the lab's drain job
+    assert job_id.startswith(f"lab-events-{lab.id}-")
     from jobs.labapi import apply_event
 
-    assert run_jobs(queue) == ["applied"]
+    assert run_jobs(queue) == [["applied"]]
     db.session.expire_all()
     assert row.outcome == "applied" and case.status is Status.ACKNOWLEDGED
     assert apply_event(row.id) == "nothing to do"  # a repeat of the job has no second effect
@@ -258,7 +259,7 @@ def test_a_move_that_became_impossible_before_the_job_is_ignored_with_an_audit_r
 
     lifecycle.move(case, Status.CANCELLED, actor=Actor.user(world.users["coordinator"]), reason="patient moved")
     db.session.commit()
-    assert run_jobs(queue) == ["ignored"]
+    assert run_jobs(queue) == [["ignored"]]
     db.session.expire_all()
     assert case.status is Status.CANCELLED
     assert db.session.scalars(select(LabEvent.outcome)).one() == "ignored"
@@ -272,13 +273,63 @@ def test_the_sweep_enqueues_events_still_pending(client, sent, queue):
 
     case, dispatch, lab = sent
     assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204
-    queue.empty()  # as if Redis had lost the job
+    queue.empty()  # as if Redis had lost the job (its claim is still there)
     dispatch.next_attempt_at = utcnow() + dt.timedelta(hours=1)  # keep the dispatch sweep out of this
     db.session.commit()
-    row_id = db.session.scalars(select(LabEvent.id)).one()
+    assert run()["lab_events"] == 0  # stored a moment ago: its job is presumably still waiting
+    row = db.session.scalars(select(LabEvent)).one()
+    row.received_at -= dt.timedelta(minutes=1)
+    db.session.commit()
     result = run()
-    assert result["lab_events"] == 1 and queue.job_ids == [f"lab-event-{row_id}"]
+    assert result["lab_events"] == 1 and queue.job_ids == [f"lab-events-{lab.id}-sweep"]
     assert run()["lab_events"] == 1 and queue.count == 1  # the same job id: not queued twice
     run_jobs(queue)
     assert case.status is Status.ACKNOWLEDGED
     assert run()["lab_events"] == 0  # applied: nothing left to hand over
+
+
+def test_a_burst_of_events_shares_one_job_that_applies_them_in_order(client, sent, world, queue):
+    case, dispatch, lab = sent
+    other = factories.case(world, lab=lab, due=dt.date.today() + dt.timedelta(days=20))
+    other_dispatch = services.approve_and_send(other, Actor.user(world.users["coordinator"]), confirm_risk=False)
+    db.session.commit()
+    queue.empty()
+    for body in (_event(dispatch, "acknowledged"), _event(other_dispatch, "acknowledged"),
+                 _event(dispatch, "in_production"), _event(other_dispatch, "on_hold", {"reason": "no shade"})):
+        assert post(client, lab.id, body, run=False).status_code == 204
+    assert queue.count == 1  # the first claimed the lab's job; the others found it waiting
+    assert run_jobs(queue) == [["applied", "applied", "applied", "applied"]]
+    db.session.expire_all()
+    assert case.status is Status.IN_PRODUCTION and other.status is Status.ON_HOLD
+    # The job let go of its claim before reading: the next event gets a job of its own.
+    assert post(client, lab.id, _event(dispatch, "dispatched", {"carrier": "UPS", "tracking_number": "1Z"}),
+                run=False).status_code == 204
+    assert queue.count == 1 and run_jobs(queue) == [["applied"]]
+
+
+def test_an_event_that_fails_to_apply_stays_pending_and_the_others_go_on(client, sent, world, queue):
+    from jobs.labapi import apply_pending
+
+    case, dispatch, lab = sent
+    assert post(client, lab.id, _event(dispatch, "message", {"text": "first"}), run=False).status_code == 204
+    assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204
+    broken = db.session.scalars(select(LabEvent).order_by(LabEvent.id)).first()
+    broken.payload = "{not json"  # as if the stored row had been damaged
+    db.session.commit()
+    with pytest.raises(RuntimeError, match="could not be applied"):
+        apply_pending(lab.id)
+    db.session.expire_all()
+    assert case.status is Status.ACKNOWLEDGED
+    assert dict(db.session.execute(select(LabEvent.id, LabEvent.outcome)).all()) == {
+        broken.id: "pending", broken.id + 1: "applied"}
+
+
+def test_deeply_nested_json_is_refused_not_a_server_error(client, sent):
+    case, dispatch, lab = sent
+    raw = b"[" * 60_000  # json.loads gives up with RecursionError, not ValueError
+    with pytest.raises(RecursionError):
+        json.loads(raw)
+    response = post(client, lab.id, None, raw=raw, run=False)
+    assert response.status_code == 422 and response.json == {"error": "the body is not JSON"}
+    unsigned = client.raw.post(f"/api/labs/{lab.id}/events", data=raw, content_type="application/json")
+    assert unsigned.status_code == 401
