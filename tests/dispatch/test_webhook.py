@@ -333,3 +333,32 @@ def test_deeply_nested_json_is_refused_not_a_server_error(client, sent):
     assert response.status_code == 422 and response.json == {"error": "the body is not JSON"}
     unsigned = client.raw.post(f"/api/labs/{lab.id}/events", data=raw, content_type="application/json")
     assert unsigned.status_code == 401
+
+
+@pytest.mark.slow
+def test_an_event_posted_while_redis_is_down_is_stored_and_applied_once_it_is_back(client, sent, fast):
+    from jobs.sweep import run
+    from tests.dispatch.conftest import free_port, start_redis
+
+    case, dispatch, lab = sent
+    port = free_port()
+    fast["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(port)
+    server.terminate()
+    server.wait(10)
+    try:
+        assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204  # W5 still
+        row = db.session.scalars(select(LabEvent)).one()
+        assert row.outcome == "pending"
+        row.received_at -= dt.timedelta(minutes=1)
+        dispatch.next_attempt_at = utcnow() + dt.timedelta(hours=1)  # keep the dispatch sweep out of this
+        db.session.commit()
+        server = start_redis(port)
+        queue = get_queue()
+        assert queue.count == 0  # the request's enqueue was lost with Redis
+        assert run()["lab_events"] == 1 and queue.count == 1
+        assert run_jobs(queue) == [["applied"]]
+        assert case.status is Status.ACKNOWLEDGED
+    finally:
+        server.terminate()
+        server.wait(10)
