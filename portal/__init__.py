@@ -35,6 +35,8 @@ def create_app(overrides: Mapping | None = None) -> Flask:
 
     from portal.ack.routes import bp as ack_bp
     from portal.admin.routes import bp as admin_bp
+    from portal.admin.users.routes import bp as users_bp
+    from portal.admin.users.routes import password_bp
     from portal.audit.routes import bp as audit_bp
     from portal.auth.routes import bp as auth_bp
     from portal.board.routes import bp as board_bp
@@ -46,8 +48,8 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.messages.routes import bp as messages_bp
     from portal.people.routes import bp as people_bp
 
-    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp,
-               dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp):
+    for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp, users_bp,
+               password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp):
         app.register_blueprint(bp)
 
     from portal import cli

@@ -1,5 +1,6 @@
 """Imports every feature's models so SQLAlchemy and Alembic see the whole schema."""
 from portal.ack.models import AckLink  # noqa: F401
+from portal.admin.users.models import PasswordLink  # noqa: F401
 from portal.audit.models import AuditEvent, AuditHead  # noqa: F401
 from portal.cases.models import CaseItem, Counter, LabCase  # noqa: F401
 from portal.dispatch.models import Dispatch, LabEvent  # noqa: F401

@@ -70,6 +70,7 @@ def upgrade():
     sa.Column('password_hash', sa.String(length=200), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),
+    sa.Column('last_login_at', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_user')),
     sa.UniqueConstraint('email', name=op.f('uq_user_email'))
     )
@@ -137,6 +138,7 @@ def upgrade():
     sa.Column('user_id', sa.Integer(), nullable=False),
     sa.Column('practice_id', sa.Integer(), nullable=False),
     sa.Column('role', sa.Enum('COORDINATOR', 'MANAGER', 'ADMIN', name='role', native_enum=False, length=20), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_membership_practice_id_practice')),
     sa.ForeignKeyConstraint(['user_id'], ['user.id'], name=op.f('fk_membership_user_id_user')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_membership')),
@@ -145,6 +147,23 @@ def upgrade():
     with op.batch_alter_table('membership', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_membership_practice_id'), ['practice_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_membership_user_id'), ['user_id'], unique=False)
+
+    op.create_table('password_link',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('practice_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('expires_at', sa.DateTime(), nullable=False),
+    sa.Column('used_at', sa.DateTime(), nullable=True),
+    sa.Column('revoked_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['practice_id'], ['practice.id'], name=op.f('fk_password_link_practice_id_practice')),
+    sa.ForeignKeyConstraint(['user_id'], ['user.id'], name=op.f('fk_password_link_user_id_user')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_password_link')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_password_link_token_hash'))
+    )
+    with op.batch_alter_table('password_link', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_password_link_user_id'), ['user_id'], unique=False)
 
     op.create_table('patient',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -504,6 +523,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_patient_practice_id'))
 
     op.drop_table('patient')
+    with op.batch_alter_table('password_link', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_password_link_user_id'))
+
+    op.drop_table('password_link')
     with op.batch_alter_table('membership', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_membership_user_id'))
         batch_op.drop_index(batch_op.f('ix_membership_practice_id'))

@@ -1,23 +1,19 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, g, redirect, request, url_for
-from sqlalchemy import select
 
 from portal.admin import services
 from portal.admin.forms import ClosureForm, PracticeForm
 from portal.extensions import db
-from portal.practices.models import Membership, PracticeClosure, Role, User
+from portal.practices.models import PracticeClosure, Role
 from portal.web import get_or_404, render, requires
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 def _page(form: PracticeForm, closure_form: ClosureForm, code: int = 200):
-    members = db.session.execute(
-        select(User, Membership.role).join(Membership, Membership.user_id == User.id)
-        .where(Membership.practice_id == g.practice.id).order_by(User.name)).unique().all()
-    return render("admin/practice.html", form=form, closure_form=closure_form, members=members,
-                  closures=g.practice.closures, code=code)
+    return render("admin/practice.html", form=form, closure_form=closure_form, closures=g.practice.closures,
+                  code=code)
 
 
 @bp.route("/practice", methods=["GET", "POST"])

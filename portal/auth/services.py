@@ -6,7 +6,7 @@ from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.auth.passwords import DUMMY_HASH, check_password
 from portal.extensions import db
-from portal.practices.models import User
+from portal.practices.models import User, utcnow
 
 
 def authenticate(email: str, password: str) -> User | None:
@@ -17,9 +17,10 @@ def authenticate(email: str, password: str) -> User | None:
         record("auth.login_failed", "user", "", after={"email": email[:254]}, actor=Actor.system("login"),
                outcome="denied")
         return None
-    if not check_password(user.password_hash, password) or not user.active:
+    if not check_password(user.password_hash, password) or not user.is_active:
         record("auth.login_failed", "user", user.id, after={"email": user.email}, actor=Actor.system("login"),
                outcome="denied")
         return None
+    user.last_login_at = utcnow()
     record("auth.login", "user", user.id, actor=Actor.user(user))
     return user

@@ -60,13 +60,19 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, server_default=func.now())
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The practices this user belongs to now: a membership an admin deactivated is left out, so the
+    # practice switcher, g.practice and role_in never see it. The users page reads Membership itself.
     memberships: Mapped[list[Membership]] = relationship(
-        back_populates="user", lazy="joined", order_by="Membership.practice_id"
+        primaryjoin="and_(Membership.user_id == User.id, Membership.active)",
+        lazy="joined", order_by="Membership.practice_id", viewonly=True,
     )
 
     @property
-    def is_active(self) -> bool:  # Flask-Login refuses inactive users
-        return self.active
+    def is_active(self) -> bool:
+        """Flask-Login signs in (and keeps signed in) only an active account with at least one
+        active membership: deactivated in their only practice, a user is out."""
+        return self.active and bool(self.memberships)
 
     def role_in(self, practice_id: int | None) -> Role | None:
         for m in self.memberships:
@@ -81,5 +87,6 @@ class Membership(db.Model):
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
     role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=20))
-    user: Mapped[User] = relationship(back_populates="memberships")
+    active: Mapped[bool] = mapped_column(default=True)  # False: deactivated in this practice by an admin
+    user: Mapped[User] = relationship()
     practice: Mapped[Practice] = relationship(lazy="joined")
