@@ -3,7 +3,6 @@ appointment, found in one statement."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from portal.cases.lifecycle import Status
 from portal.extensions import db

@@ -13,6 +13,7 @@ import pytest
 import time_machine
 
 from portal.audit.actor import Actor
+from portal.cases.services import remake
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.practices.models import Organization
@@ -278,7 +279,6 @@ def test_statement_count_does_not_grow_with_cases_or_labs(client, login, world):
             case = made(world, labs[n % len(labs)], "2031-03-03", "2031-03-07", "2031-03-10", due="2031-03-10",
                         seat="2031-03-12", fee="100")
             if n % 5 == 0:
-                from portal.cases.services import remake
                 remake(case, Actor.user(world.users["coordinator"]), "fit", "lab", "loose")
         db.session.commit()
         counts = []
