@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import browser, context, live_server, page, signed_in  # noqa: F401
+from tests.reports.conftest import history  # noqa: F401  (the hand-worked history of the report tests)
 
 pytestmark = pytest.mark.browser
 RANGE = "from=2031-03-01&to=2031-04-30"
