@@ -133,6 +133,7 @@ def seed(password: str, today: dt.date | None = None) -> dict:
 
     coordinator = Actor.user(users[Role.COORDINATOR])
     counts = {}
+    history = 0  # finished cases of the past six months, for the reports
     patient_no = 0
     for index, practice in enumerate((main, second)):
         providers = [Provider(practice_id=practice.id, abbr=abbr, name=name, license_number=lic)
@@ -197,11 +198,11 @@ def seed(password: str, today: dt.date | None = None) -> dict:
                     lifecycle.move(case, step, actor=actor, reason=rng.choice(REASONS.get(step, [""])),
                                    detail=detail, now=when)
                 counts[status] = counts.get(status, 0) + 1
-        history = _history(practice, labs, patients, providers, coordinator, rng, today,
-                           per_month=HISTORY_PER_MONTH[index])
-        counts[Status.FITTED] = counts.get(Status.FITTED, 0) + history
+        history += _history(practice, labs, patients, providers, coordinator, rng, today,
+                            per_month=HISTORY_PER_MONTH[index])
     db.session.flush()
-    return {"cases": sum(counts.values()), "patients": patient_no, "by_status": counts}
+    return {"cases": sum(counts.values()) + history, "patients": patient_no, "by_status": counts,
+            "history": history}
 
 
 # Six months of finished work, so the managers' reports have history to read: cases sent, made,
@@ -246,7 +247,8 @@ def _history(practice: Practice, labs: list[Lab], patients: list[Patient], provi
         lab = rng.choice([lab for lab in labs if lab.service_for(restoration)])
         service = lab.service_for(restoration)
         due = add_business_days(sent_day, service.turnaround_days, closed)
-        # The due date allows a day for the courier: a lab on its habit 0 dispatches the day before.
+        # Habits count from the due date: -1 dispatches the day before, and the courier's day brings
+        # the work in on the due date itself.
         to_dispatch = max(service.turnaround_days + rng.choice(LAB_HABITS[lab.name]), 1)
         dispatched_day = add_business_days(sent_day, to_dispatch, closed)
         received_day = add_business_days(dispatched_day, 1 if rng.random() < .85 else 2, closed)
@@ -285,8 +287,10 @@ def _history(practice: Practice, labs: list[Lab], patients: list[Patient], provi
             reason, payer, notes = rng.choice(REMAKES)
             redo = remake(case, coordinator, reason, payer, notes)
             resent = add_business_days(fitted_day, 1, closed)
-            redo.created_at, redo.due_date = at(fitted_day, 16), add_business_days(resent, service.turnaround_days, closed)
-            back = add_business_days(resent, max(service.turnaround_days + rng.choice(LAB_HABITS[lab.name]), 1), closed)
+            redo.created_at = at(fitted_day, 16)
+            redo.due_date = add_business_days(resent, service.turnaround_days, closed)
+            back = add_business_days(resent, max(service.turnaround_days + rng.choice(LAB_HABITS[lab.name]), 1),
+                                     closed)
             for status, actor, when in [(Status.SENT, coordinator, at(resent, 10)),
                                         (Status.DISPATCHED, lab_actor, at(back, 15)),
                                         (Status.RECEIVED, coordinator, at(add_business_days(back, 1, closed), 11)),

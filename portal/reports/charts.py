@@ -264,7 +264,8 @@ def remake_rate(report_rows: list[Figures], key: str, what: str) -> Chart | None
     if not any(f.remade for f in shown):
         return None
     top_value, step = nice_max(max(f.remake_rate * 100 for f in shown))
-    items = [Row(f.label, [[(0, f.remake_rate * 100, "bar-lab")]], f"{percent(f.remake_rate)} · {f.remade} of {f.cases}",
+    items = [Row(f.label, [[(0, f.remake_rate * 100, "bar-lab")]],
+                 f"{percent(f.remake_rate)} · {f.remade} of {f.cases}",
                  {**f.link, "show": "remade"} if f.link is not None and f.remade else None,
                  f"{f.label}: {f.remade} of {f.cases} cases remade ({percent(f.remake_rate)})")
              for f in shown]
