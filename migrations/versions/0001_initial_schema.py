@@ -284,7 +284,9 @@ def upgrade():
         batch_op.create_index('ix_lab_case_board', ['practice_id', 'status', 'due_date'], unique=False)
         batch_op.create_index(batch_op.f('ix_lab_case_lab_id'), ['lab_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_lab_case_patient_id'), ['patient_id'], unique=False)
+        batch_op.create_index('ix_lab_case_practice_sent', ['practice_id', 'sent_at'], unique=False)
         batch_op.create_index('ix_lab_case_practice_updated', ['practice_id', 'updated_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_lab_case_remake_of_id'), ['remake_of_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_lab_case_seat_appointment_id'), ['seat_appointment_id'], unique=False)
 
     op.create_table('case_item',
@@ -500,7 +502,9 @@ def downgrade():
     op.drop_table('case_item')
     with op.batch_alter_table('lab_case', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_lab_case_seat_appointment_id'))
+        batch_op.drop_index(batch_op.f('ix_lab_case_remake_of_id'))
         batch_op.drop_index('ix_lab_case_practice_updated')
+        batch_op.drop_index('ix_lab_case_practice_sent')
         batch_op.drop_index(batch_op.f('ix_lab_case_patient_id'))
         batch_op.drop_index(batch_op.f('ix_lab_case_lab_id'))
         batch_op.drop_index('ix_lab_case_board')

@@ -64,9 +64,11 @@ def column(status: str):
 @requires(*ANY_ROLE)
 def risk():
     from portal.cases.risk import risk_of
+    from portal.reports.services import next_appointments
 
     cases = services.risk_list(g.practice.id)
-    return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases})
+    return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases},
+                  next_visit=next_appointments(g.practice.id, {c.patient_id for c in cases}))
 
 
 @bp.get("/day")

@@ -213,7 +213,9 @@ def move(
         Status.SENT: "sent_at", Status.DISPATCHED: "dispatched_at",
         Status.RECEIVED: "received_at", Status.FITTED: "fitted_at",
     }.get(to)
-    if stamp:
+    # Resuming a case held at Sent does not send it again: the lab's clock (the reports'
+    # turnaround) runs from the send. A resend after a rescan does restart it.
+    if stamp and rule.action != "resume":
         setattr(case, stamp, now)
     if to in TERMINAL:
         case.closed_at = now

@@ -49,6 +49,7 @@ class LabCase(CaseDates, db.Model):
     __table_args__ = (
         Index("ix_lab_case_board", "practice_id", "status", "due_date"),
         Index("ix_lab_case_practice_updated", "practice_id", "updated_at"),
+        Index("ix_lab_case_practice_sent", "practice_id", "sent_at"),  # the managers' reports
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(20), unique=True)
@@ -75,7 +76,7 @@ class LabCase(CaseDates, db.Model):
     origin_order_id: Mapped[str] = mapped_column(String(100), default="")
     stage: Mapped[str] = mapped_column(String(20), default="final")  # try_in or final
     previous_stage_id: Mapped[int | None] = mapped_column(ForeignKey("lab_case.id"))
-    remake_of_id: Mapped[int | None] = mapped_column(ForeignKey("lab_case.id"))
+    remake_of_id: Mapped[int | None] = mapped_column(ForeignKey("lab_case.id"), index=True)
     remake_reason: Mapped[str] = mapped_column(String(20), default="")
     remake_payer: Mapped[str] = mapped_column(String(20), default="")
     carrier: Mapped[str] = mapped_column(String(60), default="")

@@ -133,6 +133,7 @@ def seed(password: str, today: dt.date | None = None) -> dict:
 
     coordinator = Actor.user(users[Role.COORDINATOR])
     counts = {}
+    history = 0  # finished cases of the past six months, for the reports
     patient_no = 0
     for index, practice in enumerate((main, second)):
         providers = [Provider(practice_id=practice.id, abbr=abbr, name=name, license_number=lic)
@@ -180,7 +181,14 @@ def seed(password: str, today: dt.date | None = None) -> dict:
                 if case.origin != "manual":
                     case.origin_order_id = f"{case.origin.upper()}-{rng.randrange(10**6, 10**7)}"
                 lab_actor = Actor.lab(lab, source="seed-demo")
-                for step in PATH[status]:
+                # The last step happens now; the ones before it a business day or two apart before,
+                # so the case's own dates (and the reports' turnaround) look like real work.
+                whens, day = [], today
+                for _ in PATH[status][:-1]:
+                    day = add_business_days(day, -rng.choice([1, 1, 2]))
+                    whens.insert(0, dt.datetime.combine(day, dt.time(9 + rng.randrange(8), rng.randrange(60))))
+                whens += [None] if PATH[status] else []
+                for step, when in zip(PATH[status], whens, strict=True):
                     actor = lab_actor if step in (Status.ACKNOWLEDGED, Status.IN_PRODUCTION, Status.DISPATCHED,
                                                   Status.ON_HOLD, Status.RESCAN) else coordinator
                     detail = {}
@@ -188,7 +196,107 @@ def seed(password: str, today: dt.date | None = None) -> dict:
                         detail = {"carrier": "UPS", "tracking_number": f"1Z{rng.randrange(10**9, 10**10)}",
                                   "eta": (today + dt.timedelta(days=rng.randrange(1, 3))).isoformat()}
                     lifecycle.move(case, step, actor=actor, reason=rng.choice(REASONS.get(step, [""])),
-                                   detail=detail)
+                                   detail=detail, now=when)
                 counts[status] = counts.get(status, 0) + 1
+        history += _history(practice, labs, patients, providers, coordinator, rng, today,
+                            per_month=HISTORY_PER_MONTH[index])
     db.session.flush()
-    return {"cases": sum(counts.values()), "patients": patient_no, "by_status": counts}
+    return {"cases": sum(counts.values()) + history, "patients": patient_no, "by_status": counts,
+            "history": history}
+
+
+# Six months of finished work, so the managers' reports have history to read: cases sent, made,
+# dispatched, checked in and fitted on dates spread over the past months, a few late, a few held,
+# some remade. Each lab keeps its own habits: Keystone is quick and steady, Harbor Ceramics often
+# a day or three behind, Oakridge about on time with the odd slow denture.
+HISTORY_PER_MONTH = (22, 8)
+LAB_HABITS = {  # business days a lab adds to (or takes off) its turnaround before dispatching
+    "Keystone Digital Lab": [-2, -2, -1, -1, -1, -1, -1, 0, 1],
+    "Harbor Ceramics": [-2, -1, -1, -1, 0, 0, 1, 2, 3],
+    "Oakridge Denture Studio": [-2, -2, -1, -1, -1, 0, 1, 2],
+}
+REMAKES = [  # (reason, payer, what was wrong), drawn for about one case in ten
+    ("fit", "lab", "Open margin on the distal"), ("fit", "lab", "Too tight, would not seat"),
+    ("fit", "practice", "Impression distorted, rescanned"), ("shade", "practice", "Patient wanted it lighter"),
+    ("shade", "lab", "Shade does not match the tab sent"), ("design", "lab", "Contacts too light"),
+    ("damaged", "lab", "Chipped in transit"), ("other", "practice", "Patient changed material"),
+]
+
+
+def _history(practice: Practice, labs: list[Lab], patients: list[Patient], providers: list[Provider],
+             coordinator: Actor, rng: random.Random, today: dt.date, per_month: int) -> int:
+    """Finished cases sent over the past six months (the latest three weeks ago); the number made."""
+    from portal.cases.risk import closed_days
+    from portal.cases.services import remake
+
+    closed = closed_days(practice.id)
+    first = today - dt.timedelta(days=182)
+    last = today - dt.timedelta(days=21)
+    span = (last - first).days
+    total = per_month * span // 30
+    made = 0
+
+    def at(day: dt.date, hour: int) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(hour, rng.randrange(0, 60, 5)))
+
+    for n in range(total):
+        sent_day = add_business_days(first + dt.timedelta(days=span * n // total), 0, closed)
+        patient = patients[rng.randrange(len(patients))]
+        provider = providers[n % len(providers)]
+        restoration, fdi, material, shade, margin = rng.choice(RX[:5] * 3 + RX[5:])  # crowns and bridges lead
+        lab = rng.choice([lab for lab in labs if lab.service_for(restoration)])
+        service = lab.service_for(restoration)
+        due = add_business_days(sent_day, service.turnaround_days, closed)
+        # Habits count from the due date: -1 dispatches the day before, and the courier's day brings
+        # the work in on the due date itself.
+        to_dispatch = max(service.turnaround_days + rng.choice(LAB_HABITS[lab.name]), 1)
+        dispatched_day = add_business_days(sent_day, to_dispatch, closed)
+        received_day = add_business_days(dispatched_day, 1 if rng.random() < .85 else 2, closed)
+        # Seats are booked a few days after the due date; now and then too close to it.
+        seat_day = add_business_days(due, rng.choice([0, 1, 1, 2, 2, 3, 4, 5]), closed)
+        seat = Appointment(practice_id=practice.id, patient_id=patient.id, provider_id=provider.id,
+                           starts_at=at(seat_day, 9 + n % 8), kind=AppointmentKind.SEAT,
+                           external_id=f"H{practice.id}{n:05d}")
+        db.session.add(seat)
+        db.session.flush()
+        case = create_case(practice, CaseData(
+            patient_id=patient.id, provider_id=provider.id, lab_id=lab.id, seat_appointment_id=seat.id,
+            due_date=due, fee=service.fee,
+            items=[ItemData(teeth=fdi, restoration=restoration, material=material, shade=shade, margin=margin)],
+        ), coordinator)
+        case.created_at = at(sent_day, 8)
+        lab_actor = Actor.lab(lab, source="seed-demo")
+        # Only the steps the reports read (each move writes an audit row, and the seed runs at start-up).
+        steps = [(Status.SENT, coordinator, at(sent_day, 10 + n % 6), {})]
+        if rng.random() < .05 and to_dispatch > 2:  # held for a day while the practice answers a question
+            steps += [(Status.ON_HOLD, lab_actor, at(add_business_days(sent_day, 1, closed), 9), {}),
+                      (Status.SENT, lab_actor, at(add_business_days(sent_day, 1, closed), 15), {})]
+        steps += [
+            (Status.DISPATCHED, lab_actor, at(dispatched_day, 15),
+             {"carrier": "UPS", "tracking_number": f"1Z{rng.randrange(10**9, 10**10)}",
+              "eta": add_business_days(dispatched_day, 1, closed).isoformat()}),
+            (Status.RECEIVED, coordinator, at(received_day, 11), {}),
+            (Status.FITTED, coordinator, max(at(seat_day, 12), at(received_day, 12)), {}),
+        ]
+        for status, actor, when, detail in steps:
+            lifecycle.move(case, status, actor=actor, detail=detail, now=when,
+                           reason=rng.choice(REASONS.get(status, [""])))
+        made += 1
+        fitted_day = case.fitted_at.date()
+        if rng.random() < 1 / 10 and fitted_day < today - dt.timedelta(days=14):
+            reason, payer, notes = rng.choice(REMAKES)
+            redo = remake(case, coordinator, reason, payer, notes)
+            resent = add_business_days(fitted_day, 1, closed)
+            redo.created_at = at(fitted_day, 16)
+            redo.due_date = add_business_days(resent, service.turnaround_days, closed)
+            back = add_business_days(resent, max(service.turnaround_days + rng.choice(LAB_HABITS[lab.name]), 1),
+                                     closed)
+            for status, actor, when in [(Status.SENT, coordinator, at(resent, 10)),
+                                        (Status.DISPATCHED, lab_actor, at(back, 15)),
+                                        (Status.RECEIVED, coordinator, at(add_business_days(back, 1, closed), 11)),
+                                        (Status.FITTED, coordinator, at(add_business_days(back, 2, closed), 12))]:
+                if when.date() >= today:
+                    break
+                lifecycle.move(redo, status, actor=actor, now=when)
+            made += 1
+    return made

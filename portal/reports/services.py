@@ -1,0 +1,562 @@
+"""Lab performance for managers: the figures per lab, per service and per month, the cases behind
+each figure, and their CSV export. Read-only; a constant number of statements per report.
+
+Definitions (the README's "Reports" section says the same for managers):
+
+- The cases of a report are the practice's cases *sent to a lab* in the date range (by the date of
+  their latest send, ``LabCase.sent_at``, which a resend after a rescan moves on), less cancelled
+  ones. A case's month is the month it was sent.
+- A case's service is its prescription's restoration type. A case with several types (a crown and
+  a bridge) counts once under each in the per-service table, and once in every other figure.
+- Turnaround is counted in business days, as the labs' own turnaround is: the weekdays after the
+  send up to and including the day of dispatch (sent -> dispatched) or of check-in at the practice
+  (sent -> received), skipping the practice's closed days. Median and 90th percentile by linear
+  interpolation (see :mod:`portal.reports.stats`), over the cases that have got that far.
+- On time against the due date: received on or before the due date. Against the seat
+  appointment: received on or before the day of the case's seat appointment. A case not received
+  yet counts as late once that day has passed and is left out until then, as is a case without
+  a due date or a seat appointment: each rate says how many cases it is out of.
+- Remake rate: the share of the report's cases that were remade (a remake case, not cancelled,
+  links back to them), by the reason and the payer of their first remake. The remake belongs to
+  the lab and service of the work that had to be remade.
+- Fees: the sum and the average of the cases' fees, over the cases that have one (a remake the
+  lab pays for has a fee of 0).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import aliased
+
+from portal.audit.services import csv_safe
+from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS, RESTORATIONS
+from portal.cases.lifecycle import Status
+from portal.cases.models import CaseItem, LabCase
+from portal.cases.risk import closed_days
+from portal.extensions import db
+from portal.labs.models import Lab
+from portal.people.models import Appointment, Patient
+from portal.reports.stats import business_days_between, median, percentile
+
+DEFAULT_MONTHS = 6
+MAX_MONTHS = 36
+NO_LAB = "No lab recorded"
+
+
+def months_back(day: dt.date, months: int) -> dt.date:
+    """The first day of the month `months` before `day`'s month."""
+    index = day.year * 12 + day.month - 1 - months
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def month_key(day: dt.date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+def month_label(key: str) -> str:
+    return dt.date.fromisoformat(key + "-01").strftime("%b %Y")
+
+
+# -- filters ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReportFilters:
+    """What the manager asked for: a range of send dates, and optionally one lab and one service."""
+
+    date_from: dt.date
+    date_to: dt.date
+    lab_id: int | None = None
+    service: str = ""
+
+    @classmethod
+    def default(cls, today: dt.date) -> ReportFilters:
+        """The last six months: this month so far and the five before it."""
+        return cls(months_back(today, DEFAULT_MONTHS - 1), today)
+
+    @classmethod
+    def parse(cls, args: Mapping, today: dt.date) -> tuple[ReportFilters, dict[str, str]]:
+        """The filters from a query string, and a message per field that could not be read (the
+        default stands in for it)."""
+        default = cls.default(today)
+        errors: dict[str, str] = {}
+
+        def day(name: str, fallback: dt.date) -> dt.date:
+            text = (args.get(name) or "").strip()
+            if not text:
+                return fallback
+            try:
+                return dt.date.fromisoformat(text)
+            except ValueError:
+                errors[name] = "Enter a date as YYYY-MM-DD."
+                return fallback
+
+        date_from, date_to = day("from", default.date_from), day("to", default.date_to)
+        if date_from > date_to:
+            errors["to"] = "The end of the range is before its start."
+            date_from, date_to = default.date_from, default.date_to
+        elif months_between(date_from, date_to) > MAX_MONTHS:
+            errors["from"] = f"Choose at most {MAX_MONTHS} months."
+            date_from = months_back(date_to, MAX_MONTHS - 1)
+        lab_id = None
+        lab_text = (args.get("lab") or "").strip()
+        if lab_text:
+            try:
+                lab_id = int(lab_text)
+            except ValueError:
+                errors["lab"] = "Choose a lab from the list."
+        service = (args.get("service") or "").strip()
+        if service and service not in RESTORATIONS:
+            errors["service"] = "Choose a service from the list."
+            service = ""
+        return cls(date_from, date_to, lab_id, service), errors
+
+    def as_args(self) -> dict:
+        args = {"from": self.date_from.isoformat(), "to": self.date_to.isoformat(),
+                "lab": self.lab_id, "service": self.service}
+        return {k: v for k, v in args.items() if v}
+
+    def month_keys(self) -> list[str]:
+        keys, day = [], dt.date(self.date_from.year, self.date_from.month, 1)
+        while day <= self.date_to:
+            keys.append(month_key(day))
+            day = months_back(day, -1)
+        return keys
+
+
+def months_between(start: dt.date, end: dt.date) -> int:
+    """How many calendar months the range touches (1 for a range inside one month)."""
+    return (end.year - start.year) * 12 + end.month - start.month + 1
+
+
+@dataclass(frozen=True)
+class Drill:
+    """Which cases behind a figure to list: a month, and late, remade, a remake reason or payer."""
+
+    month: str = ""
+    show: str = ""  # "", late_due, late_seat, remade
+    reason: str = ""
+    payer: str = ""
+
+    SHOWS = {"late_due": "late against the due date", "late_seat": "late for the seat appointment",
+             "remade": "remade"}
+
+    @classmethod
+    def parse(cls, args: Mapping, filters: ReportFilters) -> tuple[Drill, dict[str, str]]:
+        errors: dict[str, str] = {}
+        month = (args.get("month") or "").strip()
+        if month and month not in filters.month_keys():
+            errors["month"] = "That month is outside the date range."
+            month = ""
+        show = (args.get("show") or "").strip()
+        if show and show not in cls.SHOWS:
+            errors["show"] = "Unknown figure."
+            show = ""
+        reason = (args.get("reason") or "").strip()
+        if reason and reason not in REMAKE_REASONS:
+            errors["reason"] = "Unknown remake reason."
+            reason = ""
+        payer = (args.get("payer") or "").strip()
+        if payer and payer not in REMAKE_PAYERS:
+            errors["payer"] = "Unknown payer."
+            payer = ""
+        return cls(month, show, reason, payer), errors
+
+    def as_args(self) -> dict:
+        args = {"month": self.month, "show": self.show, "reason": self.reason, "payer": self.payer}
+        return {k: v for k, v in args.items() if v}
+
+    def keeps(self, case: CaseFacts) -> bool:
+        if self.month and case.month != self.month:
+            return False
+        if self.show == "late_due" and case.on_time_due is not False:
+            return False
+        if self.show == "late_seat" and case.on_time_seat is not False:
+            return False
+        if (self.show == "remade" or self.reason or self.payer) and case.remake is None:
+            return False
+        if self.reason and case.remake.reason != self.reason:
+            return False
+        return not (self.payer and case.remake.payer != self.payer)
+
+    def describe(self) -> list[str]:
+        parts = []
+        if self.month:
+            parts.append(f"sent in {month_label(self.month)}")
+        if self.show:
+            parts.append(self.SHOWS[self.show])
+        if self.reason:
+            parts.append(f"remade for {REMAKE_REASONS[self.reason].lower()}")
+        if self.payer:
+            parts.append(f"remake paid by the {REMAKE_PAYERS[self.payer].lower()}")
+        return parts
+
+
+# -- the cases and their facts ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RemakeFacts:
+    case_id: int
+    number: str
+    reason: str
+    payer: str
+
+
+@dataclass
+class CaseFacts:
+    """One case of a report, with what the figures are made of."""
+
+    id: int
+    number: str
+    patient: str
+    lab_id: int | None
+    lab_name: str
+    status: Status
+    sent_at: dt.datetime
+    dispatched_at: dt.datetime | None
+    received_at: dt.datetime | None
+    due_date: dt.date | None
+    seat_date: dt.date | None
+    fee: Decimal | None
+    remake_of_id: int | None
+    services: tuple[str, ...] = ()
+    remake: RemakeFacts | None = None
+    to_dispatch: int | None = None  # business days sent -> dispatched
+    to_receive: int | None = None  # business days sent -> received
+    on_time_due: bool | None = None  # None: not known yet, or no due date
+    on_time_seat: bool | None = None  # None: not known yet, or no seat appointment
+
+    @property
+    def month(self) -> str:
+        return month_key(self.sent_at.date())
+
+    @property
+    def service_labels(self) -> str:
+        return ", ".join(RESTORATIONS.get(s, s) for s in self.services)
+
+
+def _on_time(received: dt.datetime | None, deadline: dt.date | None, today: dt.date) -> bool | None:
+    if deadline is None:
+        return None
+    if received is not None:
+        return received.date() <= deadline
+    return False if today > deadline else None
+
+
+def load_cases(practice_id: int, filters: ReportFilters, today: dt.date | None = None) -> list[CaseFacts]:
+    """The report's cases with their facts: three statements (cases, their services, their
+    remakes) plus the practice's closed days (cached per session), whatever the number of cases
+    or labs."""
+    today = today or dt.date.today()
+    start = dt.datetime.combine(filters.date_from, dt.time())
+    end = dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time())
+    conditions = [
+        LabCase.practice_id == practice_id, LabCase.sent_at >= start, LabCase.sent_at < end,
+        LabCase.status != Status.CANCELLED,
+    ]
+    if filters.lab_id:
+        conditions.append(LabCase.lab_id == filters.lab_id)
+    if filters.service:
+        item = aliased(CaseItem)  # its own alias: the services query below reads CaseItem too
+        conditions.append(exists().where(item.case_id == LabCase.id, item.restoration == filters.service))
+    rows = db.session.execute(
+        select(LabCase.id, LabCase.number, Patient.first_name, Patient.last_name, LabCase.lab_id, Lab.name,
+               LabCase.status, LabCase.sent_at, LabCase.dispatched_at, LabCase.received_at, LabCase.due_date,
+               Appointment.starts_at, LabCase.fee, LabCase.remake_of_id)
+        .join(Patient, Patient.id == LabCase.patient_id)
+        .outerjoin(Lab, Lab.id == LabCase.lab_id)
+        .outerjoin(Appointment, Appointment.id == LabCase.seat_appointment_id)
+        .where(*conditions)
+        .order_by(LabCase.sent_at, LabCase.id)
+    ).all()
+    if not rows:
+        return []
+    closed = closed_days(practice_id)
+    cases: dict[int, CaseFacts] = {}
+    for (case_id, number, first, last, lab_id, lab_name, status, sent, dispatched, received, due, seat,
+         fee, remake_of_id) in rows:
+        seat_date = seat.date() if seat else None
+        cases[case_id] = CaseFacts(
+            id=case_id, number=number, patient=f"{last}, {first}", lab_id=lab_id,
+            lab_name=lab_name or NO_LAB, status=status, sent_at=sent, dispatched_at=dispatched,
+            received_at=received, due_date=due, seat_date=seat_date, fee=fee, remake_of_id=remake_of_id,
+            to_dispatch=business_days_between(sent.date(), dispatched.date(), closed) if dispatched else None,
+            to_receive=business_days_between(sent.date(), received.date(), closed) if received else None,
+            on_time_due=_on_time(received, due, today), on_time_seat=_on_time(received, seat_date, today),
+        )
+    # The same conditions again as a subquery, rather than a list of ids that grows with the range.
+    cohort = select(LabCase.id).where(*conditions)
+    services: dict[int, set[str]] = {}
+    for case_id, restoration in db.session.execute(
+        select(CaseItem.case_id, CaseItem.restoration).where(CaseItem.case_id.in_(cohort))
+    ):
+        services.setdefault(case_id, set()).add(restoration)
+    for case_id, found in services.items():
+        cases[case_id].services = tuple(sorted(found, key=_service_order))
+    remake = aliased(LabCase)
+    for original_id, remake_id, number, reason, payer in db.session.execute(
+        select(remake.remake_of_id, remake.id, remake.number, remake.remake_reason, remake.remake_payer)
+        .where(remake.practice_id == practice_id, remake.remake_of_id.in_(cohort),
+               remake.status != Status.CANCELLED)
+        .order_by(remake.id)
+    ):
+        if cases[original_id].remake is None:  # the first remake of the work speaks for it
+            cases[original_id].remake = RemakeFacts(remake_id, number, reason, payer)
+    return list(cases.values())
+
+
+_SERVICE_ORDER = {code: n for n, code in enumerate(RESTORATIONS)}
+
+
+def _service_order(code: str) -> int:
+    return _SERVICE_ORDER.get(code, len(_SERVICE_ORDER))
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+@dataclass
+class Figures:
+    """Every figure of the report for one group of cases (a lab, a service, a month, or all)."""
+
+    label: str
+    link: dict | None  # the query arguments that list this group's cases ({} for all, None for none)
+    cases: int = 0
+    dispatch_median: float | None = None
+    dispatch_p90: float | None = None
+    dispatch_count: int = 0
+    receive_median: float | None = None
+    receive_p90: float | None = None
+    receive_count: int = 0
+    due_on_time: int = 0
+    due_known: int = 0
+    seat_on_time: int = 0
+    seat_known: int = 0
+    remade: int = 0
+    fees_total: Decimal = Decimal("0")
+    fees_count: int = 0
+
+    @property
+    def due_rate(self) -> float | None:
+        return self.due_on_time / self.due_known if self.due_known else None
+
+    @property
+    def seat_rate(self) -> float | None:
+        return self.seat_on_time / self.seat_known if self.seat_known else None
+
+    @property
+    def remake_rate(self) -> float | None:
+        return self.remade / self.cases if self.cases else None
+
+    @property
+    def fees_average(self) -> Decimal | None:
+        if not self.fees_count:
+            return None
+        return (self.fees_total / self.fees_count).quantize(Decimal("0.01"))
+
+    @property
+    def due_late(self) -> int:
+        return self.due_known - self.due_on_time
+
+    @property
+    def seat_late(self) -> int:
+        return self.seat_known - self.seat_on_time
+
+
+def figures(cases: Iterable[CaseFacts], label: str, link: dict | None) -> Figures:
+    cases = list(cases)
+    to_dispatch = [c.to_dispatch for c in cases if c.to_dispatch is not None]
+    to_receive = [c.to_receive for c in cases if c.to_receive is not None]
+    fees = [c.fee for c in cases if c.fee is not None]
+    return Figures(
+        label=label, link=link, cases=len(cases),
+        dispatch_median=median(to_dispatch), dispatch_p90=percentile(to_dispatch, 0.9),
+        dispatch_count=len(to_dispatch),
+        receive_median=median(to_receive), receive_p90=percentile(to_receive, 0.9),
+        receive_count=len(to_receive),
+        due_on_time=sum(c.on_time_due is True for c in cases),
+        due_known=sum(c.on_time_due is not None for c in cases),
+        seat_on_time=sum(c.on_time_seat is True for c in cases),
+        seat_known=sum(c.on_time_seat is not None for c in cases),
+        remade=sum(c.remake is not None for c in cases),
+        fees_total=sum(fees, Decimal("0")), fees_count=len(fees),
+    )
+
+
+@dataclass
+class RemakeRow:
+    reason: str
+    label: str
+    count: int
+    share: float | None  # of all the report's cases
+    by_payer: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    filters: ReportFilters
+    total: Figures
+    by_lab: list[Figures]
+    by_service: list[Figures]
+    by_month: list[Figures]
+    remakes: list[RemakeRow]
+
+    @property
+    def empty(self) -> bool:
+        return self.total.cases == 0
+
+
+def build_report(practice_id: int, filters: ReportFilters, today: dt.date | None = None) -> Report:
+    return summarise(load_cases(practice_id, filters, today), filters)
+
+
+def summarise(cases: list[CaseFacts], filters: ReportFilters) -> Report:
+    labs: dict[int | None, list[CaseFacts]] = {}
+    services: dict[str, list[CaseFacts]] = {}
+    months: dict[str, list[CaseFacts]] = {key: [] for key in filters.month_keys()}
+    for case in cases:
+        labs.setdefault(case.lab_id, []).append(case)
+        for service in case.services:
+            if not filters.service or service == filters.service:
+                services.setdefault(service, []).append(case)
+        months.setdefault(case.month, []).append(case)
+    by_lab = sorted(
+        (figures(group, group[0].lab_name, {"lab": lab_id} if lab_id else None) for lab_id, group in labs.items()),
+        key=lambda f: f.label.lower())
+    by_service = [figures(services[s], RESTORATIONS.get(s, s), {"service": s})
+                  for s in sorted(services, key=_service_order)]
+    by_month = [figures(group, month_label(key), {"month": key}) for key, group in sorted(months.items())]
+    total = figures(cases, "All cases", {})
+    remade = [c.remake for c in cases if c.remake is not None]
+    remakes = []
+    for reason, label in REMAKE_REASONS.items():
+        mine = [r for r in remade if r.reason == reason]
+        if mine:
+            remakes.append(RemakeRow(reason, label, len(mine), len(mine) / total.cases,
+                                     {p: sum(r.payer == p for r in mine) for p in REMAKE_PAYERS}))
+    return Report(filters, total, by_lab, by_service, by_month, remakes)
+
+
+def select_cases(cases: Iterable[CaseFacts], drill: Drill) -> list[CaseFacts]:
+    """The cases behind a figure, by the same facts the figure was counted from."""
+    return [c for c in cases if drill.keeps(c)]
+
+
+def lab_choices(organization_id: int) -> list[Lab]:
+    return list(db.session.scalars(select(Lab).where(Lab.organization_id == organization_id).order_by(Lab.name)))
+
+
+def next_appointments(practice_id: int, patient_ids: Iterable[int],
+                      now: dt.datetime | None = None) -> dict[int, Appointment]:
+    """Each patient's next appointment from `now` on (any kind), in one statement: for the
+    delay-exceptions list, where a late case meets the patient's next visit."""
+    ids = set(patient_ids)
+    if not ids:
+        return {}
+    now = now or dt.datetime.now()
+    found: dict[int, Appointment] = {}
+    for appt in db.session.scalars(
+        select(Appointment).where(Appointment.practice_id == practice_id, Appointment.patient_id.in_(ids),
+                                  Appointment.starts_at >= now)
+        .order_by(Appointment.patient_id, Appointment.starts_at, Appointment.id)
+    ):
+        found.setdefault(appt.patient_id, appt)
+    return found
+
+
+# -- formatting and CSV ------------------------------------------------------------------------------
+
+def days(value: float | None) -> str:
+    """4 or 4.5: business days to one decimal, without a trailing .0."""
+    if value is None:
+        return "—"
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def percent(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.0f}%"
+
+
+def money(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value:,.2f}"
+
+
+def _number(value) -> str:
+    """A figure in a CSV cell: empty for none, one decimal at most for days and rates."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.1f}".removesuffix(".0")
+    return str(value)
+
+
+FIGURE_COLUMNS: list[tuple[str, Callable[[Figures], object]]] = [
+    ("cases", lambda f: f.cases),
+    ("sent_to_dispatched_median_bdays", lambda f: f.dispatch_median),
+    ("sent_to_dispatched_p90_bdays", lambda f: f.dispatch_p90),
+    ("dispatched_cases", lambda f: f.dispatch_count),
+    ("sent_to_received_median_bdays", lambda f: f.receive_median),
+    ("sent_to_received_p90_bdays", lambda f: f.receive_p90),
+    ("received_cases", lambda f: f.receive_count),
+    ("on_time_due", lambda f: f.due_on_time),
+    ("due_known", lambda f: f.due_known),
+    ("on_time_due_pct", lambda f: None if f.due_rate is None else f.due_rate * 100),
+    ("on_time_seat", lambda f: f.seat_on_time),
+    ("seat_known", lambda f: f.seat_known),
+    ("on_time_seat_pct", lambda f: None if f.seat_rate is None else f.seat_rate * 100),
+    ("remade", lambda f: f.remade),
+    ("remake_pct", lambda f: None if f.remake_rate is None else f.remake_rate * 100),
+    ("fees_total", lambda f: f.fees_total),
+    ("fees_average", lambda f: f.fees_average),
+    ("cases_with_fee", lambda f: f.fees_count),
+]
+
+TABLES = {"labs": "lab", "services": "service", "months": "month", "remakes": "reason", "cases": "case"}
+
+
+def _csv(rows: Iterable[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for row in rows:
+        writer.writerow([csv_safe(_number(cell)) for cell in row])
+    return buffer.getvalue()
+
+
+def table_csv(report: Report, table: str) -> str:
+    """One table of the report as CSV, every cell through the audit export's formula guard."""
+    if table == "remakes":
+        head = ["reason", "remade", "share_of_cases_pct"] + [f"paid_by_{p}" for p in REMAKE_PAYERS]
+        body = [[r.label, r.count, None if r.share is None else r.share * 100]
+                + [r.by_payer.get(p, 0) for p in REMAKE_PAYERS] for r in report.remakes]
+        return _csv([head, *body])
+    groups = {"labs": report.by_lab, "services": report.by_service, "months": report.by_month}[table]
+    head = [TABLES[table]] + [name for name, _ in FIGURE_COLUMNS]
+    body = [[f.label] + [get(f) for _, get in FIGURE_COLUMNS] for f in [*groups, report.total]]
+    return _csv([head, *body])
+
+
+CASE_COLUMNS = ["case", "lab", "services", "status", "sent", "dispatched", "received",
+                "sent_to_dispatched_bdays", "sent_to_received_bdays", "due", "on_time_due", "seat",
+                "on_time_seat", "fee", "remade_as", "remake_reason", "remake_payer"]
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def cases_csv(cases: Iterable[CaseFacts]) -> str:
+    """The cases behind a figure: case numbers, not patient names (an export leaves the portal)."""
+    return _csv([CASE_COLUMNS, *([
+        c.number, c.lab_name, c.service_labels, c.status.label, c.sent_at.date().isoformat(),
+        c.dispatched_at.date().isoformat() if c.dispatched_at else None,
+        c.received_at.date().isoformat() if c.received_at else None,
+        c.to_dispatch, c.to_receive, c.due_date.isoformat() if c.due_date else None, _yes_no(c.on_time_due),
+        c.seat_date.isoformat() if c.seat_date else None, _yes_no(c.on_time_seat), c.fee,
+        c.remake.number if c.remake else None, REMAKE_REASONS.get(c.remake.reason, "") if c.remake else None,
+        REMAKE_PAYERS.get(c.remake.payer, "") if c.remake else None,
+    ] for c in cases)])
