@@ -22,6 +22,7 @@ from portal.cases.services import CaseData, CaseInputError, ItemData
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient, Provider
+from portal.reports import turnaround
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
@@ -83,7 +84,16 @@ def _validated(form: CaseForm) -> bool:
 
 
 def _form_response(form, case, status=422):
-    return render("cases/form.html", "case_form", form=form, case=case, code=status)
+    return render("cases/form.html", "case_form", form=form, case=case, code=status, due_advice=_due_advice(form))
+
+
+def _due_advice(form: CaseForm) -> turnaround.DueAdvice | None:
+    """The lab's stated turnaround and this practice's history with it, for the chosen lab and
+    restorations; None until a lab of the practice's group is chosen."""
+    lab = db.session.get(Lab, form.lab_id.data) if form.lab_id.data else None
+    if lab is None or lab.organization_id != g.practice.organization_id:
+        return None
+    return turnaround.due_advice(g.practice.id, lab, [e.form.restoration.data for e in form.items])
 
 
 def _save(form: CaseForm, case: LabCase | None):
@@ -132,7 +142,7 @@ def new():
     if request.method == "POST":
         return _save(form, None)
     form.set_numbering(g.practice.tooth_numbering)
-    return render("cases/form.html", "case_form", form=form, case=None)
+    return _form_response(form, None, 200)
 
 
 @bp.route("/<int:case_id>/edit", methods=["GET", "POST"])
@@ -157,7 +167,7 @@ def edit(case_id: int):
     form.seat_appointment_id.data = case.seat_appointment_id or 0
     _fill_choices(form, case.patient_id)
     form.set_numbering(g.practice.tooth_numbering)
-    return render("cases/form.html", "case_form", form=form, case=case)
+    return _form_response(form, case, 200)
 
 
 @bp.get("/patients")
@@ -178,6 +188,23 @@ def appointment_options():
     form = CaseForm(formdata=None)
     _fill_appointments(form, request.args.get("patient_id", type=int))
     return render("cases/form.html", "appointment_field", form=form)
+
+
+@bp.get("/due-date")
+@requires(*CAN_EDIT)
+def due_date_field():
+    """The case form's due date with its advice, for the lab and restorations chosen (htmx).
+    `use=<date>` puts the suggested date in the field; the coordinator still saves the form."""
+    form = CaseForm(formdata=request.args)
+    use = request.args.get("use", "")
+    try:
+        chosen = dt.date.fromisoformat(use) if use else None
+    except ValueError:
+        chosen = None
+    if chosen is not None:
+        form.due_date.data, form.due_date.raw_data = chosen, [chosen.isoformat()]
+    form.due_date.errors = []
+    return render("cases/form.html", "due_field", form=form, due_advice=_due_advice(form))
 
 
 @bp.get("/<int:case_id>")
