@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
-from portal.ack import logfilter, services
+from portal import logfilter
+from portal.ack import services
 from portal.ack.forms import DispatchForm, MessageForm, ReasonForm, StatusForm
 from portal.cases import lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
@@ -16,7 +17,7 @@ from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
-bp.record_once(lambda state: logfilter.install(state.app))
+bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))
 
 # What each lifecycle verb is called on the lab's page, and what it tells the practice.
 ACTIONS = {

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from werkzeug.serving import make_server
 
-from portal.ack.logfilter import redact
+from portal.logfilter import redact
 
 
 def _all_messages(caplog) -> list[str]:

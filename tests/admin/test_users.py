@@ -497,7 +497,7 @@ def test_guessing_tokens_is_rate_limited(app, client, world, monkeypatch):
 
 
 def test_tokens_stay_out_of_the_logs():
-    from portal.admin.users.logfilter import redact
+    from portal.logfilter import redact
 
     token = "a" * 43
     assert redact(f'"GET /set-password/{token} HTTP/1.1" 200') == '"GET /set-password/[redacted] HTTP/1.1" 200'

@@ -10,7 +10,8 @@ from flask import Blueprint, abort, current_app, flash, g, make_response, redire
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
-from portal.admin.users import logfilter, services
+from portal import logfilter
+from portal.admin.users import services
 from portal.admin.users.forms import AddUserForm, RoleForm, SetPasswordForm
 from portal.admin.users.services import LastAdmin, UserInputError
 from portal.extensions import db, limiter
@@ -19,7 +20,7 @@ from portal.web import render, requires, wants_fragment
 
 bp = Blueprint("users", __name__, url_prefix="/admin/users")
 password_bp = Blueprint("password", __name__, url_prefix="/set-password")
-password_bp.record_once(lambda state: logfilter.install(state.app))
+password_bp.record_once(lambda state: logfilter.install(state.app, "/set-password/"))
 
 
 def _member_or_404(user_id: int) -> Membership:
