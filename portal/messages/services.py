@@ -41,11 +41,13 @@ def record_lab_message(case, lab, text: str, actor: Actor, direction: str = IN) 
 
 
 def send_to_lab(case, text: str, actor: Actor) -> LabMessage:
-    """The practice writes to the lab from the case page; an email lab gets it by mail."""
-    from portal.ack.services import notify_lab
+    """The practice writes to the lab from the case page: an email lab gets it by mail, an API lab
+    as an order event (once it has the case), a manual lab by the coordinator's phone call."""
+    from portal.dispatch.models import NoticeType
+    from portal.dispatch.notices import tell_lab
 
     message = record_lab_message(case, case.lab, text, actor, direction=OUT)
-    notify_lab(case, "message", {"text": message.text, "author": message.author})
+    tell_lab(case, NoticeType.MESSAGE, {"text": message.text, "author": message.author}, actor, message=message)
     return message
 
 
