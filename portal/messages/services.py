@@ -2,6 +2,8 @@
 `message` event, or the case page. Services flush; the caller commits."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import func, select, update
 
 from portal.audit.actor import Actor
@@ -49,6 +51,63 @@ def send_to_lab(case, text: str, actor: Actor) -> LabMessage:
     message = record_lab_message(case, case.lab, text, actor, direction=OUT)
     tell_lab(case, NoticeType.MESSAGE, {"text": message.text, "author": message.author}, actor, message=message)
     return message
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How one outgoing message reached the lab, for the messages panel. `tone` is a badge class
+    ("ok", "warn", "bad" or "" for plain text); `notice_id` is an API update a person may retry."""
+
+    label: str
+    tone: str = ""
+    detail: str = ""
+    notice_id: int | None = None
+
+
+def deliveries(case, messages: list[LabMessage]) -> dict[int, Delivery]:
+    """Whether each outgoing message reached the case's lab, and how: by email (the mail row),
+    through the lab's API (the order notice) or not at all (a manual lab: the coordinator phones).
+    Two queries at most, whatever the number of messages."""
+    from portal.dispatch.models import DispatchState
+    from portal.dispatch.notices import by_message
+    from portal.mail.models import FAILED, SENT, MailMessage
+
+    outgoing = [m for m in messages if not m.incoming]
+    channel = case.lab.channel.value if case.lab is not None else ""
+    if not outgoing:
+        return {}
+    if channel == "email":
+        ids = [m.mail_id for m in outgoing if m.mail_id]
+        mails = {m.id: m for m in db.session.scalars(select(MailMessage).where(MailMessage.id.in_(ids)))} if ids else {}
+        result = {}
+        for m in outgoing:
+            mail = mails.get(m.mail_id)
+            if mail is None:
+                result[m.id] = Delivery("Not emailed: written before the case was sent (on the lab's link page)")
+            elif mail.state == SENT:
+                result[m.id] = Delivery("Emailed", "ok")
+            elif mail.state == FAILED:
+                result[m.id] = Delivery("Email failed", "bad", mail.last_error)
+            else:
+                result[m.id] = Delivery("Being emailed", "warn")
+        return result
+    if channel == "api":
+        notices = by_message(case.id)
+        result = {}
+        for m in outgoing:
+            notice = notices.get(m.id)
+            if notice is None:
+                result[m.id] = Delivery("Not sent: written before the case went to the lab")
+            elif notice.state is DispatchState.DELIVERED:
+                result[m.id] = Delivery("Delivered to the lab's system", "ok")
+            elif notice.state is DispatchState.FAILED:
+                result[m.id] = Delivery("Not delivered", "bad", notice.last_error, notice.id)
+            elif notice.state is DispatchState.SUPERSEDED:
+                result[m.id] = Delivery("Not sent: the case was sent again since")
+            else:
+                result[m.id] = Delivery(notice.state_label, "warn", notice.last_error)
+        return result
+    return {m.id: Delivery("Not sent: tell the lab by phone") for m in outgoing}
 
 
 def thread(case_id: int) -> list[LabMessage]:
