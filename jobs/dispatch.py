@@ -68,6 +68,13 @@ def _lab_reference(response: httpx.Response) -> str:
 
 
 def _short(response: httpx.Response) -> str:
+    """The lab's reason, for people: the `error` of a JSON error body, else the start of the body."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"].strip()[:200]
     text = response.text.strip().replace("\n", " ")
     return text[:200]
 

@@ -32,16 +32,18 @@ class CardView(CaseDates):
     origin: str
     remake_of_id: int | None
     dispatch_error: str
-    notice_error: str  # why the oldest update the lab's API did not take failed; "" when none did
+    notice_failed: str  # "Message", "Cancellation"...: the oldest update the lab's API did not take, or ""
+    notice_error: str  # and why
     patient: SimpleNamespace
     lab: SimpleNamespace | None
     seat_appointment: SimpleNamespace | None
     items: list[SimpleNamespace] = field(default_factory=list)
 
 
-def _notice_error():
-    """A correlated subquery (index ix_order_notice_case_state): no extra statement per page."""
-    return (select(OrderNotice.last_error)
+def _failed_notice(column):
+    """`column` of the case's oldest update the lab's API did not take, as a correlated subquery
+    (index ix_order_notice_case_state): the badge costs no extra statement per page."""
+    return (select(column)
             .where(OrderNotice.case_id == LabCase.id, OrderNotice.state == DispatchState.FAILED)
             .order_by(OrderNotice.id).limit(1).correlate(LabCase).scalar_subquery())
 
@@ -50,7 +52,8 @@ def card_select() -> Select:
     return (
         select(LabCase.id, LabCase.number, LabCase.status, LabCase.status_reason, LabCase.held_from,
                LabCase.due_date, LabCase.lab_eta, LabCase.seat_risk, LabCase.origin, LabCase.remake_of_id,
-               LabCase.dispatch_error, _notice_error().label("notice_error"), Patient.first_name,
+               LabCase.dispatch_error, _failed_notice(OrderNotice.type).label("notice_type"),
+               _failed_notice(OrderNotice.last_error).label("notice_error"), Patient.first_name,
                Patient.last_name, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
         .join(Patient, Patient.id == LabCase.patient_id)
         .outerjoin(Lab, Lab.id == LabCase.lab_id)
@@ -64,7 +67,8 @@ def load_cards(stmt: Select) -> list[CardView]:
         CardView(
             id=r.id, number=r.number, status=r.status, status_reason=r.status_reason, held_from=r.held_from,
             due_date=r.due_date, lab_eta=r.lab_eta, seat_risk=r.seat_risk, origin=r.origin,
-            remake_of_id=r.remake_of_id, dispatch_error=r.dispatch_error, notice_error=r.notice_error or "",
+            remake_of_id=r.remake_of_id, dispatch_error=r.dispatch_error,
+            notice_failed=r.notice_type.label if r.notice_type else "", notice_error=r.notice_error or "",
             patient=SimpleNamespace(first_name=r.first_name, last_name=r.last_name),
             lab=SimpleNamespace(name=r.lab_name) if r.lab_name is not None else None,
             seat_appointment=SimpleNamespace(starts_at=r.seat_at) if r.seat_at is not None else None,

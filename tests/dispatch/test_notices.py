@@ -129,7 +129,7 @@ def test_404_fails_for_good_shows_with_retry_and_retry_delivers(client, login, w
     assert "refused the message (HTTP 404)" in notice.last_error and not stub.events
     assert _actions(notice) == ["order_notice.queued", "order_notice.failed"]
     board = client.get("/").get_data(as_text=True)
-    assert "Update to lab failed" in board and f"/cases/{case_id}/notices/retry" in board
+    assert "Message not delivered" in board and f"/cases/{case_id}/notices/retry" in board
     page = client.get(f"/cases/{case_id}").get_data(as_text=True)
     assert "Updates to the lab" in page and "Not delivered" in page and "HTTP 404" in page
     assert f"/notices/{notice.id}/retry" in page and "Retry sending the message" in page
@@ -145,7 +145,7 @@ def test_404_fails_for_good_shows_with_retry_and_retry_delivers(client, login, w
     assert event["headers"]["webhook-id"] == notice.webhook_id and event["body"]["data"]["text"] == \
         "Please call about the shade"
     assert _actions(notice)[-2:] == ["order_notice.retry", "order_notice.delivered"]
-    assert "Update to lab failed" not in client.get("/").get_data(as_text=True)
+    assert "Message not delivered" not in client.get("/").get_data(as_text=True)
     # Nothing left to retry; another practice's notice is not found; a manager may not retry.
     assert client.post(f"/notices/{notice.id}/retry").status_code == 303
     assert _notices(case_id)[0].state is DispatchState.DELIVERED
