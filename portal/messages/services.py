@@ -65,49 +65,54 @@ class Delivery:
 
 
 def deliveries(case, messages: list[LabMessage]) -> dict[int, Delivery]:
-    """Whether each outgoing message reached the case's lab, and how: by email (the mail row),
-    through the lab's API (the order notice) or not at all (a manual lab: the coordinator phones).
-    Two queries at most, whatever the number of messages."""
-    from portal.dispatch.models import DispatchState
+    """Whether each outgoing message reached the lab, and how: by the email that carried it, by
+    the order event that carried it through the lab's API, or not at all (a manual lab: the
+    coordinator phones; or written before the case went to the lab). Two queries at most."""
     from portal.dispatch.notices import by_message
-    from portal.mail.models import FAILED, SENT, MailMessage
+    from portal.mail.models import MailMessage
 
     outgoing = [m for m in messages if not m.incoming]
-    channel = case.lab.channel.value if case.lab is not None else ""
-    if not outgoing:
+    if not outgoing or case.lab is None:
         return {}
-    if channel == "email":
-        ids = [m.mail_id for m in outgoing if m.mail_id]
-        mails = {m.id: m for m in db.session.scalars(select(MailMessage).where(MailMessage.id.in_(ids)))} if ids else {}
-        result = {}
-        for m in outgoing:
-            mail = mails.get(m.mail_id)
-            if mail is None:
-                result[m.id] = Delivery("Not emailed: written before the case was sent (on the lab's link page)")
-            elif mail.state == SENT:
-                result[m.id] = Delivery("Emailed", "ok")
-            elif mail.state == FAILED:
-                result[m.id] = Delivery("Email failed", "bad", mail.last_error)
-            else:
-                result[m.id] = Delivery("Being emailed", "warn")
-        return result
-    if channel == "api":
-        notices = by_message(case.id)
-        result = {}
-        for m in outgoing:
-            notice = notices.get(m.id)
-            if notice is None:
-                result[m.id] = Delivery("Not sent: written before the case went to the lab")
-            elif notice.state is DispatchState.DELIVERED:
-                result[m.id] = Delivery("Delivered to the lab's system", "ok")
-            elif notice.state is DispatchState.FAILED:
-                result[m.id] = Delivery("Not delivered", "bad", notice.last_error, notice.id)
-            elif notice.state is DispatchState.SUPERSEDED:
-                result[m.id] = Delivery("Not sent: the case was sent again since")
-            else:
-                result[m.id] = Delivery(notice.state_label, "warn", notice.last_error)
-        return result
-    return {m.id: Delivery("Not sent: tell the lab by phone") for m in outgoing}
+    mail_ids = [m.mail_id for m in outgoing if m.mail_id]
+    mails = {m.id: m for m in db.session.scalars(select(MailMessage).where(MailMessage.id.in_(mail_ids)))} \
+        if mail_ids else {}
+    notices = by_message(case.id)
+    result = {}
+    for m in outgoing:
+        if m.mail_id in mails:
+            result[m.id] = _by_mail(mails[m.mail_id])
+        elif m.id in notices:
+            result[m.id] = _by_notice(notices[m.id])
+        elif case.lab.channel.value == "manual":
+            result[m.id] = Delivery("Not sent: tell the lab by phone")
+        elif case.lab.channel.value == "email":
+            result[m.id] = Delivery("Not emailed: written before the case was sent (on the lab's link page)")
+        else:
+            result[m.id] = Delivery("Not sent: written before the case went to the lab")
+    return result
+
+
+def _by_mail(mail) -> Delivery:
+    from portal.mail.models import FAILED, SENT
+
+    if mail.state == SENT:
+        return Delivery("Emailed", "ok")
+    if mail.state == FAILED:
+        return Delivery("Email failed", "bad", mail.last_error)
+    return Delivery("Being emailed", "warn")
+
+
+def _by_notice(notice) -> Delivery:
+    from portal.dispatch.models import DispatchState
+
+    if notice.state is DispatchState.DELIVERED:
+        return Delivery("Delivered to the lab's system", "ok")
+    if notice.state is DispatchState.FAILED:
+        return Delivery("Not delivered", "bad", notice.last_error, notice.id)
+    if notice.state is DispatchState.SUPERSEDED:
+        return Delivery("Not sent: the case was sent to the lab again since")
+    return Delivery(notice.state_label, "warn", notice.last_error)
 
 
 def thread(case_id: int) -> list[LabMessage]:

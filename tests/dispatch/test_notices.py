@@ -355,3 +355,22 @@ def test_email_and_manual_labs_keep_their_ways(client, login, world, queue):
     assert "Being emailed" in client.get(f"/cases/{email_case.id}").get_data(as_text=True)
     assert not db.session.scalars(select(OrderNotice)).all()
     assert notices.queue_notice(manual, NoticeType.MESSAGE, {"text": "x"}, _actor(world)) is None
+
+
+def test_a_lab_reporting_on_its_order_lets_the_waiting_updates_go(client, world, api_lab, stub, queue):
+    """The work order failed on our side (a timeout, say) but the lab has it and says so: the
+    changes waiting for it follow at once."""
+    from tests.dispatch.test_webhook import _event, post
+
+    stub.script = [(500, "store"), 400]  # the lab stored the order; we gave up on it
+    dispatch = _send(world, api_lab)
+    drain(queue)
+    case = db.session.get(Dispatch, dispatch.id).case
+    assert dispatch.state is DispatchState.FAILED and len(stub.orders) == 1
+    _edit(case, world, due_date=case.due_date + dt.timedelta(days=2))
+    drain(queue)
+    assert not stub.events
+    assert post(client, api_lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204
+    drain(queue)  # applies the lab's event, then delivers what waited for the order
+    assert dispatch.state is DispatchState.DELIVERED
+    assert [e["body"]["type"] for e in stub.events] == ["due_date_changed"]
