@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import uuid
 
 from sqlalchemy import DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -160,6 +161,18 @@ class OrderNotice(db.Model):
     def waits_for_order(self) -> bool:
         """Pending, but the work order has not reached the lab yet: it goes right after it."""
         return self.state is DispatchState.PENDING and self.dispatch.state is not DispatchState.DELIVERED
+
+    @property
+    def summary(self) -> str:
+        """What the lab is told, in a few words, for the case page."""
+        data = (json.loads(self.payload).get("data") if self.payload else None) or {}
+        if self.type is NoticeType.DUE_DATE_CHANGED:
+            return f"due {data.get('due_date') or 'not set'} (was {data.get('previous') or 'not set'})"
+        if self.type is NoticeType.PRESCRIPTION_CHANGED:
+            count = len(data.get("items") or [])
+            return f"{count} item{'s' if count != 1 else ''} and the instructions as they are now"
+        text = data.get("reason" if self.type is NoticeType.CANCELLED else "text") or ""
+        return f"“{text[:60]}{'…' if len(text) > 60 else ''}”" if text else ""
 
     @property
     def state_label(self) -> str:

@@ -281,7 +281,7 @@ def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, act
     # The case's dispatch_error is already clear: approve_and_send and retry clear it.
     dispatch_id, attempt, case_id, practice_id = dispatch.id, dispatch.attempts, dispatch.case_id, dispatch.practice_id
     if not finish(dispatch, state=DispatchState.DELIVERED, delivered_at=utcnow(), last_status_code=status_code,
-                   last_error="", lab_reference=lab_reference[:100], next_attempt_at=None):
+                  last_error="", lab_reference=lab_reference[:100], next_attempt_at=None):
         return False
     record("dispatch.delivered", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "delivered", "attempt": attempt, "status_code": status_code,
@@ -302,7 +302,7 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
         return None
     delay = backoff_seconds(attempt, retry_after)
     if not finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
-                   next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
+                  next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
     record("dispatch.retry_scheduled", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "pending", "attempt": attempt, "error": error[:500],
@@ -314,7 +314,7 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
 def mark_permanent(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor) -> bool:
     dispatch_id, attempt, case_id, practice_id = dispatch.id, dispatch.attempts, dispatch.case_id, dispatch.practice_id
     if not finish(dispatch, state=DispatchState.FAILED, last_error=error[:500], last_status_code=status_code,
-                   next_attempt_at=None):
+                  next_attempt_at=None):
         return False
     db.session.execute(update(LabCase).where(LabCase.id == case_id).values(dispatch_error=error[:300]))
     record("dispatch.failed", "dispatch", dispatch_id, before={"state": "sending"},

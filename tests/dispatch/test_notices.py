@@ -132,6 +132,7 @@ def test_404_fails_for_good_shows_with_retry_and_retry_delivers(client, login, w
     assert "Message not delivered" in board and f"/cases/{case_id}/notices/retry" in board
     page = client.get(f"/cases/{case_id}").get_data(as_text=True)
     assert "Updates to the lab" in page and "Not delivered" in page and "HTTP 404" in page
+    assert "“Please call about the shade”" in page  # what the lab was to be told
     assert f"/notices/{notice.id}/retry" in page and "Retry sending the message" in page
     # The card's Retry, back to the board.
     response = client.post(f"/cases/{case_id}/notices/retry", {"next": "/"})
@@ -166,6 +167,8 @@ def test_a_new_due_date_reaches_the_lab(world, api_lab, stub, queue):
     assert event["body"]["type"] == "due_date_changed"
     assert event["body"]["data"] == {"due_date": (before + dt.timedelta(days=7)).isoformat(),
                                      "previous": before.isoformat()}
+    [notice] = _notices(case.id)
+    assert notice.summary == f"due {(before + dt.timedelta(days=7)).isoformat()} (was {before.isoformat()})"
     _edit(case, world)  # saving without a change tells the lab nothing
     drain(queue)
     assert len(stub.events) == 1 and len(_notices(case.id)) == 1
