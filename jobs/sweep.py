@@ -1,5 +1,5 @@
 """The outbox sweep: hand RQ every piece of work the database says is due: dispatches to send,
-lab events stored but not yet applied, mail.
+order events (notices) to send, lab events stored but not yet applied, mail.
 
 Run it every OUTBOX_SWEEP_SECONDS with RQ's cron scheduler, which loads this module:
 
@@ -23,13 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def run() -> dict:
+    from portal.dispatch import notices
     from portal.dispatch import services as dispatch_services
     from portal.extensions import db
     from portal.labapi import services as labapi_services
 
     with _app().app_context():
-        result = {"dispatch": dispatch_services.sweep(), "lab_events": labapi_services.sweep()}
-        db.session.rollback()  # both sweeps only read
+        result = {"dispatch": dispatch_services.sweep(), "notices": notices.sweep(),
+                  "lab_events": labapi_services.sweep()}
+        db.session.rollback()  # these sweeps only read
         mail_sweep = _mail_sweep()
         if mail_sweep is not None:
             result["mail"] = mail_sweep()

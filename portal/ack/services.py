@@ -6,7 +6,8 @@
 - `resolve(token)`: the link behind a token, or why there is none (unknown, expired, revoked).
 - `lab_move` / `lab_message`: what the lab does on its page, as `Actor.lab`, audited.
 - `notify_lab(case, kind, detail)`: tell an email lab that the practice changed the due date,
-  cancelled the case or wrote to it.
+  cancelled the case or wrote to it (called by portal.dispatch.notices.tell_lab, which tells an
+  API lab through its API instead).
 
 Tokens are `secrets.token_urlsafe(32)` (256 bits); only their SHA-256 is stored. The token is
 in the outbox row only until the SMTP server has taken the mail (jobs.mail scrubs it then).
@@ -132,9 +133,9 @@ def resend_link(case: LabCase, actor: Actor) -> AckLink:
 
 
 def on_case_cancelled(case: LabCase, actor: Actor | None = None) -> None:
-    """The practice cancelled: the lab's links stop working and an email lab is told."""
+    """The practice cancelled: the lab's links stop working. (The lab is told through its channel
+    by portal.dispatch.notices.tell_lab.)"""
     revoke_links(case, "cancelled", actor=actor)
-    notify_lab(case, "cancelled", {"reason": case.status_reason})
 
 
 def _check_mailable(lab: Lab | None) -> None:
@@ -208,7 +209,7 @@ UPDATE_SUBJECTS = {
 
 def notify_lab(case: LabCase, kind: str, detail: dict | None = None) -> MailMessage | None:
     """Email an EMAIL lab about a change on a case it has been sent; other labs hear through
-    their API or the coordinator's phone call, so this does nothing for them."""
+    their API (portal.dispatch.notices) or the coordinator's phone call, so this does nothing for them."""
     if kind not in UPDATE_SUBJECTS:
         raise ValueError(f"unknown lab notification {kind!r}")
     lab = case.lab

@@ -11,6 +11,7 @@ from sqlalchemy import Select, select
 
 from portal.cases.lifecycle import Status
 from portal.cases.models import CaseDates, CaseItem, LabCase
+from portal.dispatch.models import DispatchState, OrderNotice
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient
@@ -31,18 +32,29 @@ class CardView(CaseDates):
     origin: str
     remake_of_id: int | None
     dispatch_error: str
+    notice_failed: str  # "Message", "Cancellation"...: the oldest update the lab's API did not take, or ""
+    notice_error: str  # and why
     patient: SimpleNamespace
     lab: SimpleNamespace | None
     seat_appointment: SimpleNamespace | None
     items: list[SimpleNamespace] = field(default_factory=list)
 
 
+def _failed_notice(column):
+    """`column` of the case's oldest update the lab's API did not take, as a correlated subquery
+    (index ix_order_notice_case_state): the badge costs no extra statement per page."""
+    return (select(column)
+            .where(OrderNotice.case_id == LabCase.id, OrderNotice.state == DispatchState.FAILED)
+            .order_by(OrderNotice.id).limit(1).correlate(LabCase).scalar_subquery())
+
+
 def card_select() -> Select:
     return (
         select(LabCase.id, LabCase.number, LabCase.status, LabCase.status_reason, LabCase.held_from,
                LabCase.due_date, LabCase.lab_eta, LabCase.seat_risk, LabCase.origin, LabCase.remake_of_id,
-               LabCase.dispatch_error, Patient.first_name, Patient.last_name, Lab.name.label("lab_name"),
-               Appointment.starts_at.label("seat_at"))
+               LabCase.dispatch_error, _failed_notice(OrderNotice.type).label("notice_type"),
+               _failed_notice(OrderNotice.last_error).label("notice_error"), Patient.first_name,
+               Patient.last_name, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
         .join(Patient, Patient.id == LabCase.patient_id)
         .outerjoin(Lab, Lab.id == LabCase.lab_id)
         .outerjoin(Appointment, Appointment.id == LabCase.seat_appointment_id)
@@ -56,6 +68,7 @@ def load_cards(stmt: Select) -> list[CardView]:
             id=r.id, number=r.number, status=r.status, status_reason=r.status_reason, held_from=r.held_from,
             due_date=r.due_date, lab_eta=r.lab_eta, seat_risk=r.seat_risk, origin=r.origin,
             remake_of_id=r.remake_of_id, dispatch_error=r.dispatch_error,
+            notice_failed=r.notice_type.label if r.notice_type else "", notice_error=r.notice_error or "",
             patient=SimpleNamespace(first_name=r.first_name, last_name=r.last_name),
             lab=SimpleNamespace(name=r.lab_name) if r.lab_name is not None else None,
             seat_appointment=SimpleNamespace(starts_at=r.seat_at) if r.seat_at is not None else None,

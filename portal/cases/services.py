@@ -181,11 +181,21 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
         case.updated_at = utcnow()
         record("case.update", "lab_case", case.id, before={k: before[k] for k in changed},
                after={k: after[k] for k in changed}, actor=actor, practice_id=case.practice_id)
-    if "due_date" in changed:
-        from portal.ack.services import notify_lab  # an email lab hears of the new date
-
-        notify_lab(case, "due_date", {"before": before["due_date"], "after": after["due_date"]})
+    _tell_lab_about_edit(case, before, changed, actor)
     return {k: (before[k], after[k]) for k in changed}
+
+
+def _tell_lab_about_edit(case: LabCase, before: dict, changed: set[str], actor: Actor) -> None:
+    """A lab that has the case hears of a new due date and of a changed prescription."""
+    from portal.dispatch.models import NoticeType
+    from portal.dispatch.notices import prescription_data, tell_lab
+
+    if "due_date" in changed:
+        tell_lab(case, NoticeType.DUE_DATE_CHANGED, {
+            "due_date": case.due_date.isoformat() if case.due_date else None,
+            "previous": before["due_date"].isoformat() if before["due_date"] else None}, actor)
+    if changed & {"items", "instructions"}:
+        tell_lab(case, NoticeType.PRESCRIPTION_CHANGED, prescription_data(case), actor)
 
 
 def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: dict | None = None) -> None:
@@ -202,9 +212,12 @@ def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: di
         return
     lifecycle.move(case, target, actor=actor, reason=reason, detail=detail)
     if target is Status.CANCELLED:
-        from portal.ack.services import on_case_cancelled  # the lab's links stop working; an email lab is told
+        from portal.ack.services import on_case_cancelled  # the lab's links stop working
+        from portal.dispatch.models import NoticeType
+        from portal.dispatch.notices import tell_lab  # the lab stops work: by email or through its API
 
         on_case_cancelled(case, actor)
+        tell_lab(case, NoticeType.CANCELLED, {"reason": case.status_reason}, actor)
 
 
 def check_in(case: LabCase, actor: Actor, quality_checked: bool, note: str = "") -> None:

@@ -5,6 +5,11 @@ seeded "Keystone Digital Lab", honours Idempotency-Key, and over the following m
 signed status events back to the order's callback_url: acknowledged, in_production, dispatched
 with a tracking number. DEMO_LAB_STEP_SECONDS (default 20) sets the pace. It talks to loopback
 addresses only and gives up on an event after a few tries.
+
+It also takes the practice's order events (`POST /orders/{order_id}/events`: cancelled, due date
+or prescription changed, a message), answers 204 and logs them; a repeated webhook-id is answered
+204 and ignored. A cancelled order stops: its remaining status events are dropped, and later
+events for it are answered 410.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -31,6 +37,7 @@ HOST = "127.0.0.1"
 PORT = int(os.environ.get("DEMO_LAB_PORT", "5055"))
 STEP = float(os.environ.get("DEMO_LAB_STEP_SECONDS", "20"))
 MAX_TRIES = 5
+EVENTS_PATH = re.compile(r"^/orders/(?P<order_id>[^/]+)/events$")
 log = logging.getLogger("demo-lab")
 
 
@@ -50,6 +57,8 @@ class Lab:
     def __init__(self, step: float = STEP):
         self.step = step
         self.orders: dict[str, dict] = {}
+        self.cancelled: set[str] = set()  # order ids the practice cancelled
+        self.seen_events: set[str] = set()  # webhook-ids of order events taken
         self.lock = threading.Lock()
         self.refs = itertools.count(1001)
         self.plan: list[tuple[float, int, dict]] = []  # (when, seq, job) heap
@@ -70,6 +79,24 @@ class Lab:
         log.info("order %s for case %s accepted as %s", body["order_id"], body["case_number"], reference)
         self._plan_events(body)
         return 201, {"lab_reference": reference}
+
+    def take_event(self, order_id: str, msg_id: str, raw: bytes) -> tuple[int, dict | None]:
+        """An order event from the practice: logged; a cancellation stops the order's timeline."""
+        event = json.loads(raw)
+        with self.lock:
+            if order_id not in self.orders:
+                return 404, {"error": f"no order {order_id}"}
+            if msg_id in self.seen_events:
+                return 204, None
+            if order_id in self.cancelled:
+                return 410, {"error": "this order was cancelled"}
+            self.seen_events.add(msg_id)
+            if event["type"] == "cancelled":
+                self.cancelled.add(order_id)
+                self.plan = [p for p in self.plan if p[2]["event"]["order_id"] != order_id]
+                heapq.heapify(self.plan)
+        log.info("%s for %s: %s", event["type"], event.get("case_number", order_id), _describe(event))
+        return 204, None
 
     def _plan_events(self, order: dict) -> None:
         callback = order.get("callback_url", "")
@@ -135,6 +162,20 @@ class Lab:
             self.wakeup.notify()
 
 
+def _describe(event: dict) -> str:
+    """One log line's worth of what the practice said."""
+    data, kind = event.get("data") or {}, event["type"]
+    if kind == "cancelled":
+        return f"stopping work ({data.get('reason', '')})"
+    if kind == "due_date_changed":
+        return f"now due {data.get('due_date')} (was {data.get('previous')})"
+    if kind == "prescription_changed":
+        return f"{len(data.get('items', []))} item(s) now"
+    if kind == "message":
+        return f"{data.get('author', '')} wrote: {str(data.get('text', ''))[:200]}"
+    return ""
+
+
 def make_server(lab: Lab, host: str = HOST, port: int = PORT) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -143,10 +184,11 @@ def make_server(lab: Lab, host: str = HOST, port: int = PORT) -> ThreadingHTTPSe
         def log_message(self, fmt, *args):
             log.debug(fmt, *args)
 
-        def _answer(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
+        def _answer(self, status: int, body: dict | None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if data:
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -156,13 +198,19 @@ def make_server(lab: Lab, host: str = HOST, port: int = PORT) -> ThreadingHTTPSe
             if length > 1_000_000:
                 return self._answer(413, {"error": "too large"})
             raw = self.rfile.read(length)
-            if self.path.rstrip("/") != "/orders":
+            event_path = EVENTS_PATH.match(self.path)
+            if self.path.rstrip("/") != "/orders" and event_path is None:
                 return self._answer(404, {"error": "not found"})
             try:
                 signing.verify([SECRET], self.headers.get("webhook-id", ""), self.headers.get("webhook-timestamp", ""),
                                self.headers.get("webhook-signature", ""), raw)
             except signing.SignatureError as exc:
                 return self._answer(401, {"error": str(exc)})
+            if event_path is not None:
+                try:
+                    return self._answer(*lab.take_event(event_path["order_id"], self.headers["webhook-id"], raw))
+                except (ValueError, KeyError, TypeError) as exc:
+                    return self._answer(400, {"error": f"not an order event: {exc}"})
             key = self.headers.get("Idempotency-Key", "")
             if not key:
                 return self._answer(400, {"error": "Idempotency-Key is required"})

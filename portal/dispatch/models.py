@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import uuid
 
 from sqlalchemy import DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -92,3 +93,92 @@ class LabEvent(db.Model):
     payload_sha256: Mapped[str] = mapped_column(String(64))
     payload: Mapped[str] = mapped_column(Text, default="")  # the verified body as JSON, for the job
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class NoticeType(enum.StrEnum):
+    """What the practice changed on a case its lab already has (contracts/lab-api.md, order events)."""
+
+    CANCELLED = "cancelled"
+    DUE_DATE_CHANGED = "due_date_changed"
+    PRESCRIPTION_CHANGED = "prescription_changed"
+    MESSAGE = "message"
+
+    @property
+    def label(self) -> str:
+        return {"cancelled": "Cancellation", "due_date_changed": "New due date",
+                "prescription_changed": "Prescription change", "message": "Message"}[self.value]
+
+
+class OrderNotice(db.Model):
+    """One order event to a lab's API: the outbox row of a change the lab must hear of.
+
+    It goes through the same states as a dispatch (DispatchState) and the same machinery: written in
+    the transaction of the change, relayed to RQ after the commit, claimed with a lease, retried
+    with capped backoff and jitter, swept when its job is lost. `event_id` is the body's event_id;
+    `webhook_id` is derived from it, so both stay the same on every retry and the lab can drop a
+    repeat. `payload` is the event as it was when the change was made.
+
+    Notices of one order (`dispatch_id`) go in `id` order, and none before the work order itself
+    has been delivered (portal/dispatch/notices.py explains how).
+    """
+
+    __table_args__ = (
+        Index("ix_order_notice_due", "state", "next_attempt_at"),
+        Index("ix_order_notice_dispatch_state", "dispatch_id", "state"),
+        Index("ix_order_notice_case_state", "case_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
+    dispatch_id: Mapped[str] = mapped_column(ForeignKey("dispatch.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("lab_case.id"))
+    lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"))
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
+    type: Mapped[NoticeType] = mapped_column(Enum(NoticeType, native_enum=False, length=24))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("lab_message.id"))  # a message notice
+    state: Mapped[DispatchState] = mapped_column(
+        Enum(DispatchState, native_enum=False, length=12), default=DispatchState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=6)  # raised by a manual retry
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    dispatch = relationship("Dispatch")
+
+    @property
+    def webhook_id(self) -> str:
+        return "msg_" + self.event_id.replace("-", "")
+
+    @property
+    def job_id(self) -> str:
+        """The RQ job id of the next attempt (deterministic: the relay, the chain and the sweep agree)."""
+        return f"notice-{self.id}-{self.attempts + 1}"
+
+    @property
+    def waits_for_order(self) -> bool:
+        """Pending, but the work order has not reached the lab yet: it goes right after it."""
+        return self.state is DispatchState.PENDING and self.dispatch.state is not DispatchState.DELIVERED
+
+    @property
+    def summary(self) -> str:
+        """What the lab is told, in a few words, for the case page."""
+        data = (json.loads(self.payload).get("data") if self.payload else None) or {}
+        if self.type is NoticeType.DUE_DATE_CHANGED:
+            return f"due {data.get('due_date') or 'not set'} (was {data.get('previous') or 'not set'})"
+        if self.type is NoticeType.PRESCRIPTION_CHANGED:
+            count = len(data.get("items") or [])
+            return f"{count} item{'s' if count != 1 else ''} and the instructions as they are now"
+        text = data.get("reason" if self.type is NoticeType.CANCELLED else "text") or ""
+        return f"“{text[:60]}{'…' if len(text) > 60 else ''}”" if text else ""
+
+    @property
+    def state_label(self) -> str:
+        if self.waits_for_order:
+            return "Waits for the work order"
+        if self.state is DispatchState.PENDING and self.attempts:
+            return "Retrying"
+        return {"pending": "Waiting to send", "sending": "Sending", "delivered": "Delivered",
+                "failed": "Not delivered", "superseded": "Withdrawn"}[self.state.value]

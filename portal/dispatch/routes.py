@@ -1,4 +1,5 @@
-"""Approve and send (a person's deliberate act), and retrying a failed dispatch."""
+"""Approve and send (a person's deliberate act), retrying a failed dispatch, and retrying an
+update (order notice) the lab's API did not take."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, g, make_response, redirect, request, url_for
@@ -7,9 +8,9 @@ from flask_login import current_user
 from portal.audit.actor import Actor
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
-from portal.dispatch import services
+from portal.dispatch import notices, services
 from portal.dispatch.forms import RetryForm, SendForm
-from portal.dispatch.models import Dispatch
+from portal.dispatch.models import Dispatch, OrderNotice
 from portal.dispatch.validation import check_case
 from portal.extensions import db
 from portal.web import CAN_EDIT, get_or_404, render, requires
@@ -26,6 +27,20 @@ def case_dispatch(case_id: int) -> Dispatch | None:
 @bp.app_template_global("retry_form")
 def retry_form() -> RetryForm:
     return RetryForm()
+
+
+@bp.app_template_global("order_notices")
+def order_notices(dispatch_id: str) -> list[OrderNotice]:
+    """What the lab's API has been told about the order since, for the dispatch panel."""
+    return notices.notices_of(dispatch_id)
+
+
+@bp.app_template_global("api_order")
+def api_order(case) -> Dispatch | None:
+    """The case's live order at an API lab, or None (another channel, or never sent)."""
+    if case.lab is None or case.lab.channel.value != "api":
+        return None
+    return notices.current_order(case)
 
 
 def _page(case: LabCase, form: SendForm, check, code: int = 200, error: str = ""):
@@ -87,11 +102,17 @@ def retry_case(case_id: int):
     return _retry(dispatch)
 
 
-def _retry(dispatch: Dispatch):
-    case = dispatch.case
+def _target(case: LabCase) -> str:
+    """Where to go after a retry: the form's `next` when it is a path on this site, else the case."""
     target = request.form.get("next") or url_for("cases.show", case_id=case.id)
     if not target.startswith("/") or target.startswith("//"):
         target = url_for("cases.show", case_id=case.id)
+    return target
+
+
+def _retry(dispatch: Dispatch):
+    case = dispatch.case
+    target = _target(case)
     if not RetryForm().validate():
         flash("The form expired; reload the page and try again.", "error")
         return _redirect(target)
@@ -103,4 +124,43 @@ def _retry(dispatch: Dispatch):
         return _redirect(target)
     db.session.commit()
     flash(f"{case.number}: sending to {case.lab.name} again.", "success")
+    return _redirect(target)
+
+
+@bp.post("/notices/<int:notice_id>/retry")
+@requires(*CAN_EDIT)
+def retry_notice(notice_id: int):
+    """Retry one update the lab's API did not take (the case page and the messages panel)."""
+    notice = db.session.get(OrderNotice, notice_id)
+    if notice is None or notice.practice_id != g.practice.id:
+        abort(404)
+    return _retry_notices(get_or_404(LabCase, notice.case_id), [notice])
+
+
+@bp.post("/cases/<int:case_id>/notices/retry")
+@requires(*CAN_EDIT)
+def retry_case_notices(case_id: int):
+    """The board card's Retry: every update of the case that was not delivered, oldest first."""
+    case = get_or_404(LabCase, case_id)
+    return _retry_notices(case, notices.failed_notices(case.id))
+
+
+def _retry_notices(case: LabCase, failed: list[OrderNotice]):
+    target = _target(case)
+    if not RetryForm().validate():
+        flash("The form expired; reload the page and try again.", "error")
+        return _redirect(target)
+    if not failed:
+        flash(f"{case.number}: no update to {case.lab.name} is waiting for a retry.", "error")
+        return _redirect(target)
+    try:
+        for notice in failed:
+            notices.retry(notice, Actor.user(current_user))
+    except IllegalMove as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+        return _redirect(target)
+    db.session.commit()
+    what = failed[0].type.label.lower() if len(failed) == 1 else f"{len(failed)} updates"
+    flash(f"{case.number}: sending the {what} to {case.lab.name} again.", "success")
     return _redirect(target)

@@ -14,7 +14,7 @@ from portal.audit.service import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.cases.models import LabCase
-from portal.dispatch.models import Dispatch, DispatchState, new_id
+from portal.dispatch.models import Dispatch, DispatchState, OrderNotice, new_id
 from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
@@ -48,11 +48,12 @@ def job_timeout() -> int:
     return math.ceil(4 * http_timeout()) + 2
 
 
-def job_options() -> dict:
+def job_options(on_failure: str = "jobs.dispatch.on_failure") -> dict:
+    """RQ options of a delivery job to a lab API (work orders and order notices alike)."""
     from rq import Callback
 
     return {"job_timeout": job_timeout(), "result_ttl": 3600, "failure_ttl": 7 * 86400,
-            "on_failure": Callback("jobs.dispatch.on_failure")}
+            "on_failure": Callback(on_failure)}
 
 
 def lease_seconds() -> int:
@@ -102,6 +103,10 @@ def _supersede_earlier(case: LabCase, actor: Actor) -> None:
         old.state = DispatchState.SUPERSEDED
         record("dispatch.superseded", "dispatch", old.id, before={"state": before},
                after={"state": old.state.value}, actor=actor, practice_id=case.practice_id)
+        if old.channel is Channel.API:
+            from portal.dispatch.notices import supersede_for  # the new work order carries the case as it is
+
+            supersede_for(old.id, actor)
 
 
 def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatch:
@@ -240,9 +245,9 @@ def claim(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
     ).one_or_none()
 
 
-def lab_target(dispatch: Dispatch) -> tuple[str, str, list[str]]:
-    """(lab name, API base URL, active signing secrets) in one query."""
-    rows = db.session.execute(_LAB_TARGET, {"lab_id": dispatch.lab_id}).all()
+def lab_target(row: Dispatch | OrderNotice) -> tuple[str, str, list[str]]:
+    """(lab name, API base URL, active signing secrets) of the row's lab, in one query."""
+    rows = db.session.execute(_LAB_TARGET, {"lab_id": row.lab_id}).all()
     return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
@@ -256,30 +261,35 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def _finish(dispatch: Dispatch, **values) -> bool:
+def finish(row: Dispatch | OrderNotice, **values) -> bool:
     """Record an attempt's outcome only if the row is still ours: the case may have been sent again
     or cancelled while the request ran (then the row is superseded and stays as it is).
-    Callers read what they need from `dispatch` before this: it is expired afterwards, and
-    touching it again would reload the row with one more SELECT."""
+    Works for either outbox to a lab API (a dispatch or an order notice). Callers read what they
+    need from `row` before this: it is expired afterwards, and touching it again would reload
+    the row with one more SELECT."""
+    model = type(row)
     done = db.session.execute(
-        update(Dispatch).where(Dispatch.id == dispatch.id, Dispatch.state == DispatchState.SENDING)
+        update(model).where(model.id == row.id, model.state == DispatchState.SENDING)
         .values(**values).execution_options(synchronize_session=False)
     ).rowcount == 1
     if done:
-        db.session.expire(dispatch)  # the object reloads what was written when next read
+        db.session.expire(row)  # the object reloads what was written when next read
     return done
 
 
 def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, actor: Actor) -> bool:
     # The case's dispatch_error is already clear: approve_and_send and retry clear it.
     dispatch_id, attempt, case_id, practice_id = dispatch.id, dispatch.attempts, dispatch.case_id, dispatch.practice_id
-    if not _finish(dispatch, state=DispatchState.DELIVERED, delivered_at=utcnow(), last_status_code=status_code,
-                   last_error="", lab_reference=lab_reference[:100], next_attempt_at=None):
+    if not finish(dispatch, state=DispatchState.DELIVERED, delivered_at=utcnow(), last_status_code=status_code,
+                  last_error="", lab_reference=lab_reference[:100], next_attempt_at=None):
         return False
     record("dispatch.delivered", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "delivered", "attempt": attempt, "status_code": status_code,
                   "lab_reference": lab_reference[:100], "case_id": case_id},
            actor=actor, practice_id=practice_id)
+    from portal.dispatch.notices import release_next  # changes made meanwhile follow the work order
+
+    release_next(dispatch_id)
     return True
 
 
@@ -291,8 +301,8 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
         mark_permanent(dispatch, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
     delay = backoff_seconds(attempt, retry_after)
-    if not _finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
-                   next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
+    if not finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
+                  next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
     record("dispatch.retry_scheduled", "dispatch", dispatch_id, before={"state": "sending"},
            after={"state": "pending", "attempt": attempt, "error": error[:500],
@@ -303,8 +313,8 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
 
 def mark_permanent(dispatch: Dispatch, error: str, status_code: int | None, actor: Actor) -> bool:
     dispatch_id, attempt, case_id, practice_id = dispatch.id, dispatch.attempts, dispatch.case_id, dispatch.practice_id
-    if not _finish(dispatch, state=DispatchState.FAILED, last_error=error[:500], last_status_code=status_code,
-                   next_attempt_at=None):
+    if not finish(dispatch, state=DispatchState.FAILED, last_error=error[:500], last_status_code=status_code,
+                  next_attempt_at=None):
         return False
     db.session.execute(update(LabCase).where(LabCase.id == case_id).values(dispatch_error=error[:300]))
     record("dispatch.failed", "dispatch", dispatch_id, before={"state": "sending"},

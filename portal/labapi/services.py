@@ -28,6 +28,7 @@ from portal.cases import lifecycle
 from portal.cases.lifecycle import LAB, MAIN_LINE, IllegalMove, Status
 from portal.cases.models import LabCase
 from portal.dispatch.models import Dispatch, DispatchState, LabEvent
+from portal.dispatch.notices import release_next
 from portal.extensions import db
 from portal.labs.models import Lab, LabSecret
 from portal.practices.models import utcnow
@@ -351,3 +352,4 @@ def _confirm_delivery(dispatch: Dispatch, case: LabCase, actor: Actor) -> None:
     record("dispatch.delivered", "dispatch", dispatch.id, before={"state": before},
            after={"state": "delivered", "via": "lab event", "case_id": case.id},
            actor=actor, practice_id=case.practice_id)
+    release_next(dispatch.id)  # changes the practice made meanwhile follow the work order

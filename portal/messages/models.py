@@ -28,6 +28,8 @@ class LabMessage(db.Model):
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     read_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The email that carried an outgoing message to an email lab (an API lab's is an OrderNotice).
+    mail_id: Mapped[int | None] = mapped_column(ForeignKey("mail_message.id"))
 
     @property
     def incoming(self) -> bool:

@@ -36,7 +36,11 @@ def _helpers():
         return db.session.scalar(select(AckLink).where(AckLink.case_id == case.id)
                                  .order_by(AckLink.id.desc()).limit(1))
 
-    return {"unread_lab_messages": unread_lab_messages, "lab_thread": lab_thread, "lab_link_of": lab_link_of}
+    def message_deliveries(case, messages) -> dict[int, services.Delivery]:
+        return services.deliveries(case, messages)
+
+    return {"unread_lab_messages": unread_lab_messages, "lab_thread": lab_thread, "lab_link_of": lab_link_of,
+            "message_deliveries": message_deliveries}
 
 
 def _panel(case: LabCase, form: MessageForm | None = None, code: int = 200):

@@ -1,9 +1,12 @@
 """The demo lab (portal/demo/lab_server.py) takes a real signed work order and reports back,
-and what it posts is accepted by our events endpoint: the whole loop make run shows."""
+and what it posts is accepted by our events endpoint: the whole loop make run shows. It also takes
+the practice's order events, and stops work on a cancelled order."""
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sqlalchemy import select
 
 from portal.audit.actor import Actor
 from portal.cases.lifecycle import Status
@@ -75,3 +78,58 @@ def test_demo_lab_only_calls_back_to_loopback():
     assert lab_server.is_loopback("http://localhost:5000/x")
     assert not lab_server.is_loopback("https://example.com/api/labs/1/events")
     assert not lab_server.is_loopback("http://10.0.0.5/x")
+
+
+def test_demo_lab_takes_order_events_and_stops_a_cancelled_order(world, queue, monkeypatch, caplog):
+    import httpx
+
+    from portal.cases.services import move_case
+    from portal.dispatch import signing
+    from portal.dispatch.models import OrderNotice
+    from tests.dispatch.conftest import SECRET, drain
+
+    monkeypatch.setattr(lab_server, "SECRET", SECRET)
+    lab = lab_server.Lab(step=600)  # its status events stay planned for the whole test
+    server = lab_server.make_server(lab, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        api = world.labs["api"]
+        api.api_url = base
+        case = factories.case(world, lab=api, due=_due())
+        actor = Actor.user(world.users["coordinator"])
+        dispatch = services.approve_and_send(case, actor, confirm_risk=False)
+        payload = json.loads(dispatch.payload)
+        payload["callback_url"] = "http://127.0.0.1:9/api/labs/1/events"  # loopback, never reached
+        dispatch.payload = json.dumps(payload)
+        db.session.commit()
+        drain(queue)
+        assert [job["event"]["type"] for _, _, job in lab.plan] == ["acknowledged", "in_production", "dispatched"]
+        with caplog.at_level("INFO", logger="demo-lab"):
+            move_case(case, "cancelled", actor, reason="Patient moved away")
+            db.session.commit()
+            drain(queue)
+        notice = db.session.scalars(select(OrderNotice)).one()
+        assert notice.state.value == "delivered" and notice.last_status_code == 204
+        assert "cancelled for " + case.number in caplog.text and "Patient moved away" in caplog.text
+        assert lab.plan == []  # the demo lab stops making a cancelled case
+
+        def post(order_id: str, msg_id: str, body: dict) -> httpx.Response:
+            raw = json.dumps(body).encode()
+            return httpx.post(f"{base}/orders/{order_id}/events", content=raw,
+                              headers={"Content-Type": "application/json",
+                                       **signing.headers([SECRET], msg_id, raw)})
+
+        event = json.loads(notice.payload)
+        assert post(dispatch.id, notice.webhook_id, event).status_code == 204  # a repeat: no effect
+        message = dict(event, type="message", event_id="e2", data={"text": "hi", "author": "x"})
+        assert post(dispatch.id, "msg_later", message).status_code == 410  # the order is closed
+        assert post("no-such-order", "msg_other", message).status_code == 404
+        raw = json.dumps(message).encode()
+        forged = httpx.post(f"{base}/orders/{dispatch.id}/events", content=raw,
+                            headers=signing.headers(["whsec_b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA=="], "m", raw))
+        assert forged.status_code == 401
+    finally:
+        lab.stop()
+        server.shutdown()
+        server.server_close()

@@ -1,4 +1,5 @@
 """openapi/lab-api.yaml describes what really goes over the wire, both ways (openapi-core)."""
+import datetime as dt
 import json
 import uuid
 from pathlib import Path
@@ -7,14 +8,19 @@ import pytest
 from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from openapi_core.datatypes import RequestParameters
+from openapi_core.exceptions import OpenAPIError
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from portal.audit.actor import Actor
+from portal.cases.services import CaseData, ItemData, move_case, update_case
 from portal.dispatch import signing
 from portal.dispatch.models import Dispatch
 from portal.extensions import db
+from portal.messages.services import send_to_lab
 from tests.dispatch.conftest import SECRET, drain
+from tests.dispatch.labstub import EVENTS_PATH
 from tests.dispatch.test_delivery import _send
 from tests.dispatch.test_webhook import _event
 
@@ -27,19 +33,30 @@ class WorkOrderRequest:
     name = "workOrder"
     method = "post"
 
-    def __init__(self, captured: dict):
+    def __init__(self, captured: dict, path: dict | None = None):
         self.parameters = RequestParameters(header=Headers(captured["headers"]), query=ImmutableMultiDict(),
-                                            cookie=ImmutableMultiDict())
+                                            cookie=ImmutableMultiDict(), path=path or {})
         self.body = captured["raw"]
         self.content_type = captured["headers"]["content-type"]
+
+
+class OrderEventRequest(WorkOrderRequest):
+    """An order event as the lab received it; the order id comes from the path it was posted to."""
+
+    name = "orderEvent"
+
+    def __init__(self, captured: dict):
+        match = EVENTS_PATH.match(captured["path"])
+        assert match, f"an order event went to {captured['path']}"
+        super().__init__(captured, path={"order_id": match["order_id"]})
 
 
 class LabResponse:
     def __init__(self, answer: dict):
         self.status_code = answer["status"]
         self.data = answer["data"]
-        self.headers = Headers({"Content-Type": "application/json", **answer["headers"]})
-        self.content_type = "application/json"
+        self.content_type = "application/json" if answer["data"] else ""
+        self.headers = Headers({**({"Content-Type": self.content_type} if answer["data"] else {}), **answer["headers"]})
 
 
 def test_the_work_order_the_job_sends_matches_the_spec(world, api_lab, stub, queue):
@@ -51,6 +68,36 @@ def test_the_work_order_the_job_sends_matches_the_spec(world, api_lab, stub, que
         request = WorkOrderRequest(captured)
         SPEC.validate_request(request)
         SPEC.validate_response(request, LabResponse(answer))
+
+
+def test_the_order_events_the_job_sends_match_the_spec(world, api_lab, stub, queue):
+    """Each kind of event, as our code really sends it, and the lab's answers (a retried 503, a
+    final 404, 204s) are what openapi/lab-api.yaml says."""
+    dispatch = _send(world, api_lab)
+    drain(queue)
+    case, actor = db.session.get(Dispatch, dispatch.id).case, Actor.user(world.users["coordinator"])
+    stub.script = [503, 204, 404]
+    send_to_lab(case, "Is the shade photo clear?", actor)
+    update_case(case, CaseData(
+        patient_id=case.patient_id, provider_id=case.provider_id, lab_id=case.lab_id,
+        due_date=case.due_date + dt.timedelta(days=2), instructions="Polish only, no glaze",
+        items=[ItemData(teeth=["11", "12"], restoration="bridge", material="zirconia", shade="A2",
+                        margin="chamfer")]), actor)
+    move_case(case, "cancelled", actor, reason="Patient chose an implant")
+    db.session.commit()
+    drain(queue)
+    sent = [(r, a) for r, a in zip(stub.requests, stub.responses) if r["path"] != "/orders"]
+    assert [json.loads(r["raw"])["type"] for r, _ in sent] == [
+        "message", "message", "due_date_changed", "prescription_changed", "cancelled"]
+    assert [a["status"] for _, a in sent] == [503, 204, 404, 204, 204]
+    for captured, answer in sent:
+        request = OrderEventRequest(captured)
+        SPEC.validate_request(request)
+        SPEC.validate_response(request, LabResponse(answer))
+    # The spec does constrain the body: an event without what its type needs is refused.
+    broken = dict(sent[-1][0], raw=json.dumps({**json.loads(sent[-1][0]["raw"]), "data": {}}).encode())
+    with pytest.raises(OpenAPIError):
+        SPEC.validate_request(OrderEventRequest(broken))
 
 
 def _signed(lab_id: int, body, secret=SECRET) -> dict:
