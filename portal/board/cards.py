@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from sqlalchemy import Select, select
+from sqlalchemy import FromClause, Select, select
 
 from portal.cases.lifecycle import Status
 from portal.cases.models import CaseDates, CaseItem, LabCase
@@ -48,21 +48,26 @@ def _failed_notice(column):
             .order_by(OrderNotice.id).limit(1).correlate(LabCase).scalar_subquery())
 
 
-def card_select() -> Select:
+def card_select(ids: FromClause | None = None) -> Select:
+    """The card's columns, from the cases, or from the cases whose `id` the subquery `ids` lists
+    (joined first, so the database fetches only those cases)."""
+    stmt = select(LabCase.id, LabCase.number, LabCase.status, LabCase.status_reason, LabCase.held_from,
+                  LabCase.due_date, LabCase.lab_eta, LabCase.seat_risk, LabCase.origin, LabCase.remake_of_id,
+                  LabCase.dispatch_error, _failed_notice(OrderNotice.type).label("notice_type"),
+                  _failed_notice(OrderNotice.last_error).label("notice_error"), Patient.first_name,
+                  Patient.last_name, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
+    if ids is not None:
+        stmt = stmt.select_from(ids).join(LabCase, LabCase.id == ids.c.id)
     return (
-        select(LabCase.id, LabCase.number, LabCase.status, LabCase.status_reason, LabCase.held_from,
-               LabCase.due_date, LabCase.lab_eta, LabCase.seat_risk, LabCase.origin, LabCase.remake_of_id,
-               LabCase.dispatch_error, _failed_notice(OrderNotice.type).label("notice_type"),
-               _failed_notice(OrderNotice.last_error).label("notice_error"), Patient.first_name,
-               Patient.last_name, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
-        .join(Patient, Patient.id == LabCase.patient_id)
+        stmt.join(Patient, Patient.id == LabCase.patient_id)
         .outerjoin(Lab, Lab.id == LabCase.lab_id)
         .outerjoin(Appointment, Appointment.id == LabCase.seat_appointment_id)
     )
 
 
-def load_cards(stmt: Select) -> list[CardView]:
-    """Run a card_select() statement and attach each card's prescription items: two statements."""
+def load_cards(stmt: Select, params: dict | None = None) -> list[CardView]:
+    """Run a card_select() statement (with `params` for its bound parameters) and attach each
+    card's prescription items: two statements."""
     cards = [
         CardView(
             id=r.id, number=r.number, status=r.status, status_reason=r.status_reason, held_from=r.held_from,
@@ -73,7 +78,7 @@ def load_cards(stmt: Select) -> list[CardView]:
             lab=SimpleNamespace(name=r.lab_name) if r.lab_name is not None else None,
             seat_appointment=SimpleNamespace(starts_at=r.seat_at) if r.seat_at is not None else None,
         )
-        for r in db.session.execute(stmt)
+        for r in db.session.execute(stmt, params or {})
     ]
     if cards:
         by_id = {c.id: c for c in cards}

@@ -1,10 +1,14 @@
-"""The board's queries: a constant number of statements whatever the number of cases."""
+"""The board's queries: a constant number of statements whatever the number of cases, and for the
+board itself a cost that follows the cards shown rather than the cases open."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import (
+    Date, DateTime, Integer, String, and_, bindparam, column, func, or_, select, true, union_all, values,
+)
 from sqlalchemy.orm import joinedload, selectinload
 
 from portal.audit.models import AuditEvent
@@ -76,46 +80,94 @@ class Column:
         return self.status in NEEDS_REASON
 
 
-def _conditions(practice_id: int, f: Filters, today: dt.date) -> list:
-    shown_since = dt.datetime.combine(today - dt.timedelta(days=FITTED_SHOWN_DAYS), dt.time())
-    conds = [
-        LabCase.practice_id == practice_id,
-        LabCase.status.in_(COLUMNS),
-        or_(LabCase.status != Status.FITTED, LabCase.fitted_at >= shown_since),
-    ]
+def _statuses(f: Filters) -> tuple[Status, ...]:
+    """The columns that can hold cases under these filters, in board order. The due windows only
+    concern work still to come back, so the other columns stay empty without a query."""
+    if f.due == "overdue":
+        return tuple(s for s in COLUMNS if s in Status.awaiting_lab())
+    if f.due:
+        return tuple(s for s in COLUMNS if s in Status.awaiting_lab() | {Status.DRAFT})
+    return tuple(COLUMNS)
+
+
+def _shape(f: Filters) -> tuple[frozenset[str], str]:
+    """Which filters are set, and the due window: what the board's statements differ by."""
+    on = {"lab": f.lab_id, "provider": f.provider_id, "origin": f.origin, "risk": f.risk, "q": f.q}
+    return frozenset(name for name, value in on.items() if value), f.due
+
+
+def _params(practice_id: int, f: Filters, today: dt.date) -> dict:
+    """The values the board's statements are run with."""
+    params = {"practice_id": practice_id}
+    if Status.FITTED in _statuses(f):
+        params["fitted_since"] = dt.datetime.combine(today - dt.timedelta(days=FITTED_SHOWN_DAYS), dt.time())
     if f.lab_id:
-        conds.append(LabCase.lab_id == f.lab_id)
+        params["lab_id"] = f.lab_id
     if f.provider_id:
-        conds.append(LabCase.provider_id == f.provider_id)
+        params["provider_id"] = f.provider_id
     if f.origin:
-        conds.append(LabCase.origin == f.origin)
-    if f.risk:
+        params["origin"] = f.origin
+    if f.due:
+        params["due_day"] = today + dt.timedelta(days={"week": 7, "fortnight": 14}.get(f.due, 0))
+    if f.q:
+        params["like"], params["q"] = f"%{f.q.lower()}%", f.q.lower()
+    return params
+
+
+def _conditions(on: frozenset[str], due: str) -> list:
+    """The practice and the board's filters, as bound parameters (see _params); a column's own
+    condition (its status, and for Fitted the last two weeks) is added per column."""
+    conds = [LabCase.practice_id == bindparam("practice_id")]
+    if "lab" in on:
+        conds.append(LabCase.lab_id == bindparam("lab_id"))
+    if "provider" in on:
+        conds.append(LabCase.provider_id == bindparam("provider_id"))
+    if "origin" in on:
+        conds.append(LabCase.origin == bindparam("origin"))
+    if "risk" in on:
         conds.append(LabCase.seat_risk.is_(True))
     expected = func.coalesce(LabCase.lab_eta, LabCase.due_date)
-    waiting = LabCase.status.in_(Status.awaiting_lab() | {Status.DRAFT})
-    if f.due == "overdue":
-        conds += [LabCase.status.in_(Status.awaiting_lab()), expected < today]
-    elif f.due == "today":
-        conds += [waiting, expected == today]
-    elif f.due in ("week", "fortnight"):
-        days = 7 if f.due == "week" else 14
-        conds += [waiting, expected <= today + dt.timedelta(days=days)]
-    if f.q:
-        like = f"%{f.q.lower()}%"
-        conds.append(or_(
-            func.lower(LabCase.number).like(like),
-            LabCase.patient_id.in_(select(Patient.id).where(
-                Patient.practice_id == practice_id,
-                or_(func.lower(Patient.last_name + " " + Patient.first_name).like(like),
-                    func.lower(Patient.first_name + " " + Patient.last_name).like(like),
-                    func.lower(Patient.chart_number) == f.q.lower()),
-            )),
-        ))
+    due_day = bindparam("due_day", type_=Date)
+    if due == "overdue":
+        conds.append(expected < due_day)
+    elif due == "today":
+        conds.append(expected == due_day)
+    elif due:
+        conds.append(expected <= due_day)
+    if "q" in on:
+        like = bindparam("like", type_=String)
+        # A CTE: every column tests its cases against the matching patients, and the database
+        # looks the patients up once per statement instead of once per column.
+        matching = select(Patient.id).where(
+            Patient.practice_id == bindparam("practice_id"),
+            or_(func.lower(Patient.last_name + " " + Patient.first_name).like(like),
+                func.lower(Patient.first_name + " " + Patient.last_name).like(like),
+                func.lower(Patient.chart_number) == bindparam("q", type_=String)),
+        ).cte("matching_patients")
+        conds.append(or_(func.lower(LabCase.number).like(like), LabCase.patient_id.in_(select(matching.c.id))))
     return conds
 
 
+def _recently_fitted():
+    return LabCase.fitted_at >= bindparam("fitted_since", type_=DateTime)
+
+
+def _in_column(status: Status) -> list:
+    """What puts a case in `status`'s column: its status; a fitted case stays two weeks."""
+    if status == Status.FITTED:
+        return [LabCase.status == status, _recently_fitted()]
+    return [LabCase.status == status]
+
+
 def _order():
-    return (LabCase.due_date.is_(None), LabCase.due_date, LabCase.id)
+    """A column's order: due date, cases without one last, then the case id; deterministic. (The
+    same order as `due_date IS NULL, due_date, id`, which no index can serve.) Within one status
+    it is the order of the index ix_lab_case_board (practice_id, status, due_date) on SQLite and
+    PostgreSQL alike, so `ORDER BY ... LIMIT n` reads about n index entries instead of sorting
+    the column: SQLite keeps the rowid, the id, after due_date in the index and reads NULLS LAST
+    from it in two passes; PostgreSQL's index puts NULLs last and it sorts only the cases that
+    share the last due date read (an incremental sort)."""
+    return (LabCase.due_date.asc().nulls_last(), LabCase.id)
 
 
 def card_query():
@@ -125,30 +177,80 @@ def card_query():
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _board_statements(dialect: str, on: frozenset[str], due: str):
+    """The board's two statements for one shape of filters (see _shape), built once and kept: a
+    request only binds its values (see _params). Building and keying a statement this size costs
+    more than running it on a small board.
+
+    counts: one grouped COUNT. The Fitted column has its own branch: its two weeks need the row,
+    where the other columns are counted from the index alone on an unfiltered board.
+
+    cards: each column's first `per_column` cases by `ORDER BY due_date NULLS LAST, id LIMIT n`,
+    which reads the index ix_lab_case_board in order and stops; nothing ranks the open cases, so
+    the cost follows the cards shown, not the cases open.
+    - PostgreSQL: for each status of a VALUES list, a LATERAL subquery picks the column's ids and
+      joins only those to their patient, lab and appointment; Fitted, with its extra condition,
+      is a second member of a UNION ALL.
+    - SQLite (no LATERAL): a UNION ALL of each column's ids, the cards joined to it. SQLite takes
+      no ORDER BY or LIMIT on the members of a compound SELECT, so each member selects from its
+      own limited subquery."""
+    conds, statuses = _conditions(on, due), _statuses(Filters(due=due))
+    plain = [s for s in statuses if s != Status.FITTED]
+    counts = select(LabCase.status, func.count()).where(*conds, LabCase.status.in_(plain)).group_by(LabCase.status)
+    if Status.FITTED in statuses:
+        counts = union_all(counts, select(LabCase.status, func.count()).where(*conds, *_in_column(Status.FITTED))
+                           .group_by(LabCase.status))
+    per_column = bindparam("per_column", type_=Integer)
+    if dialect == "postgresql":
+        board_columns = values(column("status", LabCase.status.type), name="board_columns").data(
+            [(s,) for s in plain])
+        first = (select(LabCase.id).where(*conds, LabCase.status == board_columns.c.status).order_by(*_order())
+                 .limit(per_column).correlate(board_columns).lateral("first"))
+        # OFFSET 0 keeps the planner from merging the subquery into the outer query: it joins
+        # each column's few cases by primary key, whatever its estimate of the table.
+        column_cards = card_select(first).offset(0).correlate(board_columns).lateral("column_cards")
+        parts = [select(*column_cards.c).select_from(board_columns).join(column_cards, true())]
+        if Status.FITTED in statuses:  # planned on its own: its two weeks are a condition of their own
+            parts.append(card_select(select(LabCase.id).where(*conds, *_in_column(Status.FITTED))
+                                     .order_by(*_order()).limit(per_column).subquery("first_fitted")))
+        shown = union_all(*parts).subquery("shown")
+        cards = select(*shown.c).order_by(shown.c.due_date.asc().nulls_last(), shown.c.id)
+    else:
+        firsts = [select(LabCase.id).where(*conds, *_in_column(status)).order_by(*_order()).limit(per_column)
+                  .subquery(f"first_{status.value}") for status in statuses]
+        shown = union_all(*(select(first.c.id) for first in firsts)).subquery("shown")
+        cards = card_select(shown).order_by(*_order())
+    return counts, cards
+
+
+@functools.lru_cache(maxsize=256)
+def _column_statement(on: frozenset[str], due: str, status: Status):
+    """A page of one column, in the board's order: the index serves `ORDER BY ... OFFSET LIMIT`."""
+    page = (select(LabCase.id).where(*_conditions(on, due), *_in_column(status)).order_by(*_order())
+            .offset(bindparam("offset", type_=Integer)).limit(bindparam("limit", type_=Integer)).subquery("page"))
+    return card_select(page).order_by(*_order())
+
+
 def load_board(practice_id: int, f: Filters, per_column: int, today: dt.date | None = None) -> list[Column]:
     """Counts per column and the first `per_column` cards of each: three statements in all."""
-    today = today or dt.date.today()
-    conds = _conditions(practice_id, f, today)
-    counts = dict(db.session.execute(
-        select(LabCase.status, func.count()).where(*conds).group_by(LabCase.status)
-    ).all())
-    ranked = select(
-        LabCase.id, func.row_number().over(partition_by=LabCase.status, order_by=_order()).label("rn")
-    ).where(*conds).subquery()
-    cards = load_cards(
-        card_select().join(ranked, ranked.c.id == LabCase.id).where(ranked.c.rn <= per_column).order_by(*_order())
-    )
-    columns = {s: Column(s, counts.get(s, 0)) for s in COLUMNS}
-    for case in cards:
-        columns[case.status].cards.append(case)
+    params = _params(practice_id, f, today or dt.date.today())
+    columns = {s: Column(s) for s in COLUMNS}
+    counts, cards = _board_statements(db.engine.dialect.name, *_shape(f))
+    for status, count in db.session.execute(counts, params):
+        columns[status].count = count
+    for card in load_cards(cards, {**params, "per_column": per_column}):
+        columns[card.status].cards.append(card)
     return list(columns.values())
 
 
 def load_column(practice_id: int, status: Status, f: Filters, offset: int, limit: int,
                 today: dt.date | None = None) -> list[CardView]:
-    conds = _conditions(practice_id, f, today or dt.date.today())
-    return load_cards(card_select().where(*conds, LabCase.status == status).order_by(*_order())
-                      .offset(offset).limit(limit))
+    """A page of one column for "show more", from `offset`, in the board's order."""
+    if status not in _statuses(f):
+        return []
+    params = _params(practice_id, f, today or dt.date.today())
+    return load_cards(_column_statement(*_shape(f), status), {**params, "offset": offset, "limit": limit})
 
 
 def board_stamp(practice_id: int) -> int:
