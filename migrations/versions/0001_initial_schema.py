@@ -282,6 +282,7 @@ def upgrade():
     )
     with op.batch_alter_table('lab_case', schema=None) as batch_op:
         batch_op.create_index('ix_lab_case_board', ['practice_id', 'status', 'due_date'], unique=False)
+        batch_op.create_index('ix_lab_case_fitted', ['practice_id', 'status', 'fitted_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_lab_case_lab_id'), ['lab_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_lab_case_patient_id'), ['patient_id'], unique=False)
         batch_op.create_index('ix_lab_case_practice_sent', ['practice_id', 'sent_at'], unique=False)
@@ -556,6 +557,7 @@ def downgrade():
         batch_op.drop_index('ix_lab_case_practice_sent')
         batch_op.drop_index(batch_op.f('ix_lab_case_patient_id'))
         batch_op.drop_index(batch_op.f('ix_lab_case_lab_id'))
+        batch_op.drop_index('ix_lab_case_fitted')
         batch_op.drop_index('ix_lab_case_board')
 
     op.drop_table('lab_case')

@@ -48,6 +48,8 @@ class CaseDates:
 class LabCase(CaseDates, db.Model):
     __table_args__ = (
         Index("ix_lab_case_board", "practice_id", "status", "due_date"),
+        # The board's Fitted column shows the last two weeks of a history that only grows.
+        Index("ix_lab_case_fitted", "practice_id", "status", "fitted_at"),
         Index("ix_lab_case_practice_updated", "practice_id", "updated_at"),
         Index("ix_lab_case_practice_sent", "practice_id", "sent_at"),  # the managers' reports
     )
