@@ -204,6 +204,7 @@ UPDATE_SUBJECTS = {
     "due_date": "Due date changed",
     "cancelled": "Cancelled",
     "message": "Message from the practice",
+    "prescription": "Prescription changed",
 }
 
 

@@ -54,7 +54,7 @@ ON_FAILURE = "jobs.notices.on_failure"
 ENTITY = "order_notice"
 # Email labs get these as mail (ack.notify_lab's kinds); a prescription change is not mailed.
 EMAIL_KINDS = {NoticeType.CANCELLED: "cancelled", NoticeType.DUE_DATE_CHANGED: "due_date",
-               NoticeType.MESSAGE: "message"}
+               NoticeType.MESSAGE: "message", NoticeType.PRESCRIPTION_CHANGED: "prescription"}
 
 
 # --- what happened on the case -> the lab ----------------------------------------------------------

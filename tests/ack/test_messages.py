@@ -135,6 +135,28 @@ def test_due_date_change_emails_the_lab(client, login, world, sent):
     assert len(_db.session.scalars(select(MailMessage).where(MailMessage.kind == "due_date")).all()) == 1
 
 
+def test_prescription_change_emails_the_lab_the_new_prescription(client, login, world, sent):
+    from portal.audit.actor import Actor
+    from portal.cases.services import CaseData, ItemData, update_case
+
+    case = sent.case
+    items = [ItemData(teeth=["11", "21"], restoration="bridge", material="zirconia", shade="B1", margin="chamfer",
+                      notes="<b>pontic</b> ovate")]
+    data = CaseData(patient_id=case.patient_id, provider_id=case.provider_id, lab_id=case.lab_id,
+                    due_date=case.due_date, instructions="Check the bite", items=items)
+    update_case(case, data, Actor.user(world.users["coordinator"]))
+    _db.session.commit()
+    mail = _db.session.scalars(select(MailMessage).where(MailMessage.kind == "prescription")).one()
+    assert mail.subject.startswith(f"Prescription changed: {case.number}") and case.lab.email in mail.to_addrs
+    assert "changed the prescription" in mail.text_body and "bridge, zirconia, shade B1" in mail.text_body
+    assert "Instructions: Check the bite" in mail.text_body
+    assert "&lt;b&gt;pontic&lt;/b&gt;" in mail.html_body and "<b>pontic" not in mail.html_body
+    # The same prescription again tells the lab nothing.
+    update_case(case, data, Actor.user(world.users["coordinator"]))
+    _db.session.commit()
+    assert len(_db.session.scalars(select(MailMessage).where(MailMessage.kind == "prescription")).all()) == 1
+
+
 def test_resend_link_from_the_case_page(client, login, sent):
     login()
     page = client.get(f"/cases/{sent.case.id}").get_data(as_text=True)
