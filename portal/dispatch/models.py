@@ -30,7 +30,23 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-class Dispatch(db.Model):
+class Delivery:
+    """The columns of an outbox row to a lab's API (a work order or an order event): what to send,
+    and where its attempts stand. portal/dispatch/services.py claims, finishes and retries both."""
+
+    state: Mapped[DispatchState] = mapped_column(
+        Enum(DispatchState, native_enum=False, length=12), default=DispatchState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=6)  # raised by a manual retry
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Dispatch(Delivery, db.Model):
     """One approved sending of a case to its lab: the outbox row (RELIABILITY.md D1-D4).
 
     `id` is the work order's `order_id` and its `Idempotency-Key`; `webhook_id` is the signed
@@ -45,19 +61,9 @@ class Dispatch(db.Model):
     lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"), index=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
     channel: Mapped[Channel] = mapped_column(Enum(Channel, native_enum=False, length=10))
-    state: Mapped[DispatchState] = mapped_column(
-        Enum(DispatchState, native_enum=False, length=12), default=DispatchState.PENDING)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=6)  # raised by a manual retry
-    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    last_error: Mapped[str] = mapped_column(String(500), default="")
-    last_status_code: Mapped[int | None] = mapped_column(Integer)
     lab_reference: Mapped[str] = mapped_column(String(100), default="")
     webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
-    payload: Mapped[str] = mapped_column(Text, default="")
     approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     case = relationship("LabCase")
     lab = relationship("Lab")
@@ -109,7 +115,7 @@ class NoticeType(enum.StrEnum):
                 "prescription_changed": "Prescription change", "message": "Message"}[self.value]
 
 
-class OrderNotice(db.Model):
+class OrderNotice(Delivery, db.Model):
     """One order event to a lab's API: the outbox row of a change the lab must hear of.
 
     It goes through the same states as a dispatch (DispatchState) and the same machinery: written in
@@ -135,16 +141,6 @@ class OrderNotice(db.Model):
     practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
     type: Mapped[NoticeType] = mapped_column(Enum(NoticeType, native_enum=False, length=24))
     message_id: Mapped[int | None] = mapped_column(ForeignKey("lab_message.id"))  # a message notice
-    state: Mapped[DispatchState] = mapped_column(
-        Enum(DispatchState, native_enum=False, length=12), default=DispatchState.PENDING)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=6)  # raised by a manual retry
-    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    last_error: Mapped[str] = mapped_column(String(500), default="")
-    last_status_code: Mapped[int | None] = mapped_column(Integer)
-    payload: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     dispatch = relationship("Dispatch")
 
