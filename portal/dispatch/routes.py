@@ -131,9 +131,7 @@ def _retry(dispatch: Dispatch):
 @requires(*CAN_EDIT)
 def retry_notice(notice_id: int):
     """Retry one update the lab's API did not take (the case page and the messages panel)."""
-    notice = db.session.get(OrderNotice, notice_id)
-    if notice is None or notice.practice_id != g.practice.id:
-        abort(404)
+    notice = get_or_404(OrderNotice, notice_id)
     return _retry_notices(get_or_404(LabCase, notice.case_id), [notice])
 
 

@@ -110,10 +110,7 @@ class ReportFilters:
                 lab_id = int(lab_text)
             except ValueError:
                 errors["lab"] = "Choose a lab from the list."
-        service = (args.get("service") or "").strip()
-        if service and service not in RESTORATIONS:
-            errors["service"] = "Choose a service from the list."
-            service = ""
+        service = _one_of(args, "service", RESTORATIONS, "Choose a service from the list.", errors)
         return cls(date_from, date_to, lab_id, service), errors
 
     def as_args(self) -> dict:
@@ -127,6 +124,16 @@ class ReportFilters:
             keys.append(month_key(day))
             day = months_back(day, -1)
         return keys
+
+
+def _one_of(args: Mapping, name: str, allowed, message: str, errors: dict[str, str]) -> str:
+    """The query-string value `name` if it is one of `allowed`, else "" (with `message` when it was
+    given but is not allowed)."""
+    value = (args.get(name) or "").strip()
+    if value and value not in allowed:
+        errors[name] = message
+        return ""
+    return value
 
 
 def months_between(start: dt.date, end: dt.date) -> int:
@@ -149,22 +156,10 @@ class Drill:
     @classmethod
     def parse(cls, args: Mapping, filters: ReportFilters) -> tuple[Drill, dict[str, str]]:
         errors: dict[str, str] = {}
-        month = (args.get("month") or "").strip()
-        if month and month not in filters.month_keys():
-            errors["month"] = "That month is outside the date range."
-            month = ""
-        show = (args.get("show") or "").strip()
-        if show and show not in cls.SHOWS:
-            errors["show"] = "Unknown figure."
-            show = ""
-        reason = (args.get("reason") or "").strip()
-        if reason and reason not in REMAKE_REASONS:
-            errors["reason"] = "Unknown remake reason."
-            reason = ""
-        payer = (args.get("payer") or "").strip()
-        if payer and payer not in REMAKE_PAYERS:
-            errors["payer"] = "Unknown payer."
-            payer = ""
+        month = _one_of(args, "month", filters.month_keys(), "That month is outside the date range.", errors)
+        show = _one_of(args, "show", cls.SHOWS, "Unknown figure.", errors)
+        reason = _one_of(args, "reason", REMAKE_REASONS, "Unknown remake reason.", errors)
+        payer = _one_of(args, "payer", REMAKE_PAYERS, "Unknown payer.", errors)
         return cls(month, show, reason, payer), errors
 
     def as_args(self) -> dict:
