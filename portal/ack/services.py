@@ -16,9 +16,6 @@ Services flush; the caller commits.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import re
-import secrets
 from dataclasses import dataclass
 
 from flask import current_app, render_template
@@ -30,14 +27,13 @@ from portal.audit.service import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
+from portal import tokens
 from portal.extensions import db
 from portal.labs.models import Channel, Lab
 from portal.mail.models import MailMessage
 from portal.mail.services import queue_mail
 from portal.practices.models import Practice, utcnow
 
-TOKEN_BYTES = 32
-TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what token_urlsafe(32) produces
 
 
 class LinkError(ValueError):
@@ -50,12 +46,8 @@ class Lookup:
     problem: str  # "", "unknown", "expired", "revoked"
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def link_url(token: str) -> str:
-    return f"{current_app.config['PUBLIC_BASE_URL'].rstrip('/')}/lab/{token}"
+    return tokens.public_url(f"/lab/{token}")
 
 
 def patient_ref(patient) -> str:
@@ -78,9 +70,9 @@ def issue_link(case: LabCase, lab: Lab, *, dispatch_id: str | None, actor: Actor
     never stored and must go straight into the email."""
     now = now or utcnow()
     revoke_links(case, "superseded", actor=actor, now=now)
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token, token_hash = tokens.new_token()
     ttl = int(current_app.config.get("LAB_LINK_TTL_DAYS", 30))
-    link = AckLink(token_hash=hash_token(token), dispatch_id=dispatch_id, case_id=case.id, lab_id=lab.id,
+    link = AckLink(token_hash=token_hash, dispatch_id=dispatch_id, case_id=case.id, lab_id=lab.id,
                    practice_id=case.practice_id, created_at=now, expires_at=now + dt.timedelta(days=ttl))
     db.session.add(link)
     db.session.flush()
@@ -148,9 +140,7 @@ def _check_mailable(lab: Lab | None) -> None:
 # ---- resolving and acting -----------------------------------------------------------------------
 
 def resolve(token: str, now: dt.datetime | None = None) -> Lookup:
-    if not token or not TOKEN_SHAPE.match(token):
-        return Lookup(None, "unknown")
-    link = db.session.scalar(select(AckLink).where(AckLink.token_hash == hash_token(token)))
+    link = tokens.find(AckLink, token)
     if link is None:
         return Lookup(None, "unknown")
     return Lookup(link, link.problem(now or utcnow()))

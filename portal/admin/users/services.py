@@ -14,8 +14,6 @@ Every change writes an audit row with before/after. Services flush; the caller c
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 
@@ -27,12 +25,11 @@ from portal.admin.users.models import PasswordLink
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.auth.passwords import hash_password
+from portal import tokens
 from portal.extensions import db
 from portal.mail.services import queue_mail
 from portal.practices.models import Membership, Practice, Role, User, utcnow
 
-TOKEN_BYTES = 32
-TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what token_urlsafe(32) produces
 DEFAULT_TTL_HOURS = 72
 
 
@@ -182,12 +179,8 @@ def _keep_an_admin(practice: Practice, leaving: Membership, by: User, verb: str)
 
 # ---- set-password links -------------------------------------------------------------------------
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def link_url(token: str) -> str:
-    return f"{current_app.config['PUBLIC_BASE_URL'].rstrip('/')}/set-password/{token}"
+    return tokens.public_url(f"/set-password/{token}")
 
 
 def revoke_links(user_id: int, now: dt.datetime | None = None, practice_id: int | None = None) -> list[int]:
@@ -209,9 +202,9 @@ def send_password_link(practice: Practice, member: Membership, *, welcome: bool 
         raise UserInputError(f"{member.user.name} is deactivated here; reactivate them first.")
     now = utcnow()
     revoked = revoke_links(member.user_id, now)
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token, token_hash = tokens.new_token()
     hours = int(current_app.config.get("PASSWORD_LINK_TTL_HOURS", DEFAULT_TTL_HOURS))
-    link = PasswordLink(token_hash=hash_token(token), user_id=member.user_id, practice_id=practice.id,
+    link = PasswordLink(token_hash=token_hash, user_id=member.user_id, practice_id=practice.id,
                         created_at=now, expires_at=now + dt.timedelta(hours=hours))
     db.session.add(link)
     db.session.flush()
@@ -236,9 +229,7 @@ class Lookup:
 
 
 def resolve_link(token: str, now: dt.datetime | None = None) -> Lookup:
-    if not token or not TOKEN_SHAPE.match(token):
-        return Lookup(None, "unknown")
-    link = db.session.scalar(select(PasswordLink).where(PasswordLink.token_hash == hash_token(token)))
+    link = tokens.find(PasswordLink, token)
     if link is None:
         return Lookup(None, "unknown")
     problem = link.problem(now or utcnow())
