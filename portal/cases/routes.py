@@ -5,7 +5,7 @@ import io
 
 import segno
 from flask import (
-    Blueprint, abort, current_app, flash, g, make_response, redirect, render_template, request, url_for,
+    Blueprint, current_app, flash, g, make_response, redirect, render_template, request, url_for,
 )
 from flask_login import current_user
 from sqlalchemy import select
@@ -15,13 +15,13 @@ from portal.board import services as board_services
 from portal.board.services import Filters
 from portal.cases import services, teeth
 from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeForm
-from portal.cases.lifecycle import IllegalMove, Status, allowed_moves
+from portal.cases.lifecycle import IllegalMove, allowed_moves
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, CaseInputError, ItemData
 from portal.extensions import db
 from portal.labs.models import Lab
-from portal.people.models import Appointment, Patient, Provider
+from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
 

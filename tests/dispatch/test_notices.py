@@ -2,7 +2,6 @@
 prescription or a message reach the lab's API, signed, once, in order, after the work order, with
 failures shown and retried. Everything goes over HTTP to the real lab stub; nothing is mocked."""
 import datetime as dt
-import json
 import re
 
 import pytest

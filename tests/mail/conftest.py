@@ -6,9 +6,7 @@ from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from rq.job import Job
 
-from portal.extensions import db as _db
 from portal.queue import get_queue
 from tests.jobs import drain as _drain
 from tests.jobs import free_port  # noqa: F401  (imported by the tests from here)

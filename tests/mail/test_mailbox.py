@@ -26,7 +26,7 @@ def test_mailbox_lists_and_shows_captured_mail(client, login, world):
     # The text part is escaped, with its links clickable.
     assert '<a href="https://portal.test/lab/abc?x=" rel="noreferrer">' in show
     assert "&lt;b&gt;1&lt;/b&gt;" in show and "<b>1</b>" not in show
-    assert f'sandbox="allow-popups allow-popups-to-escape-sandbox"' in show
+    assert 'sandbox="allow-popups allow-popups-to-escape-sandbox"' in show
     assert f'src="/dev/mailbox/{mail.id}/html"' in show
 
 
