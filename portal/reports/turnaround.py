@@ -52,8 +52,8 @@ class Learned:
 
 def learned(practice_id: int, lab_id: int, restorations: Collection[str],
             today: dt.date | None = None) -> list[Learned]:
-    """One entry per restoration asked for, in the order given; one statement."""
-    wanted = list(dict.fromkeys(r for r in restorations if r))
+    """One entry per known restoration asked for, in the order given; one statement."""
+    wanted = list(dict.fromkeys(r for r in restorations if r in RESTORATIONS))
     if not wanted:
         return []
     since = dt.datetime.combine((today or dt.date.today()) - dt.timedelta(days=WINDOW_DAYS), dt.time())
@@ -100,7 +100,7 @@ class DueAdvice:
 
 def due_advice(practice_id: int, lab, restorations: Collection[str], today: dt.date | None = None) -> DueAdvice:
     today = today or dt.date.today()
-    wanted = list(dict.fromkeys(r for r in restorations if r))
+    wanted = list(dict.fromkeys(r for r in restorations if r in RESTORATIONS))
     stated = [s.turnaround_days for r in wanted if (s := lab.service_for(r))]
     closed = closed_days(practice_id)
     stated_days = max(stated) if stated else None

@@ -92,6 +92,9 @@ def test_no_advice_without_a_lab_of_the_group_and_only_for_editors(client, login
     db.session.add(stranger)
     db.session.commit()
     assert "due-advice" not in _advice(client, stranger.id, "crown").get_data(as_text=True)
+    # A restoration the catalogue doesn't know is left out rather than shown back.
+    odd = _advice(client, history.lab_a.id, "crown", "<b>teleport</b>").get_data(as_text=True)
+    assert "teleport" not in odd and "Crown from" in odd
     login("manager")
     assert _advice(client, history.lab_a.id, "crown").status_code == 403
 
