@@ -1,0 +1,1 @@
+"""Scanner integrations: iTero, Medit Link, 3Shape TRIOS exports and plain mesh uploads."""
