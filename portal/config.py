@@ -26,6 +26,18 @@ def _dev_secret_key() -> str:
     return path.read_text().strip()
 
 
+def _dev_credentials_key() -> str:
+    """A per-checkout Fernet key for scanner credentials in development, kept in instance/."""
+    from cryptography.fernet import Fernet
+
+    INSTANCE.mkdir(parents=True, exist_ok=True)
+    path = INSTANCE / "credentials_key"
+    if not path.exists():
+        path.write_text(Fernet.generate_key().decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def redis_limiter_uri(redis_url: str) -> str:
     """Flask-Limiter (limits) spells a unix-socket Redis as redis+unix://."""
     if redis_url.startswith("unix://"):
@@ -92,6 +104,23 @@ class Config:
         self.DISPATCH_BACKOFF_CAP = float(os.environ.get("DISPATCH_BACKOFF_CAP", "600"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
         self.RQ_QUEUE = os.environ.get("RQ_QUEUE", "labmanager")
+        # Scanner integrations (portal/scanners): credentials encrypted with these Fernet keys (the
+        # first encrypts; all decrypt, for a rotation). Production must set them.
+        self.SCANNER_CREDENTIALS_KEYS = os.environ.get("SCANNER_CREDENTIALS_KEYS") or (
+            _dev_credentials_key() if self.DEVELOPMENT else "")
+        self.SCANNER_POLL_SECONDS = int(os.environ.get("SCANNER_POLL_SECONDS", "120"))
+        # Hosts a vendor's discovery may point us at (RELIABILITY W8), comma separated; a leading
+        # dot allows subdomains. Development adds loopback for the vendor sandbox.
+        default_hosts = ".itero.com,.aligntech.com,openapi-auth.meditlink.com,openapi-resources.meditlink.com," \
+                        "stage-openapi-auth.meditlink.com,stage-openapi-resources.meditlink.com"
+        if self.DEVELOPMENT:
+            default_hosts += ",127.0.0.1,localhost"
+        self.SCANNER_ALLOWED_HOSTS = os.environ.get("SCANNER_ALLOWED_HOSTS", default_hosts)
+        self.SCANNER_HTTP_TIMEOUT = float(os.environ.get("SCANNER_HTTP_TIMEOUT", "15"))
+        # Where uploaded and exported scan files are kept (the document store Lab Manager refers to).
+        self.SCAN_STORE_DIR = os.environ.get("SCAN_STORE_DIR", str(INSTANCE / "scan-store"))
+        self.SCAN_UPLOAD_MAX_MB = int(os.environ.get("SCAN_UPLOAD_MAX_MB", "500"))
+        self.SCAN_BACKGROUND_MB = int(os.environ.get("SCAN_BACKGROUND_MB", "50"))
 
     def as_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k.isupper()}

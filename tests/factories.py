@@ -149,3 +149,20 @@ def case(w: World, status: Status = Status.DRAFT, *, practice: Practice | None =
     if commit:
         db.session.commit()
     return c
+
+
+def integration(practice: Practice, vendor=None, labs: list[Lab] | None = None, name: str = "Front desk",
+                **config):
+    """A scanner integration of `practice` (connected, no credentials), allowed to send to `labs`."""
+    from portal.practices.models import utcnow
+    from portal.scanners.models import ScannerIntegration
+    from portal.scanners.vendor import Vendor
+
+    i = ScannerIntegration(practice_id=practice.id, vendor=vendor or Vendor.ITERO, name=name,
+                           connected_at=utcnow())
+    i.labs = list(labs or [])
+    if config:
+        i.set_config(**config)
+    db.session.add(i)
+    db.session.flush()
+    return i

@@ -21,6 +21,11 @@ class Actor:
         return cls("lab", str(lab.id), lab.name, source=source)
 
     @classmethod
+    def vendor(cls, integration, source: str = "") -> Actor:
+        """A scanner vendor, through one of the practice's integrations (its API, webhook or export)."""
+        return cls("vendor", str(integration.id), f"{integration.vendor.label}: {integration.name}", source=source)
+
+    @classmethod
     def job(cls, name: str) -> Actor:
         return cls("job", name, name, source=name)
 

@@ -40,5 +40,6 @@ SHADES = [
 ]
 REMAKE_REASONS = {"fit": "Fit", "shade": "Shade", "design": "Design", "damaged": "Damaged", "other": "Other"}
 REMAKE_PAYERS = {"practice": "Practice", "lab": "Lab"}
-ORIGINS = {"manual": "Manual entry", "itero": "iTero", "medit": "Medit", "3shape": "3Shape TRIOS"}
+ORIGINS = {"manual": "Manual entry", "itero": "iTero", "medit": "Medit", "3shape": "3Shape TRIOS",
+           "upload": "Scan upload"}
 STAGES = {"final": "Final", "try_in": "Try-in"}

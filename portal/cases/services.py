@@ -276,12 +276,15 @@ def refresh_cases_for_appointment(appointment_id: int) -> None:
 
 
 def timeline(case: LabCase):
+    """The case's own audit rows and those of the scans on it (received, updated by the vendor...)."""
     from portal.audit.models import AuditEvent
+    from portal.scanners.models import Scan
 
-    return db.session.scalars(
-        select(AuditEvent).where(AuditEvent.entity_type == "lab_case", AuditEvent.entity_id == str(case.id))
-        .order_by(AuditEvent.seq.desc())
-    ).all()
+    scan_ids = [str(i) for i in db.session.scalars(select(Scan.id).where(Scan.case_id == case.id))]
+    of_case = (AuditEvent.entity_type == "lab_case") & (AuditEvent.entity_id == str(case.id))
+    if scan_ids:
+        of_case = or_(of_case, (AuditEvent.entity_type == "scan") & AuditEvent.entity_id.in_(scan_ids))
+    return db.session.scalars(select(AuditEvent).where(of_case).order_by(AuditEvent.seq.desc())).all()
 
 
 def patient_options(practice_id: int, query: str, selected_id: int | None, limit: int = 10) -> list[Patient]:

@@ -19,6 +19,7 @@ from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
 from portal.practices.models import Practice, utcnow
+from portal.scanners.services import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
@@ -91,7 +92,7 @@ def work_order(case: LabCase, dispatch_id: str) -> dict:
         "due_date": case.due_date.isoformat(),
         "seat_date": case.seat_date.isoformat() if case.seat_date else None,
         "instructions": case.instructions,
-        "scans": [],
+        "scans": work_order_scans(case.id),
         "callback_url": f"{base}/api/labs/{case.lab_id}/events",
     }
 

@@ -40,6 +40,21 @@ def _plural(restoration: str) -> str:
     return label if label.endswith("s") else label + "s"
 
 
+def _scanners_refusing(case, lab) -> list:
+    """The integrations that brought this case's scans and may not send to `lab` (seed 000: the
+    practice chooses which labs each scanner integration may send to)."""
+    from sqlalchemy import select
+
+    from portal.extensions import db
+    from portal.scanners.models import Scan, ScannerIntegration
+
+    if case.id is None:
+        return []
+    scanners = db.session.scalars(select(ScannerIntegration).join(Scan, Scan.integration_id == ScannerIntegration.id)
+                                  .where(Scan.case_id == case.id).distinct())
+    return [s for s in scanners if lab not in s.labs]
+
+
 def check_case(case, today: dt.date | None = None) -> Check:
     """Everything a lab needs, and what this lab offers. Reads the case; writes nothing."""
     today = today or dt.date.today()
@@ -56,6 +71,11 @@ def check_case(case, today: dt.date | None = None) -> Check:
         add(Problem("lab", f"{lab.name} has no active signing secret in the lab directory."))
     elif lab.channel is Channel.EMAIL and not lab.email:
         add(Problem("lab", f"{lab.name} has no email address in the lab directory."))
+    if lab is not None:
+        for scanner in _scanners_refusing(case, lab):
+            allowed = ", ".join(sorted(lab.name for lab in scanner.labs)) or "no lab yet"
+            add(Problem("lab", f"The scan came from {scanner.vendor.label} ({scanner.name}), which may send to "
+                               f"{allowed}; an admin chooses its labs under Settings → Scanners."))
     if case.provider is None:
         add(Problem("provider", "Choose the prescribing provider."))
     if case.due_date is None:
