@@ -48,9 +48,10 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.messages.routes import bp as messages_bp
     from portal.people.routes import bp as people_bp
     from portal.reports.routes import bp as reports_bp
+    from portal.scanners.hooks import bp as scanner_hooks_bp
 
     for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp, users_bp,
-               password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp):
+               password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp, scanner_hooks_bp):
         app.register_blueprint(bp)
 
     from portal import cli

@@ -1,0 +1,109 @@
+"""What every vendor adapter offers, and how to find the adapter of an integration.
+
+An adapter wraps one integration row and speaks its vendor's API, keeping every vendor field name
+and path in its own module (contracts/itero.md asks for one mapping module per vendor). Jobs and
+views only use this interface:
+
+- `poll()`: the orders changed since the integration's `sync_cursor`, as VendorOrders; sets
+  `next_cursor` for the sync job to store once they are all ingested.
+- `fetch(order_ref)`: one order as it is now (a callback or webhook only says "look at this").
+- `verify_callback(request)`: check a vendor's notification and say what to re-read.
+- `test_connection()`: a short sentence of what the vendor answered, or VendorError.
+- `authorize_url(state, redirect_uri)` / `finish_authorization(code, redirect_uri)`: the OAuth 2
+  authorization-code grant, where the vendor has one (None for 3Shape's file exports).
+- `disconnect()`: revoke and forget the tokens.
+
+Adapters raise portal.scanners.http.VendorError for anything the vendor refused or could not do.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from portal.scanners.http import VendorError
+from portal.scanners.models import ScannerIntegration
+from portal.scanners.vendor import Vendor, VendorOrder
+
+
+class CallbackRejected(Exception):
+    """A vendor notification we refuse: `status` (401, 404, 422...) and a message for the JSON error."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One thing a verified notification asks us to re-read: `key` makes a repeat delivery a no-op
+    (W4), `order_ref` is what to fetch (iTero's Rx id, Medit's case uuid)."""
+
+    key: str
+    kind: str
+    order_ref: str
+
+
+class Adapter:
+    vendor: Vendor
+    uses_oauth = True
+    polls = True
+
+    def __init__(self, integration: ScannerIntegration):
+        self.integration = integration
+        self.next_cursor: str | None = None
+
+    def poll(self) -> Iterable[VendorOrder]:
+        raise NotImplementedError
+
+    def fetch(self, order_ref: str) -> VendorOrder | None:
+        raise NotImplementedError
+
+    def verify_callback(self, headers, raw_body: bytes) -> list[Notice]:
+        raise CallbackRejected(404, f"{self.vendor.label} does not send notifications here")
+
+    def test_connection(self) -> str:
+        raise NotImplementedError
+
+    def authorize_url(self, state: str, redirect_uri: str) -> str | None:
+        return None
+
+    def finish_authorization(self, code: str, redirect_uri: str) -> None:
+        raise VendorError(f"{self.vendor.label} has no sign-in to finish.", "refused")
+
+    def disconnect(self) -> None:
+        from portal.scanners.oauth import clear_tokens
+
+        clear_tokens(self.integration)
+        self.integration.connected_at = None
+
+
+_REGISTRY: dict[Vendor, type[Adapter]] = {}
+
+
+def register(cls: type[Adapter]) -> type[Adapter]:
+    _REGISTRY[cls.vendor] = cls
+    return cls
+
+
+def adapter_for(integration: ScannerIntegration) -> Adapter:
+    _load()
+    cls = _REGISTRY.get(integration.vendor)
+    if cls is None:
+        raise VendorError(f"{integration.vendor.label} is not supported yet.", "refused")
+    return cls(integration)
+
+
+def supported() -> list[Vendor]:
+    _load()
+    return [v for v in Vendor if v in _REGISTRY]
+
+
+def _load() -> None:
+    """Import the vendor modules that exist (each registers its adapter)."""
+    import importlib
+    import importlib.util
+
+    for name in ("itero", "medit", "folder"):
+        module = f"portal.scanners.{name}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)

@@ -1,0 +1,127 @@
+"""Outbound HTTP to scanner vendors: one httpx client per process, explicit timeouts, the host
+allow-list (RELIABILITY W8), and the vendor's answer sorted into what the caller must do.
+
+    response = vendor_http.call("GET", url, token=..., allowed_hosts=...)
+
+2xx returns the response. Anything else raises a VendorError whose `kind` says what it means:
+"auth" (401: refresh once, then the integration needs reconnecting), "not_found" (404),
+"transient" (network, 408, 429 with `retry_after`, 5xx: try later), "refused" (other 4xx:
+trying again will not help), "host" (a URL outside the allow-list: nothing was sent).
+"""
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from urllib.parse import urlsplit
+
+import httpx
+from flask import current_app
+
+USER_AGENT = "LabManager-Scanners/1"
+_client: tuple[int, httpx.Client] | None = None
+
+
+class VendorError(Exception):
+    """A vendor call that did not succeed; str(exc) is fit for the integration's "last error"."""
+
+    def __init__(self, message: str, kind: str, status_code: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == "transient"
+
+
+def client() -> httpx.Client:
+    """One client per process (a forked worker gets its own): connections and TLS are reused."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT}))
+    return _client[1]
+
+
+def allowed_hosts() -> list[str]:
+    return [h.strip().lower() for h in current_app.config["SCANNER_ALLOWED_HOSTS"].split(",") if h.strip()]
+
+
+def check_host(url: str, hosts: list[str] | None = None) -> None:
+    """Refuse a URL whose host is not on the allow-list (".example.com" allows its subdomains too),
+    or that is not http(s). Raises VendorError(kind="host") before anything is sent (W8)."""
+    hosts = allowed_hosts() if hosts is None else hosts
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    ok = parts.scheme in ("https", "http") and host and any(
+        host == h or (h.startswith(".") and (host.endswith(h) or host == h[1:])) for h in hosts)
+    if not ok:
+        raise VendorError(f"The vendor pointed us at {parts.scheme}://{host or '?'}, which is not on the "
+                          "allowed hosts (SCANNER_ALLOWED_HOSTS); nothing was sent there.", "host")
+
+
+def timeout() -> httpx.Timeout:
+    return httpx.Timeout(float(current_app.config["SCANNER_HTTP_TIMEOUT"]))
+
+
+def call(method: str, url: str, *, vendor: str, token: str | None = None, headers: dict | None = None,
+         **kwargs) -> httpx.Response:
+    """One request to a vendor: allow-list first, then the call, then the answer sorted."""
+    check_host(url)
+    all_headers = dict(headers or {})
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = client().request(method, url, headers=all_headers, timeout=timeout(), **kwargs)
+    except httpx.TransportError as exc:
+        raise VendorError(f"Could not reach {vendor}: {exc.__class__.__name__}", "transient") from exc
+    code = response.status_code
+    if 200 <= code < 300:
+        return response
+    detail = _detail(response)
+    if code == 401:
+        raise VendorError(f"{vendor} refused our credentials (HTTP 401){detail}", "auth", code)
+    if code == 404:
+        raise VendorError(f"{vendor} does not know it (HTTP 404){detail}", "not_found", code)
+    if code in (408, 425, 429) or code >= 500:
+        raise VendorError(f"{vendor} answered HTTP {code}{detail}; we will try again", "transient", code,
+                          retry_after=_retry_after(response))
+    raise VendorError(f"{vendor} refused the request (HTTP {code}){detail}", "refused", code)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error_description", "message", "error"):
+            if isinstance(data.get(key), str) and data[key].strip():
+                return ": " + data[key].strip()[:160]
+    text = response.text.strip().replace("\n", " ")[:160]
+    return f": {text}" if text else ""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def json_body(response: httpx.Response, vendor: str) -> dict:
+    """The response's JSON object, or VendorError(kind="refused") saying the vendor sent something else."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise VendorError(f"{vendor} sent an answer that is not JSON.", "refused", response.status_code) from None
+    if not isinstance(data, dict):
+        raise VendorError(f"{vendor} sent JSON of an unexpected shape.", "refused", response.status_code)
+    return data
