@@ -11,6 +11,8 @@ views only use this interface:
 - `test_connection()`: a short sentence of what the vendor answered, or VendorError.
 - `authorize_url(state, redirect_uri)` / `finish_authorization(code, redirect_uri)`: the OAuth 2
   authorization-code grant, where the vendor has one (None for 3Shape's file exports).
+- `accounts()` / `pair(account_id, callback_url)`: the pairing step after signing in, where the
+  vendor has one (iTero: choose the account to pair to); `accounts()` is None when there is none.
 - `disconnect()`: revoke and forget the tokens.
 
 Adapters raise portal.scanners.http.VendorError for anything the vendor refused or could not do.
@@ -69,6 +71,13 @@ class Adapter:
 
     def finish_authorization(self, code: str, redirect_uri: str) -> None:
         raise VendorError(f"{self.vendor.label} has no sign-in to finish.", "refused")
+
+    def accounts(self) -> list[tuple[str, str]] | None:
+        """(account id, label) to pair to after signing in; None when the vendor has no pairing step."""
+        return None
+
+    def pair(self, account_id: str, callback_url: str) -> None:
+        raise VendorError(f"{self.vendor.label} has no pairing step.", "refused")
 
     def disconnect(self) -> None:
         from portal.scanners.oauth import clear_tokens
