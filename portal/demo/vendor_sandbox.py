@@ -1370,11 +1370,13 @@ class Demo:
         self.random = random.Random()
 
     def run(self, stopping: threading.Event) -> None:
-        while not stopping.wait(self.step):
+        """A first step at once (the inbox is not empty for long), then one every `step` seconds."""
+        while not stopping.is_set():
             try:
                 self.tick()
             except ApiError as exc:  # an order the demo was moving was pruned, say
                 log.warning("demo step skipped: %s", exc.message)
+            stopping.wait(self.step)
 
     def tick(self) -> None:
         if self.flows:
