@@ -153,8 +153,9 @@ class ThreeShapeExport:
         return min(dates) if dates else None
 
     def bite_links(self) -> dict[str, tuple[str | None, str | None]]:
-        """Path of each bite scan -> paths of the upper and the lower scan it joins."""
-        scans = [f for f in self.files if f.kind == "scan"]
+        """Path of each bite scan -> paths of the upper and the lower scan it joins (a mesh that was read
+        rather than a .dcm reference to the same scan, when there are both)."""
+        scans = sorted((f for f in self.files if f.kind == "scan"), key=lambda f: (f.mesh is None, f.path))
         links = mesh.bite_links([f.jaw for f in scans])
         return {scans[b].path: (scans[u].path if u is not None else None, scans[lo].path if lo is not None else None)
                 for b, (u, lo) in links.items()}
@@ -654,7 +655,7 @@ def _read_files(source: _Source, xml_member: _Member, models: tuple[ModelElement
     meshes = [m for m in source.members if PurePosixPath(m.path).suffix.lower() in MESH_EXTENSIONS]
     total, done = sum(m.size for m in meshes), 0
     files: list[ExportFile] = []
-    for member in source.members:
+    for member in sorted(source.members, key=lambda m: m.path):
         suffix = PurePosixPath(member.path).suffix.lower()
         fmt = mesh.extension_format(member.path)
         kind = "other" if member is xml_member else _file_kind(member.path, model_files)
