@@ -261,7 +261,7 @@ def order_xml(order_id: str = "20240611_1432_Tech01_Doe", *, first: str = "Jane"
             link_teeth.append(_obj("TDM_Item_LinkToothElement", {
                 "LinkToothElementID": f"LT{k}{side}", "LinkID": f"L{k}", "ToothElementID": f"TE{numbers.index(n) + 1}"}))
     body = (
-        f'<DentalContainer version="2022-1"><Object name="MainObject" type="TDM_Container">'
+        '<DentalContainer version="2022-1"><Object name="MainObject" type="TDM_Container">'
         + _list("OrderList", "Order", [_obj("TDM_Item_Order", order)])
         + _list("ModelJobList", "ModelJob", [_obj("TDM_Item_ModelJob", {"ModelJobID": "MJ1", "OrderID": order_id})])
         + _list("ModelElementList", "ModelElement", [_obj("TDM_Item_ModelElement", model)])
