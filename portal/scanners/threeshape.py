@@ -216,7 +216,7 @@ def _zip_source(path: Path, limits: Limits) -> tuple[_Source, zipfile.ZipFile]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ExportError(f"{path.name} is not a zip archive that can be read ({exc}).") from None
+        raise ExportError(f"{path.name} is a damaged zip archive (cut off?) and cannot be read ({exc}).") from None
     try:
         infos = archive.infolist()
         if len(infos) > limits.max_entries:
@@ -527,7 +527,7 @@ def read_export(path: str | os.PathLike, *, limits: Limits = Limits(), progress:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         return _read(_folder_source(path, limits), limits, progress)
-    if path.is_file() and zipfile.is_zipfile(path):
+    if path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
         source, archive = _zip_source(path, limits)
         with archive:
             return _read(source, limits, progress)
