@@ -57,6 +57,12 @@ def create_app(overrides: Mapping | None = None) -> Flask:
                scans_bp, scanner_settings_bp):
         app.register_blueprint(bp)
 
+    from portal.scanners.upload_routes import bp as uploads_bp
+    from portal.scanners.upload_routes import files_bp as scan_files_bp
+
+    app.register_blueprint(uploads_bp)  # scan files by upload, and their downloads
+    app.register_blueprint(scan_files_bp)
+
     from portal import cli
 
     cli.init_app(app)

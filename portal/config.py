@@ -121,6 +121,8 @@ class Config:
         self.SCAN_STORE_DIR = os.environ.get("SCAN_STORE_DIR", str(INSTANCE / "scan-store"))
         self.SCAN_UPLOAD_MAX_MB = int(os.environ.get("SCAN_UPLOAD_MAX_MB", "500"))
         self.SCAN_BACKGROUND_MB = int(os.environ.get("SCAN_BACKGROUND_MB", "50"))
+        # The largest request body Flask reads (an upload of several files), with room for the form.
+        self.MAX_CONTENT_LENGTH = (self.SCAN_UPLOAD_MAX_MB + 1) * 1024 * 1024
 
     def as_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k.isupper()}

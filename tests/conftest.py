@@ -65,6 +65,7 @@ def app(database_url, redis_url, tmp_root):
         "SESSION_COOKIE_SECURE": False,
         "MAIL_BACKEND": "devmailbox",
         "PUBLIC_BASE_URL": "http://localhost",
+        "SCAN_STORE_DIR": str(tmp_root / "scan-store"),  # never the checkout's instance/
     })
     with app.app_context():
         _db.drop_all()

@@ -15,6 +15,7 @@ from portal.cases.lifecycle import IllegalMove, Status
 from portal.extensions import db, limiter
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
+from portal.scanners.services import work_order_scans
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
 bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))
@@ -87,6 +88,7 @@ def _page(link, token: str, *, code: int = 200, forms: dict | None = None, open_
         "ack/page.html", link=link, token=token, case=case, lab=link.lab,
         practice=db.session.get(Practice, case.practice_id), patient_ref=services.patient_ref(case.patient),
         actions=_actions(case), messages=thread(case.id), open_action=open_action,
+        scan_files=work_order_scans(case.id),
         status_form=forms.get("status") or StatusForm(formdata=None),
         reason_form=forms.get("reason") or ReasonForm(formdata=None),
         dispatch_form=forms.get("dispatch") or DispatchForm(formdata=None),

@@ -236,6 +236,20 @@ def inspect(source: str | os.PathLike | BinaryIO, *, name: str = "", size: int |
     return _read_obj(stream)
 
 
+def check_head(head: bytes, size: int, name: str = "") -> str:
+    """Refuse at once what plainly is not a mesh, from its first bytes (up to CHUNK_SIZE) and its size,
+    before a background job reads the whole file: a PDF or zip renamed .stl, a binary STL whose
+    triangle count does not match its size (cut off), an empty file. Returns the format it looks
+    like (STL, PLY, OBJ); only :func:`inspect` says the file is whole and sound."""
+    why = reference_only(name)
+    if why:
+        raise MeshError(f"This is {why}.")
+    if size == 0:
+        raise MeshError("The file is empty.")
+    kind = _sniff(head[:CHUNK_SIZE], size, extension_format(name))
+    return {"PLY": "PLY", "STL-binary": "STL", "STL-ascii": "STL"}.get(kind, "OBJ")
+
+
 # Recognising the format
 
 _SIGNATURES: list[tuple[int, bytes, str]] = [
