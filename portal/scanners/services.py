@@ -139,7 +139,15 @@ def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
 
 def _older(order: VendorOrder, scan: Scan) -> bool:
     return (order.updated_at is not None and scan.vendor_updated_at is not None
-            and order.updated_at < scan.vendor_updated_at)
+            and naive_utc(order.updated_at) < naive_utc(scan.vendor_updated_at))
+
+
+def naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """A vendor's time as the database keeps times: UTC without a zone (a 3Shape export's times
+    carry UTC; an aware and a naive time can't be compared)."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _summary(scan: Scan) -> dict:
@@ -152,9 +160,9 @@ def _apply(scan: Scan, order: VendorOrder, key: str, source: str) -> bool:
     """Copy the report onto the scan; returns whether the set of current files changed."""
     scan.content_key, scan.source = key, source
     scan.status, scan.stage = order.status[:60], order.stage
-    scan.vendor_updated_at = order.updated_at
+    scan.vendor_updated_at = naive_utc(order.updated_at)
     scan.rx_id = order.rx_id or scan.rx_id
-    scan.scanned_at = order.scanned_at or scan.scanned_at
+    scan.scanned_at = naive_utc(order.scanned_at) or scan.scanned_at
     p = order.patient
     scan.patient_first_name, scan.patient_last_name = p.first_name[:100], p.last_name[:100]
     scan.patient_chart_number, scan.patient_dob = p.chart_number[:40], p.date_of_birth
@@ -207,8 +215,14 @@ def _copy_asset(row: ScanFile, asset: Asset) -> None:
 def _link_bites(scan: Scan) -> None:
     """A bite scan belongs to both arches (seed 002): point it at the scan's upper and lower file."""
     files = scan.current_files
-    upper = next((f for f in files if f.jaw is Jaw.UPPER and f.state is not FileState.REFUSED), None)
-    lower = next((f for f in files if f.jaw is Jaw.LOWER and f.state is not FileState.REFUSED), None)
+
+    def arch(jaw: Jaw) -> ScanFile | None:
+        # The first of the arch's files, a mesh that was read before a reference to the same scan
+        # (a 3Shape export holds the preparation scan as .stl and as .dcm).
+        found = [f for f in files if f.jaw is jaw and f.state is not FileState.REFUSED]
+        return min(found, key=lambda f: f.state is not FileState.OK, default=None)
+
+    upper, lower = arch(Jaw.UPPER), arch(Jaw.LOWER)
     for f in files:
         if f.jaw is Jaw.BITE:
             f.upper_file_id = upper.id if upper else None
