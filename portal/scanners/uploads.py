@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import unicodedata
+import uuid
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ def background_threshold() -> int:
 
 def inspect_timeout(size: int | None) -> int:
     """RQ job_timeout for reading a file of `size` bytes: a minute plus a second a megabyte, about
-    forty times what bench/mesh.py measures for an ASCII PLY (the slowest format)."""
+    thirty times what bench/mesh.py measures for an ASCII PLY (33 ms a megabyte, the slowest format)."""
     return 60 + math.ceil((size or 0) / MB)
 
 
@@ -227,8 +228,6 @@ def _receive_meshes(practice_id, files, staging, actor, patient, case) -> Receiv
 
 
 def _new_upload_id() -> str:
-    import uuid
-
     return uuid.uuid4().hex
 
 
@@ -504,10 +503,13 @@ def redetect_jaws(scan: Scan) -> dict[str, str]:
 
 # -- the sweep -----------------------------------------------------------------------------------------
 
-def sweep(now: dt.datetime | None = None) -> dict:
+def sweep(now: dt.datetime | None = None, tidy: bool | None = None) -> dict:
     """Give every file PROCESSING for a while its job again (the deterministic job id makes a
-    queued or running one stay as it is), and remove store folders no row refers to: a crash
-    between writing an upload's files and its commit, or an export read but never ingested."""
+    queued or running one stay as it is), and, at most once an hour (a claim in Redis), remove store
+    folders no row refers to: a crash between writing an upload's files and its commit, or an
+    export read but never ingested."""
+    import redis
+
     from portal.queue import enqueue_now, get_queue
 
     now = now or utcnow()
@@ -516,9 +518,22 @@ def sweep(now: dt.datetime | None = None) -> dict:
         ScanFile.state == FileState.PROCESSING, ScanFile.created_at <= now - STALE_PROCESSING)).all()
     for file_id, size in stale:
         enqueue_now(queue, INSPECT, file_id, job_id=inspect_job_id(file_id), **inspect_options(size))
+    if tidy is None:
+        try:
+            tidy = bool(queue.connection.set(TIDY_CLAIM, 1, nx=True, ex=3600))
+        except redis.RedisError:
+            tidy = False
+    removed = tidy_store() if tidy else []
+    return {"requeued": len(stale), "tidied": len(removed)}
+
+
+TIDY_CLAIM = "labmanager:scan-store-tidy"
+
+
+def tidy_store() -> list[Path]:
     referenced = {"/".join(r[len(store.PREFIX):].split("/")[:2]) for r in db.session.scalars(
         select(ScanFile.ref).where(ScanFile.ref.like(store.PREFIX + "%")))}
     removed = store.orphans(referenced, ORPHAN_AGE)
     for folder in removed:
         store.remove(folder)
-    return {"requeued": len(stale), "tidied": len(removed)}
+    return removed

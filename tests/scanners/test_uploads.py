@@ -326,9 +326,11 @@ def test_the_sweep_gives_a_stuck_file_its_job_again_and_tidies_orphan_folders(cl
 
     os.utime(orphan, (time.time() - 3 * 86400,) * 2)
 
+    scan_queue.connection.delete(uploads.TIDY_CLAIM)
     result = uploads.sweep(now=f.created_at + dt.timedelta(minutes=5))
 
     assert result == {"requeued": 1, "tidied": 1}
+    assert uploads.sweep(now=f.created_at + dt.timedelta(minutes=5))["tidied"] == 0  # once an hour
     assert not orphan.exists() and store.resolve(f.ref).is_file()
     drain(scan_queue)
     assert db.session.get(ScanFile, f.id).state is FileState.OK
