@@ -22,10 +22,10 @@ from portal.config import ROOT
 from portal.extensions import db
 from tests import factories
 
-# Public by design: static files, the login form, a lab's acknowledgement link and a person's
-# set-password link (their tokens are the credential) and the signed lab API (HMAC, no session,
-# no CSRF).
-PUBLIC = ("/static/", "/login", "/lab/", "/set-password/", "/api/")
+# Public by design: static files, the login form, a lab's acknowledgement link, a lab's signed
+# scan-file download and a person's set-password link (their tokens are the credential) and the
+# signed lab API (HMAC, no session, no CSRF).
+PUBLIC = ("/static/", "/login", "/lab/", "/scan-files/", "/set-password/", "/api/")
 CSRF_EXEMPT = ("/api/",)  # authenticated by a signature over the body instead (W1)
 
 
