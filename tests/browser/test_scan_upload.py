@@ -11,7 +11,6 @@ import pytest
 from playwright.sync_api import expect
 
 from portal.audit.actor import Actor
-from portal.extensions import db
 from portal.queue import get_queue
 from portal.scanners import uploads
 from portal.scanners.models import FileState, Scan
