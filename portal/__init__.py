@@ -53,6 +53,9 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp, users_bp,
                password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp, scanner_hooks_bp):
         app.register_blueprint(bp)
+    from portal.scanners.rx_routes import bp as scanner_rx_bp
+
+    app.register_blueprint(scanner_rx_bp)
 
     from portal import cli
 
