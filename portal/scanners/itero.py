@@ -11,7 +11,9 @@ Every iTero field name and path is in `itero_wire.py`; this module does the call
   on "Test connection"; its URLs are kept and every one is checked against the allow-list before
   it is called (W8), so a discovery that points elsewhere stops the integration with the reason.
 - Every API call takes its token from `oauth.access_token` (refreshed a minute before the hour is
-  up, exactly once across workers, W7). A 401 refreshes once and retries once; a second 401 is an
+  up, exactly once across workers, W7). A refresh writes on a connection of its own, so callers
+  call `accounts`, `test_connection`, `disconnect`, `poll` and `fetch` before they write anything
+  in their own transaction (an audit row included); `pair` is the exception (see there). A 401 refreshes once and retries once; a second 401 is an
   "auth" error: the sync fails with "connect again". 429 and 5xx are transient: the sync records
   them and the sweep tries later (after Retry-After); nothing sleeps here.
 - The callback names only an Rx id and the account: it is checked against the paired account and
@@ -165,12 +167,27 @@ class IteroAdapter(Adapter):
         return rows
 
     def pair(self, account_id: str, callback_url: str) -> None:
-        """Pair to one account with our callback URL; the new token set replaces the sign-in's."""
+        """Pair to one account with our callback URL; the new token set replaces the sign-in's.
+
+        It uses the sign-in's token as it is, without the refresh lease: the caller has usually
+        just written the new callback key on this row, and a refresh on a connection of its own
+        would wait for that write (SQLite's one writer, PostgreSQL's row lock). A sign-in older
+        than its hour means signing in again."""
         endpoints = self.endpoints()
-        offered = dict(wire.accounts(json_body(self._api("GET", endpoints["accounts"]), wire.VENDOR)))
-        if account_id not in offered:
-            raise VendorError(f"iTero offers no account {account_id} to this sign-in.", "refused")
-        answer = self._api("POST", endpoints["pair"], json=wire.pair_body(account_id, callback_url))
+        token = oauth.read(self.integration.id)
+        if not token.access_token or (token.expires_at is not None and token.expires_at <= utcnow()):
+            raise VendorError("The iTero sign-in has expired; connect again.", "auth")
+        try:
+            offered = dict(wire.accounts(json_body(
+                call("GET", endpoints["accounts"], vendor=wire.VENDOR, token=token.access_token), wire.VENDOR)))
+            if account_id not in offered:
+                raise VendorError(f"iTero offers no account {account_id} to this sign-in.", "refused")
+            answer = call("POST", endpoints["pair"], vendor=wire.VENDOR, token=token.access_token,
+                          json=wire.pair_body(account_id, callback_url))
+        except VendorError as exc:
+            if exc.kind == "auth":
+                raise VendorError(f"iTero refused the sign-in ({exc}); connect again.", "auth") from None
+            raise
         tokens = wire.token_answer(json_body(answer, wire.VENDOR))
         doctors = self._doctors_with(tokens["access_token"], endpoints)
         oauth.set_tokens(self.integration, tokens)

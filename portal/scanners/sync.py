@@ -100,7 +100,7 @@ def run_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dict:
     if adapter.next_cursor is not None:
         integration.sync_cursor = adapter.next_cursor
     previous_error = integration.last_error
-    succeeded(integration, actor)
+    succeeded(integration, actor, recovered=not adapter.skipped)
     if adapter.skipped:
         unreadable(integration, adapter.skipped, actor, previous_error)
         outcomes["unreadable"] = len(adapter.skipped)
@@ -125,12 +125,14 @@ def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Acto
     raise AssertionError("unreachable")
 
 
-def succeeded(integration: ScannerIntegration, actor: Actor) -> None:
+def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = True) -> None:
+    """The vendor answered. `recovered=False`: it did, but something of its answer is recorded as
+    the integration's error instead (orders that could not be read)."""
     now = utcnow()
     integration.last_sync_at = integration.last_success_at = now
     if integration.config.get("retry_not_before"):
         integration.set_config(retry_not_before=None)
-    if integration.last_error:
+    if integration.last_error and recovered:
         record("scanner.sync_recovered", "scanner_integration", integration.id,
                before={"last_error": integration.last_error}, after={"last_error": ""}, actor=actor,
                practice_id=integration.practice_id)
