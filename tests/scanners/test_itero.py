@@ -559,3 +559,46 @@ def test_a_transient_error_reading_a_callback_leaves_the_event_for_the_sweep(ite
     assert scanner_sync.sweep()["events"] == 1
     run_jobs(queue)
     assert [e.outcome for e in events(itero)] == ["done"] and len(scans()) == 1
+
+
+# -- the admin pages (branch ui) end to end -------------------------------------------------------------------
+
+def test_an_admin_connects_itero_through_the_settings_pages(client, login, world, sandbox, live, queue):
+    login("admin")
+    created = client.post("/admin/scanners/new?vendor=itero", {
+        "name": "Surgery 2 iTero", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "base_url": sandbox.itero_url, "oauth_base": sandbox.itero_oauth, "lab_ids": [world.labs["email"].id]})
+    assert created.status_code == 303, created.get_data(as_text=True)
+    integration = db.session.scalar(select(ScannerIntegration).where(ScannerIntegration.name == "Surgery 2 iTero"))
+
+    connect = client.post(f"/admin/scanners/{integration.id}/connect")
+    assert connect.status_code == 303 and connect.headers["Location"].startswith(f"{sandbox.itero_oauth}/authorize?")
+    at_itero = httpx.get(connect.headers["Location"])  # the person's browser at iTero's login page
+    assert at_itero.status_code == 302
+    back = at_itero.headers["Location"]
+    assert back.startswith(f"{live}/admin/scanners/oauth/callback?code=")
+    choose = client.get(back[len(live):])  # ... and back with us, in the same session
+    html = choose.get_data(as_text=True)
+    assert choose.status_code == 200 and ACCOUNT_NAME in html and "Bright Smile Dental - Eastside" in html
+    assert not db.session.get(ScannerIntegration, integration.id).connected
+
+    paired = client.post(f"/admin/scanners/{integration.id}/pair", {"account_id": ACCOUNT})
+
+    assert paired.status_code == 303, paired.get_data(as_text=True)
+    db.session.expire_all()
+    integration = db.session.get(ScannerIntegration, integration.id)
+    assert integration.connected and integration.config["account_id"] == ACCOUNT
+    callback = sandbox.itero.snapshot()["pairings"][ACCOUNT]["callback_url"]
+    assert callback.startswith(f"{live}/api/scanners/hooks/")
+    tested = client.post(f"/admin/scanners/{integration.id}/test").get_data(as_text=True)
+    assert f"account {ACCOUNT_NAME}: 2 doctors, 1 scanner" in tested
+    # and a scan now comes in through the callback the pairing registered
+    patient = factories.patient(world.practice)
+    db.session.commit()
+    order = sandbox.add_itero_order(patient=patient_body(patient))
+    assert delivered(sandbox, 1)[0]["status"] == 204
+    run_jobs(queue)
+    assert scans()[0].order_id == order["order_id"] and scans()[0].case.patient_id == patient.id
+    actions = audit_actions()
+    assert [a for a in actions if a.startswith("scanner.")][:3] == ["scanner.created", "scanner.signed_in",
+                                                                    "scanner.connected"]
