@@ -11,11 +11,12 @@ Every iTero field name and path is in `itero_wire.py`; this module does the call
   on "Test connection"; its URLs are kept and every one is checked against the allow-list before
   it is called (W8), so a discovery that points elsewhere stops the integration with the reason.
 - Every API call takes its token from `oauth.access_token` (refreshed a minute before the hour is
-  up, exactly once across workers, W7). A refresh writes on a connection of its own, so callers
-  call `accounts`, `test_connection`, `disconnect`, `poll` and `fetch` before they write anything
-  in their own transaction (an audit row included); `pair` is the exception (see there). A 401 refreshes once and retries once; a second 401 is an
+  up, exactly once across workers, W7). A 401 refreshes once and retries once; a second 401 is an
   "auth" error: the sync fails with "connect again". 429 and 5xx are transient: the sync records
-  them and the sweep tries later (after Retry-After); nothing sleeps here.
+  them and the sweep tries later (after Retry-After); nothing sleeps here. A refresh writes on a
+  connection of its own, so callers call `accounts`, `test_connection`, `disconnect`, `poll` and
+  `fetch` before they write anything in their own transaction (an audit row included); `pair` is
+  the exception (see there).
 - The callback names only an Rx id and the account: it is checked against the paired account and
   stored as a notice to re-read that Rx through the API, so a forged one changes nothing by itself.
 """

@@ -29,7 +29,7 @@ from portal.scanners.http import VendorError
 from portal.scanners.models import (
     RescanRequest, RescanState, RxState, Scan, ScannerIntegration, ScanRequest,
 )
-from portal.scanners.vendor import Vendor
+from portal.scanners.vendor import OrderStage, Vendor
 
 SEND = "jobs.itero.send_rx"
 WITHDRAW = "jobs.itero.withdraw_rx"
@@ -117,9 +117,23 @@ def panel(case: LabCase) -> Panel | None:
         out.can_send = True
         out.send_problem = rx_problem(case, integration)
     if case.status is Status.RESCAN and scan is not None and _usable(scan.integration) \
-            and not any(r.state is RescanState.PENDING and r.scan_id == scan.id for r in rescans):
+            and not rescan_asked(scan, rescans):
         out.can_ask_rescan = True
     return out
+
+
+def rescan_asked(scan: Scan, rescans: list[RescanRequest]) -> str:
+    """Why asking iTero for a rescan of `scan` again makes no sense now, or ""."""
+    if scan.stage is OrderStage.RESCAN:
+        return "iTero has sent this scan back to the doctor already; the rescan will come to this case."
+    for r in rescans:
+        if r.scan_id != scan.id:
+            continue
+        if r.state is RescanState.PENDING:
+            return "iTero is being asked already; wait for the answer."
+        if r.state is RescanState.SENT and r.updated_at >= scan.updated_at:
+            return "iTero has sent this scan back to the doctor; the rescan will come to this case."
+    return ""
 
 
 def _usable(integration: ScannerIntegration | None) -> bool:
@@ -226,8 +240,8 @@ def ask_rescan(case: LabCase, reason: str, actor: Actor) -> RescanRequest:
         raise RxError(f"{case.number} has no scan from iTero to send back.")
     if not _usable(scan.integration):
         raise RxError("The iTero integration this scan came through is paused or not connected.")
-    if any(r.state is RescanState.PENDING and r.scan_id == scan.id for r in rescans_of(case.id)):
-        raise RxError("iTero is being asked already; wait for the answer.")
+    if problem := rescan_asked(scan, rescans_of(case.id)):
+        raise RxError(problem)
     row = RescanRequest(practice_id=case.practice_id, case_id=case.id, scan_id=scan.id,
                         integration_id=scan.integration_id, order_id=scan.order_id, reason=reason,
                         state=RescanState.PENDING, attempts=0,

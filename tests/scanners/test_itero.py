@@ -24,9 +24,9 @@ from portal.scanners.models import Scan, ScannerIntegration
 from portal.scanners.vendor import Jaw, OrderStage
 from tests import factories
 from tests.jobs import free_port
-from tests.scanners.itero_support import (  # noqa: F401  (fixtures)
-    ACCOUNT, ACCOUNT_NAME, CLIENT_ID, CLIENT_SECRET, app_server, connect, delivered, events, live,
-    new_integration, patient_body, queue, run_jobs, sandbox, sandbox_server, sign_in, sync_now,
+from tests.scanners.itero_support import (
+    ACCOUNT, ACCOUNT_NAME, CLIENT_ID, CLIENT_SECRET, connect, delivered, events, new_integration, patient_body,
+    run_jobs, sign_in, sync_now,
 )
 
 
@@ -332,7 +332,8 @@ def test_an_rx_id_that_tries_to_leave_its_path_is_quoted(itero, queue, client):
     url = new_callback_url(itero)
     db.session.commit()
     path = url.split("://", 1)[1].split("/", 1)[1]
-    assert client.raw.post(f"/{path}", json={"rx_id": "../../accounts?x=1", "account_number": ACCOUNT}).status_code == 204
+    answer = client.raw.post(f"/{path}", json={"rx_id": "../../accounts?x=1", "account_number": ACCOUNT})
+    assert answer.status_code == 204
     run_jobs(queue)
 
     [event] = events(itero)

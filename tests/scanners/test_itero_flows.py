@@ -23,9 +23,8 @@ from portal.scanners.models import InboxState, Scan
 from portal.scanners.vendor import OrderStage
 from tests import factories
 from tests.jobs import drain
-from tests.scanners.itero_support import (  # noqa: F401  (fixtures)
-    ACCOUNT, app_server, connect, delivered, events, live, new_integration, patient_body, queue, sandbox,
-    sandbox_server, sync_now,
+from tests.scanners.itero_support import (
+    ACCOUNT, connect, events, new_integration, patient_body, sync_now,
 )
 
 
