@@ -203,6 +203,26 @@ def test_one_malformed_order_is_skipped_and_recorded_and_the_others_come_in(iter
     assert itero.last_error == "" and "scanner.sync_recovered" in audit_actions()
 
 
+def test_a_malformed_order_named_by_a_callback_fails_its_event_with_the_reason(itero, sandbox, world, queue):
+    patient = factories.patient(world.practice)
+    db.session.commit()
+    sandbox.configure(callbacks=False)
+    order = sandbox.add_itero_order(patient=patient_body(patient))
+    with sandbox.core.lock:
+        sandbox.itero.orders[order["order_id"]]["updated_at"] = "last Tuesday"
+    sandbox.configure(callbacks=True)
+    sandbox.move_itero_order(order["order_id"], "lab_review")
+    with sandbox.core.lock:
+        sandbox.itero.orders[order["order_id"]]["updated_at"] = "last Tuesday"
+    delivered(sandbox, 1)
+
+    run_jobs(queue)
+
+    [event] = events(itero)
+    assert event.outcome == "failed" and "updated_at 'last Tuesday' is not an ISO 8601 time" in event.error
+    assert scans() == [] and "last Tuesday" in itero.last_error
+
+
 @pytest.mark.parametrize("raw, why", [
     ("not an order", "it is a str, not an object"),
     ({"status": "Completed"}, "order_id is missing"),
@@ -393,6 +413,20 @@ def test_two_jobs_finding_the_token_expired_make_one_refresh_and_the_old_refresh
                          auth=(CLIENT_ID, CLIENT_SECRET))
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     assert sandbox.counters["itero.refresh_refused"] == 1
+
+
+def test_a_token_about_to_expire_is_refreshed_before_it_does_without_a_refused_call(itero, sandbox, world):
+    patient = factories.patient(world.practice)
+    db.session.commit()
+    sandbox.add_itero_order(patient=patient_body(patient))
+    itero.token_expires_at = utcnow() + dt.timedelta(seconds=30)  # the hour is nearly up
+    db.session.commit()
+
+    assert sync_now(itero) == {"new": 1}
+
+    assert sandbox.counters["itero.refresh"] == 1
+    assert [r["status"] for r in sandbox.requests("itero.orders")] == [200]  # no gap: never a 401
+    assert oauth.read(itero.id).expires_at > utcnow() + dt.timedelta(minutes=59)
 
 
 def test_a_token_refused_mid_poll_is_refreshed_once_and_the_poll_goes_on(itero, sandbox, world):
