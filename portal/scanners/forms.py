@@ -73,7 +73,7 @@ def integration_form(vendor: Vendor, integration: ScannerIntegration | None = No
             kept = stored.get(s.key)
             field = PasswordField(s.label, validators=[Optional(), Length(max=500)], description=description,
                                   render_kw={"autocomplete": "new-password", "spellcheck": "false",
-                                             "placeholder": "set: leave blank to keep it" if kept else ""})
+                                             "placeholder": "stored (hidden)" if kept else ""})
         else:
             field = StringField(s.label, validators=[Optional(), Length(max=500)], description=description,
                                 default=s.default, render_kw={"spellcheck": "false"})

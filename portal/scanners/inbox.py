@@ -59,7 +59,7 @@ def open_cases(practice_id: int, patient_ids: list[int]) -> dict[int, list[LabCa
     found: dict[int, list[LabCase]] = {}
     for case in db.session.scalars(select(LabCase).where(
             LabCase.practice_id == practice_id, LabCase.patient_id.in_(set(patient_ids)),
-            LabCase.status.in_(Status.open())).order_by(LabCase.id.desc())):
+            LabCase.status.in_(Status.open())).options(selectinload(LabCase.items)).order_by(LabCase.id.desc())):
         found.setdefault(case.patient_id, []).append(case)
     return found
 

@@ -11,6 +11,7 @@ adapter; a VendorError is shown as the vendor's reason and nothing is kept of th
 """
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 from urllib.parse import urlsplit
 
@@ -98,10 +99,22 @@ def show(scan_id: int):
 def _scan_page(scan: Scan, *, code: int = 200, error: str = "", error_at: str = ""):
     q = request.args.get("q", scan.patient_last_name)[:100]
     cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
-    return render("scanners/scan.html", "scan_main", code=code, s=scan, q=q,
-                  patients=patient_options(g.practice.id, q, None) if _needs_patient(scan) else [],
+    return render("scanners/scan.html", "scan_main", code=code, s=scan, q=q, history=_history(scan),
+                  patients=patient_options(g.practice.id, q, scan.patient_id) if _needs_patient(scan) else [],
                   cases=cases.get(scan.patient_id, []), events=inbox.scan_events(scan),
                   files=inbox.bite_partners(scan), error=error, error_at=error_at)
+
+
+def _history(scan: Scan) -> list[tuple[str, dt.datetime | None]]:
+    """The vendor's status history with its times read (stored as ISO text)."""
+    found = []
+    for entry in scan.history_list:
+        try:
+            at = dt.datetime.fromisoformat(entry["at"]) if entry.get("at") else None
+        except (TypeError, ValueError):
+            at = None
+        found.append((str(entry.get("status", "")), at))
+    return found
 
 
 def _needs_patient(scan: Scan) -> bool:

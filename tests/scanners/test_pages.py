@@ -122,6 +122,26 @@ def test_tabs_vendor_filter_and_paging(client, login, world, scanner):
     assert {s.id for s in first.scans}.isdisjoint({s.id for s in second.scans})
 
 
+def test_the_inbox_costs_the_same_statements_for_5_or_25_scans(client, login, world, scanner):
+    from tests.board.test_board import StatementCounter
+
+    login()
+
+    def statements(n: int) -> int:
+        for i in range(n):
+            patient = factories.patient(world.practice)
+            factories.case(world, patient_obj=patient, commit=False), factories.case(world, patient_obj=patient)
+            ingest(world, scanner, vendor_order(ref_of(patient), order_id=f"N{n}-{i}"))  # two drafts: waits
+        with StatementCounter(db.engine) as counter:
+            assert client.get("/scans/").status_code == 200
+        return counter.count
+
+    small = statements(5)
+    large = statements(20)
+    print("statements for the inbox page (5, 25 scans):", small, large)
+    assert large == small
+
+
 def test_the_top_bar_counts_scans_that_need_a_person(client, login, world, scanner):
     login()
     assert 'id="pending-scans"' in client.get("/").get_data(as_text=True)
