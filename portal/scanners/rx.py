@@ -305,8 +305,13 @@ def send(request_id: int, actor: Actor) -> str:
              "scanner.rx_failed", actor)
         db.session.commit()
         return "failed"
+    if case.provider is None:
+        _set(request, RxState.FAILED, "The case has no provider any more; choose one and send the Rx again.",
+             "scanner.rx_failed", actor)
+        db.session.commit()
+        return "failed"
     adapter = adapter_for(request.integration)
-    provider = case.provider.name if case.provider else ""
+    provider = case.provider.name
     try:
         doctor_id, problem = match_doctor(provider, adapter.practice_configuration().doctors)
         if doctor_id is not None:

@@ -66,5 +66,5 @@ def _clean(q) -> None:
         for job_id in registry.get_job_ids():
             try:
                 Job.fetch(job_id, connection=q.connection).delete()
-            except NoSuchJobError:
+            except (NoSuchJobError, ValueError):  # ValueError: rq lost the job's execution record
                 registry.remove(job_id)
