@@ -44,6 +44,8 @@ def test_two_workers_finding_an_expired_token_refresh_it_once(app, expired):
         time.sleep(0.3)  # the vendor takes its time: the other worker must wait, not refresh too
         return {"access_token": "new-access", "refresh_token": "r2", "expires_in": 3600}
 
+    integration_id = expired.id  # read here: in the threads it would load through this thread's session
+
     def worker():
         with app.app_context():
             results.append(oauth.access_token(integration_id, refresh).access_token)
