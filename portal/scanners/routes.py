@@ -245,9 +245,9 @@ def _integration_or_404(integration_id: int) -> ScannerIntegration:
     return get_or_404(ScannerIntegration, integration_id)
 
 
-@admin_bp.get("/")
+@admin_bp.get("/", endpoint="index")
 @requires(*ADMIN)
-def index():
+def settings_index():
     return render("scanners/settings.html", "integrations", integrations=admin.integrations(g.practice.id),
                   vendors=admin.offered_vendors(), form=ActionForm(), since=admin.since)
 
@@ -369,9 +369,9 @@ def _show(integration: ScannerIntegration, *, code: int = 200, block: str | None
     return response
 
 
-@admin_bp.get("/<int:integration_id>")
+@admin_bp.get("/<int:integration_id>", endpoint="show")
 @requires(*ADMIN)
-def show(integration_id: int):
+def integration_show(integration_id: int):
     return _show(_integration_or_404(integration_id))
 
 
