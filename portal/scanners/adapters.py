@@ -6,7 +6,8 @@ views only use this interface:
 
 - `poll()`: the orders changed since the integration's `sync_cursor`, as VendorOrders; sets
   `next_cursor` for the sync job to store once they are all ingested.
-- `fetch(order_ref)`: one order as it is now (a callback or webhook only says "look at this").
+- `fetch(order_ref)`: one order as it is now (a callback or webhook only says "look at this"), or
+  None when the vendor does not know it (see `deletes_when_missing`).
 - `verify_callback(request)`: check a vendor's notification and say what to re-read.
 - `test_connection()`: a short sentence of what the vendor answered, or VendorError.
 - `authorize_url(state, redirect_uri)` / `finish_authorization(code, redirect_uri)`: the OAuth 2
@@ -49,6 +50,10 @@ class Adapter:
     vendor: Vendor
     uses_oauth = True
     polls = True
+    # True when fetch() finding nothing means the vendor deleted the order: the order ref is the
+    # order id itself (Medit's case uuid), so a 404 on re-reading it is a deletion, and the scan is
+    # marked deleted at the vendor. False where the ref is something else (iTero's Rx id).
+    deletes_when_missing = False
 
     def __init__(self, integration: ScannerIntegration):
         self.integration = integration
