@@ -158,6 +158,7 @@ DEFAULT_CONFIG = {
     "max_items": 1000,  # orders and cases kept; the oldest go first
 }
 MAX_TOKENS = 10_000
+MAX_HELD = 1000  # held webhooks (and queued deliveries) kept at most; the oldest go first
 CODE_TTL = 600
 LINK_TTL = 900
 FDI = re.compile(r"^(?:[1-4][1-8]|[5-8][1-5])$")
@@ -311,7 +312,7 @@ class Courier:
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.queue: collections.deque[dict] = collections.deque()
+        self.queue: collections.deque[dict] = collections.deque(maxlen=MAX_HELD)
         self.sent: collections.deque[dict] = collections.deque(maxlen=500)
         self.busy = False
         self.stopping = False
@@ -1132,7 +1133,7 @@ class Medit:
         signature = hmac.new(self.webhook["secret"].encode(), raw, hashlib.sha256).hexdigest()
         delivery = (code, raw, {"x-meditlink-event-code": code, "x-meditlink-signature": signature})
         if self.webhook["hold"]:
-            self.held.append(delivery)
+            self.held = (self.held + [delivery])[-MAX_HELD:]
             return
         self._send(delivery)
 
@@ -1369,11 +1370,13 @@ class Demo:
         self.random = random.Random()
 
     def run(self, stopping: threading.Event) -> None:
-        while not stopping.wait(self.step):
+        """A first step at once (the inbox is not empty for long), then one every `step` seconds."""
+        while not stopping.is_set():
             try:
                 self.tick()
             except ApiError as exc:  # an order the demo was moving was pruned, say
                 log.warning("demo step skipped: %s", exc.message)
+            stopping.wait(self.step)
 
     def tick(self) -> None:
         if self.flows:

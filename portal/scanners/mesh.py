@@ -107,6 +107,7 @@ class _Stream:
         self.pos = 0  # bytes handed out
         self.head = b""  # bytes read ahead (sniffing), handed out first
         self._read = 0  # bytes read from the file
+        self.cut_tail = False  # the text ends without a line end, and that last line is being read
 
     def _raw(self, n: int) -> bytes:
         out = []
@@ -162,6 +163,7 @@ class _Stream:
             carry = data[cut:]
             yield data[:cut]
         if carry:
+            self.cut_tail = True
             yield carry
 
 
@@ -372,45 +374,49 @@ def _read_ascii_stl(stream: _Stream) -> MeshInfo:
     carry = b""  # the letters of a facet cut by a block end
     open_solid = False
     seen_solid = False
-    for block in stream.text_blocks():
-        block = block.lower()
-        words = _STL_LINE.findall(block)
-        try:
-            letters = b"".join([_STL_CODES[w] for w in words])
-        except KeyError:
-            bad = next(w for w in words if w not in _STL_CODES)
-            if bad is words[-1] and stream.pos == stream.size and not block.endswith(b"\n"):
-                raise MeshError(f"The ASCII STL stops in the middle of a line after facet {facets:,}: "
-                                "it was cut off.") from None
-            raise MeshError(f"The ASCII STL has a line that is not STL after facet {facets:,} "
-                            f"(it starts “{bad[:30].decode('utf-8', 'replace')}”).") from None
-        seq = carry + letters
-        cut = max(seq.rfind(b"e"), seq.rfind(b"s"), seq.rfind(b"z")) + 1
-        complete, carry = seq[:cut], seq[cut:]
-        if len(carry) >= len(_FACET) or not _FACET.startswith(carry) or not _STL_UNITS.fullmatch(complete):
-            raise MeshError(f"The ASCII STL is malformed after facet {facets + _whole_facets(complete):,}: "
-                            "a facet must have “outer loop”, three “vertex” lines, “endloop” and “endfacet”.")
-        for i, code in enumerate(complete.translate(None, b"fovle")):
-            if (code == ord("s")) == open_solid:
-                raise MeshError("The ASCII STL has “solid” and “endsolid” out of order.")
-            open_solid = not open_solid
-            seen_solid = True
-        if (complete[:1] == b"f" and not (open_solid or b"s" in complete)) or re.search(rb"z(?:fovvvle)+", complete):
-            raise MeshError("The ASCII STL has facets outside “solid … endsolid”.")
-        vertices = _STL_VERTEX.findall(block)
-        if len(vertices) != letters.count(b"v"):
-            raise MeshError(f"The ASCII STL has a vertex line without three coordinates near facet {facets + 1:,}.")
-        if vertices:
+    try:
+        for block in stream.text_blocks():
+            block = block.lower()
+            words = _STL_LINE.findall(block)
             try:
-                points = np.array(vertices, dtype=np.float64)
-            except ValueError:
-                raise MeshError(f"The ASCII STL has a vertex coordinate that is not a number near facet "
-                                f"{facets + 1:,}.") from None
-            bad = bounds.add(points)
-            if bad >= 0:
-                raise MeshError(f"Facet {facets + 1 + bad // 3:,} has a vertex whose coordinates are not numbers "
-                                "(NaN or infinite): the file is corrupted.")
-        facets += complete.count(b"e")
+                letters = b"".join([_STL_CODES[w] for w in words])
+            except KeyError:
+                bad = next(w for w in words if w not in _STL_CODES)
+                raise MeshError(f"The ASCII STL has a line that is not STL after facet {facets:,} "
+                                f"(it starts “{bad[:30].decode('utf-8', 'replace')}”).") from None
+            seq = carry + letters
+            cut = max(seq.rfind(b"e"), seq.rfind(b"s"), seq.rfind(b"z")) + 1
+            complete, carry = seq[:cut], seq[cut:]
+            if len(carry) >= len(_FACET) or not _FACET.startswith(carry) or not _STL_UNITS.fullmatch(complete):
+                raise MeshError(f"The ASCII STL is malformed after facet {facets + _whole_facets(complete):,}: "
+                                "a facet must have “outer loop”, three “vertex” lines, “endloop” and “endfacet”.")
+            was_open = open_solid
+            for code in complete.translate(None, b"fovle"):
+                if (code == ord("s")) == open_solid:
+                    raise MeshError("The ASCII STL has “solid” and “endsolid” out of order.")
+                open_solid = not open_solid
+                seen_solid = True
+            if (complete[:1] == b"f" and not was_open) or re.search(rb"z(?:fovvvle)+", complete):
+                raise MeshError("The ASCII STL has facets outside “solid … endsolid”.")
+            vertices = _STL_VERTEX.findall(block)
+            if len(vertices) != letters.count(b"v"):
+                raise MeshError(f"The ASCII STL has a vertex line without three coordinates near facet {facets + 1:,}.")
+            if vertices:
+                try:
+                    points = np.array(vertices, dtype=np.float64)
+                except ValueError:
+                    raise MeshError(f"The ASCII STL has a vertex coordinate that is not a number near facet "
+                                    f"{facets + 1:,}.") from None
+                bad = bounds.add(points)
+                if bad >= 0:
+                    raise MeshError(f"Facet {facets + 1 + bad // 3:,} has a vertex whose coordinates are not numbers "
+                                    "(NaN or infinite): the file is corrupted.")
+            facets += complete.count(b"e")
+    except MeshError:
+        if stream.cut_tail:
+            raise MeshError(f"The ASCII STL stops in the middle of a line after facet {facets:,}: "
+                            "it was cut off.") from None
+        raise
     if carry or open_solid:
         raise MeshError(f"The ASCII STL stops in the middle after facet {facets:,} (no “endsolid”): "
                         "it was cut off.")
@@ -574,35 +580,40 @@ def _xyz(names: list[str]) -> list[int] | None:
         return None
 
 
+class _Cut(Exception):
+    """A binary PLY ended inside an element: `missing` estimates the bytes its records still needed."""
+
+    def __init__(self, missing: int):
+        self.missing = missing
+
+
+def _smallest(e: _Element) -> int:
+    """The fewest bytes a record of `e` takes (lists empty)."""
+    return sum(np.dtype(p.count_type or p.type).itemsize for p in e.props)
+
+
 def _read_ply_binary(stream: _Stream, elements: list[_Element], order: str, acc: _PlyTotals) -> None:
-    # The smallest body the header allows: lists of faces with 3 indices, any other list empty.
-    needed = 0
-    for e in elements:
-        face_list = _face_list(e) if e.name == "face" else None
-        for i, p in enumerate(e.props):
-            size = np.dtype(p.type).itemsize
-            if p.count_type:
-                size = np.dtype(p.count_type).itemsize + (3 * size if i == face_list else 0)
-            needed += e.count * size
     body = stream.size - stream.pos
+    needed = sum(e.count * _smallest(e) for e in elements)
     if needed > body:
-        raise MeshError(f"The file says it holds {_counts_phrase(elements)} but is "
+        raise MeshError(f"The file says it holds {_counts_phrase(elements)} but is at least "
                         f"{human_bytes(needed - body)} short: it was cut off.")
-    for e in elements:
-        if not e.lists:
-            _binary_fixed(stream, e, order, acc)
-        elif len(e.lists) == 1:
-            _binary_one_list(stream, e, order, acc)
-        else:
-            _binary_records(stream, e, order, acc)
+    for at, e in enumerate(elements):
+        try:
+            if not e.lists:
+                _binary_fixed(stream, e, order, acc)
+            elif len(e.lists) == 1:
+                _binary_one_list(stream, e, order, acc)
+            else:
+                _binary_records(stream, e, order, acc)
+        except _Cut as cut:
+            missing = cut.missing + sum(later.count * _smallest(later) for later in elements[at + 1:])
+            raise MeshError(f"The file says it holds {_counts_phrase(elements)} but is about "
+                            f"{human_bytes(missing)} short: it was cut off.") from None
     extra = stream.size - stream.pos
     if extra:
         raise MeshError(f"The file says it holds {_counts_phrase(elements)}, but {human_bytes(extra)} "
                         "remain after them: its counts do not match its content.")
-
-
-def _truncated(elements_phrase: str) -> MeshError:
-    return MeshError(f"The file ends before the {elements_phrase} its header declares: it was cut off.")
 
 
 def _binary_fixed(stream: _Stream, e: _Element, order: str, acc: _PlyTotals) -> None:
@@ -614,7 +625,7 @@ def _binary_fixed(stream: _Stream, e: _Element, order: str, acc: _PlyTotals) -> 
         n = min(per, left)
         data = stream.read(n * dtype.itemsize)
         if len(data) != n * dtype.itemsize:
-            raise _truncated(f"{e.count:,} “{e.name}” records")
+            raise _Cut(left * dtype.itemsize - len(data))
         if e.name == "vertex":
             rows = np.frombuffer(data, dtype=dtype)
             points = (np.column_stack([rows[f"p{i}"].astype(np.float64) for i in xyz]) if xyz else None)
@@ -637,7 +648,7 @@ def _binary_one_list(stream: _Stream, e: _Element, order: str, acc: _PlyTotals) 
         if len(buf) - p < before + cs:
             more = stream.read(stream.chunk)
             if not more:
-                raise _truncated(f"{e.count:,} “{e.name}” records")
+                raise _Cut(left * (before + cs + 3 * isz + after) - (len(buf) - p))
             buf, p = buf[p:] + more, 0
             continue
         k = int(np.frombuffer(buf, dtype=count_dt, count=1, offset=p + before)[0])
@@ -650,7 +661,7 @@ def _binary_one_list(stream: _Stream, e: _Element, order: str, acc: _PlyTotals) 
                 raise MeshError(f"A “{e.name}” record claims {k:,} list items: the file is corrupted.")
             more = stream.read(stream.chunk)
             if not more:
-                raise _truncated(f"{e.count:,} “{e.name}” records")
+                raise _Cut(left * rec - (len(buf) - p))
             buf, p = buf[p:] + more, 0
             continue
         rows = np.frombuffer(buf, dtype=np.uint8, count=n * rec, offset=p).reshape(n, rec)
@@ -671,44 +682,53 @@ def _binary_one_list(stream: _Stream, e: _Element, order: str, acc: _PlyTotals) 
 def _binary_records(stream: _Stream, e: _Element, order: str, acc: _PlyTotals) -> None:
     """Records with several lists: one at a time (rare, slow, correct)."""
     face_list = _face_list(e) if e.name == "face" else None
-    for _ in range(e.count):
+    for done in range(e.count):
+        def cut(got: bytes, wanted: int) -> _Cut:
+            return _Cut(wanted - len(got) + (e.count - done - 1) * _smallest(e))
+
         for i, prop in enumerate(e.props):
             if prop.count_type:
                 cdt = np.dtype(order + prop.count_type)
                 raw = stream.read(cdt.itemsize)
                 if len(raw) != cdt.itemsize:
-                    raise _truncated(f"{e.count:,} “{e.name}” records")
+                    raise cut(raw, cdt.itemsize)
                 k = int(np.frombuffer(raw, dtype=cdt)[0])
                 idt = np.dtype(order + prop.type)
                 raw = stream.read(k * idt.itemsize)
                 if len(raw) != k * idt.itemsize:
-                    raise _truncated(f"{e.count:,} “{e.name}” records")
+                    raise cut(raw, k * idt.itemsize)
                 if i == face_list:
                     acc.add_faces(k, np.frombuffer(raw, dtype=idt).astype(np.int64).reshape(1, k))
             else:
                 size = np.dtype(prop.type).itemsize
-                if len(stream.read(size)) != size:
-                    raise _truncated(f"{e.count:,} “{e.name}” records")
+                raw = stream.read(size)
+                if len(raw) != size:
+                    raise cut(raw, size)
 
 
 def _read_ply_ascii(stream: _Stream, elements: list[_Element], acc: _PlyTotals) -> None:
     """One record a line (blank lines skipped), values separated by spaces."""
     queue = [e for e in elements]
     index, done = 0, 0  # element being read, records of it read
-    for block in stream.text_blocks():
-        lines = [line for line in block.splitlines() if line.strip()]
-        at = 0
-        while at < len(lines):
-            while index < len(queue) and done == queue[index].count:
-                index, done = index + 1, 0
-            if index == len(queue):
-                raise MeshError(f"The file says it holds {_counts_phrase(elements)}, but more lines follow "
-                                "them: its counts do not match its content.")
-            e = queue[index]
-            take = lines[at:at + e.count - done]
-            _ascii_records(e, take, done, acc)
-            at += len(take)
-            done += len(take)
+    try:
+        for block in stream.text_blocks():
+            lines = [line for line in block.splitlines() if line.strip()]
+            at = 0
+            while at < len(lines):
+                while index < len(queue) and done == queue[index].count:
+                    index, done = index + 1, 0
+                if index == len(queue):
+                    raise MeshError(f"The file says it holds {_counts_phrase(elements)}, but more lines follow "
+                                    "them: its counts do not match its content.")
+                e = queue[index]
+                take = lines[at:at + e.count - done]
+                _ascii_records(e, take, done, acc)
+                at += len(take)
+                done += len(take)
+    except MeshError:
+        if stream.cut_tail:
+            raise MeshError("The PLY stops in the middle of a line: it was cut off.") from None
+        raise
     while index < len(queue) and done == queue[index].count:
         index, done = index + 1, 0
     if index < len(queue):
@@ -789,52 +809,57 @@ def _read_obj(stream: _Stream) -> MeshInfo:
     vertices = faces = triangles = 0
     max_index = 0
     line_no = 0
-    for block in stream.text_blocks():
-        v_rows: list[bytes] = []
-        f_rows: list[bytes] = []
-        f_base: list[int] = []  # vertices defined before each face (for negative indices)
-        f_line: list[int] = []
-        for line in block.splitlines():
-            line_no += 1
-            words = line.split(None, 1)
-            if not words or words[0][:1] == b"#":
-                continue
-            key = words[0]
-            if key == b"v":
-                v_rows.append(words[1] if len(words) > 1 else b"")
-                vertices += 1
-            elif key == b"f":
-                f_rows.append(words[1] if len(words) > 1 else b"")
-                f_base.append(vertices)
-                f_line.append(line_no)
-            elif key not in _OBJ_STATEMENTS:
-                raise MeshError(f"Line {line_no:,} of the OBJ is not an OBJ statement "
-                                f"(“{line.strip()[:60].decode('utf-8', 'replace')}”).")
-        if v_rows:
-            first = vertices - len(v_rows)
-            tokens = b" ".join(v_rows).split()
-            if len(tokens) != 3 * len(v_rows):
-                rows = []
-                for i, row in enumerate(v_rows):
-                    xyz = row.split()[:3]
-                    if len(xyz) != 3:
-                        raise MeshError(f"Vertex {first + i + 1:,} of the OBJ does not have three coordinates.")
-                    rows.extend(xyz)
-                tokens = rows
-            try:
-                points = np.array(tokens, dtype=np.float64).reshape(len(v_rows), 3)
-            except ValueError:
-                raise MeshError(f"A vertex of the OBJ between {first + 1:,} and {vertices:,} has a coordinate "
-                                "that is not a number.") from None
-            bad = bounds.add(points)
-            if bad >= 0:
-                raise MeshError(f"The coordinates of vertex {first + 1 + bad:,} are not numbers "
-                                "(NaN or infinite): the file is corrupted.")
-        if f_rows:
-            n, t, top = _obj_faces(f_rows, f_base, f_line)
-            faces += n
-            triangles += t
-            max_index = max(max_index, top)
+    try:
+        for block in stream.text_blocks():
+            v_rows: list[bytes] = []
+            f_rows: list[bytes] = []
+            f_base: list[int] = []  # vertices defined before each face (for negative indices)
+            f_line: list[int] = []
+            for line in block.splitlines():
+                line_no += 1
+                words = line.split(None, 1)
+                if not words or words[0][:1] == b"#":
+                    continue
+                key = words[0]
+                if key == b"v":
+                    v_rows.append(words[1] if len(words) > 1 else b"")
+                    vertices += 1
+                elif key == b"f":
+                    f_rows.append(words[1] if len(words) > 1 else b"")
+                    f_base.append(vertices)
+                    f_line.append(line_no)
+                elif key not in _OBJ_STATEMENTS:
+                    raise MeshError(f"Line {line_no:,} of the OBJ is not an OBJ statement "
+                                    f"(“{line.strip()[:60].decode('utf-8', 'replace')}”).")
+            if v_rows:
+                first = vertices - len(v_rows)
+                tokens = b" ".join(v_rows).split()
+                if len(tokens) != 3 * len(v_rows):
+                    rows = []
+                    for i, row in enumerate(v_rows):
+                        xyz = row.split()[:3]
+                        if len(xyz) != 3:
+                            raise MeshError(f"Vertex {first + i + 1:,} of the OBJ does not have three coordinates.")
+                        rows.extend(xyz)
+                    tokens = rows
+                try:
+                    points = np.array(tokens, dtype=np.float64).reshape(len(v_rows), 3)
+                except ValueError:
+                    raise MeshError(f"A vertex of the OBJ between {first + 1:,} and {vertices:,} has a coordinate "
+                                    "that is not a number.") from None
+                bad = bounds.add(points)
+                if bad >= 0:
+                    raise MeshError(f"The coordinates of vertex {first + 1 + bad:,} are not numbers "
+                                    "(NaN or infinite): the file is corrupted.")
+            if f_rows:
+                n, t, top = _obj_faces(f_rows, f_base, f_line)
+                faces += n
+                triangles += t
+                max_index = max(max_index, top)
+    except MeshError:
+        if stream.cut_tail:
+            raise MeshError("The OBJ stops in the middle of a line: it was cut off.") from None
+        raise
     if max_index > vertices:
         raise MeshError(f"A face of the OBJ refers to vertex {max_index:,}, but the file holds {vertices:,} vertices.")
     if not faces:

@@ -219,16 +219,16 @@ def _list(name: str, type_: str, objects: list[str]) -> str:
 
 
 def order_xml(order_id: str = "20240611_1432_Tech01_Doe", *, first: str = "Jane", last: str = "Doe",
-              ref_no: str = "CH-1042", items: str = "Anatomy bridge 24-26, Anatomy crown 36",
+              ref_no: str = "CH-1042", items: str = "Anatomy bridge 24-26, Anatomy crown 22",
               teeth: list[tuple[int, str]] | None = None, scans: list[dict] | None = None,
               material: str = "Zirconia", shade: str = "A2", scan_date: int = 1718116320,
-              comments: str = "Please check the contact on 36.", manufacturer: str = "Smile Lab",
+              comments: str = "Please check the contact on 22.", manufacturer: str = "Smile Lab",
               connectors: list[tuple[int, int]] | None = None, delivery_date: int = 1718841600,
               extra_order: dict | None = None, prolog: str = '<?xml version="1.0" encoding="utf-8"?>\n') -> bytes:
     """A DentalContainer order XML shaped like real TRIOS / Dental System exports: teeth are given as
     (ToothNumber, CacheToothTypeClass), ToothNumber in Universal numbering as importers report it."""
-    if teeth is None:  # bridge 24-26 (Universal 12, 13, 14) and crown 36 (Universal 19)
-        teeth = [(12, "teCrown"), (13, "teCrownPontic"), (14, "teCrown"), (19, "teCrown")]
+    if teeth is None:  # bridge 24-26 (Universal 12, 13, 14) and crown 22 (Universal 10), all upper
+        teeth = [(12, "teCrown"), (13, "teCrownPontic"), (14, "teCrown"), (10, "teCrown")]
     if scans is None:
         scans = [
             {"ScanID": "S1", "ScanType": "stPreparationIntraOral", "ScanDate": scan_date - 600},
@@ -261,7 +261,7 @@ def order_xml(order_id: str = "20240611_1432_Tech01_Doe", *, first: str = "Jane"
             link_teeth.append(_obj("TDM_Item_LinkToothElement", {
                 "LinkToothElementID": f"LT{k}{side}", "LinkID": f"L{k}", "ToothElementID": f"TE{numbers.index(n) + 1}"}))
     body = (
-        f'<DentalContainer version="2022-1"><Object name="MainObject" type="TDM_Container">'
+        '<DentalContainer version="2022-1"><Object name="MainObject" type="TDM_Container">'
         + _list("OrderList", "Order", [_obj("TDM_Item_Order", order)])
         + _list("ModelJobList", "ModelJob", [_obj("TDM_Item_ModelJob", {"ModelJobID": "MJ1", "OrderID": order_id})])
         + _list("ModelElementList", "ModelElement", [_obj("TDM_Item_ModelElement", model)])
