@@ -6,8 +6,7 @@ views only use this interface:
 
 - `poll()`: the orders changed since the integration's `sync_cursor`, as VendorOrders; sets
   `next_cursor` for the sync job to store once they are all ingested.
-- `fetch(order_ref)`: one order as it is now (a callback or webhook only says "look at this"), or
-  None when the vendor does not know it (see `deletes_when_missing`).
+- `fetch(order_ref)`: one order as it is now (a callback or webhook only says "look at this").
 - `verify_callback(request)`: check a vendor's notification and say what to re-read.
 - `test_connection()`: a short sentence of what the vendor answered, or VendorError.
 - `authorize_url(state, redirect_uri)` / `finish_authorization(code, redirect_uri)`: the OAuth 2

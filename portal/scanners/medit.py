@@ -63,6 +63,7 @@ class MeditAdapter(Adapter):
     def __init__(self, integration):
         super().__init__(integration)
         self._id = integration.id
+        self.skipped: list[tuple[str, str]] = []  # cases of a poll we could not read: (uuid, why)
         self._secrets: dict | None = None
         self._settings: dict | None = None
 
@@ -241,6 +242,7 @@ class MeditAdapter(Adapter):
             if strict:
                 raise VendorError(f"{LABEL} sent a case we can't read ({exc}).", "refused") from exc
             log.warning("Medit integration %s: a case we can't read was skipped (%s)", self._id, exc)
+            self.skipped.append((wire.case_uuid(case), f"{LABEL} sent a case we can't read ({exc})."))
             return None
 
     # -- webhooks ----------------------------------------------------------------------------------------
