@@ -442,7 +442,7 @@ def test_a_download_link_is_asked_for_when_needed(world, scanner, vendor):
 
 def test_429_and_500_are_the_integrations_last_error_until_the_next_sync_recovers(world, scanner, vendor):
     made = vendor.add_medit_case(patient=medit_patient(patient(world)))
-    vendor.fault("medit.cases_search", 429, retry_after=30)
+    vendor.fault("medit.cases_search", 429, retry_after=0)  # a wait asked for would hold the next sync back
 
     assert "HTTP 429" in sync(scanner, vendor)["error"]
     db.session.refresh(scanner)
