@@ -101,10 +101,6 @@ class MeditAdapter(Adapter):
         if errors:
             raise SettingsError(errors)
         settings = self.settings()
-        if self.integration.tokens and (client_id != stored.get("client_id")
-                                        or hosts["auth_host"] != settings.get("auth_host")
-                                        or hosts["resource_host"] != settings.get("resource_host")):
-            self.disconnect()
         sealed = {"client_id": client_id, "client_secret": client_secret,
                   "webhook_secret": webhook_secret or stored.get("webhook_secret", "")}
         previous_until = settings.get("previous_webhook_secret_until", "")
@@ -113,7 +109,12 @@ class MeditAdapter(Adapter):
             previous_until = (utcnow() + PREVIOUS_SECRET_KEPT).isoformat()
         elif stored.get("previous_webhook_secret"):
             sealed["previous_webhook_secret"] = stored["previous_webhook_secret"]
-        self.integration.credentials = crypto.seal(sealed)
+        sealed_text = crypto.seal(sealed)  # before anything changes: a missing key raises here
+        if self.integration.tokens and (client_id != stored.get("client_id")
+                                        or hosts["auth_host"] != settings.get("auth_host")
+                                        or hosts["resource_host"] != settings.get("resource_host")):
+            self.disconnect()
+        self.integration.credentials = sealed_text
         self.integration.set_config(scopes=scopes, previous_webhook_secret_until=previous_until, **hosts)
         self._secrets = self._settings = None
 

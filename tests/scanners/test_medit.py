@@ -235,6 +235,14 @@ def test_sign_in_trades_the_code_for_tokens_and_learns_the_clinics_group(scanner
                     "group Bright Smile Dental.")
 
 
+def test_another_client_or_host_ends_the_sign_in(scanner, vendor):
+    adapter_for(scanner).configure(client_id="AnotherMeditClientId000000000001", client_secret=CLIENT_SECRET,
+                                   auth_host=vendor.medit_url, resource_host=vendor.medit_url)
+
+    assert not scanner.connected and scanner.tokens == ""
+    assert crypto.unseal(scanner.credentials)["webhook_secret"] == WEBHOOK_SECRET  # kept: not typed again
+
+
 def test_a_sign_in_without_a_refresh_token_is_refused_and_stores_nothing(world, vendor):
     integration = factories.integration(world.practice, Vendor.MEDIT)
     integration.connected_at = None
