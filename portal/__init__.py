@@ -49,9 +49,12 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.people.routes import bp as people_bp
     from portal.reports.routes import bp as reports_bp
     from portal.scanners.hooks import bp as scanner_hooks_bp
+    from portal.scanners.routes import admin_bp as scanner_settings_bp
+    from portal.scanners.routes import bp as scans_bp
 
     for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp, users_bp,
-               password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp, scanner_hooks_bp):
+               password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp, scanner_hooks_bp,
+               scans_bp, scanner_settings_bp):
         app.register_blueprint(bp)
 
     from portal import cli

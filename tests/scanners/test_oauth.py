@@ -37,6 +37,7 @@ def test_a_fresh_token_is_used_as_it_is(world):
 
 def test_two_workers_finding_an_expired_token_refresh_it_once(app, expired):
     calls, results = [], []
+    integration_id = expired.id  # read here: the fixture's ORM object belongs to this thread's session
 
     def refresh(refresh_token):
         calls.append(refresh_token)
@@ -45,7 +46,7 @@ def test_two_workers_finding_an_expired_token_refresh_it_once(app, expired):
 
     def worker():
         with app.app_context():
-            results.append(oauth.access_token(expired.id, refresh).access_token)
+            results.append(oauth.access_token(integration_id, refresh).access_token)
             db.session.remove()
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
@@ -56,7 +57,7 @@ def test_two_workers_finding_an_expired_token_refresh_it_once(app, expired):
 
     assert calls == ["r1"]
     assert results == ["new-access"] * 3
-    assert oauth.read(expired.id).refresh_token == "r2"
+    assert oauth.read(integration_id).refresh_token == "r2"
 
 
 def test_a_token_the_vendor_refused_is_refreshed_once_even_before_it_expires(world):

@@ -1,0 +1,560 @@
+"""The scan inbox (/scans) and Settings → Scanners (/admin/scanners).
+
+Inbox: coordinators and admins act on scans, managers read. A row action answers an htmx request
+with the row alone (and the top bar's count out of band), and a plain form post with a redirect
+back (or the scan's page with the problem beside the control, 422). Another practice's scan or
+integration is not found (404).
+
+Settings: admins only. Credentials are write-only: the pages say whether each is set, never what
+it is. The vendor steps (connect, pair, test, sync, disconnect) go through the integration's
+adapter; a VendorError is shown as the vendor's reason and nothing is kept of the step.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint, abort, flash, g, make_response, redirect, render_template, request, session, url_for,
+)
+from flask_login import current_user
+
+from portal.audit.actor import Actor
+from portal.cases.models import LabCase
+from portal.cases.services import patient_options
+from portal.extensions import db
+from portal.people.models import Patient
+from portal.practices.models import Role
+from portal.scanners import admin, inbox, services
+from portal.scanners.admin import IntegrationData, IntegrationInputError
+from portal.scanners.crypto import CredentialsError
+from portal.scanners.forms import (
+    ActionForm, CaseChoiceForm, DismissForm, PairForm, PatientForm, integration_form,
+)
+from portal.scanners.http import VendorError
+from portal.scanners.models import InboxState, Scan, ScannerIntegration
+from portal.scanners.services import ScanError
+from portal.scanners.vendor import Vendor
+from portal.tokens import public_url
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires, wants_fragment
+
+bp = Blueprint("scans", __name__, url_prefix="/scans")
+admin_bp = Blueprint("scanner_settings", __name__, url_prefix="/admin/scanners")
+ADMIN = (Role.ADMIN,)
+OAUTH_STATE = "scanner_oauth"
+PAIRING = "scanner_pairing"
+
+
+@bp.app_context_processor
+def _helpers():
+    """Lazy: nothing is queried unless a template asks (the board's htmx poll never does)."""
+
+    def pending_scans() -> int:
+        if g.get("practice") is None:
+            return 0
+        if "pending_scans" not in g:
+            g.pending_scans = inbox.pending_count(g.practice.id)
+        return g.pending_scans
+
+    def case_scans(case) -> list[Scan]:
+        return inbox.scans_with_files(case.id)
+
+    return {"pending_scans": pending_scans, "case_scans": case_scans, "InboxState": InboxState}
+
+
+# ==== the inbox ===================================================================================
+
+def _tab() -> InboxState:
+    try:
+        return InboxState(request.args.get("tab", InboxState.PENDING.value))
+    except ValueError:
+        return InboxState.PENDING
+
+
+def _vendor() -> Vendor | None:
+    try:
+        return Vendor(request.args["vendor"]) if request.args.get("vendor") else None
+    except ValueError:
+        return None
+
+
+@bp.get("/")
+@requires(*ANY_ROLE)
+def index():
+    tab, vendor = _tab(), _vendor()
+    page = inbox.list_scans(g.practice.id, tab, vendor, request.args.get("page", 1, type=int) or 1)
+    cases = inbox.open_cases(g.practice.id, [s.patient_id for s in page.scans
+                                             if s.patient_id and s.case_id is None])
+    return render("scanners/inbox.html", "inbox_body", tab=tab, vendor=vendor, page=page, open_cases=cases,
+                  counts=inbox.counts(g.practice.id, vendor), vendors=list(Vendor), here=request.full_path)
+
+
+@bp.get("/<int:scan_id>")
+@requires(*ANY_ROLE)
+def show(scan_id: int):
+    return _scan_page(get_or_404(Scan, scan_id))
+
+
+def _scan_page(scan: Scan, *, code: int = 200, error: str = "", error_at: str = ""):
+    q = request.args.get("q", scan.patient_last_name)[:100]
+    cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
+    return render("scanners/scan.html", "scan_main", code=code, s=scan, q=q, history=_history(scan),
+                  patients=patient_options(g.practice.id, q, scan.patient_id) if _needs_patient(scan) else [],
+                  cases=cases.get(scan.patient_id, []), events=inbox.scan_events(scan),
+                  files=inbox.bite_partners(scan), error=error, error_at=error_at)
+
+
+def _history(scan: Scan) -> list[tuple[str, dt.datetime | None]]:
+    """The vendor's status history with its times read (stored as ISO text)."""
+    found = []
+    for entry in scan.history_list:
+        try:
+            at = dt.datetime.fromisoformat(entry["at"]) if entry.get("at") else None
+        except (TypeError, ValueError):
+            at = None
+        found.append((str(entry.get("status", "")), at))
+    return found
+
+
+def _needs_patient(scan: Scan) -> bool:
+    return scan.case_id is None and scan.inbox is not InboxState.LINKED
+
+
+@bp.get("/<int:scan_id>/patients")
+@requires(*CAN_EDIT)
+def patients(scan_id: int):
+    """The match-patient choices for what was typed (htmx active search, and the row's menu)."""
+    scan = get_or_404(Scan, scan_id)
+    q = request.args.get("q", scan.patient_last_name)[:100]
+    response = make_response(render_template("scanners/_patient_options.html", s=scan,
+                                             patients=patient_options(g.practice.id, q, None)))
+    response.vary.add("HX-Request")
+    return response
+
+
+def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "", error_at: str = ""):
+    """The row for htmx (with the top bar's count out of band); otherwise back where the person
+    was, or the scan's page with the problem beside the control."""
+    if wants_fragment() and (request.htmx.target or "") == f"scan-{scan.id}":
+        cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
+        g.pop("pending_scans", None)
+        body = render_template("scanners/_row.html", s=scan, cases=cases.get(scan.patient_id, []), note=note,
+                               error=error, error_at=error_at, tab=_tab(), oob_badge=True)
+        response = make_response(body, code)
+        response.vary.add("HX-Request")
+        return response
+    if error:
+        return _scan_page(scan, code=code, error=error, error_at=error_at)
+    flash(note, "success")
+    return redirect(_next(url_for("scans.show", scan_id=scan.id)), 303)
+
+
+def _next(default: str) -> str:
+    target = request.form.get("next") or ""
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
+        return default
+    return target
+
+
+def _scan_action(scan_id: int, form, at: str, act):
+    """Load, check, validate, act, commit; `act(scan, form, actor)` returns the note for the person."""
+    scan = get_or_404(Scan, scan_id)
+    if not form.validate():
+        message = next((e for errs in form.errors.values() for e in errs), "Check the form.")
+        if "csrf_token" in form.errors:
+            abort(400)
+        return _row_response(scan, code=422, error=message, error_at=at)
+    try:
+        note = act(scan, form, Actor.user(current_user))
+    except ScanError as exc:
+        db.session.rollback()
+        scan = db.session.get(Scan, scan_id)
+        return _row_response(scan, code=422, error=str(exc), error_at=at)
+    db.session.commit()
+    return _row_response(scan, note=note)
+
+
+def _placed(scan: Scan, action: str) -> str:
+    if scan.case_id is None:
+        return scan.problem or "The scan waits for a case."
+    verb = {"created": "is on a new draft case", "joined": "joined"}.get(action, "is on")
+    return f"The scan {verb} {scan.case.number}."
+
+
+@bp.post("/<int:scan_id>/patient")
+@requires(*CAN_EDIT)
+def match(scan_id: int):
+    def act(scan, form, actor):
+        patient = db.session.get(Patient, form.patient_id.data)
+        if patient is None or patient.practice_id != g.practice.id:
+            raise ScanError("Choose the patient from the list.")
+        result = services.assign_patient(scan, patient, actor)
+        return f"Matched to {patient.first_name} {patient.last_name}. " + _placed(scan, result.case_action)
+
+    return _scan_action(scan_id, PatientForm(), "patient", act)
+
+
+@bp.post("/<int:scan_id>/case")
+@requires(*CAN_EDIT)
+def choose_case(scan_id: int):
+    def act(scan, form, actor):
+        case = db.session.get(LabCase, form.case_id.data)
+        if case is None or case.practice_id != g.practice.id:
+            raise ScanError("Choose one of the patient's open cases.")
+        services.assign_case(scan, case, actor)
+        return f"The scan is on {case.number}."
+
+    return _scan_action(scan_id, CaseChoiceForm(), "case", act)
+
+
+@bp.post("/<int:scan_id>/new-case")
+@requires(*CAN_EDIT)
+def new_case(scan_id: int):
+    def act(scan, form, actor):
+        case = services.new_case_for(scan, actor)
+        return f"New draft case {case.number} created from the scan; check it and send it to the lab."
+
+    return _scan_action(scan_id, ActionForm(), "case", act)
+
+
+@bp.post("/<int:scan_id>/dismiss")
+@requires(*CAN_EDIT)
+def dismiss(scan_id: int):
+    def act(scan, form, actor):
+        services.dismiss(scan, form.reason.data, actor)
+        return "Dismissed. It stays under “Dismissed” and can be restored."
+
+    return _scan_action(scan_id, DismissForm(), "dismiss", act)
+
+
+@bp.post("/<int:scan_id>/restore")
+@requires(*CAN_EDIT)
+def restore(scan_id: int):
+    def act(scan, form, actor):
+        services.restore(scan, actor)
+        return "Restored. " + _placed(scan, "")
+
+    return _scan_action(scan_id, ActionForm(), "restore", act)
+
+
+# ==== Settings → Scanners =========================================================================
+
+def _integration_or_404(integration_id: int) -> ScannerIntegration:
+    return get_or_404(ScannerIntegration, integration_id)
+
+
+@admin_bp.get("/")
+@requires(*ADMIN)
+def index():
+    return render("scanners/settings.html", "integrations", integrations=admin.integrations(g.practice.id),
+                  vendors=admin.offered_vendors(), form=ActionForm(), since=admin.since)
+
+
+def _form_page(form, vendor: Vendor, integration: ScannerIntegration | None, code: int = 200):
+    labs = admin.lab_choices(g.practice.organization_id, integration)
+    return render("scanners/integration_form.html", "integration_form", form=form, vendor=vendor,
+                  integration=integration, labs=labs, settings=admin.SETTINGS[vendor],
+                  stored=admin.stored_secrets(integration) if integration else {}, code=code)
+
+
+def _fill_labs(form, integration: ScannerIntegration | None) -> None:
+    form.lab_ids.choices = [(lab.id, lab.name) for lab in admin.lab_choices(g.practice.organization_id, integration)]
+
+
+def _problems_beside_fields(form, problems: dict[str, str]) -> None:
+    for field, message in problems.items():
+        target = form[field] if field in form else None
+        if target is not None and message not in target.errors:
+            target.errors = list(target.errors) + [message]
+
+
+@admin_bp.route("/new", methods=["GET", "POST"])
+@requires(*ADMIN)
+def new():
+    try:
+        vendor = Vendor(request.values.get("vendor", ""))
+    except ValueError:
+        abort(404)
+    if vendor not in admin.offered_vendors():
+        abort(404)  # no adapter for it in this version: never a dead option
+    form = integration_form(vendor)
+    _fill_labs(form, None)
+    if request.method == "GET":
+        form.name.data = vendor.label
+        form.lab_ids.data = [value for value, _ in form.lab_ids.choices]  # all, by default
+        return _form_page(form, vendor, None)
+    ok = form.validate()
+    data = IntegrationData(form.name.data or "", form.lab_ids.data or [], form.values())
+    problems = admin.check(vendor, data)
+    _problems_beside_fields(form, problems)
+    if not ok or problems:
+        return _form_page(form, vendor, None, 422)
+    try:
+        integration = admin.create_integration(g.practice, vendor, data, Actor.user(current_user))
+    except (IntegrationInputError, CredentialsError) as exc:
+        db.session.rollback()
+        _problems_beside_fields(form, {getattr(exc, "field", "name"): str(exc)})
+        return _form_page(form, vendor, None, 422)
+    db.session.commit()
+    flash(f"{integration.name} added. {_next_step(integration)}", "success")
+    return _redirect(url_for("scanner_settings.show", integration_id=integration.id))
+
+
+def _next_step(integration: ScannerIntegration) -> str:
+    caps = admin.capabilities(integration)
+    if caps.uses_oauth:
+        return "Connect it to sign in at the vendor."
+    return "Test the connection to check the settings."
+
+
+def _redirect(target: str):
+    if request.htmx:
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target, 303)
+
+
+@admin_bp.route("/<int:integration_id>/edit", methods=["GET", "POST"])
+@requires(*ADMIN)
+def edit(integration_id: int):
+    integration = _integration_or_404(integration_id)
+    vendor = integration.vendor
+    if vendor not in admin.SETTINGS:
+        abort(404)
+    if request.method == "GET":
+        form = integration_form(vendor, integration, formdata=None)
+        _fill_labs(form, integration)
+        form.name.data = integration.name
+        form.lab_ids.data = [lab.id for lab in integration.labs]
+        config = integration.config
+        for s in admin.SETTINGS[vendor]:
+            if not s.secret:
+                form[s.key].data = config.get(s.key, s.default)
+        return _form_page(form, vendor, integration)
+    form = integration_form(vendor, integration)
+    _fill_labs(form, integration)
+    ok = form.validate()
+    data = IntegrationData(form.name.data or "", form.lab_ids.data or [], form.values())
+    problems = admin.check(vendor, data, integration)
+    _problems_beside_fields(form, problems)
+    if not ok or problems:
+        return _form_page(form, vendor, integration, 422)
+    try:
+        changed = admin.update_integration(integration, data, Actor.user(current_user))
+    except (IntegrationInputError, CredentialsError) as exc:
+        db.session.rollback()
+        _problems_beside_fields(form, {getattr(exc, "field", "name"): str(exc)})
+        return _form_page(form, vendor, integration, 422)
+    db.session.commit()
+    flash(f"{integration.name} saved ({_changed_words(changed)})." if changed else "Nothing changed.", "success")
+    return _redirect(url_for("scanner_settings.show", integration_id=integration.id))
+
+
+def _changed_words(changed: list[str]) -> str:
+    labels = {s.key: s.label.lower() for settings in admin.SETTINGS.values() for s in settings}
+    words = [labels.get(c.split(".", 1)[-1], c.split(".", 1)[-1]).replace("lab_ids", "labs") for c in changed]
+    return ", ".join(dict.fromkeys(words))
+
+
+def _show(integration: ScannerIntegration, *, code: int = 200, block: str | None = "integration_main", **extra):
+    response = render("scanners/integration.html", block, code=code, i=integration,
+                      caps=admin.capabilities(integration), stored=admin.stored_secrets(integration),
+                      settings=admin.SETTINGS.get(integration.vendor, ()), form=ActionForm(), since=admin.since,
+                      **{"test_result": None, "test_error": "", "new_url": "", "error": "", **extra})
+    if extra.get("new_url"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@admin_bp.get("/<int:integration_id>")
+@requires(*ADMIN)
+def show(integration_id: int):
+    return _show(_integration_or_404(integration_id))
+
+
+def _checked_action(integration_id: int) -> ScannerIntegration:
+    integration = _integration_or_404(integration_id)
+    if not ActionForm().validate():
+        abort(400)
+    return integration
+
+
+def _vendor_failed(integration_id: int, exc: Exception, what: str):
+    """A vendor step failed: keep nothing of it and say why on the integration's page."""
+    db.session.rollback()
+    integration = _integration_or_404(integration_id)
+    return _show(integration, code=409 if isinstance(exc, IntegrationInputError) else 502, block=None,
+                 error=f"{what}: {exc}")
+
+
+@admin_bp.post("/<int:integration_id>/active")
+@requires(*ADMIN)
+def set_active(integration_id: int):
+    integration = _checked_action(integration_id)
+    active = request.form.get("active") == "1"
+    changed = admin.set_active(integration, active, Actor.user(current_user))
+    db.session.commit()
+    note = (f"{integration.name} is {'active again' if active else 'paused: nothing is fetched or accepted from it'}."
+            if changed else f"{integration.name} was already {'active' if active else 'paused'}.")
+    if wants_fragment() and (request.htmx.target or "") == f"integration-{integration.id}":
+        response = make_response(render_template("scanners/_integration_row.html", i=integration, note=note,
+                                                 form=ActionForm(), since=admin.since))
+        response.vary.add("HX-Request")
+        return response
+    flash(note, "success")
+    return redirect(_next(url_for("scanner_settings.show", integration_id=integration.id)), 303)
+
+
+@admin_bp.post("/<int:integration_id>/test")
+@requires(*ADMIN)
+def test(integration_id: int):
+    integration = _checked_action(integration_id)
+    try:
+        answer, problem = admin.test_connection(integration), ""
+    except VendorError as exc:
+        db.session.rollback()
+        answer, problem = None, str(exc)
+    integration = _integration_or_404(integration_id)
+    return _show(integration, block="test_result", test_result=answer, test_error=problem)
+
+
+@admin_bp.post("/<int:integration_id>/sync")
+@requires(*ADMIN)
+def sync_now(integration_id: int):
+    integration = _checked_action(integration_id)
+    try:
+        admin.request_sync(integration, Actor.user(current_user))
+    except (IntegrationInputError, VendorError) as exc:
+        return _vendor_failed(integration_id, exc, "Sync not started")
+    db.session.commit()
+    flash("A sync is queued. Last sync and last error below show how it went; reload in a minute.", "success")
+    return _redirect(url_for("scanner_settings.show", integration_id=integration_id))
+
+
+@admin_bp.post("/<int:integration_id>/disconnect")
+@requires(*ADMIN)
+def disconnect(integration_id: int):
+    integration = _checked_action(integration_id)
+    try:
+        admin.disconnect(integration, Actor.user(current_user))
+    except (VendorError, CredentialsError) as exc:
+        return _vendor_failed(integration_id, exc, "Not disconnected")
+    db.session.commit()
+    flash(f"{integration.name} is disconnected; its tokens are forgotten. Connect it again to resume.", "success")
+    return _redirect(url_for("scanner_settings.show", integration_id=integration_id))
+
+
+@admin_bp.post("/<int:integration_id>/callback-url")
+@requires(*ADMIN)
+def callback_url(integration_id: int):
+    """Shows the new URL in this response only (never in a flash: the session cookie is signed,
+    not encrypted), with no-store."""
+    integration = _checked_action(integration_id)
+    url = admin.renew_callback_url(integration, Actor.user(current_user))
+    db.session.commit()
+    return _show(integration, block=None, new_url=url)
+
+
+# ---- connecting: the vendor's sign-in, then the account to pair to -----------------------------------
+
+def _redirect_uri() -> str:
+    return public_url(url_for("scanner_settings.oauth_callback"))
+
+
+@admin_bp.post("/<int:integration_id>/connect")
+@requires(*ADMIN)
+def connect(integration_id: int):
+    integration = _checked_action(integration_id)
+    try:
+        state, url = admin.start_sign_in(integration, _redirect_uri())
+    except (VendorError, CredentialsError) as exc:
+        return _vendor_failed(integration_id, exc, "Could not start the sign-in")
+    session[OAUTH_STATE] = {"state": state, "integration_id": integration.id, "practice_id": g.practice.id}
+    session.pop(PAIRING, None)
+    return redirect(url, 303)
+
+
+@admin_bp.get("/oauth/callback")
+@requires(*ADMIN)
+def oauth_callback():
+    """Where the vendor sends the person back after signing in. The state must be the one this
+    session started (single use); then the code is traded for tokens."""
+    started = session.pop(OAUTH_STATE, None) or {}
+    state = request.args.get("state", "")
+    if not started or not state or not hmac.compare_digest(state, str(started.get("state", ""))):
+        return render("error.html", code=400, status=400, message=(
+            "This sign-in was not started here, or it was already used. Nothing was changed; start it "
+            "again with Connect on the integration's page."))
+    if started.get("practice_id") != g.practice.id:
+        abort(404)
+    integration = _integration_or_404(started["integration_id"])
+    if request.args.get("error"):
+        reason = request.args.get("error_description") or request.args["error"]
+        return _show(integration, code=409, block=None,
+                     error=f"{integration.vendor.label} did not sign in: {reason[:200]}. Nothing was changed.")
+    code = request.args.get("code", "")
+    if not code:
+        return _show(integration, code=400, block=None,
+                     error=f"{integration.vendor.label} sent no authorization code. Nothing was changed.")
+    actor = Actor.user(current_user)
+    try:
+        admin.finish_sign_in(integration, code, _redirect_uri(), actor)
+    except (VendorError, CredentialsError) as exc:
+        return _vendor_failed(integration.id, exc, "Sign-in not completed")
+    db.session.commit()  # the adapter reads the new tokens as committed
+    try:
+        accounts = admin.pairing_accounts(integration)
+    except (VendorError, CredentialsError) as exc:
+        db.session.rollback()
+        integration = _integration_or_404(started["integration_id"])
+        admin.forget_sign_in(integration, actor, str(exc))
+        db.session.commit()
+        return _show(integration, code=502, block=None,
+                     error=f"Signed in, but the accounts could not be listed: {exc} The sign-in was undone; "
+                           "try Connect again.")
+    if accounts is None:
+        admin.mark_connected(integration, actor)
+        db.session.commit()
+        flash(f"{integration.name} is connected.", "success")
+        return redirect(url_for("scanner_settings.show", integration_id=integration.id), 303)
+    session[PAIRING] = {"integration_id": integration.id, "accounts": accounts}
+    return _pair_page(integration, PairForm(formdata=None), accounts)
+
+
+def _pair_page(integration, form, accounts, code: int = 200):
+    return render("scanners/pair.html", code=code, i=integration, form=form, accounts=accounts)
+
+
+@admin_bp.post("/<int:integration_id>/pair")
+@requires(*ADMIN)
+def pair(integration_id: int):
+    integration = _integration_or_404(integration_id)
+    pending = session.get(PAIRING) or {}
+    if pending.get("integration_id") != integration.id:
+        return _show(integration, code=409, block=None,
+                     error="This pairing is no longer open (it was finished, or another sign-in started). "
+                           "Connect again.")
+    accounts = [tuple(a) for a in pending.get("accounts", [])]
+    form = PairForm()
+    if not form.validate():
+        if "csrf_token" in form.errors:
+            abort(400)
+        return _pair_page(integration, form, accounts, 422)
+    chosen = next((a for a in accounts if a[0] == form.account_id.data), None)
+    if chosen is None:
+        form.account_id.errors = ["Choose one of the accounts listed."]
+        return _pair_page(integration, form, accounts, 422)
+    try:
+        admin.pair(integration, chosen, Actor.user(current_user))
+    except (VendorError, CredentialsError) as exc:
+        db.session.rollback()
+        form.account_id.errors = [f"{integration.vendor.label} did not pair: {exc}"]
+        return _pair_page(_integration_or_404(integration_id), form, accounts, 502)
+    db.session.commit()
+    session.pop(PAIRING, None)
+    flash(f"{integration.name} is paired to {chosen[1]} and connected.", "success")
+    return redirect(url_for("scanner_settings.show", integration_id=integration.id), 303)
+
