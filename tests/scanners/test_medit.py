@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -720,3 +721,50 @@ def test_medit_times_are_epoch_milliseconds_or_iso():
     assert wire.parse_time("2025-11-30T10:00:00.123Z") == dt.datetime(2025, 11, 30, 10, 0, 0, 123000)
     assert wire.parse_time(None) is None and wire.parse_time("soon") is None
     assert wire.epoch_ms(dt.datetime(2025, 11, 30, 10, 0, 0, 123000)) == 1764496800123
+
+
+# -- the admin pages end to end ----------------------------------------------------------------------------
+
+def test_an_admin_connects_medit_through_the_settings_pages(client, login, world, app, vendor, portal_url, queue,
+                                                            monkeypatch):
+    monkeypatch.setitem(app.config, "PUBLIC_BASE_URL", portal_url)
+    login("admin")
+    created = client.post("/admin/scanners/new?vendor=medit", {
+        "name": "Front desk i700", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "auth_host": vendor.medit_url, "resource_host": vendor.medit_url, "webhook_secret": WEBHOOK_SECRET,
+        "lab_ids": [world.labs["email"].id]})
+    assert created.status_code == 303, created.get_data(as_text=True)
+    integration = db.session.scalar(select(ScannerIntegration).where(ScannerIntegration.name == "Front desk i700"))
+
+    connect = client.post(f"/admin/scanners/{integration.id}/connect")
+    assert connect.status_code == 303 and connect.headers["Location"].startswith(f"{vendor.medit_url}/oauth/authorize?")
+    at_medit = httpx.get(connect.headers["Location"])  # the person's browser at Medit's sign-in page
+    back = at_medit.headers["Location"]
+    assert back.startswith(f"{portal_url}/admin/scanners/oauth/callback?code=")
+    done = client.get(back[len(portal_url):])  # ... and back with us, in the same session
+
+    assert done.status_code == 303, done.get_data(as_text=True)
+    db.session.expire_all()
+    integration = db.session.get(ScannerIntegration, integration.id)
+    assert integration.connected and integration.config["group_uuid"] == MEDIT_USER["group"]["uuid"]
+    tested = client.post(f"/admin/scanners/{integration.id}/test").get_data(as_text=True)
+    assert "signed in as Front Desk" in tested and "group Bright Smile Dental" in tested
+    page = client.post(f"/admin/scanners/{integration.id}/callback-url").get_data(as_text=True)
+    [hook] = re.findall(re.escape(portal_url) + r"/api/scanners/hooks/[A-Za-z0-9_-]{43}", page)
+    vendor.set_medit_webhook(hook, WEBHOOK_SECRET)  # what the admin enters in Medit's developer console
+
+    p = patient(world)
+    made = vendor.add_medit_case(patient=medit_patient(p))
+    assert delivered(vendor) == [204, 204]
+    drain(queue)
+    assert scan_of(made["uuid"]).case.patient_id == p.id
+
+    vendor.set_medit_webhook("", "")  # no webhook this time: "Sync now" brings it
+    later = vendor.add_medit_case(patient=medit_patient(p), status="SCAN", upload_status="STARTED")
+    assert client.post(f"/admin/scanners/{integration.id}/sync").status_code == 303
+    drain(queue)
+    assert scan_of(later["uuid"]).stage is OrderStage.IN_PROGRESS
+    assert [a for a in actions() if a.startswith("scanner.")][:5] == [
+        "scanner.created", "scanner.signed_in", "scanner.connected", "scanner.callback_url_renewed",
+        "scanner.sync_requested"]
+
