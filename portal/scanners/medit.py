@@ -3,11 +3,14 @@ reading one case, and the signed webhooks. Field names, paths and headers are in
 
 The integration row holds, sealed (`credentials`): `client_id` and `client_secret` (32 characters
 each, from Medit's developer console) and `webhook_secret` (the webhook signing secret, optional:
-without it only polling brings scans in). In plain settings: `auth_host` and `resource_host`
-(production by default; Medit's stage hosts, or the vendor sandbox, by configuration, each checked
-against SCANNER_ALLOWED_HOSTS before any call: W8), `scopes`, and what sign-in learnt from /v1/me:
-`group_uuid` (the clinic's group, sent as x-meditlink-group-uuid on every group call), `group_name`,
-`user`, `email`.
+without it only polling brings scans in), with `previous_webhook_secret` for a day after it was
+replaced (W3). In plain settings: `auth_host` and `resource_host` (production by default; Medit's
+stage hosts, or the vendor sandbox, by configuration, each checked against SCANNER_ALLOWED_HOSTS
+before any call: W8), `scopes` (USER GROUP CASE FILE ORDER offline_access unless set), and what
+sign-in learnt from /v1/me: `group_uuid` (the clinic's group, sent as x-meditlink-group-uuid on every
+group call), `group_name`, `user`, `email`. The admin pages store and check the typed values
+(portal/scanners/admin.py SETTINGS: the 32-character length, the hosts on the allow-list, the
+previous webhook secret kept on a change).
 
 Every resource call sends `Authorization: Bearer`, `x-meditlink-client-id`, and the group header on
 group calls. The access token comes from portal/scanners/oauth.py (refreshed before it expires,
@@ -30,7 +33,7 @@ import hmac
 import json
 import logging
 from collections.abc import Iterator
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from portal.practices.models import utcnow
 from portal.scanners import crypto, oauth
@@ -44,15 +47,6 @@ LABEL = wire.LABEL
 OVERLAP = dt.timedelta(minutes=5)
 FIRST_SYNC = dt.timedelta(days=7)
 MAX_PAGES = 1000  # a runaway guard: 100,000 changed cases in one window is not a clinic
-PREVIOUS_SECRET_KEPT = dt.timedelta(hours=24)  # a replaced webhook secret still verifies this long (W3)
-
-
-class SettingsError(ValueError):
-    """Credentials or settings that can't be used; `errors` maps each field to a sentence."""
-
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(errors.values()))
-        self.errors = errors
 
 
 @register
@@ -67,56 +61,7 @@ class MeditAdapter(Adapter):
         self._secrets: dict | None = None
         self._settings: dict | None = None
 
-    # -- configuration ---------------------------------------------------------------------------------
-
-    def configure(self, *, client_id: str, client_secret: str = "", webhook_secret: str = "",
-                  auth_host: str = "", resource_host: str = "", scopes: str = "") -> None:
-        """Validate and store the credentials (sealed) and settings; the caller audits and commits.
-
-        A blank secret keeps the stored one. A new client id or other hosts end the sign-in (the
-        tokens belong to the old ones). A new webhook secret keeps the one it replaces for
-        PREVIOUS_SECRET_KEPT, so deliveries signed during the switch still verify (W3).
-        Raises SettingsError and changes nothing when a value can't be used.
-        """
-        stored = self.credentials()
-        client_id, client_secret = client_id.strip(), client_secret.strip() or stored.get("client_secret", "")
-        webhook_secret = webhook_secret.strip()
-        errors: dict[str, str] = {}
-        if len(client_id) != wire.ID_LENGTH:
-            errors["client_id"] = f"The client ID from Medit's developer console is {wire.ID_LENGTH} characters."
-        if len(client_secret) != wire.ID_LENGTH:
-            errors["client_secret"] = (f"The client secret from Medit's developer console is {wire.ID_LENGTH} "
-                                       "characters.")
-        hosts = {}
-        for field, value, default in (("auth_host", auth_host, wire.PRODUCTION_AUTH),
-                                      ("resource_host", resource_host, wire.PRODUCTION_RESOURCES)):
-            try:
-                hosts[field] = _base_url(value or default)
-            except VendorError as exc:
-                errors[field] = str(exc)
-        scopes = " ".join(scopes.split()) or wire.SCOPES
-        if wire.OFFLINE_SCOPE not in scopes.split():
-            errors["scopes"] = (f"The scopes must include {wire.OFFLINE_SCOPE}: without it Medit gives no refresh "
-                                "token and the connection ends after an hour.")
-        if errors:
-            raise SettingsError(errors)
-        settings = self.settings()
-        sealed = {"client_id": client_id, "client_secret": client_secret,
-                  "webhook_secret": webhook_secret or stored.get("webhook_secret", "")}
-        previous_until = settings.get("previous_webhook_secret_until", "")
-        if webhook_secret and stored.get("webhook_secret") and webhook_secret != stored["webhook_secret"]:
-            sealed["previous_webhook_secret"] = stored["webhook_secret"]
-            previous_until = (utcnow() + PREVIOUS_SECRET_KEPT).isoformat()
-        elif stored.get("previous_webhook_secret"):
-            sealed["previous_webhook_secret"] = stored["previous_webhook_secret"]
-        sealed_text = crypto.seal(sealed)  # before anything changes: a missing key raises here
-        if self.integration.tokens and (client_id != stored.get("client_id")
-                                        or hosts["auth_host"] != settings.get("auth_host")
-                                        or hosts["resource_host"] != settings.get("resource_host")):
-            self.disconnect()
-        self.integration.credentials = sealed_text
-        self.integration.set_config(scopes=scopes, previous_webhook_secret_until=previous_until, **hosts)
-        self._secrets = self._settings = None
+    # -- what is stored ---------------------------------------------------------------------------------
 
     def credentials(self) -> dict:
         if self._secrets is None:
@@ -339,18 +284,3 @@ def _before(until) -> bool:
         return bool(until) and dt.datetime.fromisoformat(until) > utcnow()
     except (TypeError, ValueError):
         return False
-
-
-def _base_url(value: str) -> str:
-    """A host setting as a base URL ("openapi-auth.meditlink.com" -> "https://openapi-auth.meditlink.com"),
-    on the allow-list, https (plain http only on loopback, for the vendor sandbox)."""
-    text = value.strip().rstrip("/")
-    if "://" not in text:
-        text = f"https://{text}"
-    parts = urlsplit(text)
-    if parts.query or parts.fragment or not parts.hostname:
-        raise VendorError(f"{value!r} is not a host name or base URL.", "host")
-    if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise VendorError(f"{LABEL} is reached over https; {value!r} is not.", "host")
-    check_host(text)
-    return text

@@ -44,14 +44,12 @@ from portal.scanners.vendor import Asset, OrderStage, PatientRef, Vendor, Vendor
 
 LABEL = "Medit Link"
 
-# Hosts (configuration, checked against SCANNER_ALLOWED_HOSTS); stage hosts carry a "stage-" prefix.
+# Hosts are configuration (checked against SCANNER_ALLOWED_HOSTS); these are the defaults. Medit's
+# stage hosts are the same names with a "stage-" prefix.
 PRODUCTION_AUTH = "https://openapi-auth.meditlink.com"
 PRODUCTION_RESOURCES = "https://openapi-resources.meditlink.com"
-STAGE_AUTH = "https://stage-openapi-auth.meditlink.com"
-STAGE_RESOURCES = "https://stage-openapi-resources.meditlink.com"
 SCOPES = "USER GROUP CASE FILE ORDER offline_access"
 OFFLINE_SCOPE = "offline_access"  # without it Medit gives no refresh token
-ID_LENGTH = 32  # client ids and secrets
 
 # Auth host paths.
 AUTHORIZE_PATH = "/oauth/authorize"
@@ -70,8 +68,7 @@ SIGNATURE_HEADER = "x-meditlink-signature"
 EVENT_HEADER = "x-meditlink-event-code"
 
 # Case statuses and file fields.
-COMPLETED = "COMPLETED"
-STATUSES = ("FORM", "SCAN", "NEED_PROCESSING", "CAD", "CAM", "MILL", COMPLETED)
+COMPLETED = "COMPLETED"  # the others: FORM, SCAN, NEED_PROCESSING, CAD, CAM, MILL
 SCAN_DATA = "SCAN_DATA"
 FILE_KINDS = {SCAN_DATA: "scan", "CAD_DATA": "cad", "CAM_DATA": "cam", "MILLING_DATA": "cam",
               "ATTACHED_DATA": "other"}

@@ -19,6 +19,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 
 from jobs import scanners as scanner_jobs
+from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
@@ -26,7 +27,7 @@ from portal.demo.vendor_sandbox import MEDIT_USER, Sandbox
 from portal.extensions import db
 from portal.practices.models import utcnow
 from portal.queue import get_queue
-from portal.scanners import crypto, medit, oauth
+from portal.scanners import admin, crypto, medit, oauth
 from portal.scanners import medit_wire as wire
 from portal.scanners.adapters import CallbackRejected, Notice, adapter_for
 from portal.scanners.hooks import new_callback_url
@@ -91,15 +92,25 @@ def _clean(q) -> None:
         q.scheduled_job_registry.remove(job_id)
 
 
+def values(vendor, **changes) -> dict:
+    return {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "auth_host": vendor.medit_url,
+            "resource_host": vendor.medit_url, "webhook_secret": WEBHOOK_SECRET, **changes}
+
+
+def added(world, vendor, **changes) -> ScannerIntegration:
+    """A Medit integration as an admin adds it (Settings → Scanners), for the sandbox."""
+    integration = admin.create_integration(
+        world.practice, Vendor.MEDIT, admin.IntegrationData("Front desk", [world.labs["email"].id],
+                                                            values(vendor, **changes)),
+        Actor.user(world.users["admin"]))
+    db.session.commit()
+    return integration
+
+
 @pytest.fixture()
 def scanner(world, vendor):
-    """A Medit integration of the practice, configured for the sandbox and signed in."""
-    integration = factories.integration(world.practice, Vendor.MEDIT, labs=[world.labs["email"]])
-    integration.connected_at = None
-    adapter_for(integration).configure(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                                       webhook_secret=WEBHOOK_SECRET, auth_host=vendor.medit_url,
-                                       resource_host=vendor.medit_url)
-    db.session.commit()
+    """A Medit integration of the practice, for the sandbox, signed in."""
+    integration = added(world, vendor)
     connect(integration)
     return integration
 
@@ -175,45 +186,17 @@ def delivered(vendor) -> list[int]:
 
 # -- configuration and sign-in ------------------------------------------------------------------------
 
-def test_credentials_are_checked_and_sealed(world, vendor):
+def test_the_production_hosts_and_scopes_are_the_defaults(world, app, monkeypatch):
+    monkeypatch.setitem(app.config, "SCANNER_ALLOWED_HOSTS", "openapi-auth.meditlink.com")
     integration = factories.integration(world.practice, Vendor.MEDIT)
-    adapter = adapter_for(integration)
+    integration.credentials = crypto.seal({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
 
-    with pytest.raises(medit.SettingsError) as refused:
-        adapter.configure(client_id="short", client_secret=CLIENT_SECRET[:-1], auth_host=vendor.medit_url,
-                          resource_host="https://evil.example", scopes="USER CASE")
-    assert set(refused.value.errors) == {"client_id", "client_secret", "resource_host", "scopes"}
-    assert "32 characters" in refused.value.errors["client_id"]
-    assert "not on the allowed hosts" in refused.value.errors["resource_host"]
-    assert integration.credentials == ""  # nothing half-written
+    url = urlsplit(adapter_for(integration).authorize_url("s1", "https://portal.example/cb"))
 
-    adapter.configure(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, webhook_secret=WEBHOOK_SECRET,
-                      auth_host=vendor.medit_url, resource_host=vendor.medit_url)
-    assert CLIENT_SECRET not in integration.credentials and WEBHOOK_SECRET not in integration.credentials
-    assert crypto.unseal(integration.credentials)["client_secret"] == CLIENT_SECRET
-    assert integration.config["scopes"] == "USER GROUP CASE FILE ORDER offline_access"
-
-    adapter.configure(client_id=CLIENT_ID, auth_host=vendor.medit_url, resource_host=vendor.medit_url)
-    assert crypto.unseal(integration.credentials)["client_secret"] == CLIENT_SECRET  # blank keeps it
-
-
-def test_production_hosts_are_the_default(world, app, monkeypatch):
-    monkeypatch.setitem(app.config, "SCANNER_ALLOWED_HOSTS",
-                        "openapi-auth.meditlink.com,openapi-resources.meditlink.com")
-    integration = factories.integration(world.practice, Vendor.MEDIT)
-    adapter = adapter_for(integration)
-    adapter.configure(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
-
-    url = urlsplit(adapter.authorize_url("s1", "https://portal.example/cb"))
-
-    assert integration.config["resource_host"] == "https://openapi-resources.meditlink.com"
     assert (url.scheme, url.hostname, url.path) == ("https", "openapi-auth.meditlink.com", "/oauth/authorize")
     assert parse_qs(url.query) == {"client_id": [CLIENT_ID], "response_type": ["code"], "state": ["s1"],
                                    "redirect_uri": ["https://portal.example/cb"],
                                    "scope": ["USER GROUP CASE FILE ORDER offline_access"]}
-    with pytest.raises(medit.SettingsError, match="https"):
-        adapter.configure(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                          resource_host="http://openapi-resources.meditlink.com")
 
 
 def test_sign_in_trades_the_code_for_tokens_and_learns_the_clinics_group(scanner, vendor):
@@ -235,20 +218,8 @@ def test_sign_in_trades_the_code_for_tokens_and_learns_the_clinics_group(scanner
                     "group Bright Smile Dental.")
 
 
-def test_another_client_or_host_ends_the_sign_in(scanner, vendor):
-    adapter_for(scanner).configure(client_id="AnotherMeditClientId000000000001", client_secret=CLIENT_SECRET,
-                                   auth_host=vendor.medit_url, resource_host=vendor.medit_url)
-
-    assert not scanner.connected and scanner.tokens == ""
-    assert crypto.unseal(scanner.credentials)["webhook_secret"] == WEBHOOK_SECRET  # kept: not typed again
-
-
 def test_a_sign_in_without_a_refresh_token_is_refused_and_stores_nothing(world, vendor):
-    integration = factories.integration(world.practice, Vendor.MEDIT)
-    integration.connected_at = None
-    adapter = adapter_for(integration)
-    adapter.configure(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, auth_host=vendor.medit_url,
-                      resource_host=vendor.medit_url)
+    integration = added(world, vendor)
     integration.set_config(scopes="USER GROUP CASE FILE ORDER")  # as if edited by hand: no offline_access
     db.session.commit()
 
@@ -465,7 +436,7 @@ def test_429_and_500_are_the_integrations_last_error_until_the_next_sync_recover
     db.session.refresh(scanner)
     assert (scanner.last_error, scanner.last_error_at) == ("", None) and scanner.sync_cursor
     assert scan_of(made["uuid"]) is not None
-    assert [a for a in actions() if a.startswith("scanner.")] == [
+    assert [a for a in actions() if a.startswith("scanner.sync")] == [
         "scanner.sync_failed", "scanner.sync_failed", "scanner.sync_recovered"]
 
 
@@ -645,9 +616,10 @@ def test_a_deleted_case_shows_on_the_scan_and_leaves_the_lab_case_alone(world, h
 
 
 def test_a_new_webhook_secret_accepts_the_old_one_for_a_day(world, scanner, vendor):
-    adapter = adapter_for(scanner)
-    adapter.configure(client_id=CLIENT_ID, webhook_secret="the-new-signing-secret", auth_host=vendor.medit_url,
-                      resource_host=vendor.medit_url)
+    admin.update_integration(scanner, admin.IntegrationData(
+        "Front desk", [world.labs["email"].id],
+        values(vendor, client_id="", client_secret="", webhook_secret="the-new-signing-secret")),
+        Actor.user(world.users["admin"]))  # blank secrets keep the stored ones
     db.session.commit()
     raw = json.dumps({"schemaVersion": "2022-01-28", "dateIssued": 3, "case": {"uuid": "c-9"}}).encode()
 
