@@ -56,6 +56,10 @@ class Adapter:
     vendor: Vendor
     uses_oauth = True
     polls = True
+    # True when fetch() finding nothing means the vendor deleted the order: the order ref is the
+    # order id itself (Medit's case uuid), so a 404 on re-reading it is a deletion, and the scan is
+    # marked deleted at the vendor. False where the ref is something else (iTero's Rx id).
+    deletes_when_missing = False
 
     def __init__(self, integration: ScannerIntegration):
         self.integration = integration

@@ -257,10 +257,23 @@ def handle_event(event_id: int, source: str = "jobs.scanners.handle_events") -> 
         event.outcome, event.handled_at = "failed", utcnow()
         failed(db.session.get(ScannerIntegration, event.integration_id), exc, actor)
         return event.outcome
-    outcome = "ignored" if order is None else ingest_one(event.integration_id, order, "callback", actor)
+    if order is not None:
+        outcome = ingest_one(event.integration_id, order, "callback", actor)
+    elif adapter.deletes_when_missing:
+        outcome = gone(event.integration_id, order_ref, actor)
+    else:
+        outcome = "ignored"
     event = db.session.get(VendorEvent, event_id)
-    event.outcome, event.handled_at, event.error = ("done" if order is not None else "ignored"), utcnow(), ""
+    event.outcome, event.handled_at, event.error = ("ignored" if outcome == "ignored" else "done"), utcnow(), ""
     return outcome
+
+
+def gone(integration_id: int, order_id: str, actor: Actor) -> str:
+    """The vendor no longer has the order: its scan shows it was deleted there ("ignored" when we
+    never had it, or knew already). The lab case is left as it is: a person decides."""
+    integration = db.session.get(ScannerIntegration, integration_id)
+    scan = services.mark_deleted(integration.practice_id, integration.vendor, order_id, actor=actor)
+    return "ignored" if scan is None else "deleted"
 
 
 # -- the sweep -----------------------------------------------------------------------------------------
