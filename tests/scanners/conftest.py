@@ -68,3 +68,4 @@ def _clean(q) -> None:
                 Job.fetch(job_id, connection=q.connection).delete()
             except (NoSuchJobError, ValueError):  # ValueError: rq lost the job's execution record
                 registry.remove(job_id)
+

@@ -23,6 +23,7 @@ from portal.scanners.hooks import new_callback_url
 from portal.scanners.models import Scan, ScannerIntegration
 from portal.scanners.vendor import Jaw, OrderStage
 from tests import factories
+from tests.scanners.signin import finish_sign_in
 from tests.jobs import free_port
 from tests.scanners.itero_support import (
     ACCOUNT, ACCOUNT_NAME, CLIENT_ID, CLIENT_SECRET, connect, delivered, events, new_integration, patient_body,
@@ -612,7 +613,7 @@ def test_an_admin_connects_itero_through_the_settings_pages(client, login, world
     assert at_itero.status_code == 302
     back = at_itero.headers["Location"]
     assert back.startswith(f"{live}/admin/scanners/oauth/callback?code=")
-    choose = client.get(back[len(live):])  # ... and back with us, in the same session
+    choose = finish_sign_in(client, back[len(live):])  # ... and back with us, in the same session
     html = choose.get_data(as_text=True)
     assert choose.status_code == 200 and ACCOUNT_NAME in html and "Bright Smile Dental - Eastside" in html
     assert not db.session.get(ScannerIntegration, integration.id).connected

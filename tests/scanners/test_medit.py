@@ -36,6 +36,7 @@ from portal.scanners.models import FileState, InboxState, Scan, ScannerIntegrati
 from portal.scanners.sync import run_sync, store_notices
 from portal.scanners.vendor import Jaw, OrderStage, Vendor
 from tests import factories
+from tests.scanners.signin import finish_sign_in
 from tests.jobs import drain
 
 CLIENT_ID = "LabManagerTestMeditClient0000001"
@@ -713,7 +714,7 @@ def test_an_admin_connects_medit_through_the_settings_pages(client, login, world
     at_medit = httpx.get(connect.headers["Location"])  # the person's browser at Medit's sign-in page
     back = at_medit.headers["Location"]
     assert back.startswith(f"{portal_url}/admin/scanners/oauth/callback?code=")
-    done = client.get(back[len(portal_url):])  # ... and back with us, in the same session
+    done = finish_sign_in(client, back[len(portal_url):])  # ... and back with us, in the same session
 
     assert done.status_code == 303, done.get_data(as_text=True)
     db.session.expire_all()
