@@ -11,7 +11,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from flask import url_for
+from flask import current_app, url_for
 from sqlalchemy import select
 
 from portal.audit.actor import Actor
@@ -93,7 +93,8 @@ def _integration(practice: Practice, vendor: Vendor, name: str, values: dict, ac
 def _sign_in(integration: ScannerIntegration, actor: Actor) -> None:
     """What the admin's browser does on Connect: the vendor's sign-in page answers at once with a
     code (the sandbox signs in without asking), which is traded for tokens; then pairing."""
-    redirect_uri = public_url(url_for("scanner_settings.oauth_callback"))
+    with current_app.test_request_context():  # url_for needs one; nothing else runs inside it
+        redirect_uri = public_url(url_for("scanner_settings.oauth_callback"))
     state, url = admin.start_sign_in(integration, redirect_uri)
     answer = httpx.get(url, timeout=5)
     back = parse_qs(urlsplit(answer.headers.get("Location", "")).query)
