@@ -1,7 +1,7 @@
 """The outbox sweep: hand RQ every piece of work the database says is due: dispatches to send,
 order events (notices) to send, lab events stored but not yet applied, mail, scanner polls that
-are due, vendor notifications not yet acted on, and large scan files still waiting to be read
-(with the tidy-up of store folders no scan refers to).
+are due, vendor notifications not yet acted on, Rx / rescan requests to a scanner still waiting,
+and large scan files still waiting to be read (with the tidy-up of store folders no scan refers to).
 
 Run it every OUTBOX_SWEEP_SECONDS with RQ's cron scheduler, which loads this module:
 
@@ -29,13 +29,14 @@ def run() -> dict:
     from portal.dispatch import services as dispatch_services
     from portal.extensions import db
     from portal.labapi import services as labapi_services
+    from portal.scanners import rx as scanner_rx
     from portal.scanners import sync as scanner_sync
     from portal.scanners import uploads as scan_uploads
 
     with _app().app_context():
         result = {"dispatch": dispatch_services.sweep(), "notices": notices.sweep(),
                   "lab_events": labapi_services.sweep(), "scanners": scanner_sync.sweep(),
-                  "scan_files": scan_uploads.sweep()}
+                  "scanner_requests": scanner_rx.sweep(), "scan_files": scan_uploads.sweep()}
         db.session.rollback()  # these sweeps only read
         mail_sweep = _mail_sweep()
         if mail_sweep is not None:

@@ -56,6 +56,9 @@ def create_app(overrides: Mapping | None = None) -> Flask:
                password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp, scanner_hooks_bp,
                scans_bp, scanner_settings_bp):
         app.register_blueprint(bp)
+    from portal.scanners.rx_routes import bp as scanner_rx_bp
+
+    app.register_blueprint(scanner_rx_bp)
 
     from portal.scanners.upload_routes import bp as uploads_bp
     from portal.scanners.upload_routes import files_bp as scan_files_bp

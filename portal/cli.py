@@ -1,4 +1,4 @@
-"""Flask CLI commands: flask seed-demo, flask audit verify, flask create-user."""
+"""Flask CLI commands: flask seed-demo, flask audit verify, flask create-user, flask scanners ..."""
 from __future__ import annotations
 
 import secrets
@@ -12,6 +12,46 @@ from portal.config import INSTANCE
 from portal.extensions import db
 
 audit_cli = AppGroup("audit", help="The audit trail.")
+scanners_cli = AppGroup("scanners", help="Scanner integrations.")
+
+
+@scanners_cli.command("rotate-keys")
+def scanners_rotate_keys() -> None:
+    """Re-encrypt every integration's credentials and tokens with the first SCANNER_CREDENTIALS_KEYS key."""
+    from sqlalchemy import select
+
+    from portal.audit.actor import Actor
+    from portal.audit.service import record
+    from portal.scanners import crypto
+    from portal.scanners.models import ScannerIntegration
+
+    count = 0
+    for integration in db.session.scalars(select(ScannerIntegration)):
+        integration.credentials = crypto.rotate(integration.credentials)
+        integration.tokens = crypto.rotate(integration.tokens)
+        record("scanner.keys_rotated", "scanner_integration", integration.id, after={"encrypted_with": "first key"},
+               actor=Actor.system("cli"), practice_id=integration.practice_id)
+        count += 1
+    db.session.commit()
+    click.echo(f"Re-encrypted the credentials of {count} integration(s) with the first key.")
+
+
+@scanners_cli.command("demo-patients")
+def scanners_demo_patients() -> None:
+    """Print the demo scanner patients (First,Last,Chart,Date of birth; ...) for the vendor sandbox."""
+    from portal.scanners.demo import demo_patients
+
+    click.echo(";".join(demo_patients()))
+
+
+@scanners_cli.command("demo-connect")
+@click.option("--sandbox", "sandbox_url", required=True, help="The vendor sandbox's root URL.")
+def scanners_demo_connect(sandbox_url: str) -> None:
+    """Create and connect the demo practice's iTero and Medit integrations to the vendor sandbox."""
+    from portal.scanners.demo import connect
+
+    for line in connect(sandbox_url):
+        click.echo(f"Scanners: {line}")
 
 
 @audit_cli.command("verify")
@@ -82,5 +122,6 @@ def create_user(email: str, name: str, practice_id: tuple[int, ...], role: str, 
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(audit_cli)
+    app.cli.add_command(scanners_cli)
     app.cli.add_command(seed_demo)
     app.cli.add_command(create_user)

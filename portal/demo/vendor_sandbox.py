@@ -613,7 +613,9 @@ class Itero:
             self.orders: dict[str, dict] = {}  # order_id -> ORDER + "_account", "_t", "_scan"
             self.rxs: dict[str, dict] = {}  # rx_id -> the Rx + "_account", "_order"
             self.pairings: dict[str, dict] = {}  # account_id -> {"callback_url", "client_id"}
-            self.ids = itertools.count(1)
+            # Order ids go on from the clock, so a restarted demo sandbox never reuses an order id
+            # the portal already holds (a reused id would read as a rescan of someone else's order).
+            self.ids = itertools.count(int(time.time()) % 100_000_000 * 10)
 
     # --- OAuth and discovery ---
     def authorize(self, request: Request) -> Response:
@@ -822,7 +824,7 @@ class Itero:
 
     def _scan(self, rx_id: str, status: str, assets: list | None) -> dict:
         rx = self.rxs[rx_id]
-        order_id = str(31_000_000 + next(self.ids))
+        order_id = str(3_000_000_000 + next(self.ids))
         now = self.core.now_ms()
         order = {"order_id": order_id, "rx_id": rx_id, "status": status, "updated_at": iso(now),
                  "patient": rx["patient"], "doctor": rx["doctor"], "procedure": rx["procedure"],

@@ -5,7 +5,8 @@ and path in its own module (contracts/itero.md asks for one mapping module per v
 views only use this interface:
 
 - `poll()`: the orders changed since the integration's `sync_cursor`, as VendorOrders; sets
-  `next_cursor` for the sync job to store once they are all ingested.
+  `next_cursor` for the sync job to store once they are all ingested, and lists in `skipped` the
+  orders it could not read (one malformed order does not hold back the others).
 - `fetch(order_ref)`: one order as it is now (a callback or webhook only says "look at this").
 - `verify_callback(request)`: check a vendor's notification and say what to re-read.
 - `test_connection()`: a short sentence of what the vendor answered, or VendorError.
@@ -38,21 +39,34 @@ class CallbackRejected(Exception):
 @dataclass(frozen=True)
 class Notice:
     """One thing a verified notification asks us to re-read: `key` makes a repeat delivery a no-op
-    (W4), `order_ref` is what to fetch (iTero's Rx id, Medit's case uuid)."""
+    (W4), `order_ref` is what to fetch (iTero's Rx id, Medit's case uuid).
+
+    `coalesce` is for vendors that send no event id (iTero's callback carries only the Rx id): the
+    notice is stored unless a re-read of the same `order_ref` is still waiting, so a repeat while
+    one waits is one event, and a callback after the re-read started (a rescan) is a new one.
+    """
 
     key: str
     kind: str
     order_ref: str
+    coalesce: bool = False
 
 
 class Adapter:
     vendor: Vendor
     uses_oauth = True
     polls = True
+    # True when fetch() finding nothing means the vendor deleted the order: the order ref is the
+    # order id itself (Medit's case uuid), so a 404 on re-reading it is a deletion, and the scan is
+    # marked deleted at the vendor. False where the ref is something else (iTero's Rx id).
+    deletes_when_missing = False
 
     def __init__(self, integration: ScannerIntegration):
         self.integration = integration
         self.next_cursor: str | None = None
+        # Orders of a poll that could not be read: (order ref, why). The sync records them and
+        # goes on with the others.
+        self.skipped: list[tuple[str, str]] = []
 
     def poll(self) -> Iterable[VendorOrder]:
         raise NotImplementedError

@@ -43,7 +43,10 @@ class Setting:
     """One thing an integration of a vendor needs. `secret` ones are sealed into `credentials` and
     are write-only in the UI; the others are kept in `settings`. `kind` says how it is checked:
     "url" (http(s), host on SCANNER_ALLOWED_HOSTS), "path" (an absolute folder on this server),
-    "text". `length` is an exact length (Medit's 32-character client id and secret)."""
+    "text". `length` is an exact length (Medit's 32-character client id and secret). A `rotates`
+    secret (a webhook signing secret) keeps the value it replaces as `previous_<key>`, with
+    `previous_<key>_until` in settings, for ROTATION_OVERLAP: deliveries signed with either verify
+    while the vendor switches (RELIABILITY W3)."""
 
     key: str
     label: str
@@ -53,6 +56,10 @@ class Setting:
     length: int | None = None
     default: str = ""
     hint: str = ""
+    rotates: bool = False
+
+
+ROTATION_OVERLAP = dt.timedelta(hours=24)
 
 
 SETTINGS: dict[Vendor, tuple[Setting, ...]] = {
@@ -70,8 +77,9 @@ SETTINGS: dict[Vendor, tuple[Setting, ...]] = {
                 hint="Sign-in and tokens. Medit's stage hosts start with stage-."),
         Setting("resource_host", "Resource host", kind="url", default="https://openapi-resources.meditlink.com",
                 hint="Cases and files."),
-        Setting("webhook_secret", "Webhook signing secret", secret=True, required=False,
-                hint="Optional: Medit signs its webhooks with it; without one, webhooks are refused."),
+        Setting("webhook_secret", "Webhook signing secret", secret=True, required=False, rotates=True,
+                hint="Optional: Medit signs its webhooks with it; without one, webhooks are refused. "
+                     "A replaced secret still verifies for a day."),
     ),
     Vendor.THREESHAPE: (
         Setting("folder", "Watched import folder", kind="path",
@@ -264,6 +272,9 @@ def _apply_values(integration: ScannerIntegration, values: dict[str, str]) -> li
         value = values.get(setting.key, "").strip()
         if setting.secret:
             if value and stored.get(setting.key) != value:
+                if setting.rotates and stored.get(setting.key):
+                    stored[f"previous_{setting.key}"] = stored[setting.key]
+                    settings[f"previous_{setting.key}_until"] = (utcnow() + ROTATION_OVERLAP).isoformat()
                 stored[setting.key] = value
                 changed.append(setting.key)
         elif setting.kind == "url":

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, SelectMultipleField, StringField
+from wtforms import HiddenField, IntegerField, PasswordField, SelectMultipleField, StringField
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
 from wtforms.widgets import CheckboxInput, ListWidget
 
@@ -84,6 +84,13 @@ def integration_form(vendor: Vendor, integration: ScannerIntegration | None = No
 class ActionForm(FlaskForm):
     """Only the CSRF token: pause, resume, connect, test, sync, disconnect, a new notification URL,
     restore, a new case."""
+
+
+class FinishSignInForm(FlaskForm):
+    """The vendor's authorization code and the state, carried from the sign-in's return to a POST."""
+
+    code = HiddenField(validators=[InputRequired(), Length(max=2000)])
+    state = HiddenField(validators=[InputRequired(), Length(max=200)])
 
 
 class PairForm(FlaskForm):

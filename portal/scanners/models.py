@@ -263,3 +263,39 @@ class ScanRequest(db.Model):
 
     integration = relationship("ScannerIntegration")
     case = relationship("LabCase")
+
+
+class RescanState(enum.StrEnum):
+    PENDING = "pending"  # waiting for the job that asks the vendor
+    SENT = "sent"  # the vendor sent the scan back to the doctor
+    FAILED = "failed"
+
+    @property
+    def label(self) -> str:
+        return {"pending": "Asking the scanner", "sent": "Sent back to the doctor", "failed": "Failed"}[self.value]
+
+
+class RescanRequest(db.Model):
+    """The practice asked the scanner vendor to send a case's scan back to the doctor for a rescan
+    (iTero's Return to doctor). Written with the request, then a job asks the vendor (outbox); the
+    rescan comes back as the same order with new files and joins the case like any report."""
+
+    __table_args__ = (Index("ix_rescan_request_state", "state", "updated_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("lab_case.id"), index=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id"))
+    integration_id: Mapped[int] = mapped_column(ForeignKey("scanner_integration.id"))
+    order_id: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(500))
+    state: Mapped[RescanState] = mapped_column(Enum(RescanState, native_enum=False, length=12),
+                                               default=RescanState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(300), default="")
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    integration = relationship("ScannerIntegration")
+    case = relationship("LabCase")
+    scan = relationship("Scan")

@@ -30,7 +30,7 @@ from portal.scanners import admin, inbox, services
 from portal.scanners.admin import IntegrationData, IntegrationInputError
 from portal.scanners.crypto import CredentialsError
 from portal.scanners.forms import (
-    ActionForm, CaseChoiceForm, DismissForm, PairForm, PatientForm, integration_form,
+    ActionForm, CaseChoiceForm, DismissForm, FinishSignInForm, PairForm, PatientForm, integration_form,
 )
 from portal.scanners.http import VendorError
 from portal.scanners.models import InboxState, Scan, ScannerIntegration
@@ -245,9 +245,9 @@ def _integration_or_404(integration_id: int) -> ScannerIntegration:
     return get_or_404(ScannerIntegration, integration_id)
 
 
-@admin_bp.get("/")
+@admin_bp.get("/", endpoint="index")
 @requires(*ADMIN)
-def index():
+def settings_index():
     return render("scanners/settings.html", "integrations", integrations=admin.integrations(g.practice.id),
                   vendors=admin.offered_vendors(), form=ActionForm(), since=admin.since)
 
@@ -369,9 +369,9 @@ def _show(integration: ScannerIntegration, *, code: int = 200, block: str | None
     return response
 
 
-@admin_bp.get("/<int:integration_id>")
+@admin_bp.get("/<int:integration_id>", endpoint="show")
 @requires(*ADMIN)
-def show(integration_id: int):
+def integration_show(integration_id: int):
     return _show(_integration_or_404(integration_id))
 
 
@@ -480,18 +480,15 @@ def connect(integration_id: int):
 @admin_bp.get("/oauth/callback")
 @requires(*ADMIN)
 def oauth_callback():
-    """Where the vendor sends the person back after signing in. The state must be the one this
-    session started (single use); then the code is traded for tokens."""
-    started = session.pop(OAUTH_STATE, None) or {}
-    state = request.args.get("state", "")
-    if not started or not state or not hmac.compare_digest(state, str(started.get("state", ""))):
-        return render("error.html", code=400, status=400, message=(
-            "This sign-in was not started here, or it was already used. Nothing was changed; start it "
-            "again with Connect on the integration's page."))
-    if started.get("practice_id") != g.practice.id:
-        abort(404)
-    integration = _integration_or_404(started["integration_id"])
+    """Where the vendor sends the person back after signing in. Nothing is stored on this GET
+    (F1): the page checks the state this session started and asks the person to finish, with a
+    POST carrying the code (and the CSRF token)."""
+    started, state = session.get(OAUTH_STATE) or {}, request.args.get("state", "")
+    integration, refusal = _sign_in_started(started, state)
+    if refusal is not None:
+        return refusal
     if request.args.get("error"):
+        session.pop(OAUTH_STATE, None)
         reason = request.args.get("error_description") or request.args["error"]
         return _show(integration, code=409, block=None,
                      error=f"{integration.vendor.label} did not sign in: {reason[:200]}. Nothing was changed.")
@@ -499,9 +496,25 @@ def oauth_callback():
     if not code:
         return _show(integration, code=400, block=None,
                      error=f"{integration.vendor.label} sent no authorization code. Nothing was changed.")
+    form = FinishSignInForm(formdata=None, data={"code": code[:2000], "state": state})
+    return render("scanners/finish_sign_in.html", i=integration, form=form)
+
+
+@admin_bp.post("/oauth/callback")
+@requires(*ADMIN)
+def finish_sign_in():
+    """The person finishes the sign-in: the state is used up and the code traded for tokens."""
+    form = FinishSignInForm()
+    started = session.pop(OAUTH_STATE, None) or {}
+    integration, refusal = _sign_in_started(started, form.state.data or "")
+    if refusal is not None:
+        return refusal
+    if not form.validate():
+        return _show(integration, code=400, block=None,
+                     error=f"{integration.vendor.label} sent no authorization code. Nothing was changed.")
     actor = Actor.user(current_user)
     try:
-        admin.finish_sign_in(integration, code, _redirect_uri(), actor)
+        admin.finish_sign_in(integration, form.code.data, _redirect_uri(), actor)
     except (VendorError, CredentialsError) as exc:
         return _vendor_failed(integration.id, exc, "Sign-in not completed")
     db.session.commit()  # the adapter reads the new tokens as committed
@@ -522,6 +535,18 @@ def oauth_callback():
         return redirect(url_for("scanner_settings.show", integration_id=integration.id), 303)
     session[PAIRING] = {"integration_id": integration.id, "accounts": accounts}
     return _pair_page(integration, PairForm(formdata=None), accounts)
+
+
+def _sign_in_started(started: dict, state: str):
+    """(the integration, None) when `state` is the one this session's Connect started, else
+    (None, the page that says why). Another practice's integration is not found."""
+    if not started or not state or not hmac.compare_digest(state, str(started.get("state", ""))):
+        return None, render("error.html", code=400, status=400, message=(
+            "This sign-in was not started here, or it was already used. Nothing was changed; start it "
+            "again with Connect on the integration's page."))
+    if started.get("practice_id") != g.practice.id:
+        abort(404)
+    return _integration_or_404(started["integration_id"]), None
 
 
 def _pair_page(integration, form, accounts, code: int = 200):

@@ -20,7 +20,6 @@ Services flush; the request or job commits.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from dataclasses import dataclass
@@ -135,6 +134,22 @@ def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
         _follow_stage(scan, previous_stage, files_changed, actor)
     _settle(scan)
     return Ingested(scan, "new" if new else "updated", case_action)
+
+
+def mark_deleted(practice_id: int, vendor: Vendor, order_id: str, *, actor: Actor) -> Scan | None:
+    """The vendor deleted the order: the scan's stage says so (its fields and file references stay
+    as last reported, for the history). The case is not cancelled by it. None when there is no
+    such scan or it is marked already."""
+    scan = find_scan(practice_id, vendor, order_id)
+    if scan is None or scan.stage is OrderStage.DELETED:
+        return None
+    before = _summary(scan)
+    scan.stage, scan.updated_at = OrderStage.DELETED, utcnow()
+    scan.content_key = ""  # should the vendor report it again (restored), that report is applied
+    db.session.flush()
+    record("scan.deleted_at_vendor", "scan", scan.id, before=before, after=_summary(scan), actor=actor,
+           practice_id=practice_id)
+    return scan
 
 
 def _older(order: VendorOrder, scan: Scan) -> bool:

@@ -6,10 +6,18 @@ the vendor is being called (portal/scanners/oauth.py needs that). The cursor mov
 whole poll succeeded; a failed poll records the vendor's reason on the integration (and an audit
 row when it starts or stops failing) and the next sweep tries again.
 
+An order the adapter could not read (a malformed ORDER) is skipped and recorded (an audit row, the
+integration's last error) and the others are ingested; the cursor moves on, so it is read again
+when the vendor changes it. A vendor that asks us to wait (429 with Retry-After) is not polled
+again before that time, by the sweep or by "Sync now"; the job does not sleep. A vendor that
+points us at a host off the allow-list (W8) stops the integration: it is paused with the reason.
+
 A notification (iTero's scan callback, a Medit webhook) is verified and stored as a VendorEvent in
 the request (W5); a job re-reads each order through the vendor's API (W6) and ingests it. A
-repeat delivery has the same key and is not stored twice (W4); a callback that repeats the same
-order id after a rescan is a new event, and ingest compares the order's content anyway.
+repeat delivery has the same key and is not stored twice (W4); for a vendor without event ids
+(iTero), a repeat while a re-read of that order still waits is not stored either, and a callback
+that repeats the same order id after the re-read started (a rescan) is a new event. An event is
+"reading" while its job calls the vendor; a job that dies there leaves it for the sweep.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import logging
 from collections import Counter
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from portal.audit.actor import Actor
@@ -54,12 +62,28 @@ def can_sync(integration: ScannerIntegration) -> bool:
     return integration.active and adapter.polls and (integration.connected or not adapter.uses_oauth)
 
 
+def retry_wait(integration: ScannerIntegration) -> float | None:
+    """Seconds the vendor asked us to wait before the next call (its Retry-After), or None."""
+    value = integration.config.get("retry_not_before")
+    if not value:
+        return None
+    try:
+        left = (dt.datetime.fromisoformat(value) - utcnow()).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return left if left > 0 else None
+
+
 def run_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dict:
     """Poll one integration and ingest what changed; the caller owns the app context."""
     integration = db.session.get(ScannerIntegration, integration_id)
     if integration is None or not can_sync(integration):
         db.session.rollback()
         return {"skipped": True}
+    wait = retry_wait(integration)
+    if wait is not None:
+        db.session.rollback()
+        return {"skipped": True, "retry_after": round(wait, 1)}
     adapter = adapter_for(integration)
     actor = Actor.vendor(integration, source)
     db.session.commit()  # nothing of ours is open while the vendor is called
@@ -75,7 +99,11 @@ def run_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dict:
     integration = db.session.get(ScannerIntegration, integration_id)
     if adapter.next_cursor is not None:
         integration.sync_cursor = adapter.next_cursor
-    succeeded(integration, actor)
+    previous_error = integration.last_error
+    succeeded(integration, actor, recovered=not adapter.skipped)
+    if adapter.skipped:
+        unreadable(integration, adapter.skipped, actor, previous_error)
+        outcomes["unreadable"] = len(adapter.skipped)
     db.session.commit()
     return dict(outcomes)
 
@@ -97,10 +125,14 @@ def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Acto
     raise AssertionError("unreachable")
 
 
-def succeeded(integration: ScannerIntegration, actor: Actor) -> None:
+def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = True) -> None:
+    """The vendor answered. `recovered=False`: it did, but something of its answer is recorded as
+    the integration's error instead (orders that could not be read)."""
     now = utcnow()
     integration.last_sync_at = integration.last_success_at = now
-    if integration.last_error:
+    if integration.config.get("retry_not_before"):
+        integration.set_config(retry_not_before=None)
+    if integration.last_error and recovered:
         record("scanner.sync_recovered", "scanner_integration", integration.id,
                before={"last_error": integration.last_error}, after={"last_error": ""}, actor=actor,
                practice_id=integration.practice_id)
@@ -112,12 +144,39 @@ def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> N
     message = str(exc)[:500]
     if exc.kind == "auth":
         message = f"{message} Connect the integration again (Settings → Scanners)."[:500]
+    if exc.kind == "host":
+        message = f"Stopped: {message} Check the vendor's addresses, then resume the integration."[:500]
     integration.last_sync_at = now
     if integration.last_error != message:
         record("scanner.sync_failed", "scanner_integration", integration.id,
                before={"last_error": integration.last_error}, after={"last_error": message, "kind": exc.kind},
                actor=actor, practice_id=integration.practice_id, outcome="error")
     integration.last_error, integration.last_error_at = message, now
+    if exc.retry_after:
+        integration.set_config(retry_not_before=(now + dt.timedelta(seconds=exc.retry_after)).isoformat())
+    if exc.kind == "host" and integration.active:
+        # RELIABILITY W8: nothing was sent to that host; nothing more is tried until a person looks.
+        integration.active = False
+        record("scanner.stopped", "scanner_integration", integration.id, before={"active": True},
+               after={"active": False, "reason": message}, actor=actor, practice_id=integration.practice_id,
+               outcome="error")
+
+
+def unreadable(integration: ScannerIntegration, skipped: list[tuple[str, str]], actor: Actor,
+               previous_error: str) -> None:
+    """Orders of a poll the adapter could not read: each logged and audited, the first named in the
+    integration's last error (not audited again while the same error stands)."""
+    first_ref, first_why = skipped[0]
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    message = f"{len(skipped)} order(s) could not be read and were skipped{more}: {first_why}"[:500]
+    for ref, why in skipped:
+        log.warning("integration %s: order %s skipped: %s", integration.id, ref or "?", why)
+    if message != previous_error:
+        for ref, why in skipped:
+            record("scanner.order_unreadable", "scanner_integration", integration.id,
+                   after={"order": ref, "error": why[:300]}, actor=actor, practice_id=integration.practice_id,
+                   outcome="error")
+    integration.last_error, integration.last_error_at = message, utcnow()
 
 
 # -- notifications ------------------------------------------------------------------------------------
@@ -130,11 +189,16 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
 
     new = 0
     for notice in notices:
+        key = notice.key[:100]
+        if notice.coalesce:
+            key = _coalesced_key(integration.id, notice)
+            if key is None:
+                continue
         seen = db.session.scalar(select(VendorEvent.id).where(
-            VendorEvent.integration_id == integration.id, VendorEvent.event_key == notice.key[:100]))
+            VendorEvent.integration_id == integration.id, VendorEvent.event_key == key))
         if seen is not None:
             continue
-        db.session.add(VendorEvent(integration_id=integration.id, event_key=notice.key[:100],
+        db.session.add(VendorEvent(integration_id=integration.id, event_key=key,
                                    kind=notice.kind[:40], order_ref=notice.order_ref[:100]))
         new += 1
     if new:
@@ -143,16 +207,34 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
     return new
 
 
+def _coalesced_key(integration_id: int, notice: Notice) -> str | None:
+    """None while a re-read of the notice's order waits (the repeat adds nothing); else a key made
+    of the notice's key and the newest event of that order, so two copies arriving at once collide
+    on the unique key and only one is stored."""
+    ref = notice.order_ref[:100]
+    waiting = db.session.scalar(select(VendorEvent.id).where(
+        VendorEvent.integration_id == integration_id, VendorEvent.order_ref == ref,
+        VendorEvent.outcome == "pending").limit(1))
+    if waiting is not None:
+        return None
+    last = db.session.scalar(select(func.max(VendorEvent.id)).where(
+        VendorEvent.integration_id == integration_id, VendorEvent.order_ref == ref))
+    return f"{notice.key[:80]}@{last or 0}"
+
+
+WAITING = ("pending", "reading")
+
+
 def pending_events(integration_id: int) -> list[int]:
     return list(db.session.scalars(select(VendorEvent.id).where(
-        VendorEvent.integration_id == integration_id, VendorEvent.outcome == "pending").order_by(VendorEvent.id)))
+        VendorEvent.integration_id == integration_id, VendorEvent.outcome.in_(WAITING)).order_by(VendorEvent.id)))
 
 
 def handle_event(event_id: int, source: str = "jobs.scanners.handle_events") -> str:
     """Re-read the order a stored notification names and ingest it; the event's outcome says what
     came of it. A transient vendor error leaves it pending for the sweep; the caller commits."""
     event = db.session.get(VendorEvent, event_id)
-    if event is None or event.outcome != "pending":
+    if event is None or event.outcome not in WAITING:
         return "nothing to do"
     integration = db.session.get(ScannerIntegration, event.integration_id)
     actor = Actor.vendor(integration, source)
@@ -161,6 +243,7 @@ def handle_event(event_id: int, source: str = "jobs.scanners.handle_events") -> 
         return event.outcome
     adapter = adapter_for(integration)
     order_ref = event.order_ref
+    event.outcome = "reading"  # from now on, a new notification of this order is a new event
     db.session.commit()  # nothing of ours is open while the vendor is called
     try:
         order = adapter.fetch(order_ref)
@@ -169,14 +252,28 @@ def handle_event(event_id: int, source: str = "jobs.scanners.handle_events") -> 
         event = db.session.get(VendorEvent, event_id)
         event.error = str(exc)[:300]
         if exc.transient:
+            event.outcome = "pending"
             return "retry"
         event.outcome, event.handled_at = "failed", utcnow()
         failed(db.session.get(ScannerIntegration, event.integration_id), exc, actor)
         return event.outcome
-    outcome = "ignored" if order is None else ingest_one(event.integration_id, order, "callback", actor)
+    if order is not None:
+        outcome = ingest_one(event.integration_id, order, "callback", actor)
+    elif adapter.deletes_when_missing:
+        outcome = gone(event.integration_id, order_ref, actor)
+    else:
+        outcome = "ignored"
     event = db.session.get(VendorEvent, event_id)
-    event.outcome, event.handled_at, event.error = ("done" if order is not None else "ignored"), utcnow(), ""
+    event.outcome, event.handled_at, event.error = ("ignored" if outcome == "ignored" else "done"), utcnow(), ""
     return outcome
+
+
+def gone(integration_id: int, order_id: str, actor: Actor) -> str:
+    """The vendor no longer has the order: its scan shows it was deleted there ("ignored" when we
+    never had it, or knew already). The lab case is left as it is: a person decides."""
+    integration = db.session.get(ScannerIntegration, integration_id)
+    scan = services.mark_deleted(integration.practice_id, integration.vendor, order_id, actor=actor)
+    return "ignored" if scan is None else "deleted"
 
 
 # -- the sweep -----------------------------------------------------------------------------------------
@@ -192,7 +289,7 @@ def sweep(grace_seconds: int = 30) -> dict:
     polled = 0
     for integration in db.session.scalars(select(ScannerIntegration).where(ScannerIntegration.active.is_(True))):
         try:
-            ready = can_sync(integration)
+            ready = can_sync(integration) and retry_wait(integration) is None
         except VendorError:
             continue
         if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
@@ -200,7 +297,7 @@ def sweep(grace_seconds: int = 30) -> dict:
                                    window=300, **job_options())
     cutoff = now - dt.timedelta(seconds=grace_seconds)
     waiting = db.session.scalars(select(VendorEvent.integration_id).where(
-        VendorEvent.outcome == "pending", VendorEvent.received_at <= cutoff).distinct()).all()
+        VendorEvent.outcome.in_(WAITING), VendorEvent.received_at <= cutoff).distinct()).all()
     for integration_id in waiting:
         enqueue_now(queue, HANDLE_EVENTS, integration_id, job_id=f"{events_key(integration_id)}-sweep",
                     **job_options())

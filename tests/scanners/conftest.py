@@ -1,16 +1,80 @@
-"""Fixtures for the scan-file tests: a document store of each test's own, an empty RQ queue, and an
-upload posted the way the page posts it (multipart, with the CSRF header)."""
+"""Fixtures of the scanner tests that talk HTTP: the vendor sandbox on loopback (iTero and Medit
+Link, portal/demo/vendor_sandbox.py), the app behind a real HTTP server for the sandbox's callbacks
+and webhooks, and a clean queue. For the scan-file tests: a document store of each test's own, and
+an upload posted the way the page posts it (multipart, with the CSRF header)."""
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
+from rq.job import Job
 from sqlalchemy import func, select
+from werkzeug.serving import make_server
 
 from portal.audit.models import AuditEvent
+from portal.demo.vendor_sandbox import Sandbox
 from portal.extensions import db as _db
+from portal.queue import get_queue
 from portal.scanners.models import Scan, ScanFile
+from tests.scanners.itero_support import CLIENT_ID, CLIENT_SECRET
+
+
+@pytest.fixture(scope="session")
+def sandbox_server():
+    server = Sandbox().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def sandbox(sandbox_server):
+    sandbox_server.reset()
+    sandbox_server.add_client("itero", CLIENT_ID, CLIENT_SECRET)
+    yield sandbox_server
+    sandbox_server.drain()
+    sandbox_server.reset()
+
+
+@pytest.fixture(scope="session")
+def app_server(app):
+    """The app behind werkzeug's server on a free loopback port: where the sandbox posts callbacks."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture()
+def live(app, app_server, monkeypatch):
+    """Callback URLs point at the live server."""
+    monkeypatch.setitem(app.config, "PUBLIC_BASE_URL", app_server)
+    return app_server
+
+
+@pytest.fixture()
+def queue(app, db):
+    q = get_queue()
+    _clean(q)
+    yield q
+    _clean(q)
+
+
+def _clean(q) -> None:
+    from rq.exceptions import NoSuchJobError
+
+    q.empty()
+    for key in q.connection.scan_iter("labmanager:once:*"):
+        q.connection.delete(key)
+    for registry in (q.scheduled_job_registry, q.failed_job_registry, q.finished_job_registry):
+        for job_id in registry.get_job_ids():
+            try:
+                Job.fetch(job_id, connection=q.connection).delete()
+            except (NoSuchJobError, ValueError):  # ValueError: rq lost the job's execution record
+                registry.remove(job_id)
 
 
 @pytest.fixture()
@@ -21,21 +85,8 @@ def store_dir(app, tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture()
-def scan_queue(app, db):
-    from portal.queue import get_queue
-
-    q = get_queue()
-    _clean(q)
-    yield q
-    _clean(q)
-
-
-def _clean(q) -> None:
-    # Finished or failed jobs of earlier tests may share a deterministic id with this test's (ids
-    # restart with the tables): enqueue_now replaces those, so only the waiting ones go.
-    q.empty()
-    for key in q.connection.scan_iter("labmanager:once:*"):
-        q.connection.delete(key)
+def scan_queue(queue):
+    return queue
 
 
 def post_upload(client, files: dict[str, bytes] | list[tuple[str, bytes]], *, patient=None, case=None,

@@ -37,14 +37,14 @@ def test_a_fresh_token_is_used_as_it_is(world):
 
 def test_two_workers_finding_an_expired_token_refresh_it_once(app, expired):
     calls, results = [], []
+    integration_id = expired.id  # read here: the fixture's ORM object belongs to this thread's session
 
     def refresh(refresh_token):
         calls.append(refresh_token)
         time.sleep(0.3)  # the vendor takes its time: the other worker must wait, not refresh too
         return {"access_token": "new-access", "refresh_token": "r2", "expires_in": 3600}
 
-    integration_id = expired.id  # read here: `expired` belongs to this thread's session, and reading an
-    # expired attribute from three threads at once races on it ("provisioning a new connection")
+    integration_id = expired.id  # read here: in the threads it would load through this thread's session
 
     def worker():
         with app.app_context():
@@ -59,7 +59,7 @@ def test_two_workers_finding_an_expired_token_refresh_it_once(app, expired):
 
     assert calls == ["r1"]
     assert results == ["new-access"] * 3
-    assert oauth.read(expired.id).refresh_token == "r2"
+    assert oauth.read(integration_id).refresh_token == "r2"
 
 
 def test_a_token_the_vendor_refused_is_refreshed_once_even_before_it_expires(world):

@@ -628,11 +628,20 @@ def test_the_sign_in_callback_needs_the_state_this_session_started(client, login
         s["scanner_oauth"] = {"state": "expected", "integration_id": scanner.id, "practice_id": world.practice.id}
     denied = client.get("/admin/scanners/oauth/callback?state=expected&error=access_denied")
     assert denied.status_code == 409 and "did not sign in: access_denied" in denied.get_data(as_text=True)
-    again = client.get("/admin/scanners/oauth/callback?state=expected&code=abc")  # a state works once
+    again = client.get("/admin/scanners/oauth/callback?state=expected&code=abc")  # a refused sign-in ends it
     assert again.status_code == 400
+    with client.raw.session_transaction() as s:
+        s["scanner_oauth"] = {"state": "expected", "integration_id": scanner.id, "practice_id": world.practice.id}
+    back = client.get("/admin/scanners/oauth/callback?state=expected&code=abc")  # GET stores nothing (F1)
+    assert back.status_code == 200 and 'name="code" type="hidden" value="abc"' in back.get_data(as_text=True)
+    forged = client.post("/admin/scanners/oauth/callback", {"code": "abc", "state": "forged"})
+    assert forged.status_code == 400 and "was not started here" in forged.get_data(as_text=True)
+    replay = client.post("/admin/scanners/oauth/callback", {"code": "abc", "state": "expected"})
+    assert replay.status_code == 400  # the forged POST used up the state: it works once
     with client.raw.session_transaction() as s:
         s["scanner_oauth"] = {"state": "expected", "integration_id": scanner.id, "practice_id": world.other_practice.id}
     assert client.get("/admin/scanners/oauth/callback?state=expected&code=abc").status_code == 404
+    assert client.post("/admin/scanners/oauth/callback", {"code": "abc", "state": "expected"}).status_code == 404
     assert rows() == before
 
 
