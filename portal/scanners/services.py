@@ -20,6 +20,7 @@ Services flush; the request or job commits.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass
