@@ -16,7 +16,6 @@ tokens on a connection of its own).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -176,10 +175,10 @@ def setting_problem(setting: Setting, value: str) -> str:
             return (f"{parts.hostname} is not on the allowed vendor hosts (SCANNER_ALLOWED_HOSTS); "
                     "ask whoever runs Lab Manager to add it.")
     if setting.kind == "path":
-        if not os.path.isabs(value):
-            return "Give an absolute path, starting with /."
-        if not os.path.isdir(value):
-            return "There is no such folder on the Lab Manager server."
+        from portal.scanners.folder import validate_settings  # the watched folder's own rules
+
+        problems = validate_settings({setting.key: value})
+        return problems[0] if problems else ""
     return ""
 
 

@@ -585,30 +585,6 @@ def test_a_new_notification_url_is_shown_once_and_never_audited(client, login, w
     assert url not in client.get(f"/admin/scanners/{scanner.id}").get_data(as_text=True)
 
 
-def test_a_vendor_without_an_adapter_says_so_and_its_buttons_refuse_clearly(client, login, world):
-    missing = [v for v in (Vendor.ITERO, Vendor.MEDIT, Vendor.THREESHAPE) if v not in adapters.supported()]
-    if not missing:
-        pytest.skip("every vendor has its adapter in this build")
-    integration = factories.integration(world.practice, missing[0], labs=[world.labs["email"]])
-    db.session.commit()
-    login("admin")
-    page = client.get(f"/admin/scanners/{integration.id}").get_data(as_text=True)
-    assert f"has no {missing[0].label} adapter" in page and ">Test connection<" not in page
-
-    tested = client.post(f"/admin/scanners/{integration.id}/test", htmx="test-result")
-    body = tested.get_data(as_text=True)
-    assert tested.status_code == 200 and body.lstrip().startswith('<div id="test-result"')
-    assert "The test failed." in body and f"{missing[0].label} is not supported yet." in body
-    before = rows()
-    synced = client.post(f"/admin/scanners/{integration.id}/sync")
-    assert synced.status_code == 409
-    assert f"This version has no {missing[0].label} adapter" in synced.get_data(as_text=True)
-    connect = client.post(f"/admin/scanners/{integration.id}/connect")
-    assert connect.status_code == 502 and "Could not start the sign-in" in connect.get_data(as_text=True)
-    assert client.post(f"/admin/scanners/{integration.id}/disconnect").status_code == 502
-    assert rows() == before and db.session.get(ScannerIntegration, integration.id).connected
-
-
 def test_a_paused_integration_is_not_synced(client, login, world, scanner):
     scanner.active = False
     db.session.commit()
