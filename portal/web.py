@@ -51,6 +51,15 @@ def render(template: str, block: str | None = None, *, code: int = 200, **contex
     return response
 
 
+def go_to(target: str, code: int = 303):
+    """After a change: htmx follows HX-Redirect (a 204 it does not swap), a plain form the redirect."""
+    if request.htmx:
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target, code)
+
+
 def current_practice() -> Practice:
     return g.practice
 

@@ -23,7 +23,7 @@ from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
 
@@ -124,11 +124,7 @@ def _save(form: CaseForm, case: LabCase | None):
     db.session.commit()
     flash(f"{case.number} saved.", "success")
     target = url_for("cases.show", case_id=case.id)
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target)
+    return go_to(target, 302)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -264,11 +260,7 @@ def _back(case: LabCase, message: str, level: str, status: int = 303):
     target = request.form.get("next") or url_for("cases.show", case_id=case.id)
     if not target.startswith("/") or target.startswith("//"):
         target = url_for("cases.show", case_id=case.id)
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(target)
 
 
 @bp.post("/<int:case_id>/check-in")

@@ -2,7 +2,7 @@
 update (order notice) the lab's API did not take."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, g, make_response, redirect, request, url_for
+from flask import Blueprint, abort, flash, g, request, url_for
 from flask_login import current_user
 
 from portal.audit.actor import Actor
@@ -13,7 +13,7 @@ from portal.dispatch.forms import RetryForm, SendForm
 from portal.dispatch.models import Dispatch, OrderNotice
 from portal.dispatch.validation import check_case
 from portal.extensions import db
-from portal.web import CAN_EDIT, get_or_404, render, requires
+from portal.web import CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("dispatch", __name__)
 
@@ -48,14 +48,6 @@ def _page(case: LabCase, form: SendForm, check, code: int = 200, error: str = ""
                   error=error, sendable=case.status in services.SENDABLE)
 
 
-def _redirect(target: str):
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
-
-
 @bp.route("/cases/<int:case_id>/send", methods=["GET", "POST"])
 @requires(*CAN_EDIT)
 def send(case_id: int):
@@ -79,7 +71,7 @@ def send(case_id: int):
     how = {"api": "The work order is on its way to", "email": "An email with a private link goes to",
            "manual": "Now phone"}[dispatch.channel.value]
     flash(f"{case.number} approved and sent. {how} {case.lab.name}.", "success")
-    return _redirect(url_for("cases.show", case_id=case.id))
+    return go_to(url_for("cases.show", case_id=case.id))
 
 
 @bp.post("/dispatch/<dispatch_id>/retry")
@@ -115,16 +107,16 @@ def _retry(dispatch: Dispatch):
     target = _target(case)
     if not RetryForm().validate():
         flash("The form expired; reload the page and try again.", "error")
-        return _redirect(target)
+        return go_to(target)
     try:
         services.retry(dispatch, Actor.user(current_user))
     except IllegalMove as exc:
         db.session.rollback()
         flash(str(exc), "error")
-        return _redirect(target)
+        return go_to(target)
     db.session.commit()
     flash(f"{case.number}: sending to {case.lab.name} again.", "success")
-    return _redirect(target)
+    return go_to(target)
 
 
 @bp.post("/notices/<int:notice_id>/retry")
@@ -147,18 +139,18 @@ def _retry_notices(case: LabCase, failed: list[OrderNotice]):
     target = _target(case)
     if not RetryForm().validate():
         flash("The form expired; reload the page and try again.", "error")
-        return _redirect(target)
+        return go_to(target)
     if not failed:
         flash(f"{case.number}: no update to {case.lab.name} is waiting for a retry.", "error")
-        return _redirect(target)
+        return go_to(target)
     try:
         for notice in failed:
             notices.retry(notice, Actor.user(current_user))
     except IllegalMove as exc:
         db.session.rollback()
         flash(str(exc), "error")
-        return _redirect(target)
+        return go_to(target)
     db.session.commit()
     what = failed[0].type.label.lower() if len(failed) == 1 else f"{len(failed)} updates"
     flash(f"{case.number}: sending the {what} to {case.lab.name} again.", "success")
-    return _redirect(target)
+    return go_to(target)

@@ -37,7 +37,7 @@ from portal.scanners.models import InboxState, Scan, ScannerIntegration
 from portal.scanners.services import ScanError
 from portal.scanners.vendor import Vendor
 from portal.tokens import public_url
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires, wants_fragment
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires, wants_fragment
 
 bp = Blueprint("scans", __name__, url_prefix="/scans")
 admin_bp = Blueprint("scanner_settings", __name__, url_prefix="/admin/scanners")
@@ -299,7 +299,7 @@ def new():
         return _form_page(form, vendor, None, 422)
     db.session.commit()
     flash(f"{integration.name} added. {_next_step(integration)}", "success")
-    return _redirect(url_for("scanner_settings.show", integration_id=integration.id))
+    return go_to(url_for("scanner_settings.show", integration_id=integration.id))
 
 
 def _next_step(integration: ScannerIntegration) -> str:
@@ -307,14 +307,6 @@ def _next_step(integration: ScannerIntegration) -> str:
     if caps.uses_oauth:
         return "Connect it to sign in at the vendor."
     return "Test the connection to check the settings."
-
-
-def _redirect(target: str):
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
 
 
 @admin_bp.route("/<int:integration_id>/edit", methods=["GET", "POST"])
@@ -350,7 +342,7 @@ def edit(integration_id: int):
         return _form_page(form, vendor, integration, 422)
     db.session.commit()
     flash(f"{integration.name} saved ({_changed_words(changed)})." if changed else "Nothing changed.", "success")
-    return _redirect(url_for("scanner_settings.show", integration_id=integration.id))
+    return go_to(url_for("scanner_settings.show", integration_id=integration.id))
 
 
 def _changed_words(changed: list[str]) -> str:
@@ -431,7 +423,7 @@ def sync_now(integration_id: int):
         return _vendor_failed(integration_id, exc, "Sync not started")
     db.session.commit()
     flash("A sync is queued. Last sync and last error below show how it went; reload in a minute.", "success")
-    return _redirect(url_for("scanner_settings.show", integration_id=integration_id))
+    return go_to(url_for("scanner_settings.show", integration_id=integration_id))
 
 
 @admin_bp.post("/<int:integration_id>/disconnect")
@@ -444,7 +436,7 @@ def disconnect(integration_id: int):
         return _vendor_failed(integration_id, exc, "Not disconnected")
     db.session.commit()
     flash(f"{integration.name} is disconnected; its tokens are forgotten. Connect it again to resume.", "success")
-    return _redirect(url_for("scanner_settings.show", integration_id=integration_id))
+    return go_to(url_for("scanner_settings.show", integration_id=integration_id))
 
 
 @admin_bp.post("/<int:integration_id>/callback-url")

@@ -2,7 +2,7 @@
 rescan (portal/scanners/rx.py does the work; jobs/itero.py calls iTero after the commit)."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, make_response, redirect, request, url_for
+from flask import Blueprint, flash, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import StringField
@@ -12,7 +12,7 @@ from portal.cases.models import LabCase
 from portal.extensions import db
 from portal.scanners import rx
 from portal.scanners.models import ScanRequest
-from portal.web import CAN_EDIT, get_or_404, requires
+from portal.web import CAN_EDIT, get_or_404, go_to, requires
 
 bp = Blueprint("scanner_rx", __name__)
 
@@ -42,11 +42,7 @@ def rescan_form(case: LabCase) -> RescanForm:
 
 def _back(case: LabCase):
     target = url_for("cases.show", case_id=case.id)
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(target)
 
 
 def _do(case: LabCase, form: FlaskForm, action, success: str):

@@ -28,7 +28,7 @@ from portal.scanners import links, store, uploads
 from portal.scanners.models import FileState, Scan, ScanFile
 from portal.scanners.upload_forms import UploadForm
 from portal.scanners.uploads import Incoming, UploadRefused
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("uploads", __name__, url_prefix="/scans")
 files_bp = Blueprint("scan_files", __name__, url_prefix="/scan-files")
@@ -124,11 +124,7 @@ def upload():
         raise
     flash(_note(received), "success")
     target = url_for("scans.show", scan_id=received.scan.id)
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(target)
 
 
 def _note(received: uploads.Received) -> str:

@@ -16,7 +16,7 @@ from portal.admin.users.forms import AddUserForm, RoleForm, SetPasswordForm
 from portal.admin.users.services import LastAdmin, UserInputError
 from portal.extensions import db, limiter
 from portal.practices.models import Membership, Role, User
-from portal.web import render, requires, wants_fragment
+from portal.web import go_to, render, requires, wants_fragment
 
 bp = Blueprint("users", __name__, url_prefix="/admin/users")
 password_bp = Blueprint("password", __name__, url_prefix="/set-password")
@@ -100,11 +100,7 @@ def _done(member: Membership, note: str):
         return _row(member, note=note)
     flash(note, "success")
     target = url_for("board.index")
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(target)
 
 
 def _refused(user_id: int, exc: UserInputError, at: str):
