@@ -11,33 +11,19 @@ seen, and the outbox sweep hands the event over again.
 """
 from __future__ import annotations
 
-import logging
-
 from jobs import app as _app
-
-log = logging.getLogger(__name__)
+from jobs import each_in_its_own_transaction
 
 
 def apply_pending(lab_id: int) -> list[str]:
     """Every pending event of one lab; returns their outcomes in order."""
-    from portal.extensions import db
     from portal.labapi import services
     from portal.queue import release
 
     with _app().app_context():
         release(services.drain_key(lab_id))
-        outcomes, failed = [], []
-        for lab_event_id in services.pending_ids(lab_id):
-            try:
-                outcomes.append(services.apply_stored(lab_event_id))
-                db.session.commit()
-            except Exception:
-                db.session.rollback()
-                log.exception("lab event %s could not be applied; it stays pending", lab_event_id)
-                failed.append(lab_event_id)
-        if failed:
-            raise RuntimeError(f"lab events {failed} of lab {lab_id} could not be applied; they stay pending")
-        return outcomes
+        return each_in_its_own_transaction(services.pending_ids(lab_id), services.apply_stored,
+                                           f"lab events of lab {lab_id}")
 
 
 def apply_event(lab_event_id: int) -> str:
