@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import random
@@ -329,17 +330,22 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return delay
 
 
+@functools.cache
+def _finish_statement(model: type[Dispatch] | type[OrderNotice], names: tuple[str, ...]):
+    """`finish`'s UPDATE for one outbox and one set of columns, built once (a handful in all)."""
+    return (update(model).where(model.id == bindparam("row_id"), model.state == DispatchState.SENDING)
+            .values({name: bindparam(f"new_{name}", type_=getattr(model, name).type) for name in names})
+            .execution_options(synchronize_session=False))
+
+
 def finish(row: Dispatch | OrderNotice, **values) -> bool:
     """Record an attempt's outcome only if the row is still ours: the case may have been sent again
     or cancelled while the request ran (then the row is superseded and stays as it is).
     Works for either outbox to a lab API (a dispatch or an order notice). Callers read what they
     need from `row` before this: it is expired afterwards, and touching it again would reload
     the row with one more SELECT."""
-    model = type(row)
-    done = db.session.execute(
-        update(model).where(model.id == row.id, model.state == DispatchState.SENDING)
-        .values(**values).execution_options(synchronize_session=False)
-    ).rowcount == 1
+    params = {"row_id": row.id, **{f"new_{name}": value for name, value in values.items()}}
+    done = db.session.execute(_finish_statement(type(row), tuple(sorted(values))), params).rowcount == 1
     if done:
         db.session.expire(row)  # the object reloads what was written when next read
     return done
