@@ -102,6 +102,8 @@ class Config:
         self.DISPATCH_MAX_ATTEMPTS = int(os.environ.get("DISPATCH_MAX_ATTEMPTS", "6"))
         self.DISPATCH_BACKOFF_BASE = float(os.environ.get("DISPATCH_BACKOFF_BASE", "5"))
         self.DISPATCH_BACKOFF_CAP = float(os.environ.get("DISPATCH_BACKOFF_CAP", "600"))
+        self.DISPATCH_BATCH_SIZE = int(os.environ.get("DISPATCH_BATCH_SIZE", "200"))
+        self.DISPATCH_BATCH_SECONDS = float(os.environ.get("DISPATCH_BATCH_SECONDS", "10"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
         self.RQ_QUEUE = os.environ.get("RQ_QUEUE", "labmanager")
         # Scanner integrations (portal/scanners): credentials encrypted with these Fernet keys (the

@@ -47,7 +47,8 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     queue = env.get("RQ_QUEUE", "labmanager")
     procs.append(subprocess.Popen(
-        [str(BIN / "rq"), "worker", "--with-scheduler", "--url", env["REDIS_URL"], "--path", str(ROOT),
+        [str(BIN / "rq"), "worker", "--worker-class", "jobs.worker.Worker", "--with-scheduler",
+         "--url", env["REDIS_URL"], "--path", str(ROOT),
          "--name", f"dev-{os.getpid()}", queue], env=env, cwd=ROOT))
     procs.extend(_extra_processes(env))
     procs.append(subprocess.Popen(

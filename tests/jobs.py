@@ -37,3 +37,12 @@ def drain(queue, timeout: float = 15.0, wait_for_scheduled: bool = True) -> None
         if not due:
             time.sleep(0.05)
     raise AssertionError("jobs still waiting after the timeout")
+
+
+def what_the_horse_found() -> dict:
+    """A job for tests/test_worker.py: what a work horse had before the job ran anything."""
+    import sys
+
+    import jobs
+
+    return {"app_built": jobs._app is not None, "jobs_dispatch_imported": "jobs.dispatch" in sys.modules}

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flask import g, has_request_context, request
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent, AuditHead
@@ -27,6 +27,10 @@ HASHED_FIELDS = (
 # The head row is never held as an ORM object while audit rows are written, so the session need
 # not search itself for one to update after each of these statements (every state change pays it).
 _NO_SYNC = {"synchronize_session": False}
+# Built once: building them for every row cost about as much as running them on SQLite.
+_TAKE_HEAD = (update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
+              .returning(AuditHead.seq, AuditHead.hash))
+_SET_HEAD_HASH = update(AuditHead).where(AuditHead.id == 1).values(hash=bindparam("head_hash"))
 
 
 def canonical(data: dict | None) -> str:
@@ -72,10 +76,7 @@ def record(
     actor = actor or _request_actor()
     # Take the chain head first: the UPDATE locks it (row lock on PostgreSQL, the write lock on
     # SQLite) until this transaction ends, so the prev_hash we read stays the newest one.
-    seq, prev = db.session.execute(
-        update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
-        .returning(AuditHead.seq, AuditHead.hash), execution_options=_NO_SYNC,
-    ).one()
+    seq, prev = db.session.execute(_TAKE_HEAD, execution_options=_NO_SYNC).one()
     source, ip = actor.source, ""
     if has_request_context():
         source = source or f"{request.method} {request.path}"[:120]
@@ -88,8 +89,7 @@ def record(
         outcome=outcome, correlation_id=correlation_id(), prev_hash=prev or GENESIS,
     )
     row.hash = row_hash(row)
-    db.session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=row.hash),
-                       execution_options=_NO_SYNC)
+    db.session.execute(_SET_HEAD_HASH, {"head_hash": row.hash}, execution_options=_NO_SYNC)
     db.session.add(row)
     db.session.flush()
     return row

@@ -182,12 +182,17 @@ def enqueue_attempt(notice: OrderNotice) -> None:
     enqueue_after_commit(DELIVER, notice.id, job_id=notice.job_id, **services.job_options(ON_FAILURE))
 
 
+# Built once: every delivered work order runs it.
+_NEXT_WAITING = (
+    select(OrderNotice).where(OrderNotice.dispatch_id == bindparam("dispatch_id"),
+                              OrderNotice.state == DispatchState.PENDING)
+    .order_by(OrderNotice.id).limit(1)
+)
+
+
 def release_next(dispatch_id: str) -> None:
     """The order's work order or one of its notices is done: hand RQ the next notice waiting."""
-    notice = db.session.scalar(
-        select(OrderNotice).where(OrderNotice.dispatch_id == dispatch_id,
-                                  OrderNotice.state == DispatchState.PENDING)
-        .order_by(OrderNotice.id).limit(1))
+    notice = db.session.scalar(_NEXT_WAITING, {"dispatch_id": dispatch_id})
     if notice is not None:
         enqueue_attempt(notice)
 

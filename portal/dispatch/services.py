@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import random
@@ -24,6 +25,7 @@ from portal.scanners.services import work_order_scans
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
 DELIVER = "jobs.dispatch.deliver"
+DELIVER_DUE = "jobs.dispatch.deliver_due"
 SCHEMA = "labmanager.work_order/1"
 
 
@@ -60,6 +62,28 @@ def job_options(on_failure: str = "jobs.dispatch.on_failure") -> dict:
 def lease_seconds() -> int:
     """How long an attempt holds the row; after that the sweep may start another attempt."""
     return job_timeout() + 1
+
+
+def batch_seconds() -> float:
+    """How long a lab's drain job keeps starting new attempts before it hands the rest to a new job."""
+    return float(current_app.config["DISPATCH_BATCH_SECONDS"])
+
+
+def batch_size() -> int:
+    """How many dispatches a lab's drain job reads at most; it hands the rest to a new job."""
+    return int(current_app.config["DISPATCH_BATCH_SIZE"])
+
+
+def batch_job_options() -> dict:
+    """RQ options of a lab's drain job (jobs.dispatch.deliver_due). It starts no attempt after
+    `batch_seconds()`, and the attempt under way then ends within one attempt's `job_timeout()`."""
+    return {"job_timeout": math.ceil(batch_seconds()) + job_timeout(), "result_ttl": 3600,
+            "failure_ttl": 7 * 86400}
+
+
+def drain_key(lab_id: int) -> str:
+    """The key the sends of one lab share one waiting `jobs.dispatch.deliver_due` job by."""
+    return f"dispatch-lab-{lab_id}"
 
 
 def latest_dispatch(case_id: int) -> Dispatch | None:
@@ -145,7 +169,7 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
         dispatch.state, dispatch.delivered_at = DispatchState.DELIVERED, now
     db.session.flush()
     if lab.channel is Channel.API:
-        enqueue_attempt(dispatch)
+        enqueue_drain(lab.id)
     elif lab.channel is Channel.EMAIL:
         from portal.ack.services import prepare_email_dispatch
 
@@ -179,10 +203,19 @@ def email_outcome(case_id: int, sent: bool, error: str, actor: Actor) -> None:
 
 
 def enqueue_attempt(dispatch: Dispatch) -> None:
-    """Hand the next attempt to RQ after the commit (the outbox relay)."""
+    """Hand the next attempt of this dispatch to RQ after the commit (the outbox relay)."""
     from portal.queue import enqueue_after_commit
 
     enqueue_after_commit(DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options())
+
+
+def enqueue_drain(lab_id: int) -> None:
+    """After the commit, make sure a drain job for the lab is waiting (the outbox relay of a new
+    dispatch): the first send of a burst enqueues `jobs.dispatch.deliver_due`, the others find it
+    waiting, and that one job makes the first attempt of each (portal/queue.py, SET NX)."""
+    from portal.queue import enqueue_once_after_commit
+
+    enqueue_once_after_commit(drain_key(lab_id), DELIVER_DUE, lab_id, **batch_job_options())
 
 
 def retry(dispatch: Dispatch, actor: Actor) -> None:
@@ -228,6 +261,23 @@ _CLAIM = (
             next_attempt_at=bindparam("lease_until", type_=Dispatch.next_attempt_at.type))
     .returning(Dispatch)
 )
+# A lab's drain job only makes first attempts: a dispatch that has been tried before belongs to its
+# own scheduled retry (or a person's Retry, or the sweep), which keeps its backoff.
+_CLAIM_FIRST = (
+    update(Dispatch)
+    .where(Dispatch.id == bindparam("dispatch_id"), Dispatch.channel == Channel.API,
+           Dispatch.state == DispatchState.PENDING, Dispatch.attempts == 0)
+    .values(state=DispatchState.SENDING, attempts=1,
+            next_attempt_at=bindparam("lease_until", type_=Dispatch.next_attempt_at.type))
+    .returning(Dispatch)
+)
+_FIRST_DUE = (
+    select(Dispatch.id)
+    .where(Dispatch.lab_id == bindparam("lab_id"), Dispatch.channel == Channel.API,
+           Dispatch.state == DispatchState.PENDING, Dispatch.attempts == 0,
+           Dispatch.next_attempt_at <= bindparam("now"))
+    .order_by(Dispatch.next_attempt_at, Dispatch.id).limit(bindparam("limit"))
+)
 _LAB_TARGET = (
     select(Lab.name, Lab.api_url, LabSecret.secret)
     .outerjoin(LabSecret, (LabSecret.lab_id == Lab.id) & LabSecret.revoked_at.is_(None))
@@ -246,9 +296,28 @@ def claim(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
     ).one_or_none()
 
 
+def claim_first(dispatch_id: str, now: dt.datetime | None = None) -> Dispatch | None:
+    """`claim`, for a lab's drain job: only a dispatch still waiting for its first attempt."""
+    now = now or utcnow()
+    lease_until = now + dt.timedelta(seconds=lease_seconds())
+    return db.session.scalars(
+        _CLAIM_FIRST, {"dispatch_id": dispatch_id, "lease_until": lease_until},
+        execution_options={"populate_existing": True, "synchronize_session": False},
+    ).one_or_none()
+
+
+def first_attempts_due(lab_id: int, limit: int, now: dt.datetime | None = None) -> list[str]:
+    """Ids of the lab's API dispatches waiting for their first attempt, oldest first."""
+    return list(db.session.scalars(_FIRST_DUE, {"lab_id": lab_id, "now": now or utcnow(), "limit": limit}))
+
+
 def lab_target(row: Dispatch | OrderNotice) -> tuple[str, str, list[str]]:
     """(lab name, API base URL, active signing secrets) of the row's lab, in one query."""
-    rows = db.session.execute(_LAB_TARGET, {"lab_id": row.lab_id}).all()
+    return lab_target_of(row.lab_id)
+
+
+def lab_target_of(lab_id: int) -> tuple[str, str, list[str]]:
+    rows = db.session.execute(_LAB_TARGET, {"lab_id": lab_id}).all()
     return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
@@ -262,17 +331,22 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return delay
 
 
+@functools.cache
+def _finish_statement(model: type[Dispatch] | type[OrderNotice], names: tuple[str, ...]):
+    """`finish`'s UPDATE for one outbox and one set of columns, built once (a handful in all)."""
+    return (update(model).where(model.id == bindparam("row_id"), model.state == DispatchState.SENDING)
+            .values({name: bindparam(f"new_{name}", type_=getattr(model, name).type) for name in names})
+            .execution_options(synchronize_session=False))
+
+
 def finish(row: Dispatch | OrderNotice, **values) -> bool:
     """Record an attempt's outcome only if the row is still ours: the case may have been sent again
     or cancelled while the request ran (then the row is superseded and stays as it is).
     Works for either outbox to a lab API (a dispatch or an order notice). Callers read what they
     need from `row` before this: it is expired afterwards, and touching it again would reload
     the row with one more SELECT."""
-    model = type(row)
-    done = db.session.execute(
-        update(model).where(model.id == row.id, model.state == DispatchState.SENDING)
-        .values(**values).execution_options(synchronize_session=False)
-    ).rowcount == 1
+    params = {"row_id": row.id, **{f"new_{name}": value for name, value in values.items()}}
+    done = db.session.execute(_finish_statement(type(row), tuple(sorted(values))), params).rowcount == 1
     if done:
         db.session.expire(row)  # the object reloads what was written when next read
     return done

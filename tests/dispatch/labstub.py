@@ -31,6 +31,7 @@ class LabStub:
         self.responses: list[dict] = []  # every answer, in order
         self.script: list[int | tuple[int, str]] = []  # answers to give next; then 201
         self.hang_next = 0  # how many requests to hold until `release` is set
+        self.hang_after = 0  # ...after answering this many first
         self.in_flight = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -96,9 +97,11 @@ class LabStub:
         with self.lock:
             self.requests.append({"headers": headers, "raw": raw, "path": handler.path})
             step = self.script.pop(0) if self.script else (204 if event_path else 201)
-            hang = self.hang_next > 0
+            hang = self.hang_next > 0 and self.hang_after == 0
             if hang:
                 self.hang_next -= 1
+            elif self.hang_next:
+                self.hang_after -= 1
         status, mode = step if isinstance(step, tuple) else (step, "")
         if event_path is not None:
             return self._event(handler, event_path["order_id"], headers, raw, status, mode, hang)
