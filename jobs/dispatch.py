@@ -18,7 +18,6 @@ shared with jobs/notices.py, which delivers order events the same way.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 import os
 import ssl
@@ -30,6 +29,7 @@ import httpx
 import redis
 
 from jobs import app as _app
+from portal.http import retry_after
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "jobs.dispatch.deliver"
@@ -69,19 +69,6 @@ def close_http_client() -> None:
     if _client is not None:
         _client[1].close()
         _client = None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _lab_reference(response: httpx.Response) -> str:
@@ -135,7 +122,7 @@ def post_to_lab(lab_name: str, url: str, body: bytes, msg_id: str, secrets: list
         return Answer("delivered", code, response=response)
     if code in transient or code >= 500:
         return Answer("transient", code, f"{lab_name} answered HTTP {code}: {_short(response)}".strip(),
-                      retry_after=_retry_after(response) if code in (429, 503) else None, response=response)
+                      retry_after=retry_after(response) if code in (429, 503) else None, response=response)
     return Answer("permanent", code, f"{lab_name} refused {what} (HTTP {code}): {_short(response)}".strip(),
                   response=response)
 

@@ -22,7 +22,7 @@ import importlib
 import rq
 
 # The modules RQ imports by name in each horse; loading them here makes that free.
-JOB_MODULES = ("jobs.dispatch", "jobs.notices", "jobs.labapi", "jobs.mail")
+JOB_MODULES = ("jobs.dispatch", "jobs.notices", "jobs.labapi", "jobs.mail", "jobs.scanners", "jobs.itero")
 
 
 class Worker(rq.Worker):

@@ -10,13 +10,13 @@ trying again will not help), "host" (a URL outside the allow-list: nothing was s
 """
 from __future__ import annotations
 
-import email.utils
 import os
-import time
 from urllib.parse import urlsplit
 
 import httpx
 from flask import current_app
+
+from portal.http import retry_after
 
 USER_AGENT = "LabManager-Scanners/1"
 _client: tuple[int, httpx.Client] | None = None
@@ -87,7 +87,7 @@ def call(method: str, url: str, *, vendor: str, token: str | None = None, header
         raise VendorError(f"{vendor} does not know it (HTTP 404){detail}", "not_found", code)
     if code in (408, 425, 429) or code >= 500:
         raise VendorError(f"{vendor} answered HTTP {code}{detail}; we will try again", "transient", code,
-                          retry_after=_retry_after(response))
+                          retry_after=retry_after(response))
     raise VendorError(f"{vendor} refused the request (HTTP {code}){detail}", "refused", code)
 
 
@@ -102,18 +102,6 @@ def _detail(response: httpx.Response) -> str:
                 return ": " + data[key].strip()[:160]
     text = response.text.strip().replace("\n", " ")[:160]
     return f": {text}" if text else ""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def json_body(response: httpx.Response, vendor: str) -> dict:
