@@ -183,6 +183,8 @@ class ScanFile(db.Model):
     `replaced_at` set. A bite scan points at the upper and lower arch of the same scan.
     """
 
+    # The outbox sweep looks for files still being read after a while (portal/scanners/uploads.py).
+    __table_args__ = (Index("ix_scan_file_state_created", "state", "created_at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id"), index=True)
     ref: Mapped[str] = mapped_column(String(300))
