@@ -87,12 +87,14 @@ class ScannerIntegration(db.Model):
 
 class InboxState(enum.StrEnum):
     PENDING = "pending"  # waits for a person: no patient matched, or no case could be chosen
+    WAITING = "waiting"  # still being scanned at the vendor (no files yet): joins a case when complete
     LINKED = "linked"  # belongs to a case
     DISMISSED = "dismissed"  # a person set it aside (a test scan, a duplicate)
 
     @property
     def label(self) -> str:
-        return {"pending": "Needs a person", "linked": "On a case", "dismissed": "Dismissed"}[self.value]
+        return {"pending": "Needs a person", "waiting": "At the vendor", "linked": "On a case",
+                "dismissed": "Dismissed"}[self.value]
 
 
 class Scan(db.Model):

@@ -106,7 +106,7 @@ class Panel:
 
 
 def panel(case: LabCase) -> Panel | None:
-    """None when there is nothing to show: no connected iTero integration and no iTero history."""
+    """None when there is nothing to show or do: no Rx or rescan asked, and none to ask for now."""
     integration = itero_integration(case.practice_id, case.lab_id)
     requests, rescans, scan = requests_of(case.id), rescans_of(case.id), itero_scan_of(case)
     if integration is None and not requests and not rescans:
@@ -119,6 +119,8 @@ def panel(case: LabCase) -> Panel | None:
     if case.status is Status.RESCAN and scan is not None and _usable(scan.integration) \
             and not rescan_asked(scan, rescans):
         out.can_ask_rescan = True
+    if not (requests or rescans or out.can_send or out.can_ask_rescan):
+        return None  # nothing to show or do: no empty heading on the case page
     return out
 
 

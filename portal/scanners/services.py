@@ -129,7 +129,7 @@ def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
     if scan.patient_id is None:
         _match_patient(scan, actor)
     case_action = ""
-    if scan.case_id is None and scan.patient_id is not None:
+    if scan.case_id is None and scan.patient_id is not None and not still_scanning(scan):
         case_action = _place(scan, integration, actor)
     if scan.case_id is not None:
         _follow_stage(scan, previous_stage, files_changed, actor)
@@ -437,13 +437,26 @@ def _follow_stage(scan: Scan, previous: OrderStage | None, files_changed: bool, 
         pass  # the case has moved on (or was closed) since; the scan's own row records the report
 
 
+def still_scanning(scan: Scan) -> bool:
+    """The vendor is still capturing or uploading it: no files yet, and not complete. Such a scan
+    waits (it is not a scan to send yet) and joins its case once the vendor reports it complete."""
+    return scan.stage is OrderStage.IN_PROGRESS and not scan.current_files
+
+
 def _settle(scan: Scan) -> None:
-    """The inbox state follows from the scan: on a case, or waiting for a person and why."""
+    """The inbox state follows from the scan: on a case, still at the vendor, or waiting for a
+    person and why."""
     if scan.inbox is InboxState.DISMISSED:
         return
     if scan.case_id is not None:
         scan.inbox = InboxState.LINKED
         return
+    if still_scanning(scan):
+        scan.inbox = InboxState.WAITING
+        scan.problem = f"Still being scanned at {scan.vendor.label}; it joins a case when the scan is complete."
+        return
+    if scan.inbox is InboxState.WAITING:
+        scan.problem = ""  # the vendor's "still scanning" note no longer holds
     scan.inbox = InboxState.PENDING
     if scan.patient_id is None:
         ref = scan.patient_chart_number and f"chart number {scan.patient_chart_number}"
@@ -511,7 +524,7 @@ def restore(scan: Scan, actor: Actor) -> None:
     record("scan.restored", "scan", scan.id, actor=actor, practice_id=scan.practice_id)
     if scan.patient_id is None:
         _match_patient(scan, actor)
-    if scan.patient_id is not None:
+    if scan.patient_id is not None and not still_scanning(scan):
         _place(scan, scan.integration, actor)
     _settle(scan)
 

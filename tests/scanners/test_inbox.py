@@ -373,3 +373,18 @@ def test_the_procedure_name_gives_the_restoration_when_the_scanner_sends_no_item
     assert [i.restoration for i in case.items] == ["implant_crown"]
     assert services.restoration_for("Invisalign aligners") == "aligner"
     assert services.restoration_for("Study model") == "other"
+
+
+def test_a_scan_still_being_taken_waits_at_the_vendor_then_joins_its_draft_when_complete(world, scanner):
+    draft = factories.case(world)
+    scanning = order(draft.patient, status="SCAN", stage=OrderStage.IN_PROGRESS, assets=())
+
+    scan = ingest(world, scanner, scanning).scan
+
+    assert (scan.inbox, scan.case_id, scan.patient_id) == (InboxState.WAITING, None, draft.patient_id)
+    assert "Still being scanned at iTero" in scan.problem
+    assert services.inbox_counts(world.practice.id) == {InboxState.WAITING: 1}
+
+    done = ingest(world, scanner, order(draft.patient, at=T0 + dt.timedelta(hours=1))).scan
+
+    assert (done.inbox, done.case_id, done.problem) == (InboxState.LINKED, draft.id, "")

@@ -305,14 +305,17 @@ def test_a_case_from_scan_to_cad_to_completed_makes_one_case_ready_with_its_scan
     sync(scanner, vendor)
     scan = scan_of(made["uuid"])
     assert (scan.status, scan.stage, scan.current_files) == ("SCAN", OrderStage.IN_PROGRESS, [])
-    assert (scan.patient_id, scan.matched_by, scan.inbox) == (p.id, "chart", InboxState.LINKED)
+    # matched, but still being scanned (no file uploaded): it waits instead of joining a case
+    assert (scan.patient_id, scan.matched_by, scan.inbox) == (p.id, "chart", InboxState.WAITING)
+    assert scan.case_id is None and cases_of(p) == [] and "Still being scanned at Medit Link" in scan.problem
     assert (scan.patient_first_name, scan.patient_last_name, scan.patient_chart_number) == ("Ana", "Silva", "MED-1")
-    case = scan.case
-    assert (case.status, case.origin, case.origin_order_id) == (Status.DRAFT, "medit", made["uuid"])
 
     vendor.move_medit_case(made["uuid"], status="CAD", upload_status="SUCCEED")
     sync(scanner, vendor)
-    assert (scan_of(made["uuid"]).status, scan_of(made["uuid"]).stage) == ("CAD", OrderStage.IN_PROGRESS)
+    scan = scan_of(made["uuid"])
+    assert (scan.status, scan.stage, scan.inbox) == ("CAD", OrderStage.IN_PROGRESS, InboxState.LINKED)
+    case = scan.case  # its scan files are uploaded: the draft case is made
+    assert (case.status, case.origin, case.origin_order_id) == (Status.DRAFT, "medit", made["uuid"])
 
     vendor.move_medit_case(made["uuid"], status="COMPLETED")
     sync(scanner, vendor)
