@@ -12,10 +12,10 @@ import logging
 from jobs import app as _app
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.clock import utcnow
 from portal.extensions import db
 from portal.mail.models import FAILED, PENDING, SENT, MailMessage
 from portal.mail.services import PermanentMailError, TransientMailError, deliver_smtp
-from portal.practices.models import utcnow
 
 log = logging.getLogger(__name__)
 ACTOR = Actor.job("jobs.mail.send")

@@ -18,7 +18,8 @@ from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeF
 from portal.cases.lifecycle import IllegalMove, allowed_moves
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
-from portal.cases.services import CaseData, CaseInputError, ItemData
+from portal.cases.services import CaseData, ItemData
+from portal.errors import UserError
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
@@ -58,7 +59,7 @@ def _case_data(form: CaseForm) -> CaseData:
     if form.previous_stage_number.data:
         prev = services.find_by_number(g.practice.id, form.previous_stage_number.data)
         if prev is None:
-            raise CaseInputError("previous_stage_number", "No case of this practice has that number.")
+            raise UserError("No case of this practice has that number.", field="previous_stage_number")
         prev_id = prev.id
     return CaseData(
         patient_id=form.patient_id.data, provider_id=form.provider_id.data or None,
@@ -113,9 +114,9 @@ def _save(form: CaseForm, case: LabCase | None):
             case = services.create_case(g.practice, data, Actor.user(current_user))
         else:
             services.update_case(case, data, Actor.user(current_user))
-    except CaseInputError as exc:
+    except UserError as exc:
         db.session.rollback()
-        getattr(form, exc.field, form.patient_id).errors = [str(exc)]
+        getattr(form, exc.field or "patient_id", form.patient_id).errors = [str(exc)]
         return _form_response(form, case)
     except IllegalMove as exc:
         db.session.rollback()

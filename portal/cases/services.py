@@ -11,13 +11,16 @@ from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import CaseItem, Counter, LabCase
 from portal.cases.risk import closed_days, refresh_risk
+from portal.cases.status import Status
+from portal.clock import utcnow
+from portal.errors import UserError
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient, Provider
-from portal.practices.models import Practice, utcnow
+from portal.practices.models import Practice
 
 
 @dataclass
@@ -46,14 +49,6 @@ class CaseData:
     stage: str = "final"
     previous_stage_id: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-class CaseInputError(ValueError):
-    """Input that refers to something that is not there; `field` names the form field."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(message)
-        self.field = field_name
 
 
 def next_case_number(year: int) -> str:
@@ -87,24 +82,24 @@ def _check_refs(practice: Practice, data: CaseData) -> tuple[Patient, Lab | None
     """Every id in the input must belong to this practice (or its organisation, for labs)."""
     patient = db.session.get(Patient, data.patient_id)
     if patient is None or patient.practice_id != practice.id:
-        raise CaseInputError("patient_id", "Choose a patient of this practice.")
+        raise UserError("Choose a patient of this practice.", field="patient_id")
     if data.provider_id is not None:
         provider = db.session.get(Provider, data.provider_id)
         if provider is None or provider.practice_id != practice.id:
-            raise CaseInputError("provider_id", "Choose a provider of this practice.")
+            raise UserError("Choose a provider of this practice.", field="provider_id")
     lab = None
     if data.lab_id is not None:
         lab = db.session.get(Lab, data.lab_id)
         if lab is None or lab.organization_id != practice.organization_id:
-            raise CaseInputError("lab_id", "Choose one of your labs.")
+            raise UserError("Choose one of your labs.", field="lab_id")
     if data.seat_appointment_id is not None:
         appt = db.session.get(Appointment, data.seat_appointment_id)
         if appt is None or appt.practice_id != practice.id or appt.patient_id != patient.id:
-            raise CaseInputError("seat_appointment_id", "Choose one of this patient's appointments.")
+            raise UserError("Choose one of this patient's appointments.", field="seat_appointment_id")
     if data.previous_stage_id is not None:
         prev = db.session.get(LabCase, data.previous_stage_id)
         if prev is None or prev.practice_id != practice.id or prev.patient_id != patient.id:
-            raise CaseInputError("previous_stage_number", "The earlier stage must be a case of this patient.")
+            raise UserError("The earlier stage must be a case of this patient.", field="previous_stage_number")
     return patient, lab
 
 
@@ -152,7 +147,7 @@ def _apply(case: LabCase, data: CaseData, lab: Lab | None) -> None:
 def create_case(practice: Practice, data: CaseData, actor: Actor) -> LabCase:
     _, lab = _check_refs(practice, data)
     if not data.items:
-        raise CaseInputError("items", "A case needs at least one prescription item.")
+        raise UserError("A case needs at least one prescription item.", field="items")
     case = LabCase(practice_id=practice.id, number=next_case_number(dt.date.today().year),
                    status=Status.DRAFT)
     db.session.add(case)
@@ -172,7 +167,7 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
     practice = db.session.get(Practice, case.practice_id)
     _, lab = _check_refs(practice, data)
     if case.status is not Status.DRAFT and data.lab_id != case.lab_id:
-        raise CaseInputError("lab_id", "The case is already with a lab; cancel it or make a remake to change labs.")
+        raise UserError("The case is already with a lab; cancel it or make a remake to change labs.", field="lab_id")
     before = _snapshot(case)
     _apply(case, data, lab)
     after = _snapshot(case)

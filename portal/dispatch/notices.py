@@ -42,11 +42,11 @@ from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
+from portal.clock import utcnow
 from portal.dispatch import services
 from portal.dispatch.models import Dispatch, DispatchState, NoticeType, OrderNotice, new_id
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.practices.models import utcnow
 
 SCHEMA = "labmanager.order_event/1"
 DELIVER = "jobs.notices.deliver"

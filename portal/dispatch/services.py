@@ -13,13 +13,15 @@ from sqlalchemy import bindparam, select, update
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
+from portal.cases.status import Status
+from portal.clock import utcnow
 from portal.dispatch.models import Dispatch, DispatchState, OrderNotice, new_id
 from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
-from portal.practices.models import Practice, utcnow
+from portal.practices.models import Practice
 from portal.scanners.services import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})

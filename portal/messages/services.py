@@ -8,9 +8,9 @@ from sqlalchemy import func, select, update
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.clock import utcnow
 from portal.extensions import db
 from portal.messages.models import IN, OUT, LabMessage
-from portal.practices.models import utcnow
 
 MAX_LENGTH = 4000
 
