@@ -19,6 +19,7 @@ from portal.cases.lifecycle import IllegalMove, allowed_moves
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, ItemData
+from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
 from portal.extensions import db
 from portal.labs.models import Lab
@@ -247,7 +248,12 @@ def move(case_id: int):
         "acknowledged", "in_production", "dispatched", "on_hold", "rescan"} else ""
     actor = Actor.user(current_user, on_behalf_of=on_behalf)
     try:
-        services.move_case(case, form.status.data, actor, reason=form.reason.data or "")
+        target = services.status_of(form.status.data, case)
+        if services.is_send(case, target):
+            # A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
+            dispatch_services.approve_and_send(case, actor, confirm_risk=False)
+        else:
+            services.move_case(case, target, actor, reason=form.reason.data or "")
     except IllegalMove as exc:
         db.session.rollback()
         return _board_response(409, str(exc)) if from_board else _back(case, str(exc), "error", 409)

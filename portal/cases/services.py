@@ -7,10 +7,12 @@ from decimal import Decimal
 
 from sqlalchemy import func, or_, select, update
 
+from portal import events
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
+from portal.cases.events import CaseCancelled, CaseEdited
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import CaseItem, Counter, LabCase
 from portal.cases.risk import closed_days, refresh_risk
@@ -176,43 +178,34 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
         case.updated_at = utcnow()
         record("case.update", "lab_case", case.id, before={k: before[k] for k in changed},
                after={k: after[k] for k in changed}, actor=actor, practice_id=case.practice_id)
-    _tell_lab_about_edit(case, before, changed, actor)
+        # A lab that has the case hears of a new due date or prescription (portal.labcomm decides how).
+        events.publish(CaseEdited(case, {k: before[k] for k in changed}, frozenset(changed), actor))
     return {k: (before[k], after[k]) for k in changed}
 
 
-def _tell_lab_about_edit(case: LabCase, before: dict, changed: set[str], actor: Actor) -> None:
-    """A lab that has the case hears of a new due date and of a changed prescription."""
-    from portal.dispatch.models import NoticeType
-    from portal.dispatch.notices import prescription_data, tell_lab
+def status_of(to: str, case: LabCase) -> Status:
+    """The status a person asked to move `case` to, or IllegalMove for a word that is not one."""
+    try:
+        return Status(to)
+    except ValueError:
+        raise IllegalMove(f"“{to}” is not a status.") from None
 
-    if "due_date" in changed:
-        tell_lab(case, NoticeType.DUE_DATE_CHANGED, {
-            "due_date": case.due_date.isoformat() if case.due_date else None,
-            "previous": before["due_date"].isoformat() if before["due_date"] else None}, actor)
-    if changed & {"items", "instructions"}:
-        tell_lab(case, NoticeType.PRESCRIPTION_CHANGED, prescription_data(case), actor)
+
+def is_send(case: LabCase, to: Status) -> bool:
+    """Moving to Sent from a draft (or a case returned for rescan) is "Approve and send": the
+    prescription check, the dispatch row and the move together (portal.dispatch.services)."""
+    return to is Status.SENT and case.status in {Status.DRAFT, Status.RESCAN}
 
 
 def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: dict | None = None) -> None:
-    try:
-        target = Status(to)
-    except ValueError:
-        raise IllegalMove(f"“{to}” is not a status.") from None
-    if target is Status.SENT and case.status in {Status.DRAFT, Status.RESCAN}:
-        # Sending is "Approve and send": the prescription check, the dispatch row and the move
-        # together. A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
-        from portal.dispatch.services import approve_and_send
-
-        approve_and_send(case, actor, confirm_risk=False)
-        return
+    """Any move but a send. A cancellation is published (CaseCancelled): the lab's links stop
+    working and the lab is told by its channel (portal.labcomm)."""
+    target = status_of(to, case)
+    if is_send(case, target):
+        raise IllegalMove(f"Use Approve and send to send {case.number}: it checks the prescription first.")
     lifecycle.move(case, target, actor=actor, reason=reason, detail=detail)
     if target is Status.CANCELLED:
-        from portal.ack.services import on_case_cancelled  # the lab's links stop working
-        from portal.dispatch.models import NoticeType
-        from portal.dispatch.notices import tell_lab  # the lab stops work: by email or through its API
-
-        on_case_cancelled(case, actor)
-        tell_lab(case, NoticeType.CANCELLED, {"reason": case.status_reason}, actor)
+        events.publish(CaseCancelled(case, actor))
 
 
 def check_in(case: LabCase, actor: Actor, quality_checked: bool, note: str = "") -> None:
