@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import smtplib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -203,6 +204,16 @@ def check_url(url: str) -> str | None:
     except (OSError, UnicodeError):
         return None
     return None
+
+
+class SMTP(smtplib.SMTP):
+    """smtplib's client, dialling only an address `resolve` lets through (STARTTLS still checks
+    the certificate against the host's name)."""
+
+    def _get_socket(self, host, port, timeout):
+        if timeout is not None and not timeout:
+            raise ValueError("Non-blocking socket (timeout=0) is not supported")
+        return connect(host, port, timeout, self.source_address)
 
 
 class _GuardedBackend(httpcore.SyncBackend):

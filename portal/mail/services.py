@@ -15,6 +15,7 @@ from email.utils import formatdate
 from flask import current_app
 from sqlalchemy import select
 
+from portal import outbound
 from portal.extensions import db
 from portal.mail.models import PENDING, MailMessage, split_addresses
 from portal.queue import SEND_MAIL, enqueue_after_commit, enqueue_now, get_queue
@@ -93,13 +94,16 @@ def deliver_smtp(mail: MailMessage, config) -> dict:
     Raises TransientMailError or PermanentMailError."""
     message = build_message(mail, config["MAIL_FROM"])
     try:
-        with smtplib.SMTP(config["SMTP_HOST"], int(config["SMTP_PORT"]),
-                          timeout=float(config["SMTP_TIMEOUT"])) as smtp:
+        with outbound.SMTP(config["SMTP_HOST"], int(config["SMTP_PORT"]),
+                           timeout=float(config["SMTP_TIMEOUT"])) as smtp:
             if config.get("SMTP_STARTTLS"):
                 smtp.starttls(context=ssl.create_default_context())
             if config.get("SMTP_USERNAME"):
                 smtp.login(config["SMTP_USERNAME"], config.get("SMTP_PASSWORD", ""))
             return smtp.send_message(message, to_addrs=mail.recipients)
+    except outbound.BlockedAddress as exc:
+        # A setting someone can fix (SMTP_HOST, OUTBOUND_ALLOWED_HOSTS): keep the mail pending.
+        raise TransientMailError(f"SMTP_HOST: {exc}") from exc
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [code for code, _ in exc.recipients.values()]
         text = "; ".join(f"{addr}: {code}" for addr, (code, _) in exc.recipients.items())
