@@ -19,9 +19,11 @@ from portal.cases.lifecycle import IllegalMove, allowed_moves
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, ItemData
+from portal.dispatch import queries as dispatch_queries
 from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
 from portal.extensions import db
+from portal.labcomm import services as labcomm
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
@@ -211,6 +213,9 @@ def show(case_id: int):
     case = get_or_404(LabCase, case_id)
     return render(
         "cases/show.html", case=case, moves=allowed_moves(case), events=services.timeline(case),
+        # The panels, each with its data from the feature that owns it:
+        dispatch_panel=dispatch_queries.dispatch_panel(case),  # Sending to the lab (portal/dispatch)
+        messages_panel=labcomm.messages_panel(case),  # Messages with the lab (portal/labcomm)
         risk=risk_of(case), move_form=MoveForm(), remake_form=RemakeForm(), checkin_form=CheckInForm(),
         remakes=db.session.scalars(select(LabCase).where(LabCase.remake_of_id == case.id)).all(),
         next_stages=db.session.scalars(select(LabCase).where(LabCase.previous_stage_id == case.id)).all(),

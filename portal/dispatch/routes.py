@@ -19,31 +19,6 @@ from portal.web import CAN_EDIT, get_or_404, go_to, render, requires
 bp = Blueprint("dispatch", __name__)
 
 
-@bp.app_template_global("case_dispatch")
-def case_dispatch(case_id: int) -> Dispatch | None:
-    """The newest dispatch of a case, for the dispatch panel on the case page."""
-    return services.latest_dispatch(case_id)
-
-
-@bp.app_template_global("retry_form")
-def retry_form() -> RetryForm:
-    return RetryForm()
-
-
-@bp.app_template_global("order_notices")
-def order_notices(dispatch_id: str) -> list[OrderNotice]:
-    """What the lab's API has been told about the order since, for the dispatch panel."""
-    return notices.notices_of(dispatch_id)
-
-
-@bp.app_template_global("api_order")
-def api_order(case) -> Dispatch | None:
-    """The case's live order at an API lab, or None (another channel, or never sent)."""
-    if case.lab is None or case.lab.channel.value != "api":
-        return None
-    return notices.current_order(case)
-
-
 def _page(case: LabCase, form: SendForm, check, code: int = 200, error: str = ""):
     return render("dispatch/send.html", "send_check", code=code, case=case, form=form, check=check,
                   error=error, sendable=case.status in services.SENDABLE)

@@ -6,7 +6,6 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from portal.ack.forms import MessageForm
-from portal.ack.models import AckLink
 from portal.ack.services import LinkError, resend_link
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
@@ -20,8 +19,10 @@ bp = Blueprint("messages", __name__)
 
 
 @bp.app_context_processor
-def _helpers():
-    """Lazy helpers: nothing is queried unless a template calls them (htmx fragments don't)."""
+def _top_bar():
+    """The top bar's unread count, on every full page (base.html). Lazy: nothing is queried
+    unless the template asks, and htmx fragments don't. The case page's messages panel gets its
+    data from the case view instead (portal/cases/routes.py)."""
 
     def unread_lab_messages() -> int:
         if g.get("practice") is None:
@@ -30,23 +31,13 @@ def _helpers():
             g.unread_lab_messages = services.unread_count(g.practice.id)
         return g.unread_lab_messages
 
-    def lab_thread(case) -> list[LabMessage]:
-        return services.thread(case.id)
-
-    def lab_link_of(case) -> AckLink | None:
-        return db.session.scalar(select(AckLink).where(AckLink.case_id == case.id)
-                                 .order_by(AckLink.id.desc()).limit(1))
-
-    def message_deliveries(case, messages) -> dict[int, labcomm.MessageDelivery]:
-        return labcomm.deliveries(case, messages)
-
-    return {"unread_lab_messages": unread_lab_messages, "lab_thread": lab_thread, "lab_link_of": lab_link_of,
-            "message_deliveries": message_deliveries}
+    return {"unread_lab_messages": unread_lab_messages}
 
 
 def _panel(case: LabCase, form: MessageForm | None = None, code: int = 200):
-    return make_response(render_template("cases/_messages_panel.html", case=case,
-                                         message_form=form or MessageForm(formdata=None)), code)
+    """The case page's messages panel alone (an htmx request), with its data from lab communication."""
+    return render("cases/show.html", "messages_panel", code=code, case=case,
+                  messages_panel=labcomm.messages_panel(case), message_form=form or MessageForm(formdata=None))
 
 
 @bp.post("/cases/<int:case_id>/messages")
