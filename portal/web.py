@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, flash, g, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user
@@ -50,6 +51,19 @@ def render(template: str, block: str | None = None, *, code: int = 200, **contex
     response = make_response(body, code)
     response.vary.add("HX-Request")
     return response
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """`target` when it is a path on this site, else `default`: the one check for a `next` taken
+    from a form or a query string, so a link can never send someone to another host. Refused:
+    anything with a scheme or a host, a protocol-relative `//host`, and a backslash anywhere
+    (browsers read `/\\host` as `//host`)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def go_to(target: str, code: int = 303):

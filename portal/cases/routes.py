@@ -27,7 +27,7 @@ from portal.labcomm import services as labcomm
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
 
@@ -269,10 +269,7 @@ def move(case_id: int):
 
 def _back(case: LabCase, message: str, level: str, status: int = 303):
     flash(message, level)
-    target = request.form.get("next") or url_for("cases.show", case_id=case.id)
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("cases.show", case_id=case.id)
-    return go_to(target)
+    return go_to(safe_next(request.form.get("next"), url_for("cases.show", case_id=case.id)))
 
 
 @bp.post("/<int:case_id>/check-in")

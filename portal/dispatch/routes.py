@@ -14,7 +14,7 @@ from portal.dispatch.models import Dispatch, OrderNotice
 from portal.dispatch.validation import check_case
 from portal.extensions import db
 from portal.labcomm import services as labcomm
-from portal.web import CAN_EDIT, get_or_404, go_to, render, requires
+from portal.web import CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("dispatch", __name__)
 
@@ -72,10 +72,7 @@ def retry_case(case_id: int):
 
 def _target(case: LabCase) -> str:
     """Where to go after a retry: the form's `next` when it is a path on this site, else the case."""
-    target = request.form.get("next") or url_for("cases.show", case_id=case.id)
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("cases.show", case_id=case.id)
-    return target
+    return safe_next(request.form.get("next"), url_for("cases.show", case_id=case.id))
 
 
 def _retry(dispatch: Dispatch):
