@@ -12,7 +12,7 @@ from portal.dispatch import notices, services
 from portal.dispatch.forms import RetryForm, SendForm
 from portal.dispatch.models import Dispatch, OrderNotice
 from portal.dispatch.validation import check_case
-from portal.extensions import db
+from portal.extensions import db, transaction
 from portal.labcomm import services as labcomm
 from portal.web import CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
@@ -38,12 +38,10 @@ def send(case_id: int):
         form.confirm_risk.errors = ["Tick this to send the case although the work may come back late."]
     if check.problems or form.confirm_risk.errors:
         return _page(case, form, check, 422)
-    try:
+    with transaction(IllegalMove) as outcome:
         dispatch = services.approve_and_send(case, Actor.user(current_user), confirm_risk=form.confirm_risk.data)
-    except IllegalMove as exc:
-        db.session.rollback()
-        return _page(case, form, check_case(case), 409, str(exc))
-    db.session.commit()
+    if outcome.refused:
+        return _page(case, form, check_case(case), 409, str(outcome.refused))
     how = {"api": "The work order is on its way to", "email": "An email with a private link goes to",
            "manual": "Now phone"}[dispatch.channel.value]
     flash(f"{case.number} approved and sent. {how} {case.lab.name}.", "success")
@@ -81,13 +79,11 @@ def _retry(dispatch: Dispatch):
     if not RetryForm().validate():
         flash("The form expired; reload the page and try again.", "error")
         return go_to(target)
-    try:
+    with transaction(IllegalMove) as outcome:
         labcomm.retry(dispatch, Actor.user(current_user))
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return go_to(target)
-    db.session.commit()
     flash(f"{case.number}: sending to {case.lab.name} again.", "success")
     return go_to(target)
 
@@ -116,14 +112,12 @@ def _retry_notices(case: LabCase, failed: list[OrderNotice]):
     if not failed:
         flash(f"{case.number}: no update to {case.lab.name} is waiting for a retry.", "error")
         return go_to(target)
-    try:
+    with transaction(IllegalMove) as outcome:
         for notice in failed:
             notices.retry(notice, Actor.user(current_user))
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return go_to(target)
-    db.session.commit()
     what = failed[0].type.label.lower() if len(failed) == 1 else f"{len(failed)} updates"
     flash(f"{case.number}: sending the {what} to {case.lab.name} again.", "success")
     return go_to(target)

@@ -9,7 +9,7 @@ from portal.ack.forms import MessageForm
 from portal.ack.services import LinkError, resend_link
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
-from portal.extensions import db
+from portal.extensions import db, transaction
 from portal.labcomm import services as labcomm
 from portal.messages import services
 from portal.messages.models import IN, LabMessage
@@ -52,13 +52,11 @@ def send(case_id: int):
         if request.htmx:
             return _panel(case, form, 422)
         return _back(case, " ".join(form.text.errors) or "Write a message first.", "error")
-    try:
+    with transaction(services.MessageError) as outcome:
         services.send_to_lab(case, form.text.data, Actor.user(current_user))
-    except services.MessageError as exc:
-        db.session.rollback()
-        form.text.errors = [str(exc)]
-        return _panel(case, form, 422) if request.htmx else _back(case, str(exc), "error")
-    db.session.commit()
+    if outcome.refused:
+        form.text.errors = [str(outcome.refused)]
+        return _panel(case, form, 422) if request.htmx else _back(case, str(outcome.refused), "error")
     if request.htmx:
         return _panel(case)
     return _back(case, f"Message sent to {case.lab.name}.", "success")
@@ -79,12 +77,10 @@ def mark_read(case_id: int):
 @requires(*CAN_EDIT)
 def resend(case_id: int):
     case = get_or_404(LabCase, case_id)
-    try:
+    with transaction(LinkError) as outcome:
         resend_link(case, Actor.user(current_user))
-    except LinkError as exc:
-        db.session.rollback()
-        return _back(case, str(exc), "error")
-    db.session.commit()
+    if outcome.refused:
+        return _back(case, str(outcome.refused), "error")
     return _back(case, f"A new link is on its way to {case.lab.name}; the old one no longer works.", "success")
 
 
