@@ -4,9 +4,7 @@ import datetime as dt
 import io
 
 import segno
-from flask import (
-    Blueprint, current_app, flash, g, make_response, redirect, render_template, request, url_for,
-)
+from flask import Blueprint, current_app, flash, g, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -232,9 +230,7 @@ def _board_response(status: int, message: str | None = None, level: str = "error
 def menu(case_id: int):
     """A board card's Move menu, fetched when the menu is opened."""
     case = get_or_404(LabCase, case_id)
-    response = make_response(render_template("board/_card_menu.html", case=case, moves=allowed_moves(case)))
-    response.vary.add("HX-Request")
-    return response
+    return render("board/_card_menu.html", case=case, moves=allowed_moves(case))
 
 
 @bp.post("/<int:case_id>/move")

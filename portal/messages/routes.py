@@ -1,7 +1,7 @@
 """Messages with the lab on the case page, the practice's unread list, and resending a lab link."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -13,7 +13,7 @@ from portal.extensions import db, transaction
 from portal.labcomm import services as labcomm
 from portal.messages import services
 from portal.messages.models import IN, LabMessage
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("messages", __name__)
 
@@ -70,7 +70,7 @@ def mark_read(case_id: int):
     services.mark_read(case)
     db.session.commit()
     g.pop("unread_lab_messages", None)
-    return render_template("messages/_unread_badge.html", oob=True)
+    return render("messages/_unread_badge.html", oob=True)
 
 
 @bp.post("/cases/<int:case_id>/lab-link")
@@ -98,9 +98,4 @@ def inbox():
 
 def _back(case: LabCase, message: str, level: str):
     flash(message, level)
-    target = url_for("cases.show", case_id=case.id) + "#lab-messages"
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(url_for("cases.show", case_id=case.id) + "#lab-messages")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, flash, g, make_response, redirect, request, url_for
+from flask import Blueprint, flash, g, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
@@ -17,7 +17,7 @@ from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.people.services import (
     AppointmentData, PatientData, ProviderData,
 )
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("people", __name__)
 
@@ -25,11 +25,7 @@ bp = Blueprint("people", __name__)
 def _saved(target: str, message: str):
     """After a successful save: a full-page redirect (htmx follows HX-Redirect)."""
     flash(message, "success")
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(target)
 
 
 def _input_error(form, exc: UserError) -> None:

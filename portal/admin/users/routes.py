@@ -6,7 +6,7 @@ the row). Another practice's user id is not found (404).
 """
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
@@ -79,10 +79,7 @@ def add():
 def _row(member: Membership, *, code: int = 200, note: str = "", error: str = "", at: str = ""):
     """The row for htmx; otherwise the page (with the error beside the row) or a redirect."""
     if wants_fragment():
-        response = make_response(render_template(
-            "admin/users_row.html", m=member, note=note, error=error, error_at=at), code)
-        response.vary.add("HX-Request")
-        return response
+        return render("admin/users_row.html", code=code, m=member, note=note, error=error, error_at=at)
     if error:
         return _page(AddUserForm(formdata=None), code=code,
                      problem={"user_id": member.user_id, "message": error, "at": at})
