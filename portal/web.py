@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, flash, g, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user
@@ -58,6 +59,15 @@ def go_to(target: str, code: int = 303):
         response.headers["HX-Redirect"] = target
         return response
     return redirect(target, code)
+
+
+def safe_next(default: str) -> str:
+    """The form's `next` when it is a path on this site, else `default` (no open redirect)."""
+    target = request.form.get("next") or ""
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def current_practice() -> Practice:

@@ -15,7 +15,7 @@ from portal.cases.lifecycle import IllegalMove, Status
 from portal.extensions import db, limiter
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
-from portal.scanners.services import work_order_scans
+from portal.scans.services import work_order_scans
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
 bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))

@@ -20,7 +20,7 @@ from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
 from portal.practices.models import Practice, utcnow
-from portal.scanners.services import work_order_scans
+from portal.scans.services import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
