@@ -30,8 +30,10 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     htmx.init_app(app)
 
     from portal import web
+    from portal.labcomm import services as labcomm
 
     web.init_app(app)
+    labcomm.register(app)  # how a lab hears of a change: subscribes to the cases', messages' and dispatches' events
 
     from portal.ack.routes import bp as ack_bp
     from portal.admin.routes import bp as admin_bp

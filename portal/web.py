@@ -15,7 +15,8 @@ from sqlalchemy import select
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.cases import teeth
-from portal.cases.lifecycle import LABELS, Status, allowed_moves
+from portal.cases.lifecycle import allowed_moves
+from portal.cases.status import LABELS, Status
 from portal.extensions import db, login_manager
 from portal.practices.models import Practice, Role, User
 

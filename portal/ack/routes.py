@@ -11,7 +11,8 @@ from portal import logfilter
 from portal.ack import services
 from portal.ack.forms import DispatchForm, MessageForm, ReasonForm, StatusForm
 from portal.cases import lifecycle
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.lifecycle import IllegalMove
+from portal.cases.status import Status
 from portal.extensions import db, limiter
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
