@@ -78,6 +78,10 @@ class Config:
         self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
         self.REMEMBER_COOKIE_HTTPONLY = True
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        # Sessions (portal/auth/sessions.py): end after this long without activity, and this long
+        # after sign-in whatever the activity.
+        self.SESSION_IDLE_MINUTES = float(os.environ.get("SESSION_IDLE_MINUTES", "30"))
+        self.SESSION_MAX_HOURS = float(os.environ.get("SESSION_MAX_HOURS", "12"))
         self.WTF_CSRF_TIME_LIMIT = None  # tied to the session, which expires on its own
         self.PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000")
         self.SEAT_RISK_BUFFER_DAYS = int(os.environ.get("SEAT_RISK_BUFFER_DAYS", "2"))
