@@ -192,7 +192,7 @@ def orders_round(app, world, lab, env: dict, n: int, worker: str, mode: str) -> 
     from portal.dispatch import services
     from portal.dispatch.models import Dispatch, DispatchState
     from portal.extensions import db
-    from portal.queue import get_queue
+    from portal.queue import DELIVER_WORK_ORDER, enqueue_now, get_queue
 
     queue = get_queue()
     _clean_queue(queue)
@@ -201,7 +201,7 @@ def orders_round(app, world, lab, env: dict, n: int, worker: str, mode: str) -> 
     if mode == "per-order":
         queue.empty()
         for dispatch_id in ids:
-            queue.enqueue(services.DELIVER, dispatch_id, job_id=f"dispatch-{dispatch_id}-1", **services.job_options())
+            enqueue_now(queue, DELIVER_WORK_ORDER, dispatch_id, job_id=f"dispatch-{dispatch_id}-1")
     wall = _run_worker(queue, env, worker)
     jobs, span = _jobs_span(queue)
     db.session.expire_all()

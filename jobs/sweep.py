@@ -55,12 +55,14 @@ def _mail_sweep():
 
 
 def _register() -> None:
+    from portal.queue import SWEEP
+
     config = Config()
     interval = config.OUTBOX_SWEEP_SECONDS
     # ttl: a sweep nobody picked up before the next one is due is dropped, so they don't pile up
     # while the workers are away.
-    cron.register(run, queue_name=config.RQ_QUEUE, interval=interval, job_timeout=120,
-                  ttl=max(2 * interval, 60), result_ttl=600, failure_ttl=86400, name="outbox-sweep")
+    cron.register(run, queue_name=config.RQ_QUEUE, interval=interval, ttl=max(2 * interval, 60),
+                  name="outbox-sweep", **SWEEP.options(config.as_dict()))
 
 
 _register()

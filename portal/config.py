@@ -122,6 +122,9 @@ class Config:
         self.MAIL_RETRY_INTERVALS = tuple(
             int(x) for x in os.environ.get("MAIL_RETRY_INTERVALS", "10,60,300").split(",") if x.strip())
         self.LAB_API_TIMEOUT = float(os.environ.get("LAB_API_TIMEOUT", "10"))
+        # Hosts outbound calls may reach on a private, loopback or link-local address outside
+        # development (portal/outbound.py): names (".example.com" for subdomains), IPs or networks.
+        self.OUTBOUND_ALLOWED_HOSTS = os.environ.get("OUTBOUND_ALLOWED_HOSTS", "")
         self.DISPATCH_MAX_ATTEMPTS = int(os.environ.get("DISPATCH_MAX_ATTEMPTS", "6"))
         self.DISPATCH_BACKOFF_BASE = float(os.environ.get("DISPATCH_BACKOFF_BASE", "5"))
         self.DISPATCH_BACKOFF_CAP = float(os.environ.get("DISPATCH_BACKOFF_CAP", "600"))

@@ -47,10 +47,9 @@ from portal.dispatch.models import Dispatch, DispatchState, NoticeType, OrderNot
 from portal.extensions import db
 from portal.labs.models import Channel
 from portal.practices.models import utcnow
+from portal.queue import DELIVER_NOTICE
 
 SCHEMA = "labmanager.order_event/1"
-DELIVER = "jobs.notices.deliver"
-ON_FAILURE = "jobs.notices.on_failure"
 ENTITY = "order_notice"
 # Email labs get these as mail (ack.notify_lab's kinds); a prescription change is not mailed.
 EMAIL_KINDS = {NoticeType.CANCELLED: "cancelled", NoticeType.DUE_DATE_CHANGED: "due_date",
@@ -179,7 +178,7 @@ def supersede_for(dispatch_id: str, actor: Actor | None) -> None:
 def enqueue_attempt(notice: OrderNotice) -> None:
     from portal.queue import enqueue_after_commit
 
-    enqueue_after_commit(DELIVER, notice.id, job_id=notice.job_id, **services.job_options(ON_FAILURE))
+    enqueue_after_commit(DELIVER_NOTICE, notice.id, job_id=notice.job_id)
 
 
 # Built once: every delivered work order runs it.
@@ -243,10 +242,10 @@ def sweep(now: dt.datetime | None = None) -> int:
 
     queue = get_queue()
     return sum(1 for notice in due_for_sweep(now)
-               if enqueue_now(queue, DELIVER, notice.id, job_id=notice.job_id, **services.job_options(ON_FAILURE)))
+               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id))
 
 
-# --- the delivery job's outcomes (jobs/notices.py does the HTTP between them) ------------------------
+# --- the delivery job's outcomes (portal/dispatch/delivery.py does the HTTP between them) ------------
 
 def mark_delivered(notice: OrderNotice, status_code: int, actor: Actor) -> bool:
     notice_id, attempt, order_id = notice.id, notice.attempts, notice.dispatch_id

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import math
 import random
 
 from flask import current_app
@@ -20,12 +19,11 @@ from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
 from portal.practices.models import Practice, utcnow
+from portal.queue import DELIVER_DUE, DELIVER_WORK_ORDER, lab_api_job_timeout
 from portal.scanners.services import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
-DELIVER = "jobs.dispatch.deliver"
-DELIVER_DUE = "jobs.dispatch.deliver_due"
 SCHEMA = "labmanager.work_order/1"
 
 
@@ -48,15 +46,7 @@ def http_timeout() -> float:
 
 def job_timeout() -> int:
     """Longer than one attempt's HTTP timeouts added up (connect, write, read, pool)."""
-    return math.ceil(4 * http_timeout()) + 2
-
-
-def job_options(on_failure: str = "jobs.dispatch.on_failure") -> dict:
-    """RQ options of a delivery job to a lab API (work orders and order notices alike)."""
-    from rq import Callback
-
-    return {"job_timeout": job_timeout(), "result_ttl": 3600, "failure_ttl": 7 * 86400,
-            "on_failure": Callback(on_failure)}
+    return lab_api_job_timeout(current_app.config)
 
 
 def lease_seconds() -> int:
@@ -74,15 +64,8 @@ def batch_size() -> int:
     return int(current_app.config["DISPATCH_BATCH_SIZE"])
 
 
-def batch_job_options() -> dict:
-    """RQ options of a lab's drain job (jobs.dispatch.deliver_due). It starts no attempt after
-    `batch_seconds()`, and the attempt under way then ends within one attempt's `job_timeout()`."""
-    return {"job_timeout": math.ceil(batch_seconds()) + job_timeout(), "result_ttl": 3600,
-            "failure_ttl": 7 * 86400}
-
-
 def drain_key(lab_id: int) -> str:
-    """The key the sends of one lab share one waiting `jobs.dispatch.deliver_due` job by."""
+    """The key the sends of one lab share one waiting drain job (DELIVER_DUE) by."""
     return f"dispatch-lab-{lab_id}"
 
 
@@ -206,16 +189,16 @@ def enqueue_attempt(dispatch: Dispatch) -> None:
     """Hand the next attempt of this dispatch to RQ after the commit (the outbox relay)."""
     from portal.queue import enqueue_after_commit
 
-    enqueue_after_commit(DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options())
+    enqueue_after_commit(DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id)
 
 
 def enqueue_drain(lab_id: int) -> None:
     """After the commit, make sure a drain job for the lab is waiting (the outbox relay of a new
-    dispatch): the first send of a burst enqueues `jobs.dispatch.deliver_due`, the others find it
+    dispatch): the first send of a burst enqueues the lab's drain job, the others find it
     waiting, and that one job makes the first attempt of each (portal/queue.py, SET NX)."""
     from portal.queue import enqueue_once_after_commit
 
-    enqueue_once_after_commit(drain_key(lab_id), DELIVER_DUE, lab_id, **batch_job_options())
+    enqueue_once_after_commit(drain_key(lab_id), DELIVER_DUE, lab_id)
 
 
 def retry(dispatch: Dispatch, actor: Actor) -> None:
@@ -248,7 +231,7 @@ def retry(dispatch: Dispatch, actor: Actor) -> None:
     enqueue_attempt(dispatch)
 
 
-# --- the delivery job's steps (jobs/dispatch.py does the HTTP between them) ---------------------
+# --- the delivery job's steps (portal/dispatch/delivery.py does the HTTP between them) ------------
 
 # The delivery job's claim and look-up, built once: building a statement per attempt cost about
 # as much as running it on SQLite.
@@ -424,6 +407,6 @@ def sweep(now: dt.datetime | None = None) -> int:
     queue = get_queue()
     handed = 0
     for dispatch in due_for_sweep(now):
-        if enqueue_now(queue, DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options()):
+        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id):
             handed += 1
     return handed

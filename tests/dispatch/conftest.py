@@ -53,11 +53,11 @@ def _clean(q) -> None:
 
 @pytest.fixture()
 def stub():
-    from jobs.dispatch import close_http_client
+    from portal.outbound import close_client
 
     lab = LabStub(secrets=[SECRET]).start()
     yield lab
-    close_http_client()  # its kept-alive connections point at this stub
+    close_client()  # its kept-alive connections point at this stub
     lab.stop()
 
 
