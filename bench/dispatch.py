@@ -309,7 +309,7 @@ def bench_webhook(app, env: dict, ids, n_events: int, workers: int, clients: int
     from portal.dispatch import signing
     from portal.dispatch.models import LabEvent
     from portal.extensions import db
-    from portal.practices.models import utcnow
+    from portal.clock import utcnow
 
     steps = [("acknowledged", {}), ("in_production", {}), ("dispatched", {"carrier": "UPS", "tracking_number": "1Z1"})]
     with app.app_context():

@@ -20,10 +20,10 @@ def scanners_rotate_keys() -> None:
     """Re-encrypt every integration's credentials and tokens with the first SCANNER_CREDENTIALS_KEYS key."""
     from sqlalchemy import select
 
+    from portal import keyring as crypto
     from portal.audit.actor import Actor
     from portal.audit.service import record
-    from portal.scanners import crypto
-    from portal.scanners.models import ScannerIntegration
+    from portal.integrations.models import ScannerIntegration
 
     count = 0
     for integration in db.session.scalars(select(ScannerIntegration)):
@@ -39,7 +39,7 @@ def scanners_rotate_keys() -> None:
 @scanners_cli.command("demo-patients")
 def scanners_demo_patients() -> None:
     """Print the demo scanner patients (First,Last,Chart,Date of birth; ...) for the vendor sandbox."""
-    from portal.scanners.demo import demo_patients
+    from portal.demo.scanners import demo_patients
 
     click.echo(";".join(demo_patients()))
 
@@ -48,7 +48,7 @@ def scanners_demo_patients() -> None:
 @click.option("--sandbox", "sandbox_url", required=True, help="The vendor sandbox's root URL.")
 def scanners_demo_connect(sandbox_url: str) -> None:
     """Create and connect the demo practice's iTero and Medit integrations to the vendor sandbox."""
-    from portal.scanners.demo import connect
+    from portal.demo.scanners import connect
 
     for line in connect(sandbox_url):
         click.echo(f"Scanners: {line}")

@@ -110,7 +110,7 @@ class Config:
         self.DISPATCH_BATCH_SECONDS = float(os.environ.get("DISPATCH_BATCH_SECONDS", "10"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
         self.RQ_QUEUE = os.environ.get("RQ_QUEUE", "labmanager")
-        # Scanner integrations (portal/scanners): credentials encrypted with these Fernet keys (the
+        # Scanner integrations (portal/integrations): credentials encrypted with these Fernet keys (the
         # first encrypts; all decrypt, for a rotation). Production must set them.
         self.SCANNER_CREDENTIALS_KEYS = os.environ.get("SCANNER_CREDENTIALS_KEYS") or (
             _dev_credentials_key() if self.DEVELOPMENT else "")

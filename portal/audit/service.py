@@ -13,8 +13,8 @@ from sqlalchemy import bindparam, select, update
 
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent, AuditHead
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import utcnow
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 from sqlalchemy import FromClause, Select, select
 
-from portal.cases.lifecycle import Status
 from portal.cases.models import CaseDates, CaseItem, LabCase
+from portal.cases.status import Status
 from portal.dispatch.models import RETRYING_AFTER, Dispatch, DispatchState, OrderNotice
 from portal.extensions import db
 from portal.labs.models import Channel, Lab

@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from portal.board import services
 from portal.board.services import Filters
-from portal.cases.lifecycle import Status
+from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Provider

@@ -8,9 +8,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from portal.cases.lifecycle import Status
+from portal.cases.status import Status
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import utcnow
 
 
 class Counter(db.Model):

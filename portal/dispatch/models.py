@@ -8,9 +8,9 @@ import uuid
 from sqlalchemy import DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from portal.clock import utcnow
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.practices.models import utcnow
 
 
 class DispatchState(enum.StrEnum):

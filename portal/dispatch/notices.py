@@ -1,8 +1,7 @@
 """Telling a lab about changes to a case it has been sent (contracts/lab-api.md, "order events").
 
 The practice cancels a case, moves its due date, edits its prescription or writes to the lab.
-`tell_lab` passes that on through the lab's channel: an email lab gets a mail (ack.notify_lab),
-an API lab an order event, a manual lab nothing (the coordinator phones; the note stays on the case).
+portal.labcomm decides how the lab hears of it; for an API lab it calls `queue_notice` here.
 
 An order event is an outbox row, an OrderNotice, delivered like a work order (RELIABILITY.md D1-D3)
 with the dispatch machinery: it commits with the change, a job is relayed to RQ after the commit
@@ -43,50 +42,18 @@ from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
+from portal.clock import utcnow
 from portal.dispatch import services
 from portal.dispatch.models import Dispatch, DispatchState, NoticeType, OrderNotice, new_id
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.practices.models import utcnow
 from portal.queue import DELIVER_NOTICE
 
 SCHEMA = "labmanager.order_event/1"
 ENTITY = "order_notice"
-# Email labs get these as mail (ack.notify_lab's kinds); a prescription change is not mailed.
-EMAIL_KINDS = {NoticeType.CANCELLED: "cancelled", NoticeType.DUE_DATE_CHANGED: "due_date",
-               NoticeType.MESSAGE: "message", NoticeType.PRESCRIPTION_CHANGED: "prescription"}
 
 
-# --- what happened on the case -> the lab ----------------------------------------------------------
-
-def tell_lab(case: LabCase, kind: NoticeType, data: dict, actor: Actor, message=None) -> None:
-    """Tell the case's lab about a change, through its channel. `data` is the event's `data`
-    (contracts/lab-api.md); `message` is the LabMessage of a `message`, linked to what carries it."""
-    lab = case.lab
-    if lab is None or lab.channel is Channel.MANUAL:
-        return
-    if lab.channel is Channel.EMAIL:
-        _email(case, kind, data, message)
-    else:
-        queue_notice(case, kind, data, actor, message=message)
-
-
-def _email(case: LabCase, kind: NoticeType, data: dict, message) -> None:
-    from portal.ack.services import notify_lab
-
-    if kind not in EMAIL_KINDS:
-        return
-    detail = data
-    if kind is NoticeType.DUE_DATE_CHANGED:
-        detail = {"before": _date(data.get("previous")), "after": _date(data.get("due_date"))}
-    mail = notify_lab(case, EMAIL_KINDS[kind], detail)
-    if mail is not None and message is not None:
-        message.mail_id = mail.id
-
-
-def _date(value: str | None) -> dt.date | None:
-    return dt.date.fromisoformat(value) if value else None
-
+# --- an order event for a change on the case -------------------------------------------------------
 
 def prescription_data(case: LabCase) -> dict:
     """A prescription_changed event's data: the items in the work order's shape, and the instructions."""

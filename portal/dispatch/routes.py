@@ -13,6 +13,7 @@ from portal.dispatch.forms import RetryForm, SendForm
 from portal.dispatch.models import Dispatch, OrderNotice
 from portal.dispatch.validation import check_case
 from portal.extensions import db
+from portal.labcomm import services as labcomm
 from portal.web import CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("dispatch", __name__)
@@ -128,7 +129,7 @@ def _retry(dispatch: Dispatch):
         flash("The form expired; reload the page and try again.", "error")
         return go_to(target)
     try:
-        services.retry(dispatch, Actor.user(current_user))
+        labcomm.retry(dispatch, Actor.user(current_user))
     except IllegalMove as exc:
         db.session.rollback()
         flash(str(exc), "error")

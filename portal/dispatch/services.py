@@ -8,19 +8,22 @@ import json
 from flask import current_app
 from sqlalchemy import bindparam, select, update
 
-from portal import retries
+from portal import events, retries
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
+from portal.cases.status import Status
+from portal.clock import utcnow
+from portal.dispatch.events import WorkOrderApproved, WorkOrderDelivered, WorkOrderSuperseded
 from portal.dispatch.models import Dispatch, DispatchState, OrderNotice, new_id
 from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
-from portal.practices.models import Practice, utcnow
+from portal.practices.models import Practice
 from portal.queue import DELIVER_DUE, DELIVER_WORK_ORDER, lab_api_job_timeout
-from portal.scanners.services import work_order_scans
+from portal.scans.services import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
@@ -111,10 +114,7 @@ def _supersede_earlier(case: LabCase, actor: Actor) -> None:
         old.state = DispatchState.SUPERSEDED
         record("dispatch.superseded", "dispatch", old.id, before={"state": before},
                after={"state": old.state.value}, actor=actor, practice_id=case.practice_id)
-        if old.channel is Channel.API:
-            from portal.dispatch.notices import supersede_for  # the new work order carries the case as it is
-
-            supersede_for(old.id, actor)
+        events.publish(WorkOrderSuperseded(old, actor))
 
 
 def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatch:
@@ -147,16 +147,10 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
     if check.warnings:
         detail["risk_confirmed"] = "yes"
     lifecycle.move(case, Status.SENT, actor=actor, detail=detail, now=now)
-    if lab.channel is Channel.MANUAL:
-        # The coordinator phones the lab; what the lab says is then recorded with the status buttons.
-        dispatch.state, dispatch.delivered_at = DispatchState.DELIVERED, now
     db.session.flush()
-    if lab.channel is Channel.API:
-        enqueue_drain(lab.id)
-    elif lab.channel is Channel.EMAIL:
-        from portal.ack.services import prepare_email_dispatch
-
-        prepare_email_dispatch(dispatch)
+    # How the work order travels (mail with a private link, the lab's API, a phone call) is
+    # lab communication's to decide: portal.labcomm subscribes.
+    events.publish(WorkOrderApproved(dispatch, actor))
     return dispatch
 
 
@@ -202,24 +196,13 @@ def enqueue_drain(lab_id: int) -> None:
 
 
 def retry(dispatch: Dispatch, actor: Actor) -> None:
-    """A person asks for another go at a failed dispatch: same order id, same idempotency key
-    (for an email lab: a new link and the work order mailed again)."""
+    """Another go at a failed dispatch to a lab API: same order id, same idempotency key. (A
+    person's Retry goes through portal.labcomm.services.retry, which mails an email lab instead.)"""
+    if dispatch.channel is not Channel.API:
+        raise ValueError(f"dispatch {dispatch.id} is not to a lab API; portal.labcomm retries it")
     if dispatch.state is not DispatchState.FAILED:
         raise IllegalMove(f"This dispatch is {dispatch.state.label.lower()}; only a failed one can be retried.")
     case = db.session.get(LabCase, dispatch.case_id)
-    if dispatch.channel is Channel.EMAIL:
-        from portal.ack.services import LinkError, resend_link
-
-        try:
-            resend_link(case, actor)
-        except LinkError as exc:
-            raise IllegalMove(str(exc)) from None
-        before = {"state": dispatch.state.value}
-        dispatch.state, dispatch.last_error, case.dispatch_error = DispatchState.PENDING, "", ""
-        record("dispatch.retry", "dispatch", dispatch.id, before=before,
-               after={"state": dispatch.state.value, "case": case.number, "via": "new link"}, actor=actor,
-               practice_id=dispatch.practice_id)
-        return
     before = {"state": dispatch.state.value, "attempts": dispatch.attempts}
     dispatch.state = DispatchState.PENDING
     dispatch.max_attempts = dispatch.attempts + retries.attempts()  # a new round of the schedule
@@ -343,9 +326,7 @@ def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, act
            after={"state": "delivered", "attempt": attempt, "status_code": status_code,
                   "lab_reference": lab_reference[:100], "case_id": case_id},
            actor=actor, practice_id=practice_id)
-    from portal.dispatch.notices import release_next  # changes made meanwhile follow the work order
-
-    release_next(dispatch_id)
+    events.publish(WorkOrderDelivered(dispatch_id))  # changes made meanwhile follow the work order
     return True
 
 

@@ -25,13 +25,14 @@ from sqlalchemy import bindparam, func, insert, select
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
-from portal.cases.lifecycle import LAB, MAIN_LINE, IllegalMove, Status
+from portal.cases.lifecycle import LAB, IllegalMove
 from portal.cases.models import LabCase
+from portal.cases.status import MAIN_LINE, Status
+from portal.clock import utcnow
 from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.dispatch.notices import release_next
 from portal.extensions import db
 from portal.labs.models import Lab, LabSecret
-from portal.practices.models import utcnow
 
 REQUIRED = {
     "acknowledged": (), "in_production": (), "resumed": (),
