@@ -5,6 +5,8 @@ import os
 import secrets
 from pathlib import Path
 
+from portal import retries
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = Path(os.environ.get("LM_INSTANCE_DIR", ROOT / "instance"))
 
@@ -125,9 +127,8 @@ class Config:
         # Hosts outbound calls may reach on a private, loopback or link-local address outside
         # development (portal/outbound.py): names (".example.com" for subdomains), IPs or networks.
         self.OUTBOUND_ALLOWED_HOSTS = os.environ.get("OUTBOUND_ALLOWED_HOSTS", "")
-        self.DISPATCH_MAX_ATTEMPTS = int(os.environ.get("DISPATCH_MAX_ATTEMPTS", "6"))
-        self.DISPATCH_BACKOFF_BASE = float(os.environ.get("DISPATCH_BACKOFF_BASE", "5"))
-        self.DISPATCH_BACKOFF_CAP = float(os.environ.get("DISPATCH_BACKOFF_CAP", "600"))
+        # Delays between the attempts of a work order, an order event or a PMS write (portal/retries.py).
+        self.DISPATCH_RETRY_SCHEDULE = retries.parse(os.environ.get("DISPATCH_RETRY_SCHEDULE", retries.DEFAULT))
         self.DISPATCH_BATCH_SIZE = int(os.environ.get("DISPATCH_BATCH_SIZE", "200"))
         self.DISPATCH_BATCH_SECONDS = float(os.environ.get("DISPATCH_BATCH_SECONDS", "10"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
