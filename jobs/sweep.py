@@ -28,10 +28,10 @@ def run() -> dict:
     from portal.dispatch import notices
     from portal.dispatch import services as dispatch_services
     from portal.extensions import db
+    from portal.integrations import sync as scanner_sync
+    from portal.integrations.itero import rx as scanner_rx
     from portal.labapi import services as labapi_services
-    from portal.scanners import rx as scanner_rx
-    from portal.scanners import sync as scanner_sync
-    from portal.scanners import uploads as scan_uploads
+    from portal.scans import uploads as scan_uploads
 
     with _app().app_context():
         result = {"dispatch": dispatch_services.sweep(), "notices": notices.sweep(),

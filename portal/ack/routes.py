@@ -16,7 +16,7 @@ from portal.cases.status import Status
 from portal.extensions import db, limiter, transaction
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
-from portal.scanners.services import work_order_scans
+from portal.scans.services import work_order_scans
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
 bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))

@@ -266,7 +266,7 @@ def refresh_cases_for_appointment(appointment_id: int) -> None:
 def timeline(case: LabCase):
     """The case's own audit rows and those of the scans on it (received, updated by the vendor...)."""
     from portal.audit.models import AuditEvent
-    from portal.scanners.models import Scan
+    from portal.scans.models import Scan
 
     scan_ids = [str(i) for i in db.session.scalars(select(Scan.id).where(Scan.case_id == case.id))]
     of_case = (AuditEvent.entity_type == "lab_case") & (AuditEvent.entity_id == str(case.id))

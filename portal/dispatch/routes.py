@@ -10,13 +10,29 @@ from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
 from portal.dispatch import notices, services
 from portal.dispatch.forms import RetryForm, SendForm
-from portal.dispatch.models import Dispatch, OrderNotice
+from portal.dispatch.models import RETRYING_AFTER, Dispatch, DispatchState, OrderNotice
 from portal.dispatch.validation import check_case
+from portal.clock import utcnow
 from portal.extensions import db, transaction
 from portal.labcomm import services as labcomm
 from portal.web import CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("dispatch", __name__)
+
+
+@bp.app_template_filter("next_attempt")
+def next_attempt(when) -> str:
+    """When a retry is due, for people: "14:05 UTC" today, "Fri 04 Dec 02:05 UTC" another day.
+    (Practices keep no time zone yet, so the time says UTC.)"""
+    if when.date() == utcnow().date():
+        return when.strftime("%H:%M UTC")
+    return when.strftime("%a %d %b %H:%M UTC")
+
+
+@bp.app_template_filter("retrying")
+def retrying(row) -> bool:
+    """A work order or order event waiting for its next attempt after two or more failures."""
+    return row.state is DispatchState.PENDING and row.attempts >= RETRYING_AFTER and row.next_attempt_at is not None
 
 
 def _page(case: LabCase, form: SendForm, check, code: int = 200, error: str = ""):

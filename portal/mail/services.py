@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from flask import current_app
 from sqlalchemy import select
 
 from portal import outbound
