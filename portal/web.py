@@ -75,15 +75,6 @@ def go_to(target: str, code: int = 303):
     return redirect(target, code)
 
 
-def safe_next(default: str) -> str:
-    """The form's `next` when it is a path on this site, else `default` (no open redirect)."""
-    target = request.form.get("next") or ""
-    parts = urlsplit(target)
-    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
-        return default
-    return target
-
-
 def current_practice() -> Practice:
     return g.practice
 

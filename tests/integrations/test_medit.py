@@ -28,7 +28,7 @@ from portal.extensions import db
 from portal.integrations import oauth
 from portal.integrations import services as admin
 from portal.integrations.base import CallbackRejected, Notice
-from portal.integrations.hooks import new_callback_url
+from portal.integrations.services import new_callback_url
 from portal.integrations.http import VendorError
 from portal.integrations.medit import adapter as medit
 from portal.integrations.medit import wire
