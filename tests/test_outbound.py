@@ -154,12 +154,12 @@ def test_a_name_resolving_to_public_and_private_addresses_is_only_dialled_on_the
     assert outbound.Policy(guard=False).address_allowed("x", "127.0.0.1")
 
 
-def test_scanner_and_pms_vendor_calls_go_through_the_same_rule(production, v4):
+def test_scanner_and_pms_vendor_calls_go_through_the_same_rule(production, v4, monkeypatch):
     """The vendors' own host allow-list (SCANNER_ALLOWED_HOSTS) is not enough outside development:
     a vendor that points us at loopback is refused on the address, and nothing is sent."""
     from portal.integrations import http as vendor_http
 
-    production["SCANNER_ALLOWED_HOSTS"] = "127.0.0.1"
+    monkeypatch.setitem(production, "SCANNER_ALLOWED_HOSTS", "127.0.0.1")
     with pytest.raises(vendor_http.VendorError) as caught:
         vendor_http.call("GET", f"http://127.0.0.1:{v4.port}/oauth/token", vendor="iTero")
     assert caught.value.kind == "host" and "loopback" in str(caught.value)  # an integration stops on "host"
