@@ -29,6 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import logfilter
 from portal.audit.actor import Actor
+from portal.auth.sessions import passive
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.cases.services import patient_options
@@ -173,6 +174,7 @@ def _too_large(error):
 
 @bp.get("/<int:scan_id>/processing")
 @requires(*ANY_ROLE)
+@passive()  # the progress poll is not a person's activity
 def processing(scan_id: int):
     """The scan page's progress panel: polled while a file is being read; when none is, the answer
     stops the polling and has the page reload once to show the counts."""
