@@ -217,6 +217,11 @@ def move(
     # turnaround) runs from the send. A resend after a rescan does restart it.
     if stamp and rule.action != "resume":
         setattr(case, stamp, now)
+        if stamp in ("sent_at", "dispatched_at", "received_at"):
+            from portal.cases.models import business_day_spans
+            from portal.cases.risk import closed_days
+
+            business_day_spans(case, closed_days(case.practice_id))
     if to in TERMINAL:
         case.closed_at = now
     detail = detail or {}

@@ -50,7 +50,7 @@ def _filters() -> tuple[ReportFilters, dict[str, str], list]:
 @requires(*READERS)
 def index():
     filters, errors, labs = _filters()
-    report = services.build_report(g.practice.id, filters)
+    report = services.build_report(g.practice.id, filters, lab_names={lab.id: lab.name for lab in labs})
     return render("reports/index.html", "report", code=422 if errors else 200, report=report, filters=filters,
                   errors=errors, labs=labs, charts=charts.for_report(report),
                   lab=next((lab for lab in labs if lab.id == filters.lab_id), None))
@@ -62,9 +62,11 @@ def cases():
     filters, errors, labs = _filters()
     drill, drill_errors = Drill.parse(request.args, filters)
     errors |= drill_errors
-    rows = services.select_cases(services.load_cases(g.practice.id, filters), drill)
-    return render("reports/cases.html", code=422 if errors else 200, cases=rows, filters=filters, drill=drill,
-                  errors=errors, lab=next((lab for lab in labs if lab.id == filters.lab_id), None))
+    page = services.Page.parse(request.args, errors)
+    rows, total = services.load_page(g.practice.id, filters, drill=drill, limit=page.size, offset=page.offset)
+    return render("reports/cases.html", code=422 if errors else 200, cases=rows, total=total, page=page,
+                  filters=filters, drill=drill, errors=errors,
+                  lab=next((lab for lab in labs if lab.id == filters.lab_id), None))
 
 
 @bp.get("/<table>.csv")
@@ -78,8 +80,7 @@ def export(table: str):
         return Response(" ".join((errors | drill_errors).values()) + "\n", 422, mimetype="text/plain")
     name = f"lab-report-{table}-{filters.date_from.isoformat()}-{filters.date_to.isoformat()}.csv"
     if table == "cases":
-        rows = services.select_cases(services.load_cases(g.practice.id, filters), drill)
-        body = services.cases_csv(rows)
+        body = services.cases_csv(services.load_cases(g.practice.id, filters, drill=drill))
     else:
         body = services.table_csv(services.build_report(g.practice.id, filters), table)
     return Response(body, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
