@@ -31,18 +31,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import exists, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import select
 
 from portal.audit.services import csv_safe
 from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS, RESTORATIONS
 from portal.cases.lifecycle import Status
-from portal.cases.models import CaseItem, LabCase
-from portal.cases.risk import closed_days
 from portal.extensions import db
 from portal.labs.models import Lab
-from portal.people.models import Appointment, Patient
-from portal.reports.stats import business_days_between, median, percentile
+from portal.people.models import Appointment
+from portal.reports.stats import median, percentile
 
 DEFAULT_MONTHS = 6
 MAX_MONTHS = 36

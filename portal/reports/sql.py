@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Date, Integer, String, case, cast, exists, func, literal, null, select, union_all
+from sqlalchemy import Date, Float, Integer, String, case, cast, exists, func, literal, null, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
@@ -78,6 +78,24 @@ def _month_of_default(element, compiler, **kw):
 @compiles(month_of, "sqlite")
 def _month_of_sqlite(element, compiler, **kw):
     return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
+
+
+class floor_of(FunctionElement):  # noqa: N801
+    """floor() of a non-negative number, as an integer (SQLite has no floor without its math
+    functions; CAST truncates there, and truncating is flooring for what is never negative)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(floor_of)
+def _floor_default(element, compiler, **kw):
+    return f"CAST(floor({compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(floor_of, "sqlite")
+def _floor_sqlite(element, compiler, **kw):
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
 
 
 def _dialect() -> str:
@@ -287,7 +305,8 @@ def window_percentiles(expanded) -> dict[tuple, tuple[float | None, float | None
                  func.sum(hist.c.c).over(**window).label("n")).subquery("cum")
     picks = []
     for n, q in enumerate(QUANTILES):
-        low = cast((cum.c.n - 1) * q, Integer)  # floor: (n - 1) q is never negative
+        # h = (n - 1) q in double precision, as Python computes it in interpolate()
+        low = floor_of(cast(cum.c.n - 1, Float) * q)
         picks += [func.min(case((cum.c.upto > low, cum.c.d))).label(f"lo{n}"),
                   func.min(case((cum.c.upto > low + 1, cum.c.d))).label(f"hi{n}")]
     found = {}
