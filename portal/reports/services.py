@@ -123,6 +123,28 @@ class ReportFilters:
         return keys
 
 
+@dataclass(frozen=True)
+class OrganisationFilters(ReportFilters):
+    """The DSO view's filters: the report's, and optionally one of the organisation's practices."""
+
+    practice_id: int | None = None
+
+    @classmethod
+    def parse(cls, args: Mapping, today: dt.date) -> tuple[OrganisationFilters, dict[str, str]]:
+        base, errors = ReportFilters.parse(args, today)
+        practice_id = None
+        text = (args.get("practice") or "").strip()
+        if text:
+            try:
+                practice_id = int(text)
+            except ValueError:
+                errors["practice"] = "Choose a practice from the list."
+        return cls(base.date_from, base.date_to, base.lab_id, base.service, practice_id), errors
+
+    def as_args(self) -> dict:
+        return {**super().as_args(), **({"practice": self.practice_id} if self.practice_id else {})}
+
+
 def _one_of(args: Mapping, name: str, allowed, message: str, errors: dict[str, str]) -> str:
     """The query-string value `name` if it is one of `allowed`, else "" (with `message` when it was
     given but is not allowed)."""
@@ -554,6 +576,20 @@ def select_cases(cases: Iterable[CaseFacts], drill: Drill) -> list[CaseFacts]:
     return [c for c in cases if drill.keeps(c)]
 
 
+def practice_choices(organization_id: int) -> list:
+    from portal.practices.models import Practice
+
+    return list(db.session.scalars(select(Practice).where(Practice.organization_id == organization_id)
+                                   .order_by(Practice.name, Practice.id)))
+
+
+def organisation_scope(organization_id: int):
+    """The ids of the organisation's practices, as a subquery for the report's statements."""
+    from portal.reports import sql
+
+    return sql.organisation_practices(organization_id)
+
+
 def lab_choices(organization_id: int) -> list[Lab]:
     return list(db.session.scalars(select(Lab).where(Lab.organization_id == organization_id).order_by(Lab.name)))
 
@@ -625,6 +661,7 @@ FIGURE_COLUMNS: list[tuple[str, Callable[[Figures], object]]] = [
 ]
 
 TABLES = {"labs": "lab", "services": "service", "months": "month", "remakes": "reason", "cases": "case"}
+ORGANISATION_TABLES = {**TABLES, "practices": "practice", "practice-labs": "practice"}
 
 
 def _csv(rows: Iterable[list]) -> str:
@@ -648,6 +685,18 @@ def table_csv(report: Report, table: str) -> str:
     return _csv([head, *body])
 
 
+def organisation_csv(org: OrganisationReport, table: str) -> str:
+    """The DSO view's own tables as CSV: its practices, and each practice's labs."""
+    head = [name for name, _ in FIGURE_COLUMNS]
+    if table == "practices":
+        body = [[f.label] + [get(f) for _, get in FIGURE_COLUMNS] for f in [*org.practices, org.report.total]]
+        return _csv([["practice", *head], *body])
+    names = {f.practice_id: f.label for f in org.practices}
+    body = [[names[practice_id], f.label] + [get(f) for _, get in FIGURE_COLUMNS]
+            for practice_id, labs in org.practice_labs.items() for f in labs]
+    return _csv([["practice", "lab", *head], *body])
+
+
 CASE_COLUMNS = ["case", "lab", "services", "status", "sent", "dispatched", "received",
                 "sent_to_dispatched_bdays", "sent_to_received_bdays", "due", "on_time_due", "seat",
                 "on_time_seat", "fee", "remade_as", "remake_reason", "remake_payer"]
@@ -657,10 +706,11 @@ def _yes_no(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "no")
 
 
-def cases_csv(cases: Iterable[CaseFacts]) -> str:
-    """The cases behind a figure: case numbers, not patient names (an export leaves the portal)."""
-    return _csv([CASE_COLUMNS, *([
-        c.number, c.lab_name, c.service_labels, c.status.label, c.sent_at.date().isoformat(),
+def cases_csv(cases: Iterable[CaseFacts], *, across: bool = False) -> str:
+    """The cases behind a figure: case numbers, not patient names (an export leaves the portal);
+    `across` an organisation, each case's practice first."""
+    return _csv([(["practice"] if across else []) + CASE_COLUMNS, *([
+        *([c.practice_name] if across else []), c.number, c.lab_name, c.service_labels, c.status.label, c.sent_at.date().isoformat(),
         c.dispatched_at.date().isoformat() if c.dispatched_at else None,
         c.received_at.date().isoformat() if c.received_at else None,
         c.to_dispatch, c.to_receive, c.due_date.isoformat() if c.due_date else None, _yes_no(c.on_time_due),

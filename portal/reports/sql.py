@@ -112,7 +112,7 @@ def scope(practice_ids) -> object:
 
 
 def organisation_practices(organization_id: int):
-    return select(Practice.id).where(Practice.organization_id == organization_id).scalar_subquery()
+    return select(Practice.id).where(Practice.organization_id == organization_id)
 
 
 def conditions(practice_ids, filters) -> list:
