@@ -78,7 +78,7 @@ def free_port() -> int:
 
 def setup_env(tmp: Path) -> dict:
     env = {"SECRET_KEY": "bench-secret", "LM_ENV": "development", "PUBLIC_BASE_URL": "http://127.0.0.1",
-           "LAB_API_TIMEOUT": "5", "DISPATCH_BACKOFF_BASE": "0.01", "DISPATCH_BACKOFF_CAP": "0.05"}
+           "LAB_API_TIMEOUT": "5", "DISPATCH_RETRY_SCHEDULE": "0.01,0.02,0.05"}
     env["DATABASE_URL"] = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp / 'bench.sqlite3'}"
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]
@@ -192,7 +192,7 @@ def orders_round(app, world, lab, env: dict, n: int, worker: str, mode: str) -> 
     from portal.dispatch import services
     from portal.dispatch.models import Dispatch, DispatchState
     from portal.extensions import db
-    from portal.queue import get_queue
+    from portal.queue import DELIVER_WORK_ORDER, enqueue_now, get_queue
 
     queue = get_queue()
     _clean_queue(queue)
@@ -201,7 +201,7 @@ def orders_round(app, world, lab, env: dict, n: int, worker: str, mode: str) -> 
     if mode == "per-order":
         queue.empty()
         for dispatch_id in ids:
-            queue.enqueue(services.DELIVER, dispatch_id, job_id=f"dispatch-{dispatch_id}-1", **services.job_options())
+            enqueue_now(queue, DELIVER_WORK_ORDER, dispatch_id, job_id=f"dispatch-{dispatch_id}-1")
     wall = _run_worker(queue, env, worker)
     jobs, span = _jobs_span(queue)
     db.session.expire_all()
@@ -309,7 +309,7 @@ def bench_webhook(app, env: dict, ids, n_events: int, workers: int, clients: int
     from portal.dispatch import signing
     from portal.dispatch.models import LabEvent
     from portal.extensions import db
-    from portal.practices.models import utcnow
+    from portal.clock import utcnow
 
     steps = [("acknowledged", {}), ("in_production", {}), ("dispatched", {"carrier": "UPS", "tracking_number": "1Z1"})]
     with app.app_context():

@@ -1,4 +1,4 @@
-"""Bench: portal.scanners.mesh.inspect() on 50 MB mesh files, beside a plain read of the same file.
+"""Bench: portal.scans.mesh.inspect() on 50 MB mesh files, beside a plain read of the same file.
 
 Writes, in a temporary folder, a 50 MB binary STL (1,000,000 triangles, 50,000,084 bytes) and a
 ~50 MB ASCII PLY (a grid of ~790,000 vertices and ~1.58 million triangles), plus, with --all, a
@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from portal.scanners import mesh  # noqa: E402
-from tests.scanners import meshes as M  # noqa: E402
+from portal.scans import mesh  # noqa: E402
+from tests.scans import meshes as M  # noqa: E402
 
 TARGET_S = {"binary STL": 1.0, "ASCII PLY": 4.0}
 TARGET_PEAK = 32 * 1024**2

@@ -1,283 +1,31 @@
-"""Deliver work orders to a lab's API (contracts/lab-api.md, RELIABILITY.md D1-D4).
-
-An attempt claims the row (state guard plus a lease, committed before the request goes out),
-posts the approved work order with its stable Idempotency-Key and Standard Webhooks signature,
-then records the outcome with its audit row: delivered, retry scheduled (capped exponential
-backoff with full jitter, honouring Retry-After), or failed. An unexpected error is not
-swallowed: it reaches RQ's failed registry, and the attempt under way goes back on the retry path.
-
-Two jobs make attempts. `deliver_due(lab_id)`, the lab's drain job, is what approve_and_send
-relays: it makes the first attempt of every work order waiting for that lab, one after another,
-so a burst of sends costs one RQ job (RQ's own bookkeeping was a third of a job per order).
-`deliver(dispatch_id)` makes one attempt of one dispatch: its scheduled retries, a person's
-Retry, and the outbox sweep's re-enqueues, each with a deterministic job id.
-
-`post_to_lab` (the signed request and how its answer is sorted), `schedule` and the HTTP client are
-shared with jobs/notices.py, which delivers order events the same way.
-"""
+"""RQ entry points for work orders to a lab's API; the delivery itself is portal/dispatch/delivery.py."""
 from __future__ import annotations
 
-import datetime as dt
-import logging
-import os
-import ssl
-import time
-from collections import Counter
-from dataclasses import dataclass
-
-import httpx
-import redis
-
 from jobs import app as _app
-from portal.http import retry_after
-
-log = logging.getLogger(__name__)
-ACTOR_NAME = "jobs.dispatch.deliver"
-TRANSIENT_STATUS = frozenset({408, 425, 429})
-USER_AGENT = "LabManager-Dispatch/1"
-_client: tuple[int, httpx.Client] | None = None
-_tls: ssl.SSLContext | None = None
-
-
-def http_client() -> httpx.Client:
-    """One client per process (a forked work horse gets its own, so no connection is shared):
-    connections are kept alive and reused by the jobs of that process. The TLS context (loading
-    the CA bundle costs ~20 ms) is made once and inherited by forked work horses."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), httpx.Client(verify=_tls_context(), follow_redirects=False,
-                                             headers={"User-Agent": USER_AGENT}))
-    return _client[1]
-
-
-def _tls_context() -> ssl.SSLContext:
-    global _tls
-    if _tls is None:
-        _tls = httpx.create_ssl_context()
-    return _tls
-
-
-def preload_http() -> None:
-    """For a worker about to fork work horses (jobs/worker.py): what every horse's client needs,
-    made once, with no connection opened."""
-    _tls_context()
-    httpx.Client(verify=_tls_context()).close()  # imports httpcore's transport
-
-
-def close_http_client() -> None:
-    global _client
-    if _client is not None:
-        _client[1].close()
-        _client = None
-
-
-def _lab_reference(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return ""
-    ref = data.get("lab_reference") if isinstance(data, dict) else None
-    return ref if isinstance(ref, str) else ""
-
-
-def _short(response: httpx.Response) -> str:
-    """The lab's reason, for people: the `error` of a JSON error body, else the start of the body."""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"].strip()[:200]
-    text = response.text.strip().replace("\n", " ")
-    return text[:200]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What one signed POST to a lab's API came to: "delivered", "transient" (try again, after at
-    least `retry_after` seconds when the lab said so) or "permanent", with an error for people."""
-
-    outcome: str
-    status_code: int | None
-    error: str = ""
-    retry_after: float | None = None
-    response: httpx.Response | None = None
-
-
-def post_to_lab(lab_name: str, url: str, body: bytes, msg_id: str, secrets: list[str], *, what: str,
-                headers: dict[str, str] | None = None, transient: frozenset[int] = TRANSIENT_STATUS) -> Answer:
-    """POST `body` signed the Standard Webhooks way and sort the answer (RELIABILITY.md D3): 2xx
-    done; network errors, `transient` codes and 5xx retried; any other code final. `what` names
-    the message in the error ("the work order")."""
-    from portal.dispatch import services, signing
-
-    all_headers = {"Content-Type": "application/json", **(headers or {}), **signing.headers(secrets, msg_id, body)}
-    try:
-        response = http_client().post(url, content=body, headers=all_headers,
-                                      timeout=httpx.Timeout(services.http_timeout()))
-    except httpx.TransportError as exc:  # connect/read/write timeouts, refused, reset
-        return Answer("transient", None, f"Could not reach {lab_name}: {exc.__class__.__name__} {exc}".strip())
-    code = response.status_code
-    if 200 <= code < 300:
-        return Answer("delivered", code, response=response)
-    if code in transient or code >= 500:
-        return Answer("transient", code, f"{lab_name} answered HTTP {code}: {_short(response)}".strip(),
-                      retry_after=retry_after(response) if code in (429, 503) else None, response=response)
-    return Answer("permanent", code, f"{lab_name} refused {what} (HTTP {code}): {_short(response)}".strip(),
-                  response=response)
 
 
 def deliver(dispatch_id: str) -> str:
     """One attempt of one dispatch: a retry (scheduled, or a person's), or the sweep's."""
-    from portal.audit.actor import Actor
-    from portal.dispatch import services
-    from portal.extensions import db
+    from portal.dispatch import delivery
 
     with _app().app_context():
-        # The claim's RETURNING is the row as committed; reloading it after the commit would only
-        # cost a SELECT per attempt. (finish still expires it after writing an outcome.)
-        db.session().expire_on_commit = False
-        dispatch = services.claim(dispatch_id)
-        if dispatch is None:
-            db.session.rollback()
-            return "nothing to do"
-        target = services.lab_target(dispatch)
-        # The claim is committed before the request goes out: a second job (or the sweep) sees
-        # the lease and leaves the row alone; no transaction stays open during the HTTP call.
-        db.session.commit()
-        outcome, retry = _attempt(dispatch, target, Actor.job(ACTOR_NAME))
-        db.session.commit()
-        return _schedule_retry(outcome, retry)
+        return delivery.deliver(dispatch_id)
 
 
 def deliver_due(lab_id: int) -> dict:
-    """The first attempt of every work order waiting for one lab: a lab's drain job.
-
-    approve_and_send enqueues it after its commit unless one is already waiting for the lab
-    (portal/queue.py, SET NX), so a burst of sends shares one job. It lets the next send enqueue
-    again before it reads (nothing committed after the read is left waiting), then goes through
-    the lab's waiting dispatches oldest first, each exactly as `deliver` would: its own claim and
-    lease, committed before its request goes out; its signed POST with its Idempotency-Key; its
-    outcome and audit row, committed in the same transaction as the claim of the next one; a
-    transient answer schedules that dispatch's own retry job.
-
-    Bounded: it starts no attempt after DISPATCH_BATCH_SECONDS, nor more than DISPATCH_BATCH_SIZE,
-    and then enqueues a new drain job for the rest, which queues behind other labs' work. Killed
-    midway, it leaves the dispatch under way leased and the rest pending: the sweep hands both
-    over again, and the lab's Idempotency-Key makes a repeated request harmless. An exception is
-    recorded on the dispatch under way (as `on_failure` does for `deliver`) and re-raised.
-    """
-    from portal.audit.actor import Actor
-    from portal.dispatch import services
-    from portal.extensions import db
-    from portal.queue import enqueue_once, get_queue, release
+    """A lab's drain job: the first attempt of every work order waiting for that lab."""
+    from portal.dispatch import delivery
 
     with _app().app_context():
-        release(services.drain_key(lab_id))
-        db.session().expire_on_commit = False  # as in deliver: each claim returns its row
-        started, budget, size = time.monotonic(), services.batch_seconds(), services.batch_size()
-        waiting = services.first_attempts_due(lab_id, size)
-        more = len(waiting) == size  # there may be more than one job's worth
-        target = services.lab_target_of(lab_id) if waiting else None
-        actor, outcomes, under_way = Actor.job(ACTOR_NAME), Counter(), None
-        try:
-            dispatch = _claim_next(waiting)
-            db.session.commit()
-            while dispatch is not None:
-                under_way = dispatch.id
-                outcome, retry = _attempt(dispatch, target, actor)
-                dispatch = _claim_next(waiting) if time.monotonic() - started < budget else None
-                db.session.commit()  # this outcome with its audit row, and the next claim
-                under_way = None
-                outcomes[_schedule_retry(outcome, retry)] += 1
-        except Exception as exc:
-            db.session.rollback()
-            if under_way is not None:
-                _record_job_failure(under_way, type(exc), exc)
-            raise
-        if waiting or more:  # the rest in a new job, behind whatever else is queued
-            enqueue_once(get_queue(), services.drain_key(lab_id), services.DELIVER_DUE, lab_id,
-                         **services.batch_job_options())
-        return dict(outcomes)
-
-
-def _claim_next(waiting: list[str]):
-    """Claim the first of `waiting` still waiting for its first attempt (another job may have
-    taken some meanwhile); removes the ids it tried. None when none is left."""
-    from portal.dispatch import services
-
-    while waiting:
-        dispatch = services.claim_first(waiting.pop(0))
-        if dispatch is not None:
-            return dispatch
-    return None
-
-
-def _attempt(dispatch, target: tuple[str, str, list[str]], actor) -> tuple[str, tuple | None]:
-    """Post the claimed dispatch's work order and write its outcome and audit row (the caller
-    commits). Returns the outcome and, for a transient answer with attempts left, the retry to
-    schedule after the commit: (dispatch id, its next job id, delay)."""
-    from portal.dispatch import services
-
-    lab_name, api_url, secrets = target
-    dispatch_id, next_job_id = dispatch.id, dispatch.job_id
-    answer = post_to_lab(lab_name, api_url.rstrip("/") + "/orders", dispatch.payload.encode(),
-                         dispatch.webhook_id, secrets, what="the work order",
-                         headers={"Idempotency-Key": dispatch_id})
-    if answer.outcome == "delivered":
-        services.mark_delivered(dispatch, answer.status_code, _lab_reference(answer.response), actor)
-        return "delivered", None
-    if answer.outcome == "transient":
-        delay = services.mark_transient(dispatch, answer.error, answer.status_code, actor,
-                                        retry_after=answer.retry_after)
-        return "failed", (dispatch_id, next_job_id, delay) if delay is not None else None
-    services.mark_permanent(dispatch, answer.error, answer.status_code, actor)
-    return "failed", None
-
-
-def _schedule_retry(outcome: str, retry: tuple | None) -> str:
-    """After the commit: hand RQ the dispatch's own next attempt, if one is due."""
-    from portal.dispatch import services
-
-    if retry is None:
-        return outcome
-    dispatch_id, job_id, delay = retry
-    schedule(services.DELIVER, dispatch_id, job_id, delay, services.job_options())
-    return "retry scheduled"
-
-
-def schedule(func: str, row_id, job_id: str, delay: float, options: dict) -> None:
-    """The next attempt, via RQ's scheduler (workers run --with-scheduler). If Redis is away the row
-    is still pending with its next_attempt_at, and the outbox sweep enqueues it."""
-    from portal.queue import get_queue
-
-    try:
-        get_queue().enqueue_in(dt.timedelta(seconds=delay), func, row_id, job_id=job_id, **options)
-    except redis.RedisError as exc:
-        log.warning("could not schedule %s (%s); the outbox sweep will", job_id, exc.__class__.__name__)
+        return delivery.deliver_due(lab_id)
 
 
 def on_failure(job, connection, exc_type, exc_value, traceback) -> None:
     """RQ calls this when deliver() raised (a bug, the database away): put the row back on the
     retry path with the error, or fail it when its attempts are used up. The job stays failed in RQ."""
+    from portal.dispatch import delivery
+
     dispatch_id = job.args[0] if job.args else None
     if dispatch_id:
         with _app().app_context():
-            _record_job_failure(dispatch_id, exc_type, exc_value)
-
-
-def _record_job_failure(dispatch_id: str, exc_type, exc_value) -> None:
-    """The attempt under way when a job raised: back on the retry path with the error (the sweep
-    enqueues it when due), or failed if its attempts are used up. Nothing if it is no longer
-    sending (its outcome was recorded, or it was superseded)."""
-    from portal.audit.actor import Actor
-    from portal.dispatch import services
-    from portal.dispatch.models import Dispatch
-    from portal.extensions import db
-
-    dispatch = db.session.get(Dispatch, dispatch_id)
-    if dispatch is None:
-        return
-    services.mark_transient(dispatch, f"The delivery job failed: {exc_type.__name__}: {exc_value}",
-                            None, Actor.job(ACTOR_NAME))
-    db.session.commit()
+            delivery.record_job_failure(dispatch_id, exc_type, exc_value)

@@ -1,4 +1,4 @@
-"""iTero jobs for the Rx of a case (portal/scanners/rx.py): send it to the scanner, withdraw it,
+"""iTero jobs for the Rx of a case (portal/integrations/itero/rx.py): send it to the scanner, withdraw it,
 and ask for a rescan. Each takes a row id, builds its own app context, claims the row and calls
 iTero; an unexpected error is not swallowed (RQ's failed registry sees it, and the sweep enqueues
 the row again once its lease is over)."""
@@ -9,7 +9,7 @@ from jobs import app as _app
 
 def send_rx(request_id: int) -> str:
     from portal.audit.actor import Actor
-    from portal.scanners import rx
+    from portal.integrations.itero import rx
 
     with _app().app_context():
         return rx.send(request_id, Actor.job("jobs.itero.send_rx"))
@@ -17,7 +17,7 @@ def send_rx(request_id: int) -> str:
 
 def withdraw_rx(request_id: int) -> str:
     from portal.audit.actor import Actor
-    from portal.scanners import rx
+    from portal.integrations.itero import rx
 
     with _app().app_context():
         return rx.withdraw(request_id, Actor.job("jobs.itero.withdraw_rx"))
@@ -25,7 +25,7 @@ def withdraw_rx(request_id: int) -> str:
 
 def return_to_doctor(rescan_id: int) -> str:
     from portal.audit.actor import Actor
-    from portal.scanners import rx
+    from portal.integrations.itero import rx
 
     with _app().app_context():
         return rx.return_scan(rescan_id, Actor.job("jobs.itero.return_to_doctor"))

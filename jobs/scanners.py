@@ -1,5 +1,5 @@
-"""Scanner jobs: poll a vendor, and act on its stored notifications (portal/scanners/sync.py);
-read a large uploaded scan file (portal/scanners/uploads.py).
+"""Scanner jobs: poll a vendor, and act on its stored notifications (portal/integrations/sync.py);
+read a large uploaded scan file (portal/scans/uploads.py).
 
 Both take ids and build their own app context. A poll that the vendor refuses is recorded on the
 integration (its "last error", shown to admins) and tried again by the next sweep; an unexpected
@@ -12,8 +12,8 @@ from jobs import each_in_its_own_transaction
 
 
 def sync(integration_id: int) -> dict:
+    from portal.integrations import sync as scanner_sync
     from portal.queue import release
-    from portal.scanners import sync as scanner_sync
 
     with _app().app_context():
         release(scanner_sync.sync_key(integration_id))
@@ -22,8 +22,8 @@ def sync(integration_id: int) -> dict:
 
 def handle_events(integration_id: int) -> list[str]:
     """Every pending notification of one integration, in arrival order, each in its own transaction."""
+    from portal.integrations import sync as scanner_sync
     from portal.queue import release
-    from portal.scanners import sync as scanner_sync
 
     with _app().app_context():
         release(scanner_sync.events_key(integration_id))
@@ -45,7 +45,7 @@ class ProgressWriter:
 
     def __call__(self, done: int, total: int) -> None:
         from portal.extensions import db
-        from portal.scanners import uploads
+        from portal.scans import uploads
 
         percent = int(100 * done / total) if total else 0
         if percent - self.last < self.step or percent >= 100:
@@ -62,7 +62,7 @@ def inspect_file(scan_file_id: int) -> str:
     'processing'). Deterministic job id: uploads.inspect_job_id."""
     from portal.audit.actor import Actor
     from portal.extensions import db
-    from portal.scanners import uploads
+    from portal.scans import uploads
 
     with _app().app_context():
         target = uploads.claim(scan_file_id)
@@ -83,7 +83,7 @@ def inspect_failed(job, connection, exc_type, exc_value, traceback) -> None:
 
     from portal.audit.actor import Actor
     from portal.extensions import db
-    from portal.scanners import uploads
+    from portal.scans import uploads
 
     file_id = job.args[0] if job.args else None
     if file_id is None:

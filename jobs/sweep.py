@@ -28,10 +28,10 @@ def run() -> dict:
     from portal.dispatch import notices
     from portal.dispatch import services as dispatch_services
     from portal.extensions import db
+    from portal.integrations import sync as scanner_sync
+    from portal.integrations.itero import rx as scanner_rx
     from portal.labapi import services as labapi_services
-    from portal.scanners import rx as scanner_rx
-    from portal.scanners import sync as scanner_sync
-    from portal.scanners import uploads as scan_uploads
+    from portal.scans import uploads as scan_uploads
 
     with _app().app_context():
         result = {"dispatch": dispatch_services.sweep(), "notices": notices.sweep(),
@@ -55,12 +55,14 @@ def _mail_sweep():
 
 
 def _register() -> None:
+    from portal.queue import SWEEP
+
     config = Config()
     interval = config.OUTBOX_SWEEP_SECONDS
     # ttl: a sweep nobody picked up before the next one is due is dropped, so they don't pile up
     # while the workers are away.
-    cron.register(run, queue_name=config.RQ_QUEUE, interval=interval, job_timeout=120,
-                  ttl=max(2 * interval, 60), result_ttl=600, failure_ttl=86400, name="outbox-sweep")
+    cron.register(run, queue_name=config.RQ_QUEUE, interval=interval, ttl=max(2 * interval, 60),
+                  name="outbox-sweep", **SWEEP.options(config.as_dict()))
 
 
 _register()

@@ -21,9 +21,6 @@ import importlib
 
 import rq
 
-# The modules RQ imports by name in each horse; loading them here makes that free.
-JOB_MODULES = ("jobs.dispatch", "jobs.notices", "jobs.labapi", "jobs.mail", "jobs.scanners", "jobs.itero")
-
 
 class Worker(rq.Worker):
     def work(self, *args, **kwargs):
@@ -39,13 +36,14 @@ def preload() -> None:
     from sqlalchemy.orm import configure_mappers
 
     from jobs import app
-    from jobs.dispatch import preload_http
+    from portal import outbound
+    from portal.queue import job_modules
 
     app()
-    for name in JOB_MODULES:
+    for name in job_modules():  # the modules RQ imports by name in each horse (portal/queue.py JOBS)
         importlib.import_module(name)
     configure_mappers()
-    preload_http()
+    outbound.preload()
 
 
 def _forget_parent_connections() -> None:

@@ -30,8 +30,10 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     htmx.init_app(app)
 
     from portal import web
+    from portal.labcomm import services as labcomm
 
     web.init_app(app)
+    labcomm.register(app)  # how a lab hears of a change: subscribes to the cases', messages' and dispatches' events
 
     from portal.ack.routes import bp as ack_bp
     from portal.admin.routes import bp as admin_bp
@@ -42,26 +44,26 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.board.routes import bp as board_bp
     from portal.cases.routes import bp as cases_bp
     from portal.dispatch.routes import bp as dispatch_bp
+    from portal.integrations.hooks import bp as scanner_hooks_bp
+    from portal.integrations.routes import bp as scanner_settings_bp
     from portal.labapi.routes import bp as labapi_bp
     from portal.labs.routes import bp as labs_bp
     from portal.mail.routes import bp as mail_bp
     from portal.messages.routes import bp as messages_bp
     from portal.people.routes import bp as people_bp
     from portal.reports.routes import bp as reports_bp
-    from portal.scanners.hooks import bp as scanner_hooks_bp
-    from portal.scanners.routes import admin_bp as scanner_settings_bp
-    from portal.scanners.routes import bp as scans_bp
+    from portal.scans.routes import bp as scans_bp
 
     for bp in (auth_bp, board_bp, cases_bp, people_bp, labs_bp, audit_bp, admin_bp, users_bp,
                password_bp, dispatch_bp, labapi_bp, ack_bp, mail_bp, messages_bp, reports_bp, scanner_hooks_bp,
                scans_bp, scanner_settings_bp):
         app.register_blueprint(bp)
-    from portal.scanners.rx_routes import bp as scanner_rx_bp
+    from portal.integrations.itero.routes import bp as scanner_rx_bp
 
     app.register_blueprint(scanner_rx_bp)
 
-    from portal.scanners.upload_routes import bp as uploads_bp
-    from portal.scanners.upload_routes import files_bp as scan_files_bp
+    from portal.scans.upload_routes import bp as uploads_bp
+    from portal.scans.upload_routes import files_bp as scan_files_bp
 
     app.register_blueprint(uploads_bp)  # scan files by upload, and their downloads
     app.register_blueprint(scan_files_bp)

@@ -21,10 +21,10 @@ def scanners_rotate_keys() -> None:
     """Re-encrypt every integration's credentials and tokens with the first SCANNER_CREDENTIALS_KEYS key."""
     from sqlalchemy import select
 
+    from portal import keyring as crypto
     from portal.audit.actor import Actor
     from portal.audit.service import record
-    from portal.scanners import crypto
-    from portal.scanners.models import ScannerIntegration
+    from portal.integrations.models import ScannerIntegration
 
     count = 0
     for integration in db.session.scalars(select(ScannerIntegration)):
@@ -40,7 +40,7 @@ def scanners_rotate_keys() -> None:
 @scanners_cli.command("demo-patients")
 def scanners_demo_patients() -> None:
     """Print the demo scanner patients (First,Last,Chart,Date of birth; ...) for the vendor sandbox."""
-    from portal.scanners.demo import demo_patients
+    from portal.demo.scanners import demo_patients
 
     click.echo(";".join(demo_patients()))
 
@@ -49,18 +49,32 @@ def scanners_demo_patients() -> None:
 @click.option("--sandbox", "sandbox_url", required=True, help="The vendor sandbox's root URL.")
 def scanners_demo_connect(sandbox_url: str) -> None:
     """Create and connect the demo practice's iTero and Medit integrations to the vendor sandbox."""
-    from portal.scanners.demo import connect
+    from portal.demo.scanners import connect
 
     for line in connect(sandbox_url):
         click.echo(f"Scanners: {line}")
 
 
 @audit_cli.command("verify")
-def audit_verify() -> None:
-    """Check the whole hash chain; exit 1 and say where if it is broken."""
-    from portal.audit.service import verify_chain
+@click.option("--head", "head_text", default=None, metavar="ROWS:HASH",
+              help="An exported head (`flask audit head`): the chain must still reach it, unchanged.")
+@click.option("--head-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file holding an exported head.")
+def audit_verify(head_text: str | None, head_file: str | None) -> None:
+    """Check the whole chain's keyed hashes; exit 1 and say where if it is broken."""
+    from portal.audit.service import Walk, parse_head, verify_chain
 
-    problems = list(verify_chain())
+    expected = None
+    if head_file:
+        with open(head_file, encoding="utf-8") as fh:
+            head_text = fh.read()
+    if head_text is not None:
+        try:
+            expected = parse_head(head_text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--head") from None
+    walk = Walk()
+    problems = list(verify_chain(expected_head=expected, walk=walk))
     if problems:
         for p in problems[:50]:
             click.echo(f"BROKEN at row {p.seq}: {p.message}", err=True)
@@ -71,6 +85,20 @@ def audit_verify() -> None:
 
     head = db.session.get(AuditHead, 1)
     click.echo(f"Audit chain intact: {head.seq if head else 0} rows verified.")
+    if walk.legacy_rows:
+        click.echo(f"{walk.legacy_rows} of them predate the keyed chain (plain SHA-256, anchored by the "
+                   "first keyed row).")
+    if expected:
+        click.echo(f"It reaches the exported head (row {expected[0]}) unchanged.")
+
+
+@audit_cli.command("head")
+def audit_head() -> None:
+    """Print the chain's head as ROWS:HASH, to keep outside the database (for verify --head)."""
+    from portal.audit.service import head
+
+    count, digest = head()
+    click.echo(f"{count}:{digest}")
 
 
 @click.command("seed-demo")

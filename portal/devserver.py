@@ -98,16 +98,14 @@ def main() -> int:
 
 def _extra_processes(env: dict) -> list[subprocess.Popen]:
     """Helpers started beside the app: RQ's cron scheduler running the outbox sweep (jobs/sweep.py),
-    and the demo lab's API server, when present."""
+    the demo lab's API server and the vendor sandbox (sandbox/, beside the package in the checkout)."""
     procs = [subprocess.Popen(
         [str(BIN / "rq"), "cron", "--url", env["REDIS_URL"], "--path", str(ROOT), "jobs.sweep"],
         env=env, cwd=ROOT)]
-    demo_lab = ROOT / "portal" / "demo" / "lab_server.py"
-    if demo_lab.exists():
-        procs.append(subprocess.Popen([sys.executable, "-m", "portal.demo.lab_server"], env=env, cwd=ROOT))
+    procs.append(subprocess.Popen([sys.executable, "-m", "sandbox.lab"], env=env, cwd=ROOT))
     sandbox_env = dict(env, VENDOR_DEMO_PATIENTS=_flask(env, "scanners", "demo-patients", capture=True))
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "portal.demo.vendor_sandbox", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
+        [sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
         env=sandbox_env, cwd=ROOT))
     return procs
 

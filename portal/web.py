@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, flash, g, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user
@@ -14,7 +15,8 @@ from sqlalchemy import select
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.cases import teeth
-from portal.cases.lifecycle import LABELS, Status, allowed_moves
+from portal.cases.lifecycle import allowed_moves
+from portal.cases.status import LABELS, Status
 from portal.extensions import db, login_manager
 from portal.practices.models import Practice, Role, User
 
@@ -58,6 +60,15 @@ def go_to(target: str, code: int = 303):
         response.headers["HX-Redirect"] = target
         return response
     return redirect(target, code)
+
+
+def safe_next(default: str) -> str:
+    """The form's `next` when it is a path on this site, else `default` (no open redirect)."""
+    target = request.form.get("next") or ""
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def current_practice() -> Practice:
@@ -114,20 +125,24 @@ def get_or_404(model, ident, practice_field: str = "practice_id"):
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    try:
-        return db.session.get(User, int(user_id))
-    except ValueError:
-        return None
+    """The user of the live session whose key the cookie carries (portal/auth/sessions.py)."""
+    from portal.auth import sessions
+
+    return sessions.load(user_id)
 
 
 @login_manager.unauthorized_handler
 def unauthorized():
+    from portal.auth import sessions
+
     target = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
+    message = sessions.end_message(g.get("session_end_reason", "")) or "Please sign in to continue."
     if request.htmx:
+        flash(message, "info")  # shown by the sign-in page htmx is sent to
         response = make_response("", 401)
         response.headers["HX-Redirect"] = target
         return response
-    flash("Please sign in to continue.", "info")
+    flash(message, "info")
     return redirect(target)
 
 

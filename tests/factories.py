@@ -154,9 +154,9 @@ def case(w: World, status: Status = Status.DRAFT, *, practice: Practice | None =
 def integration(practice: Practice, vendor=None, labs: list[Lab] | None = None, name: str = "Front desk",
                 **config):
     """A scanner integration of `practice` (connected, no credentials), allowed to send to `labs`."""
-    from portal.practices.models import utcnow
-    from portal.scanners.models import ScannerIntegration
-    from portal.scanners.vendor import Vendor
+    from portal.clock import utcnow
+    from portal.integrations.models import ScannerIntegration
+    from portal.integrations.vendor import Vendor
 
     i = ScannerIntegration(practice_id=practice.id, vendor=vendor or Vendor.ITERO, name=name,
                            connected_at=utcnow())

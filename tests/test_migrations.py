@@ -181,12 +181,12 @@ def _insert(conn, table: str, **values) -> int:
 
 
 def test_business_days_are_backfilled_with_the_practices_closed_days(tmp_path):
-    """Migration 0005 fills the stored spans of the cases already there, by the lifecycle's rule:
+    """Migration 0007 fills the stored spans of the cases already there, by the lifecycle's rule:
     sent Mon 3 Mar 2031, dispatched Fri 7, received Mon 10, Wed 5 closed: 3 and 4 business days."""
     app = _app(f"sqlite:///{tmp_path / 'backfill.sqlite3'}")
     with app.app_context(), _logging_kept():
         try:
-            flask_migrate.upgrade(revision="0004")
+            flask_migrate.upgrade(revision="0006")
             with db.engine.begin() as conn:
                 org = _insert(conn, "organization", name="DSO")
                 practice = _insert(conn, "practice", organization_id=org, name="P")

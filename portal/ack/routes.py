@@ -11,11 +11,12 @@ from portal import logfilter
 from portal.ack import services
 from portal.ack.forms import DispatchForm, MessageForm, ReasonForm, StatusForm
 from portal.cases import lifecycle
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.lifecycle import IllegalMove
+from portal.cases.status import Status
 from portal.extensions import db, limiter
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
-from portal.scanners.services import work_order_scans
+from portal.scans.services import work_order_scans
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
 bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))

@@ -21,18 +21,19 @@ from dataclasses import dataclass
 from flask import current_app, render_template
 from sqlalchemy import select
 
+from portal import tokens
 from portal.ack.models import AckLink
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
-from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
-from portal import tokens
+from portal.cases.status import Status
+from portal.clock import utcnow
 from portal.extensions import db
 from portal.labs.models import Channel, Lab
 from portal.mail.models import MailMessage
 from portal.mail.services import queue_mail
-from portal.practices.models import Practice, utcnow
+from portal.practices.models import Practice
 
 
 

@@ -6,9 +6,9 @@ import datetime as dt
 from sqlalchemy import select
 
 from portal.audit.service import record
-from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.cases.risk import refresh_risk
+from portal.cases.status import Status
 from portal.extensions import db
 from portal.practices.models import Practice, PracticeClosure
 

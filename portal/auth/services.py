@@ -5,8 +5,9 @@ from sqlalchemy import func, select
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.auth.passwords import DUMMY_HASH, check_password
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import User, utcnow
+from portal.practices.models import User
 
 
 def authenticate(email: str, password: str) -> User | None:

@@ -13,8 +13,9 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from portal.audit.models import AuditEvent
 from portal.board.cards import CardView, card_select, load_cards
-from portal.cases.lifecycle import TRANSITIONS, Status
+from portal.cases.lifecycle import TRANSITIONS
 from portal.cases.models import LabCase
+from portal.cases.status import Status
 from portal.extensions import db
 from portal.people.models import Patient
 

@@ -7,77 +7,24 @@ event, a vendor webhook or a job, goes through :func:`move`. An illegal move rai
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from portal.audit.service import record
+from portal.cases.models import business_day_spans
+from portal.cases.risk import closed_days, refresh_risk
+from portal.cases.status import LABELS, MAIN_LINE, PHASE, Status
+from portal.clock import utcnow
+
+__all__ = [  # Status and its tables live in portal/cases/status.py; re-exported for callers here
+    "LAB", "LABELS", "MAIN_LINE", "PHASE", "PRACTICE", "TERMINAL", "TRANSITIONS", "IllegalMove", "Rule",
+    "Status", "allowed_moves", "check", "move",
+]
 
 if TYPE_CHECKING:
     from portal.audit.actor import Actor
     from portal.cases.models import LabCase
 
-
-class Status(enum.StrEnum):
-    DRAFT = "draft"
-    SENT = "sent"
-    ACKNOWLEDGED = "acknowledged"
-    IN_PRODUCTION = "in_production"
-    DISPATCHED = "dispatched"
-    RECEIVED = "received"
-    FITTED = "fitted"
-    ON_HOLD = "on_hold"
-    RESCAN = "rescan"
-    CANCELLED = "cancelled"
-
-    @property
-    def label(self) -> str:
-        return LABELS[self]
-
-    @property
-    def phase(self) -> str:
-        return PHASE[self]
-
-    @classmethod
-    def awaiting_lab(cls) -> frozenset[Status]:
-        """Statuses in which the work is at the lab and can be late."""
-        return frozenset({cls.SENT, cls.ACKNOWLEDGED, cls.IN_PRODUCTION, cls.ON_HOLD})
-
-    @classmethod
-    def open(cls) -> frozenset[Status]:
-        return frozenset(cls) - {cls.FITTED, cls.CANCELLED}
-
-
-LABELS = {
-    Status.DRAFT: "Draft",
-    Status.SENT: "Sent",
-    Status.ACKNOWLEDGED: "Acknowledged",
-    Status.IN_PRODUCTION: "In production",
-    Status.DISPATCHED: "Dispatched",
-    Status.RECEIVED: "Received",
-    Status.FITTED: "Fitted",
-    Status.ON_HOLD: "On hold",
-    Status.RESCAN: "Returned for rescan",
-    Status.CANCELLED: "Cancelled",
-}
-
-# Seed 000's coarse lifecycle: request -> in progress -> delivery -> fit.
-PHASE = {
-    Status.DRAFT: "request",
-    Status.SENT: "request",
-    Status.ACKNOWLEDGED: "in progress",
-    Status.IN_PRODUCTION: "in progress",
-    Status.ON_HOLD: "in progress",
-    Status.RESCAN: "request",
-    Status.DISPATCHED: "delivery",
-    Status.RECEIVED: "delivery",
-    Status.FITTED: "fit",
-    Status.CANCELLED: "closed",
-}
-
-# The main line, in order. A lab may skip ahead (dispatch without acknowledging first).
-MAIN_LINE = [
-    Status.DRAFT, Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION,
-    Status.DISPATCHED, Status.RECEIVED, Status.FITTED,
-]
 
 PRACTICE = "practice"
 LAB = "lab"
@@ -194,10 +141,6 @@ def move(
 
     The caller commits. Raises IllegalMove (and changes nothing) when the move is not allowed.
     """
-    from portal.audit.service import record
-    from portal.cases.risk import refresh_risk
-    from portal.practices.models import utcnow
-
     to = Status(to)
     side = LAB if actor.kind == "lab" else PRACTICE
     rule = check(case, to, side, reason)
@@ -217,10 +160,7 @@ def move(
     # turnaround) runs from the send. A resend after a rescan does restart it.
     if stamp and rule.action != "resume":
         setattr(case, stamp, now)
-        if stamp in ("sent_at", "dispatched_at", "received_at"):
-            from portal.cases.models import business_day_spans
-            from portal.cases.risk import closed_days
-
+        if stamp in ("sent_at", "dispatched_at", "received_at"):  # the reports' stored turnaround
             business_day_spans(case, closed_days(case.practice_id))
     if to in TERMINAL:
         case.closed_at = now

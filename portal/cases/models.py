@@ -9,9 +9,10 @@ from sqlalchemy import (
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 
-from portal.cases.lifecycle import Status
+from portal.cases.status import Status
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import PracticeClosure, utcnow
+from portal.practices.models import PracticeClosure
 
 
 class Counter(db.Model):

@@ -4,9 +4,9 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from portal.cases.duedates import latest_safe_date
-from portal.cases.lifecycle import Status
+from portal.cases.status import Status
 from portal.extensions import db
-from portal.practices.models import PracticeClosure
+from portal.practices.models import Practice, PracticeClosure
 
 
 def closed_days(practice_id: int) -> frozenset:
@@ -19,8 +19,6 @@ def closed_days(practice_id: int) -> frozenset:
 
 
 def buffer_days(practice_id: int) -> int:
-    from portal.practices.models import Practice
-
     practice = db.session.get(Practice, practice_id)
     return practice.seat_buffer_days if practice else 2
 

@@ -18,7 +18,9 @@ from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeF
 from portal.cases.lifecycle import IllegalMove, allowed_moves
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
-from portal.cases.services import CaseData, CaseInputError, ItemData
+from portal.cases.services import CaseData, ItemData
+from portal.dispatch import services as dispatch_services
+from portal.errors import UserError
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
@@ -58,7 +60,7 @@ def _case_data(form: CaseForm) -> CaseData:
     if form.previous_stage_number.data:
         prev = services.find_by_number(g.practice.id, form.previous_stage_number.data)
         if prev is None:
-            raise CaseInputError("previous_stage_number", "No case of this practice has that number.")
+            raise UserError("No case of this practice has that number.", field="previous_stage_number")
         prev_id = prev.id
     return CaseData(
         patient_id=form.patient_id.data, provider_id=form.provider_id.data or None,
@@ -113,9 +115,9 @@ def _save(form: CaseForm, case: LabCase | None):
             case = services.create_case(g.practice, data, Actor.user(current_user))
         else:
             services.update_case(case, data, Actor.user(current_user))
-    except CaseInputError as exc:
+    except UserError as exc:
         db.session.rollback()
-        getattr(form, exc.field, form.patient_id).errors = [str(exc)]
+        getattr(form, exc.field or "patient_id", form.patient_id).errors = [str(exc)]
         return _form_response(form, case)
     except IllegalMove as exc:
         db.session.rollback()
@@ -246,7 +248,12 @@ def move(case_id: int):
         "acknowledged", "in_production", "dispatched", "on_hold", "rescan"} else ""
     actor = Actor.user(current_user, on_behalf_of=on_behalf)
     try:
-        services.move_case(case, form.status.data, actor, reason=form.reason.data or "")
+        target = services.status_of(form.status.data, case)
+        if services.is_send(case, target):
+            # A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
+            dispatch_services.approve_and_send(case, actor, confirm_risk=False)
+        else:
+            services.move_case(case, target, actor, reason=form.reason.data or "")
     except IllegalMove as exc:
         db.session.rollback()
         return _board_response(409, str(exc)) if from_board else _back(case, str(exc), "error", 409)

@@ -7,17 +7,22 @@ from decimal import Decimal
 
 from sqlalchemy import func, or_, select, update
 
+from portal import events
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.events import CaseCancelled, CaseEdited
+from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import CaseItem, Counter, LabCase
 from portal.cases.risk import closed_days, refresh_risk
+from portal.cases.status import Status
+from portal.clock import utcnow
+from portal.errors import UserError
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient, Provider
-from portal.practices.models import Practice, utcnow
+from portal.practices.models import Practice
 
 
 @dataclass
@@ -46,14 +51,6 @@ class CaseData:
     stage: str = "final"
     previous_stage_id: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-class CaseInputError(ValueError):
-    """Input that refers to something that is not there; `field` names the form field."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(message)
-        self.field = field_name
 
 
 def next_case_number(year: int) -> str:
@@ -87,24 +84,24 @@ def _check_refs(practice: Practice, data: CaseData) -> tuple[Patient, Lab | None
     """Every id in the input must belong to this practice (or its organisation, for labs)."""
     patient = db.session.get(Patient, data.patient_id)
     if patient is None or patient.practice_id != practice.id:
-        raise CaseInputError("patient_id", "Choose a patient of this practice.")
+        raise UserError("Choose a patient of this practice.", field="patient_id")
     if data.provider_id is not None:
         provider = db.session.get(Provider, data.provider_id)
         if provider is None or provider.practice_id != practice.id:
-            raise CaseInputError("provider_id", "Choose a provider of this practice.")
+            raise UserError("Choose a provider of this practice.", field="provider_id")
     lab = None
     if data.lab_id is not None:
         lab = db.session.get(Lab, data.lab_id)
         if lab is None or lab.organization_id != practice.organization_id:
-            raise CaseInputError("lab_id", "Choose one of your labs.")
+            raise UserError("Choose one of your labs.", field="lab_id")
     if data.seat_appointment_id is not None:
         appt = db.session.get(Appointment, data.seat_appointment_id)
         if appt is None or appt.practice_id != practice.id or appt.patient_id != patient.id:
-            raise CaseInputError("seat_appointment_id", "Choose one of this patient's appointments.")
+            raise UserError("Choose one of this patient's appointments.", field="seat_appointment_id")
     if data.previous_stage_id is not None:
         prev = db.session.get(LabCase, data.previous_stage_id)
         if prev is None or prev.practice_id != practice.id or prev.patient_id != patient.id:
-            raise CaseInputError("previous_stage_number", "The earlier stage must be a case of this patient.")
+            raise UserError("The earlier stage must be a case of this patient.", field="previous_stage_number")
     return patient, lab
 
 
@@ -152,7 +149,7 @@ def _apply(case: LabCase, data: CaseData, lab: Lab | None) -> None:
 def create_case(practice: Practice, data: CaseData, actor: Actor) -> LabCase:
     _, lab = _check_refs(practice, data)
     if not data.items:
-        raise CaseInputError("items", "A case needs at least one prescription item.")
+        raise UserError("A case needs at least one prescription item.", field="items")
     case = LabCase(practice_id=practice.id, number=next_case_number(dt.date.today().year),
                    status=Status.DRAFT)
     db.session.add(case)
@@ -172,7 +169,7 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
     practice = db.session.get(Practice, case.practice_id)
     _, lab = _check_refs(practice, data)
     if case.status is not Status.DRAFT and data.lab_id != case.lab_id:
-        raise CaseInputError("lab_id", "The case is already with a lab; cancel it or make a remake to change labs.")
+        raise UserError("The case is already with a lab; cancel it or make a remake to change labs.", field="lab_id")
     before = _snapshot(case)
     _apply(case, data, lab)
     after = _snapshot(case)
@@ -181,43 +178,34 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
         case.updated_at = utcnow()
         record("case.update", "lab_case", case.id, before={k: before[k] for k in changed},
                after={k: after[k] for k in changed}, actor=actor, practice_id=case.practice_id)
-    _tell_lab_about_edit(case, before, changed, actor)
+        # A lab that has the case hears of a new due date or prescription (portal.labcomm decides how).
+        events.publish(CaseEdited(case, {k: before[k] for k in changed}, frozenset(changed), actor))
     return {k: (before[k], after[k]) for k in changed}
 
 
-def _tell_lab_about_edit(case: LabCase, before: dict, changed: set[str], actor: Actor) -> None:
-    """A lab that has the case hears of a new due date and of a changed prescription."""
-    from portal.dispatch.models import NoticeType
-    from portal.dispatch.notices import prescription_data, tell_lab
+def status_of(to: str, case: LabCase) -> Status:
+    """The status a person asked to move `case` to, or IllegalMove for a word that is not one."""
+    try:
+        return Status(to)
+    except ValueError:
+        raise IllegalMove(f"“{to}” is not a status.") from None
 
-    if "due_date" in changed:
-        tell_lab(case, NoticeType.DUE_DATE_CHANGED, {
-            "due_date": case.due_date.isoformat() if case.due_date else None,
-            "previous": before["due_date"].isoformat() if before["due_date"] else None}, actor)
-    if changed & {"items", "instructions"}:
-        tell_lab(case, NoticeType.PRESCRIPTION_CHANGED, prescription_data(case), actor)
+
+def is_send(case: LabCase, to: Status) -> bool:
+    """Moving to Sent from a draft (or a case returned for rescan) is "Approve and send": the
+    prescription check, the dispatch row and the move together (portal.dispatch.services)."""
+    return to is Status.SENT and case.status in {Status.DRAFT, Status.RESCAN}
 
 
 def move_case(case: LabCase, to: str, actor: Actor, reason: str = "", detail: dict | None = None) -> None:
-    try:
-        target = Status(to)
-    except ValueError:
-        raise IllegalMove(f"“{to}” is not a status.") from None
-    if target is Status.SENT and case.status in {Status.DRAFT, Status.RESCAN}:
-        # Sending is "Approve and send": the prescription check, the dispatch row and the move
-        # together. A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
-        from portal.dispatch.services import approve_and_send
-
-        approve_and_send(case, actor, confirm_risk=False)
-        return
+    """Any move but a send. A cancellation is published (CaseCancelled): the lab's links stop
+    working and the lab is told by its channel (portal.labcomm)."""
+    target = status_of(to, case)
+    if is_send(case, target):
+        raise IllegalMove(f"Use Approve and send to send {case.number}: it checks the prescription first.")
     lifecycle.move(case, target, actor=actor, reason=reason, detail=detail)
     if target is Status.CANCELLED:
-        from portal.ack.services import on_case_cancelled  # the lab's links stop working
-        from portal.dispatch.models import NoticeType
-        from portal.dispatch.notices import tell_lab  # the lab stops work: by email or through its API
-
-        on_case_cancelled(case, actor)
-        tell_lab(case, NoticeType.CANCELLED, {"reason": case.status_reason}, actor)
+        events.publish(CaseCancelled(case, actor))
 
 
 def check_in(case: LabCase, actor: Actor, quality_checked: bool, note: str = "") -> None:
@@ -278,7 +266,7 @@ def refresh_cases_for_appointment(appointment_id: int) -> None:
 def timeline(case: LabCase):
     """The case's own audit rows and those of the scans on it (received, updated by the vendor...)."""
     from portal.audit.models import AuditEvent
-    from portal.scanners.models import Scan
+    from portal.scans.models import Scan
 
     scan_ids = [str(i) for i in db.session.scalars(select(Scan.id).where(Scan.case_id == case.id))]
     of_case = (AuditEvent.entity_type == "lab_case") & (AuditEvent.entity_id == str(case.id))

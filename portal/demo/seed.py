@@ -16,8 +16,8 @@ from portal.audit.service import record
 from portal.auth.passwords import hash_password
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
-from portal.cases.lifecycle import Status
 from portal.cases.services import CaseData, ItemData, create_case
+from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider

@@ -8,9 +8,9 @@ import uuid
 from sqlalchemy import DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from portal.clock import utcnow
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.practices.models import utcnow
 
 
 class DispatchState(enum.StrEnum):
@@ -24,6 +24,11 @@ class DispatchState(enum.StrEnum):
     def label(self) -> str:
         return {"pending": "Waiting to send", "sending": "Sending", "delivered": "Delivered",
                 "failed": "Dispatch failed", "superseded": "Superseded"}[self.value]
+
+
+# A delivery that failed this many attempts and waits for the next says so on the board and the
+# case page ("retrying, next attempt at ..."); one failure is routine (the next try is seconds away).
+RETRYING_AFTER = 2
 
 
 def new_id() -> str:

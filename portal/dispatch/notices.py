@@ -1,8 +1,7 @@
 """Telling a lab about changes to a case it has been sent (contracts/lab-api.md, "order events").
 
 The practice cancels a case, moves its due date, edits its prescription or writes to the lab.
-`tell_lab` passes that on through the lab's channel: an email lab gets a mail (ack.notify_lab),
-an API lab an order event, a manual lab nothing (the coordinator phones; the note stays on the case).
+portal.labcomm decides how the lab hears of it; for an API lab it calls `queue_notice` here.
 
 An order event is an outbox row, an OrderNotice, delivered like a work order (RELIABILITY.md D1-D3)
 with the dispatch machinery: it commits with the change, a job is relayed to RQ after the commit
@@ -38,55 +37,23 @@ import json
 from flask import current_app
 from sqlalchemy import bindparam, exists, select, update
 
+from portal import retries
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
+from portal.clock import utcnow
 from portal.dispatch import services
 from portal.dispatch.models import Dispatch, DispatchState, NoticeType, OrderNotice, new_id
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.practices.models import utcnow
+from portal.queue import DELIVER_NOTICE
 
 SCHEMA = "labmanager.order_event/1"
-DELIVER = "jobs.notices.deliver"
-ON_FAILURE = "jobs.notices.on_failure"
 ENTITY = "order_notice"
-# Email labs get these as mail (ack.notify_lab's kinds); a prescription change is not mailed.
-EMAIL_KINDS = {NoticeType.CANCELLED: "cancelled", NoticeType.DUE_DATE_CHANGED: "due_date",
-               NoticeType.MESSAGE: "message", NoticeType.PRESCRIPTION_CHANGED: "prescription"}
 
 
-# --- what happened on the case -> the lab ----------------------------------------------------------
-
-def tell_lab(case: LabCase, kind: NoticeType, data: dict, actor: Actor, message=None) -> None:
-    """Tell the case's lab about a change, through its channel. `data` is the event's `data`
-    (contracts/lab-api.md); `message` is the LabMessage of a `message`, linked to what carries it."""
-    lab = case.lab
-    if lab is None or lab.channel is Channel.MANUAL:
-        return
-    if lab.channel is Channel.EMAIL:
-        _email(case, kind, data, message)
-    else:
-        queue_notice(case, kind, data, actor, message=message)
-
-
-def _email(case: LabCase, kind: NoticeType, data: dict, message) -> None:
-    from portal.ack.services import notify_lab
-
-    if kind not in EMAIL_KINDS:
-        return
-    detail = data
-    if kind is NoticeType.DUE_DATE_CHANGED:
-        detail = {"before": _date(data.get("previous")), "after": _date(data.get("due_date"))}
-    mail = notify_lab(case, EMAIL_KINDS[kind], detail)
-    if mail is not None and message is not None:
-        message.mail_id = mail.id
-
-
-def _date(value: str | None) -> dt.date | None:
-    return dt.date.fromisoformat(value) if value else None
-
+# --- an order event for a change on the case -------------------------------------------------------
 
 def prescription_data(case: LabCase) -> dict:
     """A prescription_changed event's data: the items in the work order's shape, and the instructions."""
@@ -117,7 +84,7 @@ def queue_notice(case: LabCase, kind: NoticeType, data: dict, actor: Actor, mess
     notice = OrderNotice(
         event_id=new_id(), dispatch_id=order.id, case_id=case.id, lab_id=order.lab_id,
         practice_id=case.practice_id, type=kind, message_id=message.id if message is not None else None,
-        state=DispatchState.PENDING, attempts=0, max_attempts=current_app.config["DISPATCH_MAX_ATTEMPTS"],
+        state=DispatchState.PENDING, attempts=0, max_attempts=retries.attempts(),
         next_attempt_at=now, created_at=now,
     )
     notice.payload = json.dumps(order_event(notice, case, data, now), separators=(",", ":"), sort_keys=True)
@@ -179,7 +146,7 @@ def supersede_for(dispatch_id: str, actor: Actor | None) -> None:
 def enqueue_attempt(notice: OrderNotice) -> None:
     from portal.queue import enqueue_after_commit
 
-    enqueue_after_commit(DELIVER, notice.id, job_id=notice.job_id, **services.job_options(ON_FAILURE))
+    enqueue_after_commit(DELIVER_NOTICE, notice.id, job_id=notice.job_id)
 
 
 # Built once: every delivered work order runs it.
@@ -243,10 +210,10 @@ def sweep(now: dt.datetime | None = None) -> int:
 
     queue = get_queue()
     return sum(1 for notice in due_for_sweep(now)
-               if enqueue_now(queue, DELIVER, notice.id, job_id=notice.job_id, **services.job_options(ON_FAILURE)))
+               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id))
 
 
-# --- the delivery job's outcomes (jobs/notices.py does the HTTP between them) ------------------------
+# --- the delivery job's outcomes (portal/dispatch/delivery.py does the HTTP between them) ------------
 
 def mark_delivered(notice: OrderNotice, status_code: int, actor: Actor) -> bool:
     notice_id, attempt, order_id = notice.id, notice.attempts, notice.dispatch_id
@@ -266,10 +233,10 @@ def mark_transient(notice: OrderNotice, error: str, status_code: int | None, act
     """Schedule the next attempt (returns the delay), or fail the notice if attempts are used up.
     Later notices of the order wait meanwhile."""
     notice_id, attempt, practice_id = notice.id, notice.attempts, notice.practice_id
-    if attempt >= notice.max_attempts:
+    delay = services.retry_delay(notice, retry_after)
+    if delay is None:
         mark_permanent(notice, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
-    delay = services.backoff_seconds(attempt, retry_after)
     if not services.finish(notice, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
                            next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
@@ -303,7 +270,7 @@ def retry(notice: OrderNotice, actor: Actor) -> None:
                           "can be retried.")
     before = {"state": notice.state.value, "attempts": notice.attempts}
     notice.state = DispatchState.PENDING
-    notice.max_attempts = notice.attempts + current_app.config["DISPATCH_MAX_ATTEMPTS"]
+    notice.max_attempts = notice.attempts + retries.attempts()  # a new round of the schedule
     notice.next_attempt_at = utcnow()
     record(f"{ENTITY}.retry", ENTITY, notice.id, before=before,
            after={"state": notice.state.value, "type": notice.type.value, "case_id": notice.case_id},

@@ -4,28 +4,29 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import math
-import random
 
 from flask import current_app
 from sqlalchemy import bindparam, select, update
 
+from portal import events, retries
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
-from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
+from portal.cases.status import Status
+from portal.clock import utcnow
+from portal.dispatch.events import WorkOrderApproved, WorkOrderDelivered, WorkOrderSuperseded
 from portal.dispatch.models import Dispatch, DispatchState, OrderNotice, new_id
 from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
-from portal.practices.models import Practice, utcnow
-from portal.scanners.services import work_order_scans
+from portal.practices.models import Practice
+from portal.queue import DELIVER_DUE, DELIVER_WORK_ORDER, lab_api_job_timeout
+from portal.scans.services import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
-DELIVER = "jobs.dispatch.deliver"
-DELIVER_DUE = "jobs.dispatch.deliver_due"
 SCHEMA = "labmanager.work_order/1"
 
 
@@ -48,15 +49,7 @@ def http_timeout() -> float:
 
 def job_timeout() -> int:
     """Longer than one attempt's HTTP timeouts added up (connect, write, read, pool)."""
-    return math.ceil(4 * http_timeout()) + 2
-
-
-def job_options(on_failure: str = "jobs.dispatch.on_failure") -> dict:
-    """RQ options of a delivery job to a lab API (work orders and order notices alike)."""
-    from rq import Callback
-
-    return {"job_timeout": job_timeout(), "result_ttl": 3600, "failure_ttl": 7 * 86400,
-            "on_failure": Callback(on_failure)}
+    return lab_api_job_timeout(current_app.config)
 
 
 def lease_seconds() -> int:
@@ -74,15 +67,8 @@ def batch_size() -> int:
     return int(current_app.config["DISPATCH_BATCH_SIZE"])
 
 
-def batch_job_options() -> dict:
-    """RQ options of a lab's drain job (jobs.dispatch.deliver_due). It starts no attempt after
-    `batch_seconds()`, and the attempt under way then ends within one attempt's `job_timeout()`."""
-    return {"job_timeout": math.ceil(batch_seconds()) + job_timeout(), "result_ttl": 3600,
-            "failure_ttl": 7 * 86400}
-
-
 def drain_key(lab_id: int) -> str:
-    """The key the sends of one lab share one waiting `jobs.dispatch.deliver_due` job by."""
+    """The key the sends of one lab share one waiting drain job (DELIVER_DUE) by."""
     return f"dispatch-lab-{lab_id}"
 
 
@@ -128,10 +114,7 @@ def _supersede_earlier(case: LabCase, actor: Actor) -> None:
         old.state = DispatchState.SUPERSEDED
         record("dispatch.superseded", "dispatch", old.id, before={"state": before},
                after={"state": old.state.value}, actor=actor, practice_id=case.practice_id)
-        if old.channel is Channel.API:
-            from portal.dispatch.notices import supersede_for  # the new work order carries the case as it is
-
-            supersede_for(old.id, actor)
+        events.publish(WorkOrderSuperseded(old, actor))
 
 
 def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatch:
@@ -152,7 +135,7 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
     now = utcnow()
     dispatch = Dispatch(
         id=dispatch_id, case_id=case.id, lab_id=lab.id, practice_id=case.practice_id, channel=lab.channel,
-        state=DispatchState.PENDING, attempts=0, max_attempts=current_app.config["DISPATCH_MAX_ATTEMPTS"],
+        state=DispatchState.PENDING, attempts=0, max_attempts=retries.attempts(),
         next_attempt_at=now, webhook_id="msg_" + dispatch_id.replace("-", ""),
         approved_by_id=int(actor.id) if actor.kind == "user" and actor.id else None,
         payload=json.dumps(work_order(case, dispatch_id), separators=(",", ":"), sort_keys=True),
@@ -164,16 +147,10 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
     if check.warnings:
         detail["risk_confirmed"] = "yes"
     lifecycle.move(case, Status.SENT, actor=actor, detail=detail, now=now)
-    if lab.channel is Channel.MANUAL:
-        # The coordinator phones the lab; what the lab says is then recorded with the status buttons.
-        dispatch.state, dispatch.delivered_at = DispatchState.DELIVERED, now
     db.session.flush()
-    if lab.channel is Channel.API:
-        enqueue_drain(lab.id)
-    elif lab.channel is Channel.EMAIL:
-        from portal.ack.services import prepare_email_dispatch
-
-        prepare_email_dispatch(dispatch)
+    # How the work order travels (mail with a private link, the lab's API, a phone call) is
+    # lab communication's to decide: portal.labcomm subscribes.
+    events.publish(WorkOrderApproved(dispatch, actor))
     return dispatch
 
 
@@ -206,40 +183,29 @@ def enqueue_attempt(dispatch: Dispatch) -> None:
     """Hand the next attempt of this dispatch to RQ after the commit (the outbox relay)."""
     from portal.queue import enqueue_after_commit
 
-    enqueue_after_commit(DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options())
+    enqueue_after_commit(DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id)
 
 
 def enqueue_drain(lab_id: int) -> None:
     """After the commit, make sure a drain job for the lab is waiting (the outbox relay of a new
-    dispatch): the first send of a burst enqueues `jobs.dispatch.deliver_due`, the others find it
+    dispatch): the first send of a burst enqueues the lab's drain job, the others find it
     waiting, and that one job makes the first attempt of each (portal/queue.py, SET NX)."""
     from portal.queue import enqueue_once_after_commit
 
-    enqueue_once_after_commit(drain_key(lab_id), DELIVER_DUE, lab_id, **batch_job_options())
+    enqueue_once_after_commit(drain_key(lab_id), DELIVER_DUE, lab_id)
 
 
 def retry(dispatch: Dispatch, actor: Actor) -> None:
-    """A person asks for another go at a failed dispatch: same order id, same idempotency key
-    (for an email lab: a new link and the work order mailed again)."""
+    """Another go at a failed dispatch to a lab API: same order id, same idempotency key. (A
+    person's Retry goes through portal.labcomm.services.retry, which mails an email lab instead.)"""
+    if dispatch.channel is not Channel.API:
+        raise ValueError(f"dispatch {dispatch.id} is not to a lab API; portal.labcomm retries it")
     if dispatch.state is not DispatchState.FAILED:
         raise IllegalMove(f"This dispatch is {dispatch.state.label.lower()}; only a failed one can be retried.")
     case = db.session.get(LabCase, dispatch.case_id)
-    if dispatch.channel is Channel.EMAIL:
-        from portal.ack.services import LinkError, resend_link
-
-        try:
-            resend_link(case, actor)
-        except LinkError as exc:
-            raise IllegalMove(str(exc)) from None
-        before = {"state": dispatch.state.value}
-        dispatch.state, dispatch.last_error, case.dispatch_error = DispatchState.PENDING, "", ""
-        record("dispatch.retry", "dispatch", dispatch.id, before=before,
-               after={"state": dispatch.state.value, "case": case.number, "via": "new link"}, actor=actor,
-               practice_id=dispatch.practice_id)
-        return
     before = {"state": dispatch.state.value, "attempts": dispatch.attempts}
     dispatch.state = DispatchState.PENDING
-    dispatch.max_attempts = dispatch.attempts + current_app.config["DISPATCH_MAX_ATTEMPTS"]
+    dispatch.max_attempts = dispatch.attempts + retries.attempts()  # a new round of the schedule
     dispatch.next_attempt_at = utcnow()
     case.dispatch_error = ""
     record("dispatch.retry", "dispatch", dispatch.id, before=before,
@@ -248,7 +214,7 @@ def retry(dispatch: Dispatch, actor: Actor) -> None:
     enqueue_attempt(dispatch)
 
 
-# --- the delivery job's steps (jobs/dispatch.py does the HTTP between them) ---------------------
+# --- the delivery job's steps (portal/dispatch/delivery.py does the HTTP between them) ------------
 
 # The delivery job's claim and look-up, built once: building a statement per attempt cost about
 # as much as running it on SQLite.
@@ -321,14 +287,12 @@ def lab_target_of(lab_id: int) -> tuple[str, str, list[str]]:
     return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
-def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
-    """Capped exponential backoff with full jitter; never sooner than the lab's Retry-After."""
-    base = float(current_app.config["DISPATCH_BACKOFF_BASE"])
-    cap = float(current_app.config["DISPATCH_BACKOFF_CAP"])
-    delay = random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, max(cap, 3600.0)))
-    return delay
+def retry_delay(row: Dispatch | OrderNotice, retry_after: float | None = None) -> float | None:
+    """Seconds until the next attempt of a row whose attempt just failed, on the retry schedule
+    (portal/retries.py); None when its round of attempts is spent."""
+    if row.attempts >= row.max_attempts:
+        return None
+    return retries.delay(retries.in_round(row.attempts, row.max_attempts), retry_after)
 
 
 @functools.cache
@@ -362,9 +326,7 @@ def mark_delivered(dispatch: Dispatch, status_code: int, lab_reference: str, act
            after={"state": "delivered", "attempt": attempt, "status_code": status_code,
                   "lab_reference": lab_reference[:100], "case_id": case_id},
            actor=actor, practice_id=practice_id)
-    from portal.dispatch.notices import release_next  # changes made meanwhile follow the work order
-
-    release_next(dispatch_id)
+    events.publish(WorkOrderDelivered(dispatch_id))  # changes made meanwhile follow the work order
     return True
 
 
@@ -372,10 +334,10 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
                    retry_after: float | None = None) -> float | None:
     """Schedule the next attempt (returns the delay), or fail the dispatch if attempts are used up."""
     dispatch_id, attempt, practice_id = dispatch.id, dispatch.attempts, dispatch.practice_id
-    if attempt >= dispatch.max_attempts:
+    delay = retry_delay(dispatch, retry_after)
+    if delay is None:
         mark_permanent(dispatch, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
-    delay = backoff_seconds(attempt, retry_after)
     if not finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
                   next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
@@ -424,6 +386,6 @@ def sweep(now: dt.datetime | None = None) -> int:
     queue = get_queue()
     handed = 0
     for dispatch in due_for_sweep(now):
-        if enqueue_now(queue, DELIVER, dispatch.id, job_id=dispatch.job_id, **job_options()):
+        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id):
             handed += 1
     return handed

@@ -46,7 +46,8 @@ def _scanners_refusing(case, lab) -> list:
     from sqlalchemy import select
 
     from portal.extensions import db
-    from portal.scanners.models import Scan, ScannerIntegration
+    from portal.integrations.models import ScannerIntegration
+    from portal.scans.models import Scan
 
     if case.id is None:
         return []

@@ -25,13 +25,14 @@ from sqlalchemy import bindparam, func, insert, select
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
-from portal.cases.lifecycle import LAB, MAIN_LINE, IllegalMove, Status
+from portal.cases.lifecycle import LAB, IllegalMove
 from portal.cases.models import LabCase
+from portal.cases.status import MAIN_LINE, Status
+from portal.clock import utcnow
 from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.dispatch.notices import release_next
 from portal.extensions import db
 from portal.labs.models import Lab, LabSecret
-from portal.practices.models import utcnow
 
 REQUIRED = {
     "acknowledged": (), "in_production": (), "resumed": (),
@@ -44,7 +45,6 @@ FORWARD = {"acknowledged": Status.ACKNOWLEDGED, "in_production": Status.IN_PRODU
 RANK = {status: n for n, status in enumerate(MAIN_LINE)}
 LIMITS = {"reason": 500, "carrier": 60, "tracking_number": 100, "text": 5000, "eta": 10}
 PENDING = "pending"
-APPLY_PENDING = "jobs.labapi.apply_pending"
 
 
 class EventError(ValueError):
@@ -147,17 +147,13 @@ def parse(body: object) -> dict:
 
 
 def job_id(lab_event_id: int) -> str:
-    """The RQ job id of a job that applies one stored event (`jobs.labapi.apply_event`)."""
+    """The RQ job id of a job that applies one stored event (APPLY_LAB_EVENT)."""
     return f"lab-event-{lab_event_id}"
 
 
 def drain_key(lab_id: int) -> str:
-    """The key the requests of one lab share one waiting `jobs.labapi.apply_pending` job by."""
+    """The key the requests of one lab share one waiting APPLY_LAB_EVENTS job by."""
     return f"lab-events-{lab_id}"
-
-
-def job_options() -> dict:
-    return {"job_timeout": 600, "result_ttl": 3600, "failure_ttl": 7 * 86400}
 
 
 def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes, *, seen_event: bool = False) -> str:
@@ -194,9 +190,9 @@ def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes, *, seen
         "type": event["type"], "occurred_at": event["occurred_at"], "outcome": PENDING,
         "payload_sha256": hashlib.sha256(raw).hexdigest(), "payload": json.dumps(body, separators=(",", ":")),
         "received_at": utcnow()})
-    from portal.queue import enqueue_once_after_commit
+    from portal.queue import APPLY_LAB_EVENTS, enqueue_once_after_commit
 
-    enqueue_once_after_commit(drain_key(lab_id), APPLY_PENDING, lab_id, **job_options())
+    enqueue_once_after_commit(drain_key(lab_id), APPLY_LAB_EVENTS, lab_id)
     return PENDING
 
 
@@ -251,14 +247,14 @@ def sweep(grace_seconds: int = 30) -> int:
     (younger ones have their job waiting). Returns how many labs. The job id is fixed per lab, so
     sweeps don't pile up jobs, and it doesn't depend on the requests' claim, which may have
     outlived a lost job."""
-    from portal.queue import enqueue_now, get_queue
+    from portal.queue import APPLY_LAB_EVENTS, enqueue_now, get_queue
 
     queue = get_queue()
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
     labs = db.session.scalars(select(LabEvent.lab_id).where(
         LabEvent.outcome == PENDING, LabEvent.received_at <= cutoff).distinct().order_by(LabEvent.lab_id)).all()
     return sum(1 for lab_id in labs
-               if enqueue_now(queue, APPLY_PENDING, lab_id, job_id=f"{drain_key(lab_id)}-sweep", **job_options()))
+               if enqueue_now(queue, APPLY_LAB_EVENTS, lab_id, job_id=f"{drain_key(lab_id)}-sweep"))
 
 
 def _check_move(case: LabCase, event: dict) -> None:

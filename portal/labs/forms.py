@@ -29,13 +29,15 @@ def check_email(address: str) -> str:
 
 
 def api_url_problem(url: str) -> str:
-    """"" when `url` may receive work orders: https anywhere, plain http only on this machine."""
+    """"" when `url` may receive work orders: https anywhere, plain http only on this machine;
+    and outside development only at an address Lab Manager connects to (portal/outbound.py:
+    checked again on every connection, this is for a clear message now)."""
+    from portal import outbound
+
     parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return ""
-    if parts.scheme == "http" and parts.hostname == "127.0.0.1":
-        return ""
-    return "Use an https:// address (plain http only for http://127.0.0.1 in testing)."
+    if not ((parts.scheme == "https" and parts.hostname) or (parts.scheme == "http" and parts.hostname == "127.0.0.1")):
+        return "Use an https:// address (plain http only for http://127.0.0.1 in testing)."
+    return outbound.check_url(url) or ""
 
 
 class ServiceForm(Form):

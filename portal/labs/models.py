@@ -7,8 +7,8 @@ from decimal import Decimal
 from sqlalchemy import DateTime, Enum, ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import utcnow
 
 
 class Channel(enum.StrEnum):

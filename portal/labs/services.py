@@ -9,9 +9,9 @@ from decimal import Decimal
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.clock import utcnow
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
-from portal.practices.models import utcnow
 
 MAX_ACTIVE_SECRETS = 2
 

@@ -6,8 +6,8 @@ import datetime as dt
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import utcnow
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 

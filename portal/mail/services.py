@@ -1,7 +1,7 @@
 """Queueing mail through the outbox, delivering it, and the sweep that re-enqueues what is stuck.
 
 A request (or job) adds a MailMessage row in its transaction; `enqueue_after_commit` hands
-`jobs.mail.send` to RQ once that commits. If Redis is down then, or the job ran out of retries
+its delivery job (SEND_MAIL, portal/mail/delivery.py) to RQ once that commits. If Redis is down then, or the job ran out of retries
 while the SMTP server was away, the row stays pending and `sweep()` enqueues it again.
 """
 from __future__ import annotations
@@ -12,15 +12,13 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from flask import current_app
-from rq import Retry
 from sqlalchemy import select
 
+from portal import outbound
 from portal.extensions import db
 from portal.mail.models import PENDING, MailMessage, split_addresses
-from portal.queue import enqueue_after_commit, enqueue_now, get_queue
+from portal.queue import SEND_MAIL, enqueue_after_commit, enqueue_now, get_queue
 
-DEFAULT_RETRY_INTERVALS = (10, 60, 300)
 SWEEP_BATCH = 500
 
 
@@ -52,23 +50,12 @@ def queue_mail(*, to: str | Iterable[str], subject: str, text: str, html: str = 
     )
     db.session.add(mail)
     db.session.flush()
-    enqueue_after_commit("jobs.mail.send", mail.id, job_id=job_id(mail.id), **job_options())
+    enqueue_after_commit(SEND_MAIL, mail.id, job_id=job_id(mail.id))
     return mail
 
 
 def job_id(mail_id: int) -> str:
     return f"mail-{mail_id}"
-
-
-def job_options() -> dict:
-    config = current_app.config
-    intervals = list(config.get("MAIL_RETRY_INTERVALS", DEFAULT_RETRY_INTERVALS))
-    # Connect, STARTTLS, login and DATA each wait at most SMTP_TIMEOUT.
-    timeout = int(max(60, 5 * float(config.get("SMTP_TIMEOUT", 10))))
-    options = {"job_timeout": timeout}
-    if intervals:
-        options["retry"] = Retry(max=len(intervals), interval=intervals)
-    return options
 
 
 def sweep(limit: int = SWEEP_BATCH) -> int:
@@ -80,12 +67,10 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
     if not ids:
         return 0
     queue = get_queue()
-    options = job_options()
-    return sum(1 for mail_id in ids
-               if enqueue_now(queue, "jobs.mail.send", mail_id, job_id=job_id(mail_id), **options))
+    return sum(1 for mail_id in ids if enqueue_now(queue, SEND_MAIL, mail_id, job_id=job_id(mail_id)))
 
 
-# ---- delivery (called by jobs.mail.send) ----------------------------------------------------
+# ---- delivery (called by portal/mail/delivery.py) ----------------------------------------------
 
 def build_message(mail: MailMessage, sender: str) -> EmailMessage:
     message = EmailMessage()
@@ -108,13 +93,16 @@ def deliver_smtp(mail: MailMessage, config) -> dict:
     Raises TransientMailError or PermanentMailError."""
     message = build_message(mail, config["MAIL_FROM"])
     try:
-        with smtplib.SMTP(config["SMTP_HOST"], int(config["SMTP_PORT"]),
-                          timeout=float(config["SMTP_TIMEOUT"])) as smtp:
+        with outbound.SMTP(config["SMTP_HOST"], int(config["SMTP_PORT"]),
+                           timeout=float(config["SMTP_TIMEOUT"])) as smtp:
             if config.get("SMTP_STARTTLS"):
                 smtp.starttls(context=ssl.create_default_context())
             if config.get("SMTP_USERNAME"):
                 smtp.login(config["SMTP_USERNAME"], config.get("SMTP_PASSWORD", ""))
             return smtp.send_message(message, to_addrs=mail.recipients)
+    except outbound.BlockedAddress as exc:
+        # A setting someone can fix (SMTP_HOST, OUTBOUND_ALLOWED_HOSTS): keep the mail pending.
+        raise TransientMailError(f"SMTP_HOST: {exc}") from exc
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [code for code, _ in exc.recipients.values()]
         text = "; ".join(f"{addr}: {code}" for addr, (code, _) in exc.recipients.items())

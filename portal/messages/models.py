@@ -5,8 +5,8 @@ import datetime as dt
 from sqlalchemy import DateTime, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import utcnow
 
 IN, OUT = "in", "out"  # from the lab to the practice, and from the practice to the lab
 

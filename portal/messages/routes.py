@@ -11,6 +11,7 @@ from portal.ack.services import LinkError, resend_link
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
 from portal.extensions import db
+from portal.labcomm import services as labcomm
 from portal.messages import services
 from portal.messages.models import IN, LabMessage
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
@@ -36,8 +37,8 @@ def _helpers():
         return db.session.scalar(select(AckLink).where(AckLink.case_id == case.id)
                                  .order_by(AckLink.id.desc()).limit(1))
 
-    def message_deliveries(case, messages) -> dict[int, services.Delivery]:
-        return services.deliveries(case, messages)
+    def message_deliveries(case, messages) -> dict[int, labcomm.MessageDelivery]:
+        return labcomm.deliveries(case, messages)
 
     return {"unread_lab_messages": unread_lab_messages, "lab_thread": lab_thread, "lab_link_of": lab_link_of,
             "message_deliveries": message_deliveries}

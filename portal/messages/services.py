@@ -2,15 +2,15 @@
 `message` event, or the case page. Services flush; the caller commits."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import func, select, update
 
+from portal import events
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.clock import utcnow
 from portal.extensions import db
+from portal.messages.events import MessageToLab
 from portal.messages.models import IN, OUT, LabMessage
-from portal.practices.models import utcnow
 
 MAX_LENGTH = 4000
 
@@ -43,76 +43,11 @@ def record_lab_message(case, lab, text: str, actor: Actor, direction: str = IN) 
 
 
 def send_to_lab(case, text: str, actor: Actor) -> LabMessage:
-    """The practice writes to the lab from the case page: an email lab gets it by mail, an API lab
-    as an order event (once it has the case), a manual lab by the coordinator's phone call."""
-    from portal.dispatch.models import NoticeType
-    from portal.dispatch.notices import tell_lab
-
+    """The practice writes to the lab from the case page. How the lab hears of it (mail, its API,
+    a phone call) is lab communication's to decide: it subscribes to MessageToLab."""
     message = record_lab_message(case, case.lab, text, actor, direction=OUT)
-    tell_lab(case, NoticeType.MESSAGE, {"text": message.text, "author": message.author}, actor, message=message)
+    events.publish(MessageToLab(case, message, actor))
     return message
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """How one outgoing message reached the lab, for the messages panel. `tone` is a badge class
-    ("ok", "warn", "bad" or "" for plain text); `notice_id` is an API update a person may retry."""
-
-    label: str
-    tone: str = ""
-    detail: str = ""
-    notice_id: int | None = None
-
-
-def deliveries(case, messages: list[LabMessage]) -> dict[int, Delivery]:
-    """Whether each outgoing message reached the lab, and how: by the email that carried it, by
-    the order event that carried it through the lab's API, or not at all (a manual lab: the
-    coordinator phones; or written before the case went to the lab). Two queries at most."""
-    from portal.dispatch.notices import by_message
-    from portal.mail.models import MailMessage
-
-    outgoing = [m for m in messages if not m.incoming]
-    if not outgoing or case.lab is None:
-        return {}
-    mail_ids = [m.mail_id for m in outgoing if m.mail_id]
-    mails = {m.id: m for m in db.session.scalars(select(MailMessage).where(MailMessage.id.in_(mail_ids)))} \
-        if mail_ids else {}
-    notices = by_message(case.id)
-    result = {}
-    for m in outgoing:
-        if m.mail_id in mails:
-            result[m.id] = _by_mail(mails[m.mail_id])
-        elif m.id in notices:
-            result[m.id] = _by_notice(notices[m.id])
-        elif case.lab.channel.value == "manual":
-            result[m.id] = Delivery("Not sent: tell the lab by phone")
-        elif case.lab.channel.value == "email":
-            result[m.id] = Delivery("Not emailed: written before the case was sent (on the lab's link page)")
-        else:
-            result[m.id] = Delivery("Not sent: written before the case went to the lab")
-    return result
-
-
-def _by_mail(mail) -> Delivery:
-    from portal.mail.models import FAILED, SENT
-
-    if mail.state == SENT:
-        return Delivery("Emailed", "ok")
-    if mail.state == FAILED:
-        return Delivery("Email failed", "bad", mail.last_error)
-    return Delivery("Being emailed", "warn")
-
-
-def _by_notice(notice) -> Delivery:
-    from portal.dispatch.models import DispatchState
-
-    if notice.state is DispatchState.DELIVERED:
-        return Delivery("Delivered to the lab's system", "ok")
-    if notice.state is DispatchState.FAILED:
-        return Delivery("Not delivered", "bad", notice.last_error, notice.id)
-    if notice.state is DispatchState.SUPERSEDED:
-        return Delivery("Not sent: the case was sent to the lab again since")
-    return Delivery(notice.state_label, "warn", notice.last_error)
 
 
 def thread(case_id: int) -> list[LabMessage]:

@@ -9,12 +9,13 @@ from sqlalchemy.exc import IntegrityError
 
 from portal.audit.actor import Actor
 from portal.cases.forms import choices
+from portal.errors import UserError
 from portal.extensions import db
 from portal.people import services
 from portal.people.forms import AppointmentForm, ImportForm, PatientForm, ProviderForm
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.people.services import (
-    AppointmentData, ImportFileError, PatientData, PeopleInputError, ProviderData,
+    AppointmentData, PatientData, ProviderData,
 )
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
 
@@ -31,7 +32,7 @@ def _saved(target: str, message: str):
     return redirect(target, 303)
 
 
-def _input_error(form, exc: PeopleInputError) -> None:
+def _input_error(form, exc: UserError) -> None:
     db.session.rollback()
     getattr(form, exc.field).errors = list(getattr(form, exc.field).errors) + [str(exc)]
 
@@ -76,7 +77,7 @@ def patient_new():
         return _patient_form(form, None, 422)
     try:
         patient = services.create_patient(g.practice.id, _patient_data(form), Actor.user(current_user))
-    except PeopleInputError as exc:
+    except UserError as exc:
         _input_error(form, exc)
         return _patient_form(form, None, 422)
     db.session.commit()
@@ -103,7 +104,7 @@ def patient_edit(patient_id: int):
         return _patient_form(form, patient, 422)
     try:
         changed = services.update_patient(patient, _patient_data(form), Actor.user(current_user))
-    except PeopleInputError as exc:
+    except UserError as exc:
         _input_error(form, exc)
         return _patient_form(form, patient, 422)
     db.session.commit()
@@ -147,7 +148,7 @@ def provider_new():
         return _provider_form(form, None, 422)
     try:
         provider = services.create_provider(g.practice.id, _provider_data(form), Actor.user(current_user))
-    except PeopleInputError as exc:
+    except UserError as exc:
         _input_error(form, exc)
         return _provider_form(form, None, 422)
     db.session.commit()
@@ -165,7 +166,7 @@ def provider_edit(provider_id: int):
         return _provider_form(form, provider, 422)
     try:
         changed = services.update_provider(provider, _provider_data(form), Actor.user(current_user))
-    except PeopleInputError as exc:
+    except UserError as exc:
         _input_error(form, exc)
         return _provider_form(form, provider, 422)
     db.session.commit()
@@ -239,7 +240,7 @@ def appointment_new():
         return _appointment_form(form, None, 422)
     try:
         appointment = services.create_appointment(g.practice.id, _appointment_data(form), Actor.user(current_user))
-    except PeopleInputError as exc:
+    except UserError as exc:
         _input_error(form, exc)
         return _appointment_form(form, None, 422)
     db.session.commit()
@@ -264,7 +265,7 @@ def appointment_edit(appointment_id: int):
         return _appointment_form(form, appointment, 422)
     try:
         changed = services.update_appointment(appointment, _appointment_data(form), Actor.user(current_user))
-    except PeopleInputError as exc:
+    except UserError as exc:
         _input_error(form, exc)
         return _appointment_form(form, appointment, 422)
     db.session.commit()
@@ -294,7 +295,7 @@ def import_csv():
     try:
         report = services.run_import(form.kind.data, g.practice.id, data, Actor.user(current_user),
                                      filename=upload.filename or "")
-    except ImportFileError as exc:
+    except UserError as exc:
         db.session.rollback()
         form.file.errors = [f"{exc} Nothing was imported."]
         return render("people/import.html", "import_panel", code=422, form=form, report=None)

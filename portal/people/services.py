@@ -3,7 +3,7 @@ Open Dental CSV exports. Services flush; the request commits once.
 
 The import reads a file into `ParsedCsv` (`parse_csv`), then one of `import_patients`,
 `import_providers` or `import_appointments` applies the rows and returns an `ImportReport`.
-A file that can't be read at all raises `ImportFileError` before anything is written; a bad row is
+A file that can't be read at all raises `UserError` (field "file") before anything is written; a bad row is
 rejected with its line number and a reason while the good rows import.
 """
 from __future__ import annotations
@@ -21,20 +21,13 @@ from sqlalchemy import func, or_, select
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases.models import LabCase
+from portal.errors import UserError
 from portal.extensions import db
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 
 # --------------------------------------------------------------------------------------------
 # Forms: create and edit one row
 # --------------------------------------------------------------------------------------------
-
-
-class PeopleInputError(ValueError):
-    """Input the form can't check alone (a taken chart number, another practice's id)."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(message)
-        self.field = field_name
 
 
 @dataclass
@@ -105,7 +98,7 @@ def abbr_conflict(practice_id: int, abbr: str, exclude_id: int | None = None) ->
 
 def create_patient(practice_id: int, data: PatientData, actor: Actor) -> Patient:
     if problem := chart_conflict(practice_id, data.chart_number):
-        raise PeopleInputError("chart_number", problem)
+        raise UserError(problem, field="chart_number")
     patient = Patient(practice_id=practice_id, **asdict(data))
     db.session.add(patient)
     db.session.flush()
@@ -117,7 +110,7 @@ def create_patient(practice_id: int, data: PatientData, actor: Actor) -> Patient
 def update_patient(patient: Patient, data: PatientData, actor: Actor) -> dict:
     """Apply an edit; one audit row with the changed fields. Returns the changed fields' new values."""
     if problem := chart_conflict(patient.practice_id, data.chart_number, patient.id):
-        raise PeopleInputError("chart_number", problem)
+        raise UserError(problem, field="chart_number")
     before, after = _apply(patient, asdict(data))
     if after:
         db.session.flush()
@@ -135,7 +128,7 @@ def _abbr_taken(practice_id: int, abbr: str, exclude_id: int | None) -> Provider
 
 def create_provider(practice_id: int, data: ProviderData, actor: Actor) -> Provider:
     if problem := abbr_conflict(practice_id, data.abbr):
-        raise PeopleInputError("abbr", problem)
+        raise UserError(problem, field="abbr")
     provider = Provider(practice_id=practice_id, **asdict(data))
     db.session.add(provider)
     db.session.flush()
@@ -146,7 +139,7 @@ def create_provider(practice_id: int, data: ProviderData, actor: Actor) -> Provi
 
 def update_provider(provider: Provider, data: ProviderData, actor: Actor) -> dict:
     if problem := abbr_conflict(provider.practice_id, data.abbr, provider.id):
-        raise PeopleInputError("abbr", problem)
+        raise UserError(problem, field="abbr")
     before, after = _apply(provider, asdict(data))
     if after:
         db.session.flush()
@@ -158,11 +151,11 @@ def update_provider(provider: Provider, data: ProviderData, actor: Actor) -> dic
 def _check_appointment_refs(practice_id: int, data: AppointmentData) -> None:
     patient = db.session.get(Patient, data.patient_id)
     if patient is None or patient.practice_id != practice_id:
-        raise PeopleInputError("patient_id", "Choose a patient of this practice.")
+        raise UserError("Choose a patient of this practice.", field="patient_id")
     if data.provider_id is not None:
         provider = db.session.get(Provider, data.provider_id)
         if provider is None or provider.practice_id != practice_id:
-            raise PeopleInputError("provider_id", "Choose a provider of this practice.")
+            raise UserError("Choose a provider of this practice.", field="provider_id")
 
 
 def create_appointment(practice_id: int, data: AppointmentData, actor: Actor) -> Appointment:
@@ -269,10 +262,6 @@ MAX_IMPORT_BYTES = 5 * 1024 * 1024
 IMPORT_KINDS = {"patients": "Patients", "providers": "Providers", "appointments": "Appointments"}
 
 
-class ImportFileError(ValueError):
-    """The file as a whole can't be imported; nothing was written."""
-
-
 class RowError(ValueError):
     """One row can't be imported; the message is the reason shown to the user."""
 
@@ -330,10 +319,10 @@ def _decode(data: bytes) -> str:
         try:
             return data.decode("utf-16")
         except UnicodeDecodeError:
-            raise ImportFileError("The file starts like UTF-16 text but isn't; export it again as CSV.") from None
+            raise UserError("The file starts like UTF-16 text but isn't; export it again as CSV.", field="file") from None
     if b"\x00" in data:
-        raise ImportFileError("This is not a CSV file: it holds binary data. In Open Dental, export the "
-                              "grid or query result as CSV (comma or tab separated text).")
+        raise UserError("This is not a CSV file: it holds binary data. In Open Dental, export the "
+                              "grid or query result as CSV (comma or tab separated text).", field="file")
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             return data.decode(encoding)
@@ -343,13 +332,13 @@ def _decode(data: bytes) -> str:
 
 
 def parse_csv(data: bytes) -> ParsedCsv:
-    """Read a comma, tab or semicolon separated export; raise ImportFileError for a file that isn't one."""
+    """Read a comma, tab or semicolon separated export; raise UserError for a file that isn't one."""
     if len(data) > MAX_IMPORT_BYTES:
-        raise ImportFileError(f"The file is {len(data) / 1024 / 1024:.1f} MB; the limit is 5 MB. "
-                              "Export fewer rows at a time (for example one year of appointments).")
+        raise UserError(f"The file is {len(data) / 1024 / 1024:.1f} MB; the limit is 5 MB. "
+                              "Export fewer rows at a time (for example one year of appointments).", field="file")
     text = _decode(data)
     if not text.strip().replace("\ufeff", ""):
-        raise ImportFileError("The file is empty.")
+        raise UserError("The file is empty.", field="file")
     text = text.lstrip("\ufeff")
     first_line = text.lstrip("\r\n").splitlines()[0]
     delimiter = max(("\t", ",", ";", "|"), key=first_line.count)
@@ -367,21 +356,21 @@ def parse_csv(data: bytes) -> ParsedCsv:
                 continue
             rows.append(_row(start, header, record_))
     except csv.Error as exc:
-        raise ImportFileError(f"Line {reader.line_num} can't be read as CSV ({exc}). "
-                              "Check the file is a CSV export and not a spreadsheet or a PDF.") from None
+        raise UserError(f"Line {reader.line_num} can't be read as CSV ({exc}). "
+                              "Check the file is a CSV export and not a spreadsheet or a PDF.", field="file") from None
     if header is None:
-        raise ImportFileError("The file is empty.")
+        raise UserError("The file is empty.", field="file")
     columns = [normalise_header(h) for h in header]
     if len(header) < 2 or not any(columns):
-        raise ImportFileError("The first line doesn't look like a CSV header (column names separated by "
-                              "commas or tabs).")
+        raise UserError("The first line doesn't look like a CSV header (column names separated by "
+                              "commas or tabs).", field="file")
     seen: set[str] = set()
     for raw, name in zip(header, columns):
         if name and name in seen:
-            raise ImportFileError(f"The column “{raw.strip()}” appears twice in the header.")
+            raise UserError(f"The column “{raw.strip()}” appears twice in the header.", field="file")
         seen.add(name)
     if not rows:
-        raise ImportFileError("The file has a header line but no rows to import.")
+        raise UserError("The file has a header line but no rows to import.", field="file")
     return ParsedCsv(columns=columns, headers=[h.replace("\ufeff", "").strip() for h in header], rows=rows)
 
 
@@ -511,14 +500,14 @@ def _check_columns(parsed: ParsedCsv, kind: str, known: tuple[str, ...], require
     """Refuse a file without the columns this kind needs; return the columns we ignore."""
     present = set(parsed.columns)
     if not present & set(known):
-        raise ImportFileError(
+        raise UserError(
             f"None of this file's columns are ones we read for {kind} (found: "
             f"{', '.join(h for h in parsed.headers if h)[:200]}). Expected Open Dental columns such as "
-            f"{', '.join(spelled[k] for k in known)}.")
+            f"{', '.join(spelled[k] for k in known)}.", field="file")
     for options in required:
         if not present & set(options):
             names = " or ".join(spelled[o] for o in options)
-            raise ImportFileError(f"The file has no {names} column, which an import of {kind} needs.")
+            raise UserError(f"The file has no {names} column, which an import of {kind} needs.", field="file")
     return [h for h, c in zip(parsed.headers, parsed.columns) if h and c not in known]
 
 
@@ -801,7 +790,7 @@ IMPORTERS: dict[str, Callable[..., ImportReport]] = {
 
 
 def run_import(kind: str, practice_id: int, data: bytes, actor: Actor, filename: str = "") -> ImportReport:
-    """Parse and import one file. Raises ImportFileError (nothing written) for a file we can't read."""
+    """Parse and import one file. Raises UserError (nothing written) for a file we can't read."""
     if kind not in IMPORTERS:
-        raise ImportFileError("Choose what the file holds: patients, providers or appointments.")
+        raise UserError("Choose what the file holds: patients, providers or appointments.", field="file")
     return IMPORTERS[kind](practice_id, parse_csv(data), actor, filename)

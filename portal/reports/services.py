@@ -35,7 +35,7 @@ from sqlalchemy import select
 
 from portal.audit.services import csv_safe
 from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS, RESTORATIONS
-from portal.cases.lifecycle import Status
+from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment

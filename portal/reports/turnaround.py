@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from portal.cases.catalog import RESTORATIONS
 from portal.cases.duedates import add_business_days
-from portal.cases.lifecycle import Status
 from portal.cases.models import CaseItem, LabCase
 from portal.cases.risk import closed_days
+from portal.cases.status import Status
 from portal.extensions import db
 from portal.reports.stats import median, percentile
 

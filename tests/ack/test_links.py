@@ -12,9 +12,9 @@ from portal.ack.models import AckLink
 from portal.audit.models import AuditEvent
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
+from portal.clock import utcnow
 from portal.extensions import db as _db
 from portal.mail.models import MailMessage
-from portal.practices.models import utcnow
 from tests import factories
 from tests.ack.conftest import audit_count, csrf_from, send_to_email_lab
 

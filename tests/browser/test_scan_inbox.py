@@ -10,8 +10,8 @@ from playwright.sync_api import expect
 
 from portal.audit.actor import Actor
 from portal.extensions import db
-from portal.scanners import services
-from portal.scanners.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
+from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
+from portal.scans import services
 from tests import factories
 
 pytestmark = pytest.mark.browser

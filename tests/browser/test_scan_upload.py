@@ -12,11 +12,11 @@ from playwright.sync_api import expect
 
 from portal.audit.actor import Actor
 from portal.queue import get_queue
-from portal.scanners import uploads
-from portal.scanners.models import FileState, Scan
+from portal.scans import uploads
+from portal.scans.models import FileState, Scan
 from tests import factories
 from tests.jobs import drain
-from tests.scanners import meshes
+from tests.scans import meshes
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,4 @@
-"""The demo lab (portal/demo/lab_server.py) takes a real signed work order and reports back,
+"""The demo lab (sandbox/lab.py) takes a real signed work order and reports back,
 and what it posts is accepted by our events endpoint: the whole loop make run shows. It also takes
 the practice's order events, and stops work on a cancelled order."""
 import json
@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from portal.audit.actor import Actor
 from portal.cases.lifecycle import Status
-from portal.demo import lab_server
 from portal.dispatch import services
 from portal.extensions import db
+from sandbox import lab as lab_server
 from tests import factories
 from tests.dispatch.test_delivery import _due
 
@@ -35,12 +35,11 @@ def test_demo_lab_loop(client, world, queue, monkeypatch):
     sink = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
     threading.Thread(target=sink.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     lab = lab_server.Lab(step=0.05)
-    server = lab_server.make_server(lab, port=0)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server = lab_server.make_server(lab, port=0).start()
     threading.Thread(target=lab.run_plan, daemon=True).start()
     try:
         api = world.labs["api"]
-        api.api_url = f"http://127.0.0.1:{server.server_address[1]}"
+        api.api_url = server.url
         case = factories.case(world, lab=api, due=_due())
         dispatch = services.approve_and_send(case, Actor.user(world.users["coordinator"]), confirm_risk=False)
         # The callback goes to our sink; the test then plays what arrived into the real endpoint.
@@ -67,8 +66,7 @@ def test_demo_lab_loop(client, world, queue, monkeypatch):
         assert case.status is Status.DISPATCHED and case.tracking_number.startswith("1Z")
     finally:
         lab.stop()
-        server.shutdown()
-        server.server_close()
+        server.stop()
         sink.shutdown()
         sink.server_close()
 
@@ -90,9 +88,8 @@ def test_demo_lab_takes_order_events_and_stops_a_cancelled_order(world, queue, m
 
     monkeypatch.setattr(lab_server, "SECRET", SECRET)
     lab = lab_server.Lab(step=600)  # its status events stay planned for the whole test
-    server = lab_server.make_server(lab, port=0)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server = lab_server.make_server(lab, port=0).start()
+    base = server.url
     try:
         api = world.labs["api"]
         api.api_url = base
@@ -131,5 +128,4 @@ def test_demo_lab_takes_order_events_and_stops_a_cancelled_order(world, queue, m
         assert forged.status_code == 401
     finally:
         lab.stop()
-        server.shutdown()
-        server.server_close()
+        server.stop()

@@ -17,6 +17,7 @@ from portal.audit.models import AuditEvent
 from portal.dispatch import services
 from portal.dispatch.models import Dispatch, DispatchState
 from portal.extensions import db
+from portal.queue import DELIVER_DUE
 from tests import factories
 from tests.dispatch.conftest import drain, run_jobs
 
@@ -53,7 +54,7 @@ def test_a_burst_of_sends_shares_one_job_and_each_order_gets_its_own_outcome(wor
     stub.script = [201, 500, 400]  # second: the lab falls over; third: it refuses the order
     ok, flaky, refused = _send(world, api_lab, 3)
     [job] = queue.jobs
-    assert job.func_name == services.DELIVER_DUE and job.args == (api_lab.id,)
+    assert job.func_name == DELIVER_DUE.func and job.args == (api_lab.id,)
     assert run_jobs(queue) == [{"delivered": 1, "retry scheduled": 1, "failed": 1}]
     assert _order_keys(stub) == [ok.id, flaky.id, refused.id]  # oldest first, one request each
     db.session.expire_all()
@@ -84,7 +85,7 @@ def test_500_500_201_in_a_batch_makes_exactly_one_order(world, api_lab, stub, qu
 
 
 def test_the_drain_job_leaves_a_dispatch_waiting_for_its_retry_alone(world, api_lab, stub, queue, fast):
-    fast.update(DISPATCH_BACKOFF_BASE=60, DISPATCH_BACKOFF_CAP=60)
+    fast.update(DISPATCH_RETRY_SCHEDULE=(60, 60, 60))
     stub.script = [503]
     [waiting] = _send(world, api_lab, 1)
     run_jobs(queue)
@@ -122,7 +123,9 @@ def test_a_bounded_batch_hands_the_rest_to_a_new_job(world, api_lab, stub, queue
 def test_the_batch_job_timeout_covers_its_time_budget_and_one_more_attempt(app, fast):
     fast.update(LAB_API_TIMEOUT=10.0, DISPATCH_BATCH_SECONDS=10)
     with app.app_context():
-        options = services.batch_job_options()
+        from portal.queue import DELIVER_DUE
+
+        options = DELIVER_DUE.options()
         # No attempt starts after the budget, and one attempt's four HTTP timeouts end it.
         assert options["job_timeout"] > services.batch_seconds() + 4 * services.http_timeout()
         assert services.lease_seconds() > 4 * services.http_timeout()

@@ -10,11 +10,11 @@ from sqlalchemy import func, select
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent
 from portal.cases.lifecycle import Status
+from portal.clock import utcnow
 from portal.dispatch import services, signing
 from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.extensions import db
 from portal.labs.models import LabSecret
-from portal.practices.models import utcnow
 from tests import factories
 from portal.queue import get_queue
 from tests.dispatch.conftest import SECRET, run_jobs

@@ -178,3 +178,24 @@ def test_coordinator_does_not_see_secret_controls(client, login, world):
     login("coordinator")
     body = client.get(f"/labs/{world.labs['api'].id}").get_data(as_text=True)
     assert "Signing secrets" not in body and "whsec_" not in body
+
+
+def test_outside_development_a_lab_url_at_an_internal_address_is_refused_with_a_reason(client, login, world,
+                                                                                       monkeypatch, app):
+    """The form says at once what the transport enforces on every connection (portal/outbound.py)."""
+    monkeypatch.setitem(app.config, "DEVELOPMENT", False)
+    monkeypatch.setitem(app.config, "OUTBOUND_ALLOWED_HOSTS", "")
+    login("admin")
+    labs = _count(Lab)
+    for url, kind in (("https://169.254.169.254/latest/meta-data/", "link-local"), ("https://10.0.0.1/", "private"),
+                      ("https://[::1]/", "loopback"), ("http://127.0.0.1:8123/orders", "loopback"),
+                      ("https://localhost/orders", "loopback")):
+        response = client.post("/labs/new", _form(name=f"API {url}", channel="api", email="", api_url=url))
+        body = response.get_data(as_text=True)
+        assert response.status_code == 422, url
+        assert 'id="api_url-error"' in body and f"it is a {kind} address" in body, url
+        assert "OUTBOUND_ALLOWED_HOSTS" in body
+    assert _count(Lab) == labs
+    monkeypatch.setitem(app.config, "OUTBOUND_ALLOWED_HOSTS", "10.0.0.1")  # a lab inside the network, on purpose
+    response = client.post("/labs/new", _form(name="In-house lab", channel="api", email="", api_url="https://10.0.0.1/"))
+    assert response.status_code == 303, response.get_data(as_text=True)[:800]

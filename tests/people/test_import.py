@@ -8,10 +8,11 @@ from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
+from portal.errors import UserError
 from portal.extensions import db
 from portal.people import services
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
-from portal.people.services import ImportFileError, parse_csv
+from portal.people.services import parse_csv
 from tests import factories
 from tests.people.conftest import sample
 
@@ -200,7 +201,7 @@ def test_an_imported_move_updates_seat_risk_of_the_linked_case(world):
 ])
 def test_unreadable_files_write_nothing(world, content, message):
     before = _count(AuditEvent)
-    with pytest.raises(ImportFileError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
         services.run_import("patients", world.practice.id, content, Actor.system("test"))
     db.session.rollback()
     assert _count(Patient) == 0 and _count(AuditEvent) == before

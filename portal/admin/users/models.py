@@ -5,8 +5,8 @@ import datetime as dt
 from sqlalchemy import DateTime, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from portal.clock import utcnow
 from portal.extensions import db
-from portal.practices.models import utcnow
 
 
 class PasswordLink(db.Model):

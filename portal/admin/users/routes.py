@@ -13,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from portal import logfilter
 from portal.admin.users import services
 from portal.admin.users.forms import AddUserForm, RoleForm, SetPasswordForm
-from portal.admin.users.services import LastAdmin, UserInputError
+from portal.admin.users.services import LastAdmin
+from portal.errors import UserError
 from portal.extensions import db, limiter
 from portal.practices.models import Membership, Role, User
 from portal.web import go_to, render, requires, wants_fragment
@@ -54,7 +55,7 @@ def add():
         return _page(form, code=422)
     try:
         added = services.add_member(g.practice, form.name.data, form.email.data, Role(form.role.data))
-    except UserInputError as exc:
+    except UserError as exc:
         db.session.rollback()
         getattr(form, exc.field or "email").errors = [str(exc)]
         return _page(form, code=422)
@@ -103,7 +104,7 @@ def _done(member: Membership, note: str):
     return go_to(target)
 
 
-def _refused(user_id: int, exc: UserInputError, at: str):
+def _refused(user_id: int, exc: UserError, at: str):
     db.session.rollback()
     return _row(_member_or_404(user_id), code=409, error=str(exc), at=at)
 
@@ -155,7 +156,7 @@ def password_link(user_id: int):
     member = _member_or_404(user_id)
     try:
         link = services.send_password_link(g.practice, member)
-    except UserInputError as exc:
+    except UserError as exc:
         return _refused(user_id, exc, "actions")
     db.session.commit()
     return _done(member, f"A set-password link is on its way to {member.user.email} "

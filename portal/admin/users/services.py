@@ -21,27 +21,22 @@ from flask import current_app, render_template
 from sqlalchemy import func, select
 from sqlalchemy.orm import contains_eager, lazyload
 
+from portal import tokens
 from portal.admin.users.models import PasswordLink
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.auth import sessions
 from portal.auth.passwords import hash_password
-from portal import tokens
+from portal.clock import utcnow
+from portal.errors import UserError
 from portal.extensions import db
 from portal.mail.services import queue_mail
-from portal.practices.models import Membership, Practice, Role, User, utcnow
+from portal.practices.models import Membership, Practice, Role, User
 
 DEFAULT_TTL_HOURS = 72
 
 
-class UserInputError(ValueError):
-    """Input the rules refuse; `field` names the form field the message belongs beside."""
-
-    def __init__(self, message: str, field: str = ""):
-        super().__init__(message)
-        self.field = field
-
-
-class LastAdmin(UserInputError):
+class LastAdmin(UserError):
     """The change would leave the practice without an active admin."""
 
 
@@ -94,10 +89,10 @@ def email_problem(practice_id: int, email: str) -> str:
 # ---- changes ------------------------------------------------------------------------------------
 
 def add_member(practice: Practice, name: str, email: str, role: Role) -> Added:
-    """Raises UserInputError (field "email") when the person is already listed here."""
+    """Raises UserError (field "email") when the person is already listed here."""
     email = normalize_email(email)
     if problem := email_problem(practice.id, email):
-        raise UserInputError(problem, "email")
+        raise UserError(problem, field="email")
     user = find_user(email)
     if user is not None:
         member = Membership(user_id=user.id, practice_id=practice.id, role=role)
@@ -143,8 +138,11 @@ def deactivate(practice: Practice, member: Membership, by: User) -> bool:
         _keep_an_admin(practice, member, by, "deactivate")
     member.active = False
     revoked = revoke_links(member.user_id, practice_id=practice.id)
+    # Every session of theirs ends now (they sign in again to any practice they still belong to).
+    ended = sessions.end_all(member.user_id, "deactivated")
     record("user.deactivate", "user", member.user_id, before={"active": True},
-           after={"active": False, "revoked_link_ids": revoked}, practice_id=practice.id)
+           after={"active": False, "revoked_link_ids": revoked, "ended_sessions": ended},
+           practice_id=practice.id)
     return True
 
 
@@ -174,7 +172,7 @@ def _keep_an_admin(practice: Practice, leaving: Membership, by: User, verb: str)
     else:
         message = (f"{leaving.user.name} is the last admin of {practice.name}. "
                    "Make someone else an admin first.")
-    raise LastAdmin(message, "role")
+    raise LastAdmin(message, field="role")
 
 
 # ---- set-password links -------------------------------------------------------------------------
@@ -199,7 +197,7 @@ def revoke_links(user_id: int, now: dt.datetime | None = None, practice_id: int 
 def send_password_link(practice: Practice, member: Membership, *, welcome: bool = False) -> PasswordLink:
     """A new link for the member (their older links stop working), emailed through the outbox."""
     if not member.active:
-        raise UserInputError(f"{member.user.name} is deactivated here; reactivate them first.")
+        raise UserError(f"{member.user.name} is deactivated here; reactivate them first.")
     now = utcnow()
     revoked = revoke_links(member.user_id, now)
     token, token_hash = tokens.new_token()
@@ -257,7 +255,8 @@ def set_password(link: PasswordLink, password: str) -> User:
     user.password_hash = hash_password(password)
     db.session.flush()
     others = revoke_links(user.id, now)
+    ended = sessions.end_all(user.id, "password_changed")  # whoever held the old password is out
     record("user.password_set", "user", user.id, before={"link_id": link.id, "used": False},
-           after={"link_id": link.id, "used": True, "revoked_link_ids": others},
+           after={"link_id": link.id, "used": True, "revoked_link_ids": others, "ended_sessions": ended},
            actor=link_actor(link, user), practice_id=link.practice_id)
     return user

@@ -1,0 +1,312 @@
+"""Bringing scans in: polling a vendor, and acting on its notifications (jobs/scanners.py runs these).
+
+A sync asks the adapter for the orders changed since the integration's cursor and ingests each
+in its own transaction, so one bad order never holds back the others and no write is open while
+the vendor is being called (portal/integrations/oauth.py needs that). The cursor moves only after a
+whole poll succeeded; a failed poll records the vendor's reason on the integration (and an audit
+row when it starts or stops failing) and the next sweep tries again.
+
+An order the adapter could not read (a malformed ORDER) is skipped and recorded (an audit row, the
+integration's last error) and the others are ingested; the cursor moves on, so it is read again
+when the vendor changes it. A vendor that asks us to wait (429 with Retry-After) is not polled
+again before that time, by the sweep or by "Sync now"; the job does not sleep. A vendor that
+points us at a host off the allow-list (W8) stops the integration: it is paused with the reason.
+
+A notification (iTero's scan callback, a Medit webhook) is verified and stored as a VendorEvent in
+the request (W5); a job re-reads each order through the vendor's API (W6) and ingests it. A
+repeat delivery has the same key and is not stored twice (W4); for a vendor without event ids
+(iTero), a repeat while a re-read of that order still waits is not stored either, and a callback
+that repeats the same order id after the re-read started (a rescan) is a new event. An event is
+"reading" while its job calls the vendor; a job that dies there leaves it for the sweep.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from portal.audit.actor import Actor
+from portal.audit.service import record
+from portal.extensions import db
+from portal.integrations.base import Notice
+from portal.integrations.http import VendorError
+from portal.integrations.models import ScannerIntegration, VendorEvent
+from portal.integrations.registry import adapter_for
+from portal.integrations.vendor import VendorOrder
+from portal.practices.models import utcnow
+from portal.scans import services
+
+log = logging.getLogger(__name__)
+SYNC = "jobs.scanners.sync"
+HANDLE_EVENTS = "jobs.scanners.handle_events"
+
+
+def sync_key(integration_id: int) -> str:
+    return f"scanner-sync-{integration_id}"
+
+
+def events_key(integration_id: int) -> str:
+    return f"scanner-events-{integration_id}"
+
+
+def job_options() -> dict:
+    # A poll pages through the vendor: give it room, but less than the sweep interval times a few.
+    return {"job_timeout": 600, "result_ttl": 3600, "failure_ttl": 7 * 86400}
+
+
+def can_sync(integration: ScannerIntegration) -> bool:
+    adapter = adapter_for(integration)
+    return integration.active and adapter.polls and (integration.connected or not adapter.uses_oauth)
+
+
+def retry_wait(integration: ScannerIntegration) -> float | None:
+    """Seconds the vendor asked us to wait before the next call (its Retry-After), or None."""
+    value = integration.config.get("retry_not_before")
+    if not value:
+        return None
+    try:
+        left = (dt.datetime.fromisoformat(value) - utcnow()).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return left if left > 0 else None
+
+
+def run_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dict:
+    """Poll one integration and ingest what changed; the caller owns the app context."""
+    integration = db.session.get(ScannerIntegration, integration_id)
+    if integration is None or not can_sync(integration):
+        db.session.rollback()
+        return {"skipped": True}
+    wait = retry_wait(integration)
+    if wait is not None:
+        db.session.rollback()
+        return {"skipped": True, "retry_after": round(wait, 1)}
+    adapter = adapter_for(integration)
+    actor = Actor.vendor(integration, source)
+    db.session.commit()  # nothing of ours is open while the vendor is called
+    outcomes: Counter[str] = Counter()
+    try:
+        for order in adapter.poll():
+            outcomes[ingest_one(integration_id, order, "poll", actor)] += 1
+    except VendorError as exc:
+        db.session.rollback()
+        failed(db.session.get(ScannerIntegration, integration_id), exc, actor)
+        db.session.commit()
+        return {"error": str(exc), **outcomes}
+    integration = db.session.get(ScannerIntegration, integration_id)
+    if adapter.next_cursor is not None:
+        integration.sync_cursor = adapter.next_cursor
+    previous_error = integration.last_error
+    succeeded(integration, actor, recovered=not adapter.skipped)
+    if adapter.skipped:
+        unreadable(integration, adapter.skipped, actor, previous_error)
+        outcomes["unreadable"] = len(adapter.skipped)
+    db.session.commit()
+    return dict(outcomes)
+
+
+def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Actor) -> str:
+    """Ingest one order in its own transaction. A concurrent first ingest of the same new order
+    (two jobs at once) loses on the unique key; it is then ingested again as an update."""
+    for attempt in (1, 2):
+        integration = db.session.get(ScannerIntegration, integration_id)
+        try:
+            result = services.ingest(integration.practice_id, order, actor=actor, source=source,
+                                     integration=integration)
+            db.session.commit()
+            return result.outcome
+        except IntegrityError:
+            db.session.rollback()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = True) -> None:
+    """The vendor answered. `recovered=False`: it did, but something of its answer is recorded as
+    the integration's error instead (orders that could not be read)."""
+    now = utcnow()
+    integration.last_sync_at = integration.last_success_at = now
+    if integration.config.get("retry_not_before"):
+        integration.set_config(retry_not_before=None)
+    if integration.last_error and recovered:
+        record("scanner.sync_recovered", "scanner_integration", integration.id,
+               before={"last_error": integration.last_error}, after={"last_error": ""}, actor=actor,
+               practice_id=integration.practice_id)
+        integration.last_error, integration.last_error_at = "", None
+
+
+def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> None:
+    now = utcnow()
+    message = str(exc)[:500]
+    if exc.kind == "auth":
+        message = f"{message} Connect the integration again (Settings → Scanners)."[:500]
+    if exc.kind == "host":
+        message = f"Stopped: {message} Check the vendor's addresses, then resume the integration."[:500]
+    integration.last_sync_at = now
+    if integration.last_error != message:
+        record("scanner.sync_failed", "scanner_integration", integration.id,
+               before={"last_error": integration.last_error}, after={"last_error": message, "kind": exc.kind},
+               actor=actor, practice_id=integration.practice_id, outcome="error")
+    integration.last_error, integration.last_error_at = message, now
+    if exc.retry_after:
+        integration.set_config(retry_not_before=(now + dt.timedelta(seconds=exc.retry_after)).isoformat())
+    if exc.kind == "host" and integration.active:
+        # RELIABILITY W8: nothing was sent to that host; nothing more is tried until a person looks.
+        integration.active = False
+        record("scanner.stopped", "scanner_integration", integration.id, before={"active": True},
+               after={"active": False, "reason": message}, actor=actor, practice_id=integration.practice_id,
+               outcome="error")
+
+
+def unreadable(integration: ScannerIntegration, skipped: list[tuple[str, str]], actor: Actor,
+               previous_error: str) -> None:
+    """Orders of a poll the adapter could not read: each logged and audited, the first named in the
+    integration's last error (not audited again while the same error stands)."""
+    first_ref, first_why = skipped[0]
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    message = f"{len(skipped)} order(s) could not be read and were skipped{more}: {first_why}"[:500]
+    for ref, why in skipped:
+        log.warning("integration %s: order %s skipped: %s", integration.id, ref or "?", why)
+    if message != previous_error:
+        for ref, why in skipped:
+            record("scanner.order_unreadable", "scanner_integration", integration.id,
+                   after={"order": ref, "error": why[:300]}, actor=actor, practice_id=integration.practice_id,
+                   outcome="error")
+    integration.last_error, integration.last_error_at = message, utcnow()
+
+
+# -- notifications ------------------------------------------------------------------------------------
+
+def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int:
+    """Store what a verified notification asks for; a key already stored is a repeat (W4). After the
+    commit, the integration's event job is enqueued unless one is already waiting. Returns how
+    many were new."""
+    from portal.queue import enqueue_once_after_commit
+
+    new = 0
+    for notice in notices:
+        key = notice.key[:100]
+        if notice.coalesce:
+            key = _coalesced_key(integration.id, notice)
+            if key is None:
+                continue
+        seen = db.session.scalar(select(VendorEvent.id).where(
+            VendorEvent.integration_id == integration.id, VendorEvent.event_key == key))
+        if seen is not None:
+            continue
+        db.session.add(VendorEvent(integration_id=integration.id, event_key=key,
+                                   kind=notice.kind[:40], order_ref=notice.order_ref[:100]))
+        new += 1
+    if new:
+        db.session.flush()
+        enqueue_once_after_commit(events_key(integration.id), HANDLE_EVENTS, integration.id, **job_options())
+    return new
+
+
+def _coalesced_key(integration_id: int, notice: Notice) -> str | None:
+    """None while a re-read of the notice's order waits (the repeat adds nothing); else a key made
+    of the notice's key and the newest event of that order, so two copies arriving at once collide
+    on the unique key and only one is stored."""
+    ref = notice.order_ref[:100]
+    waiting = db.session.scalar(select(VendorEvent.id).where(
+        VendorEvent.integration_id == integration_id, VendorEvent.order_ref == ref,
+        VendorEvent.outcome == "pending").limit(1))
+    if waiting is not None:
+        return None
+    last = db.session.scalar(select(func.max(VendorEvent.id)).where(
+        VendorEvent.integration_id == integration_id, VendorEvent.order_ref == ref))
+    return f"{notice.key[:80]}@{last or 0}"
+
+
+WAITING = ("pending", "reading")
+
+
+def pending_events(integration_id: int) -> list[int]:
+    return list(db.session.scalars(select(VendorEvent.id).where(
+        VendorEvent.integration_id == integration_id, VendorEvent.outcome.in_(WAITING)).order_by(VendorEvent.id)))
+
+
+def handle_event(event_id: int, source: str = "jobs.scanners.handle_events") -> str:
+    """Re-read the order a stored notification names and ingest it; the event's outcome says what
+    came of it. A transient vendor error leaves it pending for the sweep; the caller commits."""
+    event = db.session.get(VendorEvent, event_id)
+    if event is None or event.outcome not in WAITING:
+        return "nothing to do"
+    integration = db.session.get(ScannerIntegration, event.integration_id)
+    actor = Actor.vendor(integration, source)
+    if not integration.active:
+        event.outcome, event.handled_at, event.error = "ignored", utcnow(), "the integration is paused"
+        return event.outcome
+    adapter = adapter_for(integration)
+    order_ref = event.order_ref
+    event.outcome = "reading"  # from now on, a new notification of this order is a new event
+    db.session.commit()  # nothing of ours is open while the vendor is called
+    try:
+        order = adapter.fetch(order_ref)
+    except VendorError as exc:
+        db.session.rollback()
+        event = db.session.get(VendorEvent, event_id)
+        event.error = str(exc)[:300]
+        if exc.transient:
+            event.outcome = "pending"
+            return "retry"
+        event.outcome, event.handled_at = "failed", utcnow()
+        failed(db.session.get(ScannerIntegration, event.integration_id), exc, actor)
+        return event.outcome
+    if order is not None:
+        outcome = ingest_one(event.integration_id, order, "callback", actor)
+    elif adapter.deletes_when_missing:
+        outcome = gone(event.integration_id, order_ref, actor)
+    else:
+        outcome = "ignored"
+    event = db.session.get(VendorEvent, event_id)
+    event.outcome, event.handled_at, event.error = ("ignored" if outcome == "ignored" else "done"), utcnow(), ""
+    return outcome
+
+
+def gone(integration_id: int, order_id: str, actor: Actor) -> str:
+    """The vendor no longer has the order: its scan shows it was deleted there ("ignored" when we
+    never had it, or knew already). The lab case is left as it is: a person decides."""
+    integration = db.session.get(ScannerIntegration, integration_id)
+    scan = services.mark_deleted(integration.practice_id, integration.vendor, order_id, actor=actor)
+    return "ignored" if scan is None else "deleted"
+
+
+# -- the sweep -----------------------------------------------------------------------------------------
+
+def sweep(grace_seconds: int = 30) -> dict:
+    """Enqueue a poll of every integration due one, and the event job of every integration whose
+    notifications wait longer than `grace_seconds`. Fixed job ids and claims: sweeps don't pile up."""
+    from portal.queue import enqueue_now, enqueue_once, get_queue
+
+    queue = get_queue()
+    now = utcnow()
+    due = now - dt.timedelta(seconds=current_app.config["SCANNER_POLL_SECONDS"])
+    polled = 0
+    for integration in db.session.scalars(select(ScannerIntegration).where(ScannerIntegration.active.is_(True))):
+        try:
+            ready = can_sync(integration) and retry_wait(integration) is None
+        except VendorError:
+            continue
+        if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
+            polled += enqueue_once(queue, sync_key(integration.id), SYNC, integration.id,
+                                   window=300, **job_options())
+    cutoff = now - dt.timedelta(seconds=grace_seconds)
+    waiting = db.session.scalars(select(VendorEvent.integration_id).where(
+        VendorEvent.outcome.in_(WAITING), VendorEvent.received_at <= cutoff).distinct()).all()
+    for integration_id in waiting:
+        enqueue_now(queue, HANDLE_EVENTS, integration_id, job_id=f"{events_key(integration_id)}-sweep",
+                    **job_options())
+    return {"polled": polled, "events": len(waiting)}
+
+
+def sync_now(integration: ScannerIntegration) -> None:
+    """A person asked for a poll now: after the commit, unless one is already waiting."""
+    from portal.queue import enqueue_once_after_commit
+
+    enqueue_once_after_commit(sync_key(integration.id), SYNC, integration.id, window=300, **job_options())

@@ -1,1 +1,0 @@
-"""Scanner integrations: iTero, Medit Link, 3Shape TRIOS exports and plain mesh uploads."""

@@ -1,0 +1,530 @@
+"""The scan inbox: where every vendor's scans land, are matched to a patient, and join a case.
+
+`ingest` takes one :class:`VendorOrder` (from a poll, a callback, a webhook, an export or an upload)
+and makes the database agree with it, in the caller's transaction:
+
+1. The scan is keyed by (practice, vendor, order id). The same order reported again with the same
+   content changes nothing; a report older than the one already applied changes nothing (W4, W6).
+2. The scan's fields and file references follow the report. Files that are no longer reported (a
+   rescan brought new ones) stay in the history with `replaced_at` set.
+3. The patient is matched by chart number, else by name and date of birth; otherwise the scan
+   waits in the inbox for a person.
+4. A matched scan joins a case: the case its Rx was sent from, the case that already carries its
+   order id, or the patient's one open draft (or case returned for rescan); else it creates a draft
+   case from the scanner's prescription. No flow creates a second case for one order.
+5. What the vendor's status means for the case: sent back for a rescan moves the case to "Returned
+   for rescan"; a new scan for a case returned for rescan brings it back to Draft, to be checked and
+   sent again; modelling, milling and shipping are timeline entries. Every change is audited.
+
+Services flush; the request or job commits.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import exists, func, or_, select
+
+from portal.audit.actor import Actor
+from portal.audit.service import record
+from portal.cases import catalog, lifecycle
+from portal.cases.lifecycle import IllegalMove, Status
+from portal.cases.models import LabCase
+from portal.cases.services import CaseData, ItemData, create_case
+from portal.extensions import db
+from portal.integrations.itero.models import RxState, ScanRequest
+from portal.integrations.models import ScannerIntegration
+from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendor, VendorOrder
+from portal.labs.models import Lab
+from portal.people.models import Appointment, AppointmentKind, Patient, Provider
+from portal.practices.models import Practice, utcnow
+from portal.scans.models import FileState, InboxState, Scan, ScanFile
+
+MESH_FORMATS = frozenset({"STL", "PLY", "OBJ"})
+# Cases a new scan of the patient may join without being told which: a draft waiting for its scan,
+# or a case the lab returned for a rescan.
+JOINABLE = frozenset({Status.DRAFT, Status.RESCAN})
+# The vendor's word for what a practice calls the restoration, in the order they are tried.
+PROCEDURES = (
+    ("implant bridge", "implant_bridge"), ("implant", "implant_crown"), ("bridge", "bridge"),
+    ("crown", "crown"), ("inlay", "inlay_onlay"), ("onlay", "inlay_onlay"), ("veneer", "veneer"),
+    ("partial", "partial_denture"), ("denture", "full_denture"), ("invisalign", "aligner"),
+    ("aligner", "aligner"), ("night guard", "night_guard"), ("nightguard", "night_guard"),
+    ("splint", "night_guard"), ("retainer", "retainer"),
+)
+
+
+class ScanError(ValueError):
+    """A request about a scan that can't be done; str(exc) is for the person who asked."""
+
+
+@dataclass
+class Ingested:
+    scan: Scan
+    outcome: str  # new, updated, unchanged, stale
+    case_action: str = ""  # created, joined, or "" when the case was already known or none was chosen
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def find_scan(practice_id: int, vendor: Vendor, order_id: str) -> Scan | None:
+    return db.session.scalar(select(Scan).where(
+        Scan.practice_id == practice_id, Scan.vendor == vendor, Scan.order_id == order_id))
+
+
+def scans_of_case(case_id: int) -> list[Scan]:
+    return list(db.session.scalars(select(Scan).where(Scan.case_id == case_id).order_by(Scan.received_at)))
+
+
+def inbox_counts(practice_id: int) -> dict[InboxState, int]:
+    rows = db.session.execute(select(Scan.inbox, func.count()).where(Scan.practice_id == practice_id)
+                              .group_by(Scan.inbox))
+    return {state: count for state, count in rows}
+
+
+def work_order_scans(case_id: int) -> list[dict]:
+    """The `scans` of the work order (contracts/lab-api.md): a reference to every current file of
+    the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
+    export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
+    for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
+    from portal.scans import links
+
+    rows = db.session.execute(
+        select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
+        .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)
+        .order_by(Scan.id, ScanFile.id))
+    return [{"vendor": vendor.value, "order_id": order_id, "kind": f.kind, "file_name": f.file_name,
+             "format": f.format, "jaw": f.jaw.value, "url": f.url or links.file_url(f)}
+            for vendor, order_id, f in rows.tuples()]
+
+
+# -- ingest ------------------------------------------------------------------------------------------
+
+def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
+           integration: ScannerIntegration | None = None) -> Ingested:
+    """Make the inbox and the case agree with one report of one order (see the module's docstring)."""
+    key = order.content_key()
+    scan = find_scan(practice_id, order.vendor, order.order_id)
+    if scan is not None:
+        if scan.content_key == key:
+            return Ingested(scan, "unchanged")
+        if _older(order, scan):
+            return Ingested(scan, "stale")
+    new = scan is None
+    if new:
+        scan = Scan(practice_id=practice_id, vendor=order.vendor, order_id=order.order_id,
+                    integration_id=integration.id if integration else None, received_at=utcnow(),
+                    stage=order.stage)
+        db.session.add(scan)
+    before = None if new else _summary(scan)
+    previous_stage = None if new else scan.stage
+    files_changed = _apply(scan, order, key, source)
+    db.session.flush()
+    record("scan.received" if new else "scan.updated", "scan", scan.id, before=before, after=_summary(scan),
+           actor=actor, practice_id=practice_id)
+    if scan.inbox is InboxState.DISMISSED:
+        return Ingested(scan, "new" if new else "updated")
+    if scan.patient_id is None:
+        _match_patient(scan, actor)
+    case_action = ""
+    if scan.case_id is None and scan.patient_id is not None and not still_scanning(scan):
+        case_action = _place(scan, integration, actor)
+    if scan.case_id is not None:
+        _follow_stage(scan, previous_stage, files_changed, actor)
+    _settle(scan)
+    return Ingested(scan, "new" if new else "updated", case_action)
+
+
+def mark_deleted(practice_id: int, vendor: Vendor, order_id: str, *, actor: Actor) -> Scan | None:
+    """The vendor deleted the order: the scan's stage says so (its fields and file references stay
+    as last reported, for the history). The case is not cancelled by it. None when there is no
+    such scan or it is marked already."""
+    scan = find_scan(practice_id, vendor, order_id)
+    if scan is None or scan.stage is OrderStage.DELETED:
+        return None
+    before = _summary(scan)
+    scan.stage, scan.updated_at = OrderStage.DELETED, utcnow()
+    scan.content_key = ""  # should the vendor report it again (restored), that report is applied
+    db.session.flush()
+    record("scan.deleted_at_vendor", "scan", scan.id, before=before, after=_summary(scan), actor=actor,
+           practice_id=practice_id)
+    return scan
+
+
+def _older(order: VendorOrder, scan: Scan) -> bool:
+    return (order.updated_at is not None and scan.vendor_updated_at is not None
+            and naive_utc(order.updated_at) < naive_utc(scan.vendor_updated_at))
+
+
+def naive_utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """A vendor's time as the database keeps times: UTC without a zone (a 3Shape export's times
+    carry UTC; an aware and a naive time can't be compared)."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _summary(scan: Scan) -> dict:
+    return {"vendor": scan.vendor.value, "order_id": scan.order_id, "status": scan.status,
+            "stage": scan.stage.value, "files": sorted(f.file_name for f in scan.current_files),
+            "patient": scan.patient_label, "source": scan.source}
+
+
+def _apply(scan: Scan, order: VendorOrder, key: str, source: str) -> bool:
+    """Copy the report onto the scan; returns whether the set of current files changed."""
+    scan.content_key, scan.source = key, source
+    scan.status, scan.stage = order.status[:60], order.stage
+    scan.vendor_updated_at = naive_utc(order.updated_at)
+    scan.rx_id = order.rx_id or scan.rx_id
+    scan.scanned_at = naive_utc(order.scanned_at) or scan.scanned_at
+    p = order.patient
+    scan.patient_first_name, scan.patient_last_name = p.first_name[:100], p.last_name[:100]
+    scan.patient_chart_number, scan.patient_dob = p.chart_number[:40], p.date_of_birth
+    scan.doctor_name, scan.procedure = order.doctor_name[:200], order.procedure[:100]
+    scan.items = json.dumps([{"teeth": list(i.teeth), "restoration": i.restoration, "material": i.material,
+                              "shade": i.shade, "notes": i.notes} for i in order.items])
+    scan.notes = order.notes
+    scan.lab_name, scan.lab_ref = order.lab_name[:200], order.lab_ref[:100]
+    scan.due_date = order.due_date
+    scan.history = json.dumps([{"status": s, "at": at.isoformat() if at else None} for s, at in order.history])
+    scan.updated_at = utcnow()
+    return _apply_files(scan, order.assets)
+
+
+def _apply_files(scan: Scan, assets: tuple[Asset, ...]) -> bool:
+    current = {f.ref: f for f in scan.files if f.replaced_at is None}
+    wanted = {a.ref: a for a in assets}
+    now = utcnow()
+    changed = False
+    for ref, row in current.items():
+        if ref not in wanted:
+            row.replaced_at, changed = now, True
+    for ref, asset in wanted.items():
+        row = current.get(ref)
+        if row is None:
+            row = ScanFile(ref=ref[:300])
+            scan.files.append(row)
+            changed = True
+        _copy_asset(row, asset)
+    db.session.flush()
+    _link_bites(scan)
+    return changed
+
+
+def _copy_asset(row: ScanFile, asset: Asset) -> None:
+    row.file_name, row.format, row.kind = asset.file_name[:255], asset.format.upper()[:10], asset.kind[:20]
+    row.size_bytes, row.url = asset.size_bytes, asset.url[:1000]
+    row.jaw, row.jaw_source = asset.jaw, asset.jaw_source[:20]
+    if row.state is FileState.PROCESSING and not (asset.error or asset.triangle_count is not None):
+        return  # a job is reading it; it writes the outcome
+    row.vertex_count, row.triangle_count, row.error = asset.vertex_count, asset.triangle_count, asset.error[:300]
+    if asset.error:
+        row.state = FileState.REFUSED
+    elif asset.triangle_count is not None:
+        row.state = FileState.OK
+    else:
+        row.state = FileState.REFERENCE
+
+
+def _link_bites(scan: Scan) -> None:
+    """A bite scan belongs to both arches (seed 002): point it at the scan's upper and lower file."""
+    files = scan.current_files
+
+    def arch(jaw: Jaw) -> ScanFile | None:
+        # The first of the arch's files, a mesh that was read before a reference to the same scan
+        # (a 3Shape export holds the preparation scan as .stl and as .dcm).
+        found = [f for f in files if f.jaw is jaw and f.state is not FileState.REFUSED]
+        return min(found, key=lambda f: f.state is not FileState.OK, default=None)
+
+    upper, lower = arch(Jaw.UPPER), arch(Jaw.LOWER)
+    for f in files:
+        if f.jaw is Jaw.BITE:
+            f.upper_file_id = upper.id if upper else None
+            f.lower_file_id = lower.id if lower else None
+
+
+# -- the patient ------------------------------------------------------------------------------------
+
+def _match_patient(scan: Scan, actor: Actor) -> None:
+    patient, how = match_patient(scan.practice_id, PatientRef(
+        scan.patient_first_name, scan.patient_last_name, scan.patient_chart_number, scan.patient_dob))
+    if patient is None:
+        return
+    scan.patient_id, scan.matched_by = patient.id, how
+    record("scan.matched", "scan", scan.id, after={"patient_id": patient.id, "by": how,
+           "patient": patient.full_name}, actor=actor, practice_id=scan.practice_id)
+
+
+def match_patient(practice_id: int, ref: PatientRef) -> tuple[Patient | None, str]:
+    """The practice's patient this is: by chart number, else by name and date of birth when exactly
+    one patient has them. (None, "") when nothing matches for sure."""
+    chart = ref.chart_number.strip()
+    if chart:
+        patient = db.session.scalar(select(Patient).where(
+            Patient.practice_id == practice_id, func.lower(Patient.chart_number) == chart.lower()))
+        if patient is not None:
+            return patient, "chart"
+    first, last = _name(ref.first_name), _name(ref.last_name)
+    if first and last and ref.date_of_birth:
+        found = list(db.session.scalars(select(Patient).where(
+            Patient.practice_id == practice_id, Patient.date_of_birth == ref.date_of_birth,
+            func.lower(Patient.last_name) == last).limit(5)))
+        found = [p for p in found if _name(p.first_name) == first]
+        if len(found) == 1:
+            return found[0], "name_dob"
+    return None, ""
+
+
+def _name(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+# -- the case ---------------------------------------------------------------------------------------
+
+def _place(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> str:
+    """Join the scan to its case, or create one; or leave it for a person with the reason."""
+    case = _case_of_rx(scan) or _case_with_order(scan)
+    if case is None:
+        candidates = _open_cases_without_scan(scan)
+        if len(candidates) > 1:
+            scan.problem = (f"{len(candidates)} open cases of this patient wait for a scan "
+                            f"({', '.join(c.number for c in candidates)}); choose one.")
+            return ""
+        case = candidates[0] if candidates else None
+    if case is not None:
+        link(scan, case, actor)
+        return "joined"
+    case, problem = _new_case(scan, integration, actor)
+    link(scan, case, actor, created=True)
+    scan.problem = problem  # a note for the case (the lab to choose), once the scan is on it
+    return "created"
+
+
+def _case_of_rx(scan: Scan) -> LabCase | None:
+    if not scan.rx_id or scan.integration_id is None:
+        return None
+    request = db.session.scalar(select(ScanRequest).where(
+        ScanRequest.integration_id == scan.integration_id, ScanRequest.rx_id == scan.rx_id))
+    if request is None:
+        return None
+    request.state = RxState.SCANNED
+    return request.case if request.case.status is not Status.CANCELLED else None
+
+
+def _case_with_order(scan: Scan) -> LabCase | None:
+    return db.session.scalar(select(LabCase).where(
+        LabCase.practice_id == scan.practice_id, LabCase.origin == _origin(scan.vendor),
+        LabCase.origin_order_id == scan.order_id, LabCase.status != Status.CANCELLED,
+    ).order_by(LabCase.id.desc()).limit(1))
+
+
+def _open_cases_without_scan(scan: Scan) -> list[LabCase]:
+    has_scan = exists().where(Scan.case_id == LabCase.id)
+    return list(db.session.scalars(select(LabCase).where(
+        LabCase.practice_id == scan.practice_id, LabCase.patient_id == scan.patient_id,
+        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan),
+    ).order_by(LabCase.id)))
+
+
+def _origin(vendor: Vendor) -> str:
+    return vendor.value  # the case's origin uses the vendor's value (catalog.ORIGINS)
+
+
+def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None:
+    """Put the scan on `case`. A case entered by hand takes the scanner as its origin."""
+    if case.practice_id != scan.practice_id:
+        raise ScanError("That case belongs to another practice.")
+    if case.status is Status.CANCELLED:
+        raise ScanError(f"{case.number} is cancelled; a scan can't join it.")
+    if scan.patient_id is not None and case.patient_id != scan.patient_id:
+        raise ScanError(f"{case.number} is a case of another patient.")
+    before = {"origin": case.origin, "origin_order_id": case.origin_order_id}
+    scan.case_id, scan.patient_id = case.id, case.patient_id
+    scan.matched_by = scan.matched_by or "person"
+    scan.problem = ""
+    if case.origin == "manual" or not case.origin_order_id:
+        case.origin, case.origin_order_id = _origin(scan.vendor), scan.order_id
+    after = {"origin": case.origin, "origin_order_id": case.origin_order_id, "scan_id": scan.id,
+             "vendor": scan.vendor.value, "order_id": scan.order_id, "created_from_scan": created}
+    record("case.scan_linked", "lab_case", case.id, before=before, after=after, actor=actor,
+           practice_id=case.practice_id)
+    _settle(scan)
+
+
+def _new_case(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> tuple[LabCase, str]:
+    practice = db.session.get(Practice, scan.practice_id)
+    lab, problem = resolve_lab(integration, scan.lab_ref, scan.lab_name)
+    data = CaseData(
+        patient_id=scan.patient_id, provider_id=_provider_id(scan.practice_id, scan.doctor_name),
+        lab_id=lab.id if lab else None, items=_items(scan), seat_appointment_id=_seat_appointment_id(scan),
+        due_date=scan.due_date, instructions=scan.notes, origin=_origin(scan.vendor),
+        origin_order_id=scan.order_id,
+    )
+    return create_case(practice, data, actor), problem
+
+
+def resolve_lab(integration: ScannerIntegration | None, lab_ref: str, lab_name: str) -> tuple[Lab | None, str]:
+    """The lab a scan's case goes to: the allowed lab the vendor names, else the integration's only
+    allowed lab; (None, why) when it is not clear."""
+    if integration is None:
+        return None, ""
+    allowed = [lab for lab in integration.labs if lab.active]
+    wanted = _name(lab_name)
+    if wanted:
+        named = [lab for lab in allowed if _name(lab.name) == wanted]
+        if named:
+            return named[0], ""
+        if len(allowed) != 1:
+            return None, (f"{integration.vendor.label} names the lab “{lab_name}”, which is not one this "
+                          "scanner may send to; choose the lab on the case.")
+    if len(allowed) == 1:
+        return allowed[0], ""
+    return None, ""
+
+
+def _provider_id(practice_id: int, doctor_name: str) -> int | None:
+    wanted = _name(re.sub(r"^\s*dr\.?\s+", "", doctor_name, flags=re.IGNORECASE))
+    if not wanted:
+        return None
+    providers = list(db.session.scalars(select(Provider).where(Provider.practice_id == practice_id,
+                                                               Provider.active.is_(True))))
+    found = [p for p in providers
+             if _name(re.sub(r"^\s*dr\.?\s+", "", p.name, flags=re.IGNORECASE)) == wanted]
+    return found[0].id if len(found) == 1 else None
+
+
+def _seat_appointment_id(scan: Scan) -> int | None:
+    """The patient's next seat appointment, the one this work is for when there is one."""
+    return db.session.scalar(select(Appointment.id).where(
+        Appointment.practice_id == scan.practice_id, Appointment.patient_id == scan.patient_id,
+        Appointment.kind == AppointmentKind.SEAT, Appointment.starts_at >= utcnow(),
+    ).order_by(Appointment.starts_at).limit(1))
+
+
+def _items(scan: Scan) -> list[ItemData]:
+    items = [ItemData(teeth=list(i["teeth"]), restoration=i["restoration"] if i["restoration"] in
+                      catalog.RESTORATIONS else "other", material=i.get("material", ""),
+                      shade=i.get("shade", ""), notes=i.get("notes", ""))
+             for i in scan.item_list]
+    if items:
+        return items
+    return [ItemData(teeth=[], restoration=restoration_for(scan.procedure), notes=scan.procedure)]
+
+
+def restoration_for(procedure: str) -> str:
+    """Our restoration for a vendor's procedure name ("Crown", "Implant Crown", "Invisalign"...)."""
+    text = procedure.lower()
+    return next((key for word, key in PROCEDURES if word in text), "other")
+
+
+def _follow_stage(scan: Scan, previous: OrderStage | None, files_changed: bool, actor: Actor) -> None:
+    """What the vendor's new status means for the case (contracts/itero.md, flows 1-5)."""
+    if previous is scan.stage and not files_changed:
+        return
+    case = db.session.get(LabCase, scan.case_id)
+    vendor = scan.vendor.label
+    try:
+        if scan.stage is OrderStage.RESCAN and case.status in Status.awaiting_lab():
+            lifecycle.move(case, Status.RESCAN, actor=actor,
+                           reason=f"{vendor} sent the scan back to the doctor for a rescan.")
+        elif scan.stage is OrderStage.READY and case.status is Status.RESCAN and (
+                files_changed or previous is OrderStage.RESCAN):
+            lifecycle.move(case, Status.DRAFT, actor=actor,
+                           detail={"note": f"new scan from {vendor}: check the prescription and send it again"})
+    except IllegalMove:
+        pass  # the case has moved on (or was closed) since; the scan's own row records the report
+
+
+def still_scanning(scan: Scan) -> bool:
+    """The vendor is still capturing or uploading it: no files yet, and not complete. Such a scan
+    waits (it is not a scan to send yet) and joins its case once the vendor reports it complete."""
+    return scan.stage is OrderStage.IN_PROGRESS and not scan.current_files
+
+
+def _settle(scan: Scan) -> None:
+    """The inbox state follows from the scan: on a case, still at the vendor, or waiting for a
+    person and why."""
+    if scan.inbox is InboxState.DISMISSED:
+        return
+    if scan.case_id is not None:
+        scan.inbox = InboxState.LINKED
+        return
+    if still_scanning(scan):
+        scan.inbox = InboxState.WAITING
+        scan.problem = f"Still being scanned at {scan.vendor.label}; it joins a case when the scan is complete."
+        return
+    if scan.inbox is InboxState.WAITING:
+        scan.problem = ""  # the vendor's "still scanning" note no longer holds
+    scan.inbox = InboxState.PENDING
+    if scan.patient_id is None:
+        ref = scan.patient_chart_number and f"chart number {scan.patient_chart_number}"
+        scan.problem = (f"No patient of this practice has {ref or 'this name and birth date'}"
+                        f"{' or this name and birth date' if ref else ''}; match the patient.")
+    elif not scan.problem:
+        scan.problem = "Choose the case for this scan, or create one."
+
+
+# -- what a person does in the inbox ---------------------------------------------------------------
+
+def assign_patient(scan: Scan, patient: Patient, actor: Actor) -> Ingested:
+    """A person matched the scan to `patient`: then it joins or creates a case like any other."""
+    if patient.practice_id != scan.practice_id:
+        raise ScanError("Choose a patient of this practice.")
+    if scan.case_id is not None:
+        raise ScanError("This scan is already on a case.")
+    before = {"patient_id": scan.patient_id}
+    scan.patient_id, scan.matched_by, scan.problem = patient.id, "person", ""
+    record("scan.matched", "scan", scan.id, before=before, after={"patient_id": patient.id, "by": "person",
+           "patient": patient.full_name}, actor=actor, practice_id=scan.practice_id)
+    action = _place(scan, scan.integration, actor)
+    if scan.case_id is not None:
+        _follow_stage(scan, None, True, actor)
+    _settle(scan)
+    return Ingested(scan, "updated", action)
+
+
+def assign_case(scan: Scan, case: LabCase, actor: Actor) -> None:
+    """A person put the scan on `case` (the scan's patient is taken from the case when unknown)."""
+    if scan.case_id == case.id:
+        raise ScanError(f"This scan is already on {case.number}.")
+    if scan.case_id is not None:
+        raise ScanError("This scan is already on another case.")
+    link(scan, case, actor)
+    _follow_stage(scan, None, True, actor)
+
+
+def new_case_for(scan: Scan, actor: Actor) -> LabCase:
+    """A person asked for a new case from the scan, even though the patient has open drafts."""
+    if scan.case_id is not None:
+        raise ScanError("This scan is already on a case.")
+    if scan.patient_id is None:
+        raise ScanError("Match the patient first.")
+    case, problem = _new_case(scan, scan.integration, actor)
+    link(scan, case, actor, created=True)
+    scan.problem = problem
+    return case
+
+
+def dismiss(scan: Scan, reason: str, actor: Actor) -> None:
+    if scan.case_id is not None:
+        raise ScanError("A scan on a case can't be dismissed.")
+    if not reason.strip():
+        raise ScanError("Say why the scan is set aside.")
+    scan.inbox, scan.problem = InboxState.DISMISSED, reason.strip()[:300]
+    record("scan.dismissed", "scan", scan.id, after={"reason": scan.problem}, actor=actor,
+           practice_id=scan.practice_id)
+
+
+def restore(scan: Scan, actor: Actor) -> None:
+    if scan.inbox is not InboxState.DISMISSED:
+        raise ScanError("This scan is not dismissed.")
+    scan.inbox, scan.problem = InboxState.PENDING, ""
+    record("scan.restored", "scan", scan.id, actor=actor, practice_id=scan.practice_id)
+    if scan.patient_id is None:
+        _match_patient(scan, actor)
+    if scan.patient_id is not None and not still_scanning(scan):
+        _place(scan, scan.integration, actor)
+    _settle(scan)
+
