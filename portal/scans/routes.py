@@ -38,8 +38,10 @@ bp = Blueprint("scans", __name__, url_prefix="/scans")
 
 
 @bp.app_context_processor
-def _helpers():
-    """Lazy: nothing is queried unless a template asks (the board's htmx poll never does)."""
+def _top_bar():
+    """The top bar's count of scans that need a person, on every full page (base.html). Lazy:
+    nothing is queried unless the template asks (the board's htmx poll never does). The case
+    page's Scans panel gets its data from the case view instead (portal/cases/routes.py)."""
 
     def pending_scans() -> int:
         if g.get("practice") is None:
@@ -48,10 +50,7 @@ def _helpers():
             g.pending_scans = inbox.pending_count(g.practice.id)
         return g.pending_scans
 
-    def case_scans(case) -> list[Scan]:
-        return inbox.scans_with_files(case.id)
-
-    return {"pending_scans": pending_scans, "case_scans": case_scans, "InboxState": InboxState}
+    return {"pending_scans": pending_scans, "InboxState": InboxState}
 
 
 # ==== the inbox ===================================================================================
