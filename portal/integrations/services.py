@@ -31,6 +31,8 @@ from portal.integrations import registry, sync
 from portal.integrations.base import Adapter
 from portal.integrations.http import VendorError, check_host
 from portal.integrations.models import ScannerIntegration
+from portal.integrations.oauth import clear_tokens
+from portal.integrations.threeshape.adapter import validate_settings
 from portal.integrations.vendor import Vendor
 from portal.labs.models import Lab
 from portal.practices.models import Practice, utcnow
@@ -177,9 +179,7 @@ def setting_problem(setting: Setting, value: str) -> str:
             return (f"{parts.hostname} is not on the allowed vendor hosts (SCANNER_ALLOWED_HOSTS); "
                     "ask whoever runs Lab Manager to add it.")
     if setting.kind == "path":
-        from portal.integrations.threeshape.adapter import validate_settings  # the watched folder's own rules
-
-        problems = validate_settings({setting.key: value})
+        problems = validate_settings({setting.key: value})  # the watched folder's own rules
         return problems[0] if problems else ""
     return ""
 
@@ -358,8 +358,6 @@ def mark_connected(integration: ScannerIntegration, actor: Actor, account: tuple
 
 def forget_sign_in(integration: ScannerIntegration, actor: Actor, why: str) -> None:
     """Undo a sign-in whose next step failed, so no half-connected integration is left."""
-    from portal.integrations.oauth import clear_tokens
-
     clear_tokens(integration)
     integration.connected_at = None
     record("scanner.sign_in_undone", ENTITY, integration.id, after={"tokens": "cleared", "why": why[:200]},

@@ -38,7 +38,7 @@ from portal.integrations.models import ScannerIntegration, VendorEvent
 from portal.integrations.registry import adapter_for
 from portal.integrations.vendor import VendorOrder
 from portal.practices.models import utcnow
-from portal.queue import SCANNER_EVENTS, SCANNER_SYNC
+from portal.queue import SCANNER_EVENTS, SCANNER_SYNC, enqueue_now, enqueue_once, enqueue_once_after_commit, get_queue
 from portal.scans import services
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,6 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
     """Store what a verified notification asks for; a key already stored is a repeat (W4). After the
     commit, the integration's event job is enqueued unless one is already waiting. Returns how
     many were new."""
-    from portal.queue import enqueue_once_after_commit
-
     new = 0
     for notice in notices:
         key = notice.key[:100]
@@ -276,8 +274,6 @@ def gone(integration_id: int, order_id: str, actor: Actor) -> str:
 def sweep(grace_seconds: int = 30) -> dict:
     """Enqueue a poll of every integration due one, and the event job of every integration whose
     notifications wait longer than `grace_seconds`. Fixed job ids and claims: sweeps don't pile up."""
-    from portal.queue import enqueue_now, enqueue_once, get_queue
-
     queue = get_queue()
     now = utcnow()
     due = now - dt.timedelta(seconds=current_app.config["SCANNER_POLL_SECONDS"])
@@ -299,6 +295,4 @@ def sweep(grace_seconds: int = 30) -> dict:
 
 def sync_now(integration: ScannerIntegration) -> None:
     """A person asked for a poll now: after the commit, unless one is already waiting."""
-    from portal.queue import enqueue_once_after_commit
-
     enqueue_once_after_commit(sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)
