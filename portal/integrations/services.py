@@ -26,6 +26,7 @@ from sqlalchemy.orm import selectinload
 from portal import keyring as crypto
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.errors import UserError
 from portal.extensions import db
 from portal.integrations import registry, sync
 from portal.integrations.base import Adapter
@@ -89,14 +90,6 @@ SETTINGS: dict[Vendor, tuple[Setting, ...]] = {
                 hint="An absolute path on the Lab Manager server where TRIOS exports its order folders."),
     ),
 }
-
-
-class IntegrationInputError(ValueError):
-    """Input that can't be saved; `field` names the form field it belongs beside."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -207,9 +200,9 @@ def check(vendor: Vendor, data: IntegrationData, integration: ScannerIntegration
 def _labs(organization_id: int, lab_ids: list[int], integration: ScannerIntegration | None) -> list[Lab]:
     allowed = {lab.id: lab for lab in lab_choices(organization_id, integration)}
     if not lab_ids:
-        raise IntegrationInputError("lab_ids", "Choose at least one lab this scanner may send to.")
+        raise UserError("Choose at least one lab this scanner may send to.", field="lab_ids")
     if any(i not in allowed for i in lab_ids):
-        raise IntegrationInputError("lab_ids", "Choose labs from the list.")
+        raise UserError("Choose labs from the list.", field="lab_ids")
     return sorted((allowed[i] for i in set(lab_ids)), key=lambda lab: lab.name)
 
 
@@ -223,10 +216,10 @@ def _public(integration: ScannerIntegration) -> dict:
 
 def create_integration(practice: Practice, vendor: Vendor, data: IntegrationData, actor: Actor) -> ScannerIntegration:
     if vendor not in offered_vendors():
-        raise IntegrationInputError("vendor", f"{vendor.label} can't be added in this version.")
+        raise UserError(f"{vendor.label} can't be added in this version.", field="vendor")
     if problems := check(vendor, data):
         field, message = next(iter(problems.items()))
-        raise IntegrationInputError(field, message)
+        raise UserError(message, field=field)
     integration = ScannerIntegration(practice_id=practice.id, vendor=vendor, name=data.name.strip()[:100])
     integration.labs = _labs(practice.organization_id, data.lab_ids, None)
     secrets_given = _apply_values(integration, data.values)
@@ -241,7 +234,7 @@ def update_integration(integration: ScannerIntegration, data: IntegrationData, a
     """Save an edit; returns the names of the fields that changed (secrets by name only)."""
     if problems := check(integration.vendor, data, integration):
         field, message = next(iter(problems.items()))
-        raise IntegrationInputError(field, message)
+        raise UserError(message, field=field)
     practice = db.session.get(Practice, integration.practice_id)
     before = _public(integration)
     integration.name = data.name.strip()[:100]
@@ -386,15 +379,15 @@ def test_connection(integration: ScannerIntegration) -> str:
 def request_sync(integration: ScannerIntegration, actor: Actor) -> None:
     """A poll now, after the commit (sync.sync_now), unless it can't run; then say why."""
     if not integration.active:
-        raise IntegrationInputError("sync", "The integration is paused; resume it first.")
+        raise UserError("The integration is paused; resume it first.", field="sync")
     caps = capabilities(integration)
     if not caps.supported:
-        raise IntegrationInputError("sync", f"This version has no {integration.vendor.label} adapter.")
+        raise UserError(f"This version has no {integration.vendor.label} adapter.", field="sync")
     if not caps.polls:
-        raise IntegrationInputError("sync", f"{integration.vendor.label} is not polled: its scans arrive by "
-                                            "notification or export.")
+        raise UserError(f"{integration.vendor.label} is not polled: its scans arrive by "
+                                            "notification or export.", field="sync")
     if not sync.can_sync(integration):
-        raise IntegrationInputError("sync", "Connect the integration first.")
+        raise UserError("Connect the integration first.", field="sync")
     sync.sync_now(integration)
     record("scanner.sync_requested", ENTITY, integration.id, after={"queued": True}, actor=actor,
            practice_id=integration.practice_id)

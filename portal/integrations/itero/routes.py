@@ -9,7 +9,7 @@ from flask_wtf import FlaskForm
 
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
-from portal.extensions import db
+from portal.extensions import transaction
 from portal.integrations.itero import rx
 from portal.integrations.itero.forms import RescanForm, RxForm
 from portal.integrations.itero.models import ScanRequest
@@ -27,13 +27,11 @@ def _do(case: LabCase, form: FlaskForm, action, success: str):
     if not form.validate():
         flash("The form expired; reload the page and try again.", "error")
         return _back(case)
-    try:
+    with transaction(rx.RxError) as outcome:
         action()
-    except rx.RxError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return _back(case)
-    db.session.commit()
     flash(success, "success")
     return _back(case)
 
