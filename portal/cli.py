@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from portal import keyring as crypto
 from portal.audit.actor import Actor
 from portal.audit.models import AuditHead
-from portal.audit.service import Walk, head, parse_head, record, verify_chain
+from portal.audit.record import Walk, head, parse_head, record, verify_chain
 from portal.auth.passwords import hash_password
 from portal.config import INSTANCE
 from portal.extensions import db

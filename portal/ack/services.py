@@ -24,7 +24,7 @@ from sqlalchemy import select
 from portal import tokens
 from portal.ack.models import AckLink
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.models import LabCase
 from portal.cases.status import Status

@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select, update
 from portal import events
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
 from portal.cases.events import CaseCancelled, CaseEdited

@@ -12,7 +12,7 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.auth.passwords import hash_password
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days

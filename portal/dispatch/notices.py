@@ -38,7 +38,7 @@ from sqlalchemy import bindparam, exists, select, update
 
 from portal import retries
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
 from portal.clock import utcnow

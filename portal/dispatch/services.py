@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select, update
 
 from portal import events, retries
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase

@@ -25,7 +25,7 @@ from sqlalchemy.orm import selectinload
 
 from portal import keyring as crypto
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.errors import UserError
 from portal.extensions import db
 from portal.integrations import registry, sync

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, insert, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import LAB, IllegalMove
 from portal.cases.models import LabCase

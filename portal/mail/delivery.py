@@ -12,7 +12,7 @@ import logging
 from flask import current_app
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.dispatch.services import email_outcome
 from portal.extensions import db
 from portal.mail.models import FAILED, PENDING, SENT, MailMessage

@@ -33,7 +33,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from portal.audit.services import csv_safe
+from portal.audit.queries import csv_safe
 from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS, RESTORATIONS
 from portal.cases.status import Status
 from portal.extensions import db

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, or_, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import catalog, lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.cases.models import LabCase

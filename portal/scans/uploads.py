@@ -43,7 +43,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.extensions import db
