@@ -78,7 +78,7 @@ def index():
     cases = inbox.open_cases(g.practice.id, [s.patient_id for s in page.scans
                                              if s.patient_id and s.case_id is None])
     return render("scanners/inbox.html", "inbox_body", tab=tab, vendor=vendor, page=page, open_cases=cases,
-                  counts=inbox.counts(g.practice.id, vendor), vendors=list(Vendor), here=request.full_path)
+                  counts=inbox.counts(g.practice.id, vendor), vendors=Vendor.scanners(), here=request.full_path)
 
 
 @bp.get("/<int:scan_id>")

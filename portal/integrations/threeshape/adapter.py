@@ -39,7 +39,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from portal.integrations.base import Adapter
+from portal.integrations.base import ScannerAdapter
 from portal.integrations.http import VendorError
 from portal.integrations.threeshape.export import ExportError, Limits
 from portal.integrations.vendor import Vendor, VendorOrder
@@ -91,7 +91,7 @@ def validate_settings(config: dict) -> list[str]:
     return problems
 
 
-class FolderAdapter(Adapter):
+class FolderAdapter(ScannerAdapter):
     vendor = Vendor.THREESHAPE
     uses_oauth = False
     polls = True
