@@ -78,7 +78,7 @@ def free_port() -> int:
 
 def setup_env(tmp: Path) -> dict:
     env = {"SECRET_KEY": "bench-secret", "LM_ENV": "development", "PUBLIC_BASE_URL": "http://127.0.0.1",
-           "LAB_API_TIMEOUT": "5", "DISPATCH_BACKOFF_BASE": "0.01", "DISPATCH_BACKOFF_CAP": "0.05"}
+           "LAB_API_TIMEOUT": "5", "DISPATCH_RETRY_SCHEDULE": "0.01,0.02,0.05"}
     env["DATABASE_URL"] = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp / 'bench.sqlite3'}"
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]

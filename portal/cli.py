@@ -55,11 +55,25 @@ def scanners_demo_connect(sandbox_url: str) -> None:
 
 
 @audit_cli.command("verify")
-def audit_verify() -> None:
-    """Check the whole hash chain; exit 1 and say where if it is broken."""
-    from portal.audit.service import verify_chain
+@click.option("--head", "head_text", default=None, metavar="ROWS:HASH",
+              help="An exported head (`flask audit head`): the chain must still reach it, unchanged.")
+@click.option("--head-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file holding an exported head.")
+def audit_verify(head_text: str | None, head_file: str | None) -> None:
+    """Check the whole chain's keyed hashes; exit 1 and say where if it is broken."""
+    from portal.audit.service import Walk, parse_head, verify_chain
 
-    problems = list(verify_chain())
+    expected = None
+    if head_file:
+        with open(head_file, encoding="utf-8") as fh:
+            head_text = fh.read()
+    if head_text is not None:
+        try:
+            expected = parse_head(head_text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--head") from None
+    walk = Walk()
+    problems = list(verify_chain(expected_head=expected, walk=walk))
     if problems:
         for p in problems[:50]:
             click.echo(f"BROKEN at row {p.seq}: {p.message}", err=True)
@@ -70,6 +84,20 @@ def audit_verify() -> None:
 
     head = db.session.get(AuditHead, 1)
     click.echo(f"Audit chain intact: {head.seq if head else 0} rows verified.")
+    if walk.legacy_rows:
+        click.echo(f"{walk.legacy_rows} of them predate the keyed chain (plain SHA-256, anchored by the "
+                   "first keyed row).")
+    if expected:
+        click.echo(f"It reaches the exported head (row {expected[0]}) unchanged.")
+
+
+@audit_cli.command("head")
+def audit_head() -> None:
+    """Print the chain's head as ROWS:HASH, to keep outside the database (for verify --head)."""
+    from portal.audit.service import head
+
+    count, digest = head()
+    click.echo(f"{count}:{digest}")
 
 
 @click.command("seed-demo")

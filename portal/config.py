@@ -5,6 +5,8 @@ import os
 import secrets
 from pathlib import Path
 
+from portal import retries
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = Path(os.environ.get("LM_INSTANCE_DIR", ROOT / "instance"))
 
@@ -38,6 +40,16 @@ def _dev_credentials_key() -> str:
     return path.read_text().strip()
 
 
+def _dev_audit_key() -> str:
+    """A per-checkout key for the audit chain's HMAC in development, kept in instance/."""
+    INSTANCE.mkdir(parents=True, exist_ok=True)
+    path = INSTANCE / "audit_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def redis_limiter_uri(redis_url: str) -> str:
     """Flask-Limiter (limits) spells a unix-socket Redis as redis+unix://."""
     if redis_url.startswith("unix://"):
@@ -57,6 +69,15 @@ class Config:
         )
         if not self.SECRET_KEY:
             raise RuntimeError("SECRET_KEY must be set when LM_ENV is not 'development'")
+        # The audit chain's HMAC keys (portal/audit/keys.py): the first signs, all verify. Never
+        # stored in the database.
+        self.AUDIT_CHAIN_KEYS = os.environ.get("AUDIT_CHAIN_KEYS") or (
+            _dev_audit_key() if self.DEVELOPMENT else "")
+        if not self.AUDIT_CHAIN_KEYS:
+            raise RuntimeError("AUDIT_CHAIN_KEYS must be set when LM_ENV is not 'development'")
+        # How many of the chain's first rows predate the keyed chain (plain SHA-256): 0 for a
+        # database created since; migration 0006 prints the number for one upgraded.
+        self.AUDIT_LEGACY_ROWS = int(os.environ.get("AUDIT_LEGACY_ROWS", "0"))
         self.SQLALCHEMY_DATABASE_URI = os.environ.get(
             "DATABASE_URL", f"sqlite:///{INSTANCE / 'labmanager.sqlite3'}"
         )
@@ -78,6 +99,10 @@ class Config:
         self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
         self.REMEMBER_COOKIE_HTTPONLY = True
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        # Sessions (portal/auth/sessions.py): end after this long without activity, and this long
+        # after sign-in whatever the activity.
+        self.SESSION_IDLE_MINUTES = float(os.environ.get("SESSION_IDLE_MINUTES", "30"))
+        self.SESSION_MAX_HOURS = float(os.environ.get("SESSION_MAX_HOURS", "12"))
         self.WTF_CSRF_TIME_LIMIT = None  # tied to the session, which expires on its own
         self.PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000")
         self.SEAT_RISK_BUFFER_DAYS = int(os.environ.get("SEAT_RISK_BUFFER_DAYS", "2"))
@@ -102,9 +127,8 @@ class Config:
         # Hosts outbound calls may reach on a private, loopback or link-local address outside
         # development (portal/outbound.py): names (".example.com" for subdomains), IPs or networks.
         self.OUTBOUND_ALLOWED_HOSTS = os.environ.get("OUTBOUND_ALLOWED_HOSTS", "")
-        self.DISPATCH_MAX_ATTEMPTS = int(os.environ.get("DISPATCH_MAX_ATTEMPTS", "6"))
-        self.DISPATCH_BACKOFF_BASE = float(os.environ.get("DISPATCH_BACKOFF_BASE", "5"))
-        self.DISPATCH_BACKOFF_CAP = float(os.environ.get("DISPATCH_BACKOFF_CAP", "600"))
+        # Delays between the attempts of a work order, an order event or a PMS write (portal/retries.py).
+        self.DISPATCH_RETRY_SCHEDULE = retries.parse(os.environ.get("DISPATCH_RETRY_SCHEDULE", retries.DEFAULT))
         self.DISPATCH_BATCH_SIZE = int(os.environ.get("DISPATCH_BATCH_SIZE", "200"))
         self.DISPATCH_BATCH_SECONDS = float(os.environ.get("DISPATCH_BATCH_SECONDS", "10"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))

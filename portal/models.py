@@ -2,6 +2,7 @@
 from portal.ack.models import AckLink  # noqa: F401
 from portal.admin.users.models import PasswordLink  # noqa: F401
 from portal.audit.models import AuditEvent, AuditHead  # noqa: F401
+from portal.auth.models import UserSession  # noqa: F401
 from portal.cases.models import CaseItem, Counter, LabCase  # noqa: F401
 from portal.dispatch.models import Dispatch, LabEvent  # noqa: F401
 from portal.integrations.itero.models import RescanRequest, ScanRequest  # noqa: F401

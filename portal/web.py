@@ -125,20 +125,24 @@ def get_or_404(model, ident, practice_field: str = "practice_id"):
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    try:
-        return db.session.get(User, int(user_id))
-    except ValueError:
-        return None
+    """The user of the live session whose key the cookie carries (portal/auth/sessions.py)."""
+    from portal.auth import sessions
+
+    return sessions.load(user_id)
 
 
 @login_manager.unauthorized_handler
 def unauthorized():
+    from portal.auth import sessions
+
     target = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
+    message = sessions.end_message(g.get("session_end_reason", "")) or "Please sign in to continue."
     if request.htmx:
+        flash(message, "info")  # shown by the sign-in page htmx is sent to
         response = make_response("", 401)
         response.headers["HX-Redirect"] = target
         return response
-    flash("Please sign in to continue.", "info")
+    flash(message, "info")
     return redirect(target)
 
 

@@ -15,6 +15,10 @@ from portal.extensions import limiter
 
 from tests import factories
 
+# One audit-chain key for the test process and every worker or server it starts, so rows any of
+# them write verify here (without it each would generate its own into its instance/ folder).
+os.environ.setdefault("AUDIT_CHAIN_KEYS", "test-audit-chain-key-0123456789abcdef0123456789")
+
 
 @pytest.fixture(scope="session")
 def tmp_root(tmp_path_factory) -> Path:

@@ -34,6 +34,9 @@ class AuditEvent(db.Model):
     correlation_id: Mapped[str] = mapped_column(String(64), default="")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Which AUDIT_CHAIN_KEYS key signed the hash (portal/audit/keys.py); "" for the rows written
+    # before the chain was keyed (plain SHA-256).
+    key_id: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class AuditHead(db.Model):

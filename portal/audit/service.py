@@ -1,16 +1,27 @@
-"""The one helper that writes audit rows (A1-A3), and the chain check."""
+"""The one helper that writes audit rows (A1-A3), and the chain check.
+
+Each row's hash is an HMAC-SHA256 (portal/audit/keys.py) over its fields, the id of the key
+that signed it and the previous row's hash. Rows written before the chain was keyed keep their
+plain SHA-256 hash and an empty key_id. Verify accepts them only as the chain's first
+`AUDIT_LEGACY_ROWS` rows (a setting, outside the database; 0 unless a database from before the
+keyed chain was upgraded): the first keyed row's HMAC covers the last of them (its prev_hash), so
+none can be rewritten, and rows re-hashed the old way past that count are caught. Keep the
+exported head (`flask audit head`) somewhere else and pass it to `flask audit verify --head` to
+catch a truncated chain too."""
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flask import g, has_request_context, request
+from flask import current_app, g, has_request_context, request
 from sqlalchemy import bindparam, select, update
 
+from portal.audit import keys
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent, AuditHead
 from portal.clock import utcnow
@@ -37,12 +48,28 @@ def canonical(data: dict | None) -> str:
     return json.dumps(data or {}, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def row_hash(row: AuditEvent) -> str:
+def _payload(row) -> dict:
     payload = {}
     for name in HASHED_FIELDS:
         value = getattr(row, name)
         payload[name] = value.isoformat(timespec="microseconds") if isinstance(value, dt.datetime) else value
-    return hashlib.sha256(canonical(payload).encode()).hexdigest()
+    return payload
+
+
+def legacy_hash(row) -> str:
+    """The plain SHA-256 of rows written before the chain was keyed."""
+    return hashlib.sha256(canonical(_payload(row)).encode()).hexdigest()
+
+
+def row_hash(row, ring: keys.Ring | None = None) -> str:
+    """The row's hash as its key_id says it was made: an HMAC with that key of the ring, or the
+    plain SHA-256 of an unkeyed row. KeyError when the ring lacks the row's key."""
+    if not row.key_id:
+        return legacy_hash(row)
+    ring = ring or keys.ring()
+    payload = _payload(row)
+    payload["key_id"] = row.key_id
+    return ring.sign(row.key_id, canonical(payload).encode())
 
 
 def correlation_id() -> str:
@@ -74,6 +101,7 @@ def record(
 ) -> AuditEvent:
     """Add one audit row to the current transaction. The caller's commit makes both durable."""
     actor = actor or _request_actor()
+    ring = keys.ring()
     # Take the chain head first: the UPDATE locks it (row lock on PostgreSQL, the write lock on
     # SQLite) until this transaction ends, so the prev_hash we read stays the newest one.
     seq, prev = db.session.execute(_TAKE_HEAD, execution_options=_NO_SYNC).one()
@@ -87,8 +115,9 @@ def record(
         action=action, entity_type=entity_type, entity_id=str(entity_id),
         before=canonical(before), after=canonical(after), source=source, ip=ip,
         outcome=outcome, correlation_id=correlation_id(), prev_hash=prev or GENESIS,
+        key_id=ring.signing_id,
     )
-    row.hash = row_hash(row)
+    row.hash = row_hash(row, ring)
     db.session.execute(_SET_HEAD_HASH, {"head_hash": row.hash}, execution_options=_NO_SYNC)
     db.session.add(row)
     db.session.flush()
@@ -101,10 +130,40 @@ class ChainProblem:
     message: str
 
 
-def verify_chain(batch: int = 2000) -> Iterator[ChainProblem]:
-    """Walk the whole chain in order; yield every place it is broken."""
+@dataclass
+class Walk:
+    """What verify_chain saw, besides the problems."""
+
+    rows: int = 0
+    legacy_rows: int = 0
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """"<rows>:<hash>" as `flask audit head` prints it."""
+    count, _, digest = (text or "").strip().partition(":")
+    if not count.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("an exported head looks like 1234:<64 hex digits>, as `flask audit head` prints it")
+    return int(count), digest
+
+
+def head() -> tuple[int, str]:
+    """(rows, hash of the last row): the chain head to keep outside the database."""
+    last = db.session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    return (last.seq, last.hash) if last else (0, GENESIS)
+
+
+def verify_chain(batch: int = 2000, expected_head: tuple[int, str] | None = None,
+                 walk: Walk | None = None) -> Iterator[ChainProblem]:
+    """Walk the whole chain in order; yield every place it is broken. With `expected_head`
+    (an exported head), also check the chain still reaches it and the row there is unchanged."""
+    ring = keys.ring()
+    legacy_limit = int(current_app.config.get("AUDIT_LEGACY_ROWS", 0) or 0)
+    walk = walk if walk is not None else Walk()
     expected_prev, expected_seq, last = GENESIS, 1, 0
     after_seq = 0
+    keyed_seen = False
+    head_hash_found = None
     while True:
         # Plain rows, not ORM objects: nothing piles up in the session on a long chain.
         rows = db.session.execute(
@@ -114,14 +173,38 @@ def verify_chain(batch: int = 2000) -> Iterator[ChainProblem]:
         if not rows:
             break
         for row in rows:
+            walk.rows += 1
             if row.seq != expected_seq:
                 yield ChainProblem(row.seq, f"row {expected_seq} is missing (next row is {row.seq})")
             if row.prev_hash != expected_prev:
                 yield ChainProblem(row.seq, f"row {row.seq} does not follow the row before it")
-            if row_hash(row) != row.hash:
-                yield ChainProblem(row.seq, f"row {row.seq} was altered (its hash no longer matches)")
+            if not row.key_id:
+                walk.legacy_rows += 1
+                if keyed_seen or row.seq > legacy_limit:
+                    yield ChainProblem(row.seq, f"row {row.seq} has a plain SHA-256 hash, not the keyed one: "
+                                                f"only the first {legacy_limit} rows (AUDIT_LEGACY_ROWS) "
+                                                "predate the keyed chain")
+                elif legacy_hash(row) != row.hash:
+                    yield ChainProblem(row.seq, f"row {row.seq} was altered (its hash no longer matches)")
+            elif row.key_id not in ring.keys:
+                keyed_seen = True
+                yield ChainProblem(row.seq, f"row {row.seq} was signed with key {row.key_id}, which is not "
+                                            "in AUDIT_CHAIN_KEYS (keep old keys in the ring)")
+            else:
+                keyed_seen = True
+                if not hmac.compare_digest(row_hash(row, ring), row.hash):
+                    yield ChainProblem(row.seq, f"row {row.seq} was altered (its hash no longer matches)")
+            if expected_head and row.seq == expected_head[0]:
+                head_hash_found = row.hash
             expected_prev, expected_seq, last = row.hash, row.seq + 1, row.seq
         after_seq = rows[-1].seq
-    head = db.session.get(AuditHead, 1)
-    if head is not None and head.seq != last:
-        yield ChainProblem(last, f"the chain ends at row {last} but {head.seq} rows were written")
+    head_row = db.session.get(AuditHead, 1)
+    if head_row is not None and head_row.seq != last:
+        yield ChainProblem(last, f"the chain ends at row {last} but {head_row.seq} rows were written")
+    if expected_head and expected_head[0]:
+        count, digest = expected_head
+        if last < count:
+            yield ChainProblem(last, f"the chain ends at row {last} but the exported head has {count} rows")
+        elif head_hash_found is None or not hmac.compare_digest(head_hash_found, digest):
+            yield ChainProblem(count, f"row {count} does not match the exported head (the chain was "
+                                      "rewritten up to there)")

@@ -6,3 +6,7 @@ from wtforms.validators import DataRequired, Length
 class LoginForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
+
+
+class SignOutEverywhereForm(FlaskForm):
+    """Only the CSRF token."""

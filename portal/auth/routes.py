@@ -7,7 +7,8 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.audit.actor import Actor
 from portal.audit.service import record
-from portal.auth.forms import LoginForm
+from portal.auth import sessions
+from portal.auth.forms import LoginForm, SignOutEverywhereForm
 from portal.auth.services import authenticate
 from portal.extensions import db, limiter
 from portal.web import render
@@ -32,7 +33,9 @@ def login():
         user = authenticate(form.email.data, form.password.data)
         db.session.commit()
         if user is not None:
-            session.clear()
+            session.clear()  # a new session for a new sign-in (no fixation)
+            sessions.start(user)
+            db.session.commit()
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
         form.password.errors.append("That email and password do not match an active account.")
@@ -45,7 +48,12 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    record("auth.logout", "user", current_user.id, actor=Actor.user(current_user))
+    """Ends this session for every copy of its cookie, not just this browser's."""
+    row = sessions.current()
+    if row is not None:
+        sessions.end(row, "signed_out")
+    record("auth.logout", "user", current_user.id, actor=Actor.user(current_user),
+           after={"session_id": row.id if row else None})
     db.session.commit()
     logout_user()
     session.clear()
@@ -62,3 +70,30 @@ def switch_practice():
     else:
         session["practice_id"] = wanted
     return redirect(url_for("board.index"))
+
+
+@bp.get("/account")
+@login_required
+def account():
+    """The signed-in person's own page: who they are, where they belong, where they are signed in."""
+    rows = sessions.open_sessions(current_user.id)
+    return render("auth/account.html", sessions=rows, this_session=sessions.current(),
+                  form=SignOutEverywhereForm(), idle_minutes=current_app.config["SESSION_IDLE_MINUTES"],
+                  max_hours=current_app.config["SESSION_MAX_HOURS"])
+
+
+@bp.post("/account/sign-out-everywhere")
+@login_required
+def sign_out_everywhere():
+    """Ends every session of this account, on every browser and device, this one included."""
+    if not SignOutEverywhereForm().validate():
+        return redirect(url_for("auth.account"), 303)
+    user_id = current_user.id
+    ended = sessions.end_all(user_id, "signed_out_everywhere")
+    record("auth.logout_everywhere", "user", user_id, actor=Actor.user(current_user),
+           after={"ended_sessions": ended})
+    db.session.commit()
+    logout_user()
+    session.clear()
+    flash(f"You are signed out everywhere ({ended} session{'s' if ended != 1 else ''} ended).", "info")
+    return redirect(url_for("auth.login"), 303)

@@ -11,9 +11,9 @@ from sqlalchemy import FromClause, Select, select
 
 from portal.cases.models import CaseDates, CaseItem, LabCase
 from portal.cases.status import Status
-from portal.dispatch.models import DispatchState, OrderNotice
+from portal.dispatch.models import RETRYING_AFTER, Dispatch, DispatchState, OrderNotice
 from portal.extensions import db
-from portal.labs.models import Lab
+from portal.labs.models import Channel, Lab
 from portal.people.models import Appointment, Patient
 
 
@@ -34,6 +34,8 @@ class CardView(CaseDates):
     dispatch_error: str
     notice_failed: str  # "Message", "Cancellation"...: the oldest update the lab's API did not take, or ""
     notice_error: str  # and why
+    retrying_at: dt.datetime | None  # the work order's next attempt, from its second failure on
+    retrying_error: str  # and why the last one failed
     patient: SimpleNamespace
     lab: SimpleNamespace | None
     seat_appointment: SimpleNamespace | None
@@ -48,13 +50,24 @@ def _failed_notice(column):
             .order_by(OrderNotice.id).limit(1).correlate(LabCase).scalar_subquery())
 
 
+def _retrying(column):
+    """`column` of the case's work order to an API lab while it waits for a retry after two or
+    more failed attempts (index ix_dispatch_case_id): one more column, no extra statement."""
+    return (select(column)
+            .where(Dispatch.case_id == LabCase.id, Dispatch.channel == Channel.API,
+                   Dispatch.state == DispatchState.PENDING, Dispatch.attempts >= RETRYING_AFTER)
+            .order_by(Dispatch.created_at.desc()).limit(1).correlate(LabCase).scalar_subquery())
+
+
 def card_select(ids: FromClause | None = None) -> Select:
     """The card's columns, from the cases, or from the cases whose `id` the subquery `ids` lists
     (joined first, so the database fetches only those cases)."""
     stmt = select(LabCase.id, LabCase.number, LabCase.status, LabCase.status_reason, LabCase.held_from,
                   LabCase.due_date, LabCase.lab_eta, LabCase.seat_risk, LabCase.origin, LabCase.remake_of_id,
                   LabCase.dispatch_error, _failed_notice(OrderNotice.type).label("notice_type"),
-                  _failed_notice(OrderNotice.last_error).label("notice_error"), Patient.first_name,
+                  _failed_notice(OrderNotice.last_error).label("notice_error"),
+                  _retrying(Dispatch.next_attempt_at).label("retrying_at"),
+                  _retrying(Dispatch.last_error).label("retrying_error"), Patient.first_name,
                   Patient.last_name, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
     if ids is not None:
         stmt = stmt.select_from(ids).join(LabCase, LabCase.id == ids.c.id)
@@ -74,6 +87,7 @@ def load_cards(stmt: Select, params: dict | None = None) -> list[CardView]:
             due_date=r.due_date, lab_eta=r.lab_eta, seat_risk=r.seat_risk, origin=r.origin,
             remake_of_id=r.remake_of_id, dispatch_error=r.dispatch_error,
             notice_failed=r.notice_type.label if r.notice_type else "", notice_error=r.notice_error or "",
+            retrying_at=r.retrying_at, retrying_error=r.retrying_error or "",
             patient=SimpleNamespace(first_name=r.first_name, last_name=r.last_name),
             lab=SimpleNamespace(name=r.lab_name) if r.lab_name is not None else None,
             seat_appointment=SimpleNamespace(starts_at=r.seat_at) if r.seat_at is not None else None,

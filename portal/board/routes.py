@@ -9,6 +9,7 @@ from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Provider
+from portal.auth.sessions import passive
 from portal.web import ANY_ROLE, render, requires, wants_fragment
 
 bp = Blueprint("board", __name__)
@@ -26,6 +27,7 @@ def _filter_choices() -> dict:
 
 @bp.get("/")
 @requires(*ANY_ROLE)
+@passive(lambda: "since" in request.args and bool(request.htmx))  # the board's poll is not activity
 def index():
     filters = Filters.from_args(request.args)
     stamp = services.board_stamp(g.practice.id)

@@ -26,6 +26,11 @@ class DispatchState(enum.StrEnum):
                 "failed": "Dispatch failed", "superseded": "Superseded"}[self.value]
 
 
+# A delivery that failed this many attempts and waits for the next says so on the board and the
+# case page ("retrying, next attempt at ..."); one failure is routine (the next try is seconds away).
+RETRYING_AFTER = 2
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 

@@ -37,6 +37,7 @@ import json
 from flask import current_app
 from sqlalchemy import bindparam, exists, select, update
 
+from portal import retries
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases.lifecycle import IllegalMove
@@ -83,7 +84,7 @@ def queue_notice(case: LabCase, kind: NoticeType, data: dict, actor: Actor, mess
     notice = OrderNotice(
         event_id=new_id(), dispatch_id=order.id, case_id=case.id, lab_id=order.lab_id,
         practice_id=case.practice_id, type=kind, message_id=message.id if message is not None else None,
-        state=DispatchState.PENDING, attempts=0, max_attempts=current_app.config["DISPATCH_MAX_ATTEMPTS"],
+        state=DispatchState.PENDING, attempts=0, max_attempts=retries.attempts(),
         next_attempt_at=now, created_at=now,
     )
     notice.payload = json.dumps(order_event(notice, case, data, now), separators=(",", ":"), sort_keys=True)
@@ -232,10 +233,10 @@ def mark_transient(notice: OrderNotice, error: str, status_code: int | None, act
     """Schedule the next attempt (returns the delay), or fail the notice if attempts are used up.
     Later notices of the order wait meanwhile."""
     notice_id, attempt, practice_id = notice.id, notice.attempts, notice.practice_id
-    if attempt >= notice.max_attempts:
+    delay = services.retry_delay(notice, retry_after)
+    if delay is None:
         mark_permanent(notice, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
-    delay = services.backoff_seconds(attempt, retry_after)
     if not services.finish(notice, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
                            next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None
@@ -269,7 +270,7 @@ def retry(notice: OrderNotice, actor: Actor) -> None:
                           "can be retried.")
     before = {"state": notice.state.value, "attempts": notice.attempts}
     notice.state = DispatchState.PENDING
-    notice.max_attempts = notice.attempts + current_app.config["DISPATCH_MAX_ATTEMPTS"]
+    notice.max_attempts = notice.attempts + retries.attempts()  # a new round of the schedule
     notice.next_attempt_at = utcnow()
     record(f"{ENTITY}.retry", ENTITY, notice.id, before=before,
            after={"state": notice.state.value, "type": notice.type.value, "case_id": notice.case_id},

@@ -19,6 +19,25 @@ from portal.web import CAN_EDIT, get_or_404, go_to, render, requires
 bp = Blueprint("dispatch", __name__)
 
 
+@bp.app_template_filter("next_attempt")
+def next_attempt(when) -> str:
+    """When a retry is due, for people: "14:05 UTC" today, "Fri 04 Dec 02:05 UTC" another day.
+    (Practices keep no time zone yet, so the time says UTC.)"""
+    from portal.practices.models import utcnow
+
+    if when.date() == utcnow().date():
+        return when.strftime("%H:%M UTC")
+    return when.strftime("%a %d %b %H:%M UTC")
+
+
+@bp.app_template_filter("retrying")
+def retrying(row) -> bool:
+    """A work order or order event waiting for its next attempt after two or more failures."""
+    from portal.dispatch.models import RETRYING_AFTER, DispatchState
+
+    return row.state is DispatchState.PENDING and row.attempts >= RETRYING_AFTER and row.next_attempt_at is not None
+
+
 @bp.app_template_global("case_dispatch")
 def case_dispatch(case_id: int) -> Dispatch | None:
     """The newest dispatch of a case, for the dispatch panel on the case page."""

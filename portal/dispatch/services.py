@@ -4,12 +4,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import random
 
 from flask import current_app
 from sqlalchemy import bindparam, select, update
 
-from portal import events
+from portal import events, retries
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases import lifecycle
@@ -136,7 +135,7 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
     now = utcnow()
     dispatch = Dispatch(
         id=dispatch_id, case_id=case.id, lab_id=lab.id, practice_id=case.practice_id, channel=lab.channel,
-        state=DispatchState.PENDING, attempts=0, max_attempts=current_app.config["DISPATCH_MAX_ATTEMPTS"],
+        state=DispatchState.PENDING, attempts=0, max_attempts=retries.attempts(),
         next_attempt_at=now, webhook_id="msg_" + dispatch_id.replace("-", ""),
         approved_by_id=int(actor.id) if actor.kind == "user" and actor.id else None,
         payload=json.dumps(work_order(case, dispatch_id), separators=(",", ":"), sort_keys=True),
@@ -206,7 +205,7 @@ def retry(dispatch: Dispatch, actor: Actor) -> None:
     case = db.session.get(LabCase, dispatch.case_id)
     before = {"state": dispatch.state.value, "attempts": dispatch.attempts}
     dispatch.state = DispatchState.PENDING
-    dispatch.max_attempts = dispatch.attempts + current_app.config["DISPATCH_MAX_ATTEMPTS"]
+    dispatch.max_attempts = dispatch.attempts + retries.attempts()  # a new round of the schedule
     dispatch.next_attempt_at = utcnow()
     case.dispatch_error = ""
     record("dispatch.retry", "dispatch", dispatch.id, before=before,
@@ -288,14 +287,12 @@ def lab_target_of(lab_id: int) -> tuple[str, str, list[str]]:
     return rows[0].name, rows[0].api_url, [r.secret for r in rows if r.secret]
 
 
-def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
-    """Capped exponential backoff with full jitter; never sooner than the lab's Retry-After."""
-    base = float(current_app.config["DISPATCH_BACKOFF_BASE"])
-    cap = float(current_app.config["DISPATCH_BACKOFF_CAP"])
-    delay = random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, max(cap, 3600.0)))
-    return delay
+def retry_delay(row: Dispatch | OrderNotice, retry_after: float | None = None) -> float | None:
+    """Seconds until the next attempt of a row whose attempt just failed, on the retry schedule
+    (portal/retries.py); None when its round of attempts is spent."""
+    if row.attempts >= row.max_attempts:
+        return None
+    return retries.delay(retries.in_round(row.attempts, row.max_attempts), retry_after)
 
 
 @functools.cache
@@ -337,10 +334,10 @@ def mark_transient(dispatch: Dispatch, error: str, status_code: int | None, acto
                    retry_after: float | None = None) -> float | None:
     """Schedule the next attempt (returns the delay), or fail the dispatch if attempts are used up."""
     dispatch_id, attempt, practice_id = dispatch.id, dispatch.attempts, dispatch.practice_id
-    if attempt >= dispatch.max_attempts:
+    delay = retry_delay(dispatch, retry_after)
+    if delay is None:
         mark_permanent(dispatch, f"{error} (gave up after {attempt} attempts)", status_code, actor)
         return None
-    delay = backoff_seconds(attempt, retry_after)
     if not finish(dispatch, state=DispatchState.PENDING, last_error=error[:500], last_status_code=status_code,
                   next_attempt_at=utcnow() + dt.timedelta(seconds=delay)):
         return None

@@ -41,8 +41,6 @@ from portal.practices.models import utcnow
 from portal.scans import services
 
 log = logging.getLogger(__name__)
-SYNC = "jobs.scanners.sync"
-HANDLE_EVENTS = "jobs.scanners.handle_events"
 
 
 def sync_key(integration_id: int) -> str:
@@ -193,7 +191,7 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
     """Store what a verified notification asks for; a key already stored is a repeat (W4). After the
     commit, the integration's event job is enqueued unless one is already waiting. Returns how
     many were new."""
-    from portal.queue import enqueue_once_after_commit
+    from portal.queue import SCANNER_EVENTS, enqueue_once_after_commit
 
     new = 0
     for notice in notices:
@@ -211,7 +209,7 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
         new += 1
     if new:
         db.session.flush()
-        enqueue_once_after_commit(events_key(integration.id), HANDLE_EVENTS, integration.id, **job_options())
+        enqueue_once_after_commit(events_key(integration.id), SCANNER_EVENTS, integration.id, **job_options())
     return new
 
 
@@ -289,7 +287,7 @@ def gone(integration_id: int, order_id: str, actor: Actor) -> str:
 def sweep(grace_seconds: int = 30) -> dict:
     """Enqueue a poll of every integration due one, and the event job of every integration whose
     notifications wait longer than `grace_seconds`. Fixed job ids and claims: sweeps don't pile up."""
-    from portal.queue import enqueue_now, enqueue_once, get_queue
+    from portal.queue import SCANNER_EVENTS, SCANNER_SYNC, enqueue_now, enqueue_once, get_queue
 
     queue = get_queue()
     now = utcnow()
@@ -302,19 +300,19 @@ def sweep(grace_seconds: int = 30) -> dict:
             continue
         due = now - dt.timedelta(seconds=intervals[integration.vendor.kind])
         if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
-            polled += enqueue_once(queue, sync_key(integration.id), SYNC, integration.id,
+            polled += enqueue_once(queue, sync_key(integration.id), SCANNER_SYNC, integration.id,
                                    window=300, **job_options())
     cutoff = now - dt.timedelta(seconds=grace_seconds)
     waiting = db.session.scalars(select(VendorEvent.integration_id).where(
         VendorEvent.outcome.in_(WAITING), VendorEvent.received_at <= cutoff).distinct()).all()
     for integration_id in waiting:
-        enqueue_now(queue, HANDLE_EVENTS, integration_id, job_id=f"{events_key(integration_id)}-sweep",
+        enqueue_now(queue, SCANNER_EVENTS, integration_id, job_id=f"{events_key(integration_id)}-sweep",
                     **job_options())
     return {"polled": polled, "events": len(waiting)}
 
 
 def sync_now(integration: ScannerIntegration) -> None:
     """A person asked for a poll now: after the commit, unless one is already waiting."""
-    from portal.queue import enqueue_once_after_commit
+    from portal.queue import SCANNER_SYNC, enqueue_once_after_commit
 
-    enqueue_once_after_commit(sync_key(integration.id), SYNC, integration.id, window=300, **job_options())
+    enqueue_once_after_commit(sync_key(integration.id), SCANNER_SYNC, integration.id, window=300, **job_options())

@@ -58,7 +58,6 @@ from portal.scans.models import FileState, Scan, ScanFile
 from portal.scans.services import ScanError
 
 SOURCE = "upload"
-INSPECT = "jobs.scanners.inspect_file"
 INSPECT_FAILED = "jobs.scanners.inspect_failed"
 MESH_EXTENSIONS = frozenset({".stl", ".ply", ".obj"})
 REFERENCE_EXTENSIONS = frozenset({".dcm", ".3ml"})
@@ -296,11 +295,11 @@ def _ingest(practice_id, order: VendorOrder, staging, actor, patient, case, inte
         if row.ref in processing and row.state is not FileState.PROCESSING and row.triangle_count is None:
             row.state, row.progress, row.error = FileState.PROCESSING, 0, ""
     db.session.flush()
-    from portal.queue import enqueue_after_commit
+    from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit
 
     for row in scan.current_files:
         if row.state is FileState.PROCESSING:
-            enqueue_after_commit(INSPECT, row.id, job_id=inspect_job_id(row.id), **inspect_options(row.size_bytes))
+            enqueue_after_commit(INSPECT_SCAN_FILE, row.id, job_id=inspect_job_id(row.id), **inspect_options(row.size_bytes))
     files = _file_summary(scan)
     record("scan.uploaded", "scan", scan.id, after={
         "folder": folder, "files": [{k: f[k] for k in ("name", "size", "state")} for f in files],
@@ -512,14 +511,14 @@ def sweep(now: dt.datetime | None = None, tidy: bool | None = None) -> dict:
     export read but never ingested."""
     import redis
 
-    from portal.queue import enqueue_now, get_queue
+    from portal.queue import INSPECT_SCAN_FILE, enqueue_now, get_queue
 
     now = now or utcnow()
     queue = get_queue()
     stale = db.session.execute(select(ScanFile.id, ScanFile.size_bytes).where(
         ScanFile.state == FileState.PROCESSING, ScanFile.created_at <= now - STALE_PROCESSING)).all()
     for file_id, size in stale:
-        enqueue_now(queue, INSPECT, file_id, job_id=inspect_job_id(file_id), **inspect_options(size))
+        enqueue_now(queue, INSPECT_SCAN_FILE, file_id, job_id=inspect_job_id(file_id), **inspect_options(size))
     if tidy is None:
         try:
             tidy = bool(queue.connection.set(TIDY_CLAIM, 1, nx=True, ex=3600))

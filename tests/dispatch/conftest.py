@@ -20,11 +20,9 @@ SECRET = "whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ="  # tests/factories.py gives AP
 @pytest.fixture()
 def fast(app):
     """Small backoff and timeouts, restored afterwards."""
-    saved = {k: app.config[k] for k in ("DISPATCH_BACKOFF_BASE", "DISPATCH_BACKOFF_CAP", "DISPATCH_MAX_ATTEMPTS",
-                                        "DISPATCH_BATCH_SIZE", "DISPATCH_BATCH_SECONDS", "LAB_API_TIMEOUT",
+    saved = {k: app.config[k] for k in ("DISPATCH_RETRY_SCHEDULE", "DISPATCH_BATCH_SIZE", "DISPATCH_BATCH_SECONDS", "LAB_API_TIMEOUT",
                                         "REDIS_URL")}
-    app.config.update(DISPATCH_BACKOFF_BASE=0.01, DISPATCH_BACKOFF_CAP=0.05, DISPATCH_MAX_ATTEMPTS=4,
-                      LAB_API_TIMEOUT=2.0)
+    app.config.update(DISPATCH_RETRY_SCHEDULE=(0.01, 0.02, 0.05), LAB_API_TIMEOUT=2.0)  # four attempts
     yield app.config
     app.config.update(saved)
 

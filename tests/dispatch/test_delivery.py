@@ -82,7 +82,7 @@ def test_429_and_network_errors_are_transient_until_attempts_run_out(world, api_
     db.session.commit()
     drain(queue)
     db.session.refresh(dispatch)
-    assert dispatch.state is DispatchState.FAILED and dispatch.attempts == fast["DISPATCH_MAX_ATTEMPTS"]
+    assert dispatch.state is DispatchState.FAILED and dispatch.attempts == len(fast["DISPATCH_RETRY_SCHEDULE"]) + 1
     assert "gave up after 4 attempts" in dispatch.last_error and "Could not reach" in dispatch.last_error
     assert dispatch.case.dispatch_error
 
@@ -137,13 +137,22 @@ def test_job_does_nothing_for_a_delivered_or_superseded_dispatch(world, api_lab,
     assert len(stub.requests) == 1
 
 
-def test_backoff_is_capped_with_full_jitter(app, fast):
-    fast.update(DISPATCH_BACKOFF_BASE=5, DISPATCH_BACKOFF_CAP=60)
-    with app.app_context():
-        delays = [services.backoff_seconds(n) for n in (1, 2, 3, 10, 10, 10) for _ in range(50)]
-        assert all(0 <= d <= 60 for d in delays)
-        assert max(services.backoff_seconds(1) for _ in range(200)) <= 5
-        assert services.backoff_seconds(1, retry_after=30) >= 30
+def test_the_retry_schedule_spans_more_than_a_day_with_jitter(app):
+    from portal import retries
+
+    config = {"DISPATCH_RETRY_SCHEDULE": retries.parse(retries.DEFAULT)}
+    assert config["DISPATCH_RETRY_SCHEDULE"] == (10, 60, 300, 1800, 7200, 18000, 36000, 36000)
+    assert retries.span(config) >= 24 * 3600 and retries.attempts(config) == 9
+    for attempt, step in enumerate(config["DISPATCH_RETRY_SCHEDULE"], start=1):
+        delays = {retries.delay(attempt, config=config) for _ in range(50)}
+        assert all(0.9 * step <= d <= 1.1 * step for d in delays) and len(delays) > 1  # jittered
+    assert retries.delay(9, config=config) is None  # spent
+    assert retries.delay(1, retry_after=120, config=config) >= 120  # the lab asked for more time
+    assert retries.delay(1, retry_after=10 ** 9, config=config) <= 36000  # ...up to the longest step
+    assert retries.in_round(10, 9 + 9, config) == 1  # a person's Retry starts the schedule again
+    assert retries.parse("30s, 5m,2h,1d") == (30, 300, 7200, 86400)
+    with pytest.raises(ValueError, match="soon"):
+        retries.parse("10s,soon")
 
 
 def _children(pid: int) -> list[int]:

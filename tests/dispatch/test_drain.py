@@ -85,7 +85,7 @@ def test_500_500_201_in_a_batch_makes_exactly_one_order(world, api_lab, stub, qu
 
 
 def test_the_drain_job_leaves_a_dispatch_waiting_for_its_retry_alone(world, api_lab, stub, queue, fast):
-    fast.update(DISPATCH_BACKOFF_BASE=60, DISPATCH_BACKOFF_CAP=60)
+    fast.update(DISPATCH_RETRY_SCHEDULE=(60, 60, 60))
     stub.script = [503]
     [waiting] = _send(world, api_lab, 1)
     run_jobs(queue)

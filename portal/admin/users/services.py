@@ -25,6 +25,7 @@ from portal import tokens
 from portal.admin.users.models import PasswordLink
 from portal.audit.actor import Actor
 from portal.audit.service import record
+from portal.auth import sessions
 from portal.auth.passwords import hash_password
 from portal.clock import utcnow
 from portal.errors import UserError
@@ -137,8 +138,11 @@ def deactivate(practice: Practice, member: Membership, by: User) -> bool:
         _keep_an_admin(practice, member, by, "deactivate")
     member.active = False
     revoked = revoke_links(member.user_id, practice_id=practice.id)
+    # Every session of theirs ends now (they sign in again to any practice they still belong to).
+    ended = sessions.end_all(member.user_id, "deactivated")
     record("user.deactivate", "user", member.user_id, before={"active": True},
-           after={"active": False, "revoked_link_ids": revoked}, practice_id=practice.id)
+           after={"active": False, "revoked_link_ids": revoked, "ended_sessions": ended},
+           practice_id=practice.id)
     return True
 
 
@@ -251,7 +255,8 @@ def set_password(link: PasswordLink, password: str) -> User:
     user.password_hash = hash_password(password)
     db.session.flush()
     others = revoke_links(user.id, now)
+    ended = sessions.end_all(user.id, "password_changed")  # whoever held the old password is out
     record("user.password_set", "user", user.id, before={"link_id": link.id, "used": False},
-           after={"link_id": link.id, "used": True, "revoked_link_ids": others},
+           after={"link_id": link.id, "used": True, "revoked_link_ids": others, "ended_sessions": ended},
            actor=link_actor(link, user), practice_id=link.practice_id)
     return user

@@ -31,9 +31,6 @@ from portal.integrations.vendor import OrderStage, Vendor
 from portal.practices.models import utcnow
 from portal.scans.models import Scan
 
-SEND = "jobs.itero.send_rx"
-WITHDRAW = "jobs.itero.withdraw_rx"
-RETURN = "jobs.itero.return_to_doctor"
 LIVE = frozenset({RxState.PENDING, RxState.CREATED, RxState.DELETE_PENDING})
 WAITING_FOR_SCAN = frozenset({Status.DRAFT, Status.RESCAN})
 MAX_ATTEMPTS = 5
@@ -181,7 +178,7 @@ def rx_problem(case: LabCase, integration: ScannerIntegration) -> str:
 
 def request_rx(case: LabCase, actor: Actor) -> ScanRequest:
     """Send the case's Rx to the practice's iTero scanner (after the commit)."""
-    from portal.queue import enqueue_after_commit
+    from portal.queue import SEND_RX, enqueue_after_commit
 
     integration = itero_integration(case.practice_id, case.lab_id)
     if integration is None:
@@ -205,13 +202,13 @@ def request_rx(case: LabCase, actor: Actor) -> ScanRequest:
     record("scanner.rx_requested", "lab_case", case.id, after={
         "scan_request_id": row.id, "integration": integration.name, "state": row.state.value,
         "provider": case.provider.name}, actor=actor, practice_id=case.practice_id)
-    enqueue_after_commit(SEND, row.id, job_id=f"scan-request-{row.id}-send", **job_options())
+    enqueue_after_commit(SEND_RX, row.id, job_id=f"scan-request-{row.id}-send", **job_options())
     return row
 
 
 def withdraw_rx(request: ScanRequest, actor: Actor) -> None:
     """Withdraw an Rx that waits for its scan (iTero's Delete Rx, after the commit)."""
-    from portal.queue import enqueue_after_commit
+    from portal.queue import WITHDRAW_RX, enqueue_after_commit
 
     if request.state is RxState.FAILED:
         _set(request, RxState.DELETED, "", "scanner.rx_withdrawn", actor, note="never reached iTero")
@@ -223,12 +220,12 @@ def withdraw_rx(request: ScanRequest, actor: Actor) -> None:
                       "withdrawn.")
     request.attempts = 0
     _set(request, RxState.DELETE_PENDING, "", "scanner.rx_withdraw_requested", actor)
-    enqueue_after_commit(WITHDRAW, request.id, job_id=f"scan-request-{request.id}-withdraw", **job_options())
+    enqueue_after_commit(WITHDRAW_RX, request.id, job_id=f"scan-request-{request.id}-withdraw", **job_options())
 
 
 def ask_rescan(case: LabCase, reason: str, actor: Actor) -> RescanRequest:
     """Ask iTero to send the case's scan back to the doctor for a rescan (after the commit)."""
-    from portal.queue import enqueue_after_commit
+    from portal.queue import RETURN_TO_DOCTOR, enqueue_after_commit
 
     reason = " ".join((reason or "").split())
     if case.status is not Status.RESCAN:
@@ -253,7 +250,7 @@ def ask_rescan(case: LabCase, reason: str, actor: Actor) -> RescanRequest:
     record("scanner.return_to_doctor_requested", "lab_case", case.id, after={
         "rescan_request_id": row.id, "order_id": scan.order_id, "reason": reason, "state": row.state.value},
         actor=actor, practice_id=case.practice_id)
-    enqueue_after_commit(RETURN, row.id, job_id=f"rescan-request-{row.id}", **job_options())
+    enqueue_after_commit(RETURN_TO_DOCTOR, row.id, job_id=f"rescan-request-{row.id}", **job_options())
     return row
 
 
@@ -426,7 +423,7 @@ def _rescan_outcome(row: RescanRequest, state: RescanState, error: str, actor: A
 def sweep() -> dict:
     """Enqueue the job of every Rx or rescan request still waiting whose last attempt (if any) is
     older than the lease: a job lost to a Redis outage or a killed worker is not lost work."""
-    from portal.queue import enqueue_now, get_queue
+    from portal.queue import RETURN_TO_DOCTOR, SEND_RX, WITHDRAW_RX, enqueue_now, get_queue
 
     queue = get_queue()
     cutoff = utcnow() - lease()
@@ -434,10 +431,10 @@ def sweep() -> dict:
     count = 0
     for row_id, state in db.session.execute(select(ScanRequest.id, ScanRequest.state).where(
             ScanRequest.state.in_((RxState.PENDING, RxState.DELETE_PENDING)), waiting)):
-        func, suffix = (SEND, "send") if state is RxState.PENDING else (WITHDRAW, "withdraw")
+        func, suffix = (SEND_RX, "send") if state is RxState.PENDING else (WITHDRAW_RX, "withdraw")
         count += enqueue_now(queue, func, row_id, job_id=f"scan-request-{row_id}-{suffix}", **job_options())
     for (row_id,) in db.session.execute(select(RescanRequest.id).where(
             RescanRequest.state == RescanState.PENDING,
             or_(RescanRequest.attempts == 0, RescanRequest.updated_at <= cutoff))):
-        count += enqueue_now(queue, RETURN, row_id, job_id=f"rescan-request-{row_id}", **job_options())
+        count += enqueue_now(queue, RETURN_TO_DOCTOR, row_id, job_id=f"rescan-request-{row_id}", **job_options())
     return {"requests": count}
