@@ -125,7 +125,7 @@ def _connect_scanners(env: dict) -> None:
     try:
         _flask(env, "scanners", "demo-connect", "--sandbox", url)
     except subprocess.CalledProcessError:
-        print("The demo scanners could not be connected; connect them under Settings → Scanners.")
+        print("The demo scanners could not be connected; connect them under Settings → Integrations.")
 
 
 if __name__ == "__main__":

@@ -151,5 +151,6 @@ class PmsAdapter(Adapter):
         raise NotImplementedError
 
     def disconnect(self) -> None:
-        """A PMS has no tokens to revoke: its keys stay sealed until an admin replaces them."""
+        """A PMS has no tokens to revoke: its keys are forgotten (enter them again to reconnect)."""
+        self.integration.credentials = ""
         self.integration.connected_at = None

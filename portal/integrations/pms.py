@@ -436,3 +436,54 @@ def pms_counts(integration: ScannerIntegration) -> dict:
             "waiting": db.session.scalar(select(func.count()).select_from(PmsMatch).where(
                 PmsMatch.integration_id == integration.id, PmsMatch.state == "waiting"))}
 
+
+
+# -- the integration's page ---------------------------------------------------------------------------
+
+def page_view(integration: ScannerIntegration, organization_id: int) -> dict:
+    """What the integration's page shows of a PMS: the live progress of the sync, how many rows
+    came from it, the patients waiting for a person (with their candidates), its laboratories."""
+    from portal.labs.models import Lab
+
+    matches = waiting_matches(integration)
+    ids = {i for m in matches for i in m.candidate_ids}
+    people = {p.id: p for p in db.session.scalars(select(Patient).where(Patient.id.in_(ids)))} if ids else {}
+    return {
+        "progress": integration.config.get("progress") or {},
+        "cursors": cursors(integration),
+        "counts": pms_counts(integration),
+        "matches": [(m, [people[i] for i in m.candidate_ids if i in people]) for m in matches],
+        "laboratories": list(db.session.scalars(select(PmsLaboratory).where(
+            PmsLaboratory.integration_id == integration.id).order_by(PmsLaboratory.name))),
+        "labs": list(db.session.scalars(select(Lab).where(Lab.organization_id == organization_id,
+                                                          Lab.active.is_(True)).order_by(Lab.name))),
+    }
+
+
+def link_laboratory(integration: ScannerIntegration, row_id: int, lab_id: int | None, organization_id: int,
+                    actor: Actor) -> PmsLaboratory:
+    """Link the PMS's laboratory to a lab here (None unlinks). A lab here is linked to one PMS
+    laboratory at most, so a write-back never has to guess."""
+    from portal.errors import UserError
+    from portal.labs.models import Lab
+
+    row = db.session.get(PmsLaboratory, row_id)
+    if row is None or row.integration_id != integration.id:
+        raise UserError("That laboratory is not one of this integration's.")
+    if lab_id is not None:
+        lab = db.session.get(Lab, lab_id)
+        if lab is None or lab.organization_id != organization_id:
+            raise UserError("Choose a lab from the list.")
+        other = db.session.scalar(select(PmsLaboratory).where(
+            PmsLaboratory.integration_id == integration.id, PmsLaboratory.lab_id == lab_id, PmsLaboratory.id != row.id))
+        if other is not None:
+            raise UserError(f"{lab.name} is already linked to {integration.vendor.label}'s “{other.name}”; "
+                            "unlink that one first.")
+    before = row.lab_id
+    row.lab_id = lab_id
+    db.session.flush()
+    db.session.refresh(row, ["lab"])
+    record("pms.laboratory_linked", ENTITY, integration.id,
+           before={"laboratory": row.ref, "lab_id": before}, after={"laboratory": row.ref, "lab_id": lab_id},
+           actor=actor, practice_id=integration.practice_id)
+    return row

@@ -2,7 +2,7 @@
 
 TRIOS (or a person) drops order exports, each a folder or a .zip named after the order id, into a
 folder on the Lab Manager server; the practice's 3Shape integration names it (setting
-`watch_folder`; the Settings → Scanners form stores it as `folder`, and both are read). The sync job
+`watch_folder`; the Settings → Integrations form stores it as `folder`, and both are read). The sync job
 polls it like any vendor (`polls=True`, `uses_oauth=False`: there is nothing to sign in to):
 
 1. An entry is ready when nothing in it was modified for `settle_seconds` (default 60): TRIOS
