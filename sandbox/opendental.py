@@ -213,10 +213,19 @@ class OpenDentalApp(Routes):
         clinic = request.args.get("ClinicNum", "")
         with self.store.lock:
             now = self.store.stamp()
-            rows = [r for _, r in sorted(self.store.tables[table].items())
-                    if (not since or r["DateTStamp"] >= since) and keep(r)
-                    and (not clinic or str(r.get("ClinicNum", 0)) == clinic)]
-            page = [{**r, "serverDateTime": now} for r in rows[offset:offset + limit]]
+            page = []
+            # Rows are kept in primary key order (keys only grow), so a page is the next `limit`
+            # matches after skipping `offset` of them.
+            for row in self.store.tables[table].values():
+                if (since and row["DateTStamp"] < since) or not keep(row) \
+                        or (clinic and str(row.get("ClinicNum", 0)) != clinic):
+                    continue
+                if offset:
+                    offset -= 1
+                    continue
+                page.append({**row, "serverDateTime": now})
+                if len(page) == limit:
+                    break
         return json_response(page)
 
     def patients(self, request: Request) -> Response:

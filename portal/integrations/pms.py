@@ -2,9 +2,10 @@
 appointments, read incrementally through the integration's PMS adapter (portal/integrations/base.py).
 
 `run_pms_sync` reads each resource changed since its saved high-water mark, page by page, and
-applies each page in its own transaction (bulk inserts and updates, one audit row for the page's
-changes, the sync's live progress on the integration), so memory stays flat in the number of rows
-and no write is open while the PMS is called. A resource's mark moves only once all its pages are
+applies them in batches of a few pages, each in its own transaction (bulk inserts and updates,
+one audit row for the batch's changes, the sync's live progress on the integration), so memory
+stays flat in the number of rows. The pages are fetched a few ahead on a thread of their own
+(`read_ahead`), which only speaks HTTP; no write of ours is open while it waits for the PMS. A resource's mark moves only once all its pages are
 applied: to the PMS server's clock when the read began (`adapter.server_time`), so whatever changed
 while the pages were read is read again next time; the last primary key read is kept beside it.
 A failed read keeps the old mark: the next sync reads the same range again (applying a row twice
@@ -26,7 +27,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from queue import Full, Queue
+
+from flask import current_app
 
 from sqlalchemy import func, insert, select, update
 
@@ -78,7 +84,7 @@ def run_pms_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dic
             since = (marks.get(resource) or {}).get("since")
             counts: Counter = Counter()
             last_key = (marks.get(resource) or {}).get("last_key")
-            for page in adapter.read(resource, since):
+            for page in batches(read_ahead(adapter.read(resource, since))):
                 apply_page(integration_id, resource, page, actor, counts)
                 last_key = page[-1]["ref"]
             skipped += adapter.skipped
@@ -106,6 +112,62 @@ def run_pms_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dic
         sync.unreadable(integration, skipped, actor, previous_error)
     db.session.commit()
     return {"requests": adapter.requests, **{r: dict(c) for r, c in totals.items()}}
+
+
+READ_AHEAD = 4  # pages fetched while the previous ones are applied
+BATCH_ROWS = 500  # rows applied in one transaction (five of Open Dental's pages)
+
+
+def read_ahead(pages: Iterator[list[dict]], depth: int = READ_AHEAD) -> Iterator[list[dict]]:
+    """The adapter's pages, fetched on a thread of their own while this one applies the earlier
+    ones, at most `depth` ahead (memory stays bounded). The thread only speaks HTTP: the adapter
+    read the integration's settings before the first page. Its errors are raised here, in order."""
+    app = current_app._get_current_object()
+    queue: Queue = Queue(maxsize=depth)
+    stopping = threading.Event()
+    done = object()
+
+    def fetch():
+        with app.app_context():
+            try:
+                for page in pages:
+                    while not stopping.is_set():
+                        try:
+                            queue.put(page, timeout=0.2)
+                            break
+                        except Full:
+                            continue
+                    if stopping.is_set():
+                        return
+                queue.put(done)
+            except BaseException as exc:  # handed to the reader, raised there
+                queue.put(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True, name="pms-read-ahead")
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopping.set()
+        thread.join(timeout=30)
+
+
+def batches(pages: Iterator[list[dict]], rows: int = BATCH_ROWS) -> Iterator[list[dict]]:
+    """Pages joined into batches of about `rows` rows, each applied in one transaction."""
+    batch: list[dict] = []
+    for page in pages:
+        batch += page
+        if len(batch) >= rows:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def apply_page(integration_id: int, resource: str, page: list[dict], actor: Actor, counts: Counter) -> None:

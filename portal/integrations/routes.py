@@ -230,6 +230,9 @@ def test(integration_id: int):
         db.session.rollback()
         answer, problem = None, str(exc)
     integration = _integration_or_404(integration_id)
+    if answer is not None and integration.vendor.kind == "pms" and not integration.connected:
+        admin.mark_connected(integration, Actor.user(current_user))  # a PMS is connected once its keys work
+        db.session.commit()
     return _show(integration, block="test_result", test_result=answer, test_error=problem)
 
 
@@ -255,7 +258,8 @@ def disconnect(integration_id: int):
     except (VendorError, CredentialsError) as exc:
         return _vendor_failed(integration_id, exc, "Not disconnected")
     db.session.commit()
-    flash(f"{integration.name} is disconnected; its tokens are forgotten. Connect it again to resume.", "success")
+    what = "keys" if integration.vendor.kind == "pms" else "tokens"
+    flash(f"{integration.name} is disconnected; its {what} are forgotten. Connect it again to resume.", "success")
     return go_to(url_for("scanner_settings.show", integration_id=integration_id))
 
 

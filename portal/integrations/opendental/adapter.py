@@ -32,6 +32,7 @@ MAX_STEP_BACKS = 20
 
 class OpenDentalAdapter(PmsAdapter):
     vendor = Vendor.OPENDENTAL
+    _target: tuple[str, dict] | None = None  # (base URL, headers) read once by `read`
 
     # --- the one way a request is made ---
     def _base(self) -> str:
@@ -52,7 +53,8 @@ class OpenDentalAdapter(PmsAdapter):
 
     def _call(self, method: str, path: str, **kwargs):
         self.requests += 1
-        response = vendor_http.call(method, f"{self._base()}/{path}", vendor=LABEL, headers=self._auth(), **kwargs)
+        base, headers = self._target or (self._base(), self._auth())
+        response = vendor_http.call(method, f"{base}/{path}", vendor=LABEL, headers=headers, **kwargs)
         try:
             return response.json()
         except ValueError:
@@ -72,9 +74,10 @@ class OpenDentalAdapter(PmsAdapter):
         return f"{LABEL} answered: the keys work ({'a provider' if rows else 'no providers'} listed)."
 
     def read(self, resource: str, since: str | None) -> Iterator[list[dict]]:
-        """Pages of parsed rows; a row that can't be read is recorded in `skipped` and left out."""
-        path = wire.PATHS[resource]
-        parse = wire.PARSERS[resource]
+        """Pages of parsed rows; a row that can't be read is recorded in `skipped` and left out.
+        The settings are read here, at once: the pages may be fetched on another thread than the
+        one whose session holds the integration row (portal/integrations/pms.py reads ahead)."""
+        self._target = (self._base(), self._auth())
         params: dict = {"Limit": wire.LIMIT}
         if since:
             params[wire.STAMP] = since
@@ -83,6 +86,11 @@ class OpenDentalAdapter(PmsAdapter):
             params["ClinicNum"] = clinic
         self.server_time = None
         self.skipped: list[tuple[str, str]] = []
+        return self._pages(resource, params)
+
+    def _pages(self, resource: str, params: dict) -> Iterator[list[dict]]:
+        path = wire.PATHS[resource]
+        parse = wire.PARSERS[resource]
         offset, last_key, step_backs = 0, None, 0
         while True:
             rows = self._list(path, {**params, "Offset": offset})
