@@ -20,6 +20,7 @@ import pytest
 from tests import factories
 
 CHROMIUM = "/usr/bin/chromium"
+AXE = Path(__file__).parent / "vendor" / "axe-4.14.1.min.js"  # see vendor/README.md
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,14 +71,41 @@ def context(browser):
     ctx.close()
 
 
+def is_csp_refusal(msg) -> bool:
+    """A console message in which Chromium reports something the Content-Security-Policy refused
+    (an inline style or script, an inline handler, a resource from elsewhere)."""
+    return msg.type == "error" and ("Content Security Policy" in msg.text or "Content-Security-Policy" in msg.text)
+
+
 def watch_for_script_errors(page) -> list[str]:
     """Collect uncaught script errors and Content-Security-Policy refusals on `page`: both mean a
     behaviour silently did not happen. (Failed loads such as a 409 are logged too, and not errors.)"""
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    page.on("console", lambda msg: errors.append(f"CSP: {msg.text}")
-            if msg.type == "error" and "Content Security Policy" in msg.text else None)
+    page.on("console", lambda msg: errors.append(f"CSP: {msg.text}") if is_csp_refusal(msg) else None)
     return errors
+
+
+_axe_source: str | None = None
+
+
+def axe_violations(page, disable: tuple[str, ...] = ()) -> list[str]:
+    """Run axe-core (WCAG 2.x A and AA, and best practices) on the page as it is now; one line per
+    violation: rule, impact, what it means and the elements it found. Playwright evaluates the
+    script outside the page's CSP, so the page needs no exception for it."""
+    global _axe_source
+    if _axe_source is None:
+        _axe_source = AXE.read_text()
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(_axe_source)
+    result = page.evaluate(
+        """async (disabled) => {
+            const rules = Object.fromEntries(disabled.map((id) => [id, {enabled: false}]));
+            const r = await axe.run(document, {resultTypes: ["violations"], rules});
+            return r.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.slice(0, 5).map((n) => n.target.join(" ") + " :: " + n.failureSummary.replace(/\\s+/g, " "))}));
+        }""", list(disable))
+    return [f"{v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(v["nodes"]) for v in result]
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ from portal.cases import lifecycle
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from tests import factories
-from tests.browser.conftest import log_in, watch_for_script_errors
+from tests.browser.conftest import axe_violations, log_in, watch_for_script_errors
 
 pytestmark = pytest.mark.browser
 
@@ -239,3 +239,11 @@ def test_search_narrows_the_board_and_keeps_the_url(page, signed_in, world, db):
     expect(card(page, ada)).to_be_visible()
     page.goto(page.url.split("?")[0])
     expect(card(page, grace, "draft")).to_be_visible()
+
+
+def test_the_board_has_a_heading_and_passes_axe(page, signed_in, world, db):
+    make_case(world, Status.DRAFT)
+    make_case(world, Status.ON_HOLD, last="Held")
+    signed_in(page, world.users["coordinator"])
+    expect(page.get_by_role("heading", level=1, name="Board")).to_be_attached()
+    assert axe_violations(page) == []

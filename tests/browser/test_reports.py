@@ -7,6 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import axe_violations
 from tests.reports.conftest import history  # noqa: F401  (the hand-worked history of the report tests)
 
 pytestmark = pytest.mark.browser
@@ -30,3 +31,10 @@ def test_filter_then_click_a_bar_through_to_its_cases(page, signed_in, world, hi
     page.go_back()
     expect(page.locator(".report-scope")).to_contain_text(history.lab_a.name)
     expect(page.locator("select[name=lab]")).to_have_value(str(history.lab_a.id))
+
+
+def test_the_report_passes_axe(page, signed_in, world, history):  # noqa: F811
+    """The charts' bar links sat inside role=img pictures (axe: nested-interactive, serious)."""
+    signed_in(page, world.users["manager"], f"/reports/?{RANGE}")
+    expect(page.locator("#chart-months a.mark").first).to_be_attached()
+    assert axe_violations(page) == []

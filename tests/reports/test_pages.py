@@ -140,8 +140,9 @@ def test_charts_are_inline_svg_with_a_title_a_description_and_a_table(client, lo
     svgs = re.findall(r"<svg .*?</svg>", body, re.S)
     assert len(svgs) >= 6
     for svg in svgs:
-        key = re.search(r'aria-labelledby="([\w-]+)-title \1-desc"', svg).group(1)
-        assert 'role="img"' in svg and f'<title id="{key}-title">' in svg and f'<desc id="{key}-desc">' in svg
+        key = re.search(r'aria-labelledby="([\w-]+)-title" aria-describedby="\1-desc"', svg).group(1)
+        # A group, not role=img: an image's children are presentational, and its bars are links.
+        assert 'role="group"' in svg and f'<title id="{key}-title">' in svg and f'<desc id="{key}-desc">' in svg
         assert "style=" not in svg  # the CSP allows no inline styles: colours come from app.css
     months = next(s for s in svgs if 'id="chart-months-title"' in s)
     assert "Mar 2031 5; Apr 2031 2" in months
