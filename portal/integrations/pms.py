@@ -47,6 +47,7 @@ from portal.integrations.models import PmsLaboratory, PmsMatch, ScannerIntegrati
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.people.services import infer_kind
 from portal.practices.models import utcnow
+from portal.queue import SCANNER_SYNC
 
 log = logging.getLogger(__name__)
 ENTITY = "scanner_integration"
@@ -59,7 +60,7 @@ def cursors(integration: ScannerIntegration) -> dict:
     return dict(integration.config.get("cursors") or {})
 
 
-def run_pms_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dict:
+def run_pms_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     """Read every resource of one PMS integration and apply what changed; the caller owns the app context."""
     from portal.integrations import sync
     from portal.integrations.registry import adapter_for
