@@ -105,7 +105,6 @@ class Config:
         self.SESSION_MAX_HOURS = float(os.environ.get("SESSION_MAX_HOURS", "12"))
         self.WTF_CSRF_TIME_LIMIT = None  # tied to the session, which expires on its own
         self.PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000")
-        self.SEAT_RISK_BUFFER_DAYS = int(os.environ.get("SEAT_RISK_BUFFER_DAYS", "2"))
         self.BOARD_COLUMN_LIMIT = int(os.environ.get("BOARD_COLUMN_LIMIT", "25"))
         self.BOARD_POLL_SECONDS = int(os.environ.get("BOARD_POLL_SECONDS", "3"))
         # Mail: "smtp" in production; "devmailbox" captures mail to a page in the portal.

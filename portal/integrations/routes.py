@@ -217,7 +217,7 @@ def set_active(integration_id: int):
         response.vary.add("HX-Request")
         return response
     flash(note, "success")
-    return redirect(safe_next(url_for("scanner_settings.show", integration_id=integration.id)), 303)
+    return redirect(safe_next(request.form.get("next"), url_for("scanner_settings.show", integration_id=integration.id)), 303)
 
 
 @bp.post("/<int:integration_id>/test")

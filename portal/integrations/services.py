@@ -27,13 +27,14 @@ from portal import keyring as crypto
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.extensions import db
-from portal.integrations import hooks, registry, sync
+from portal.integrations import registry, sync
 from portal.integrations.base import Adapter
 from portal.integrations.http import VendorError, check_host
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.vendor import Vendor
 from portal.labs.models import Lab
 from portal.practices.models import Practice, utcnow
+from portal.tokens import new_token, public_url
 
 ENTITY = "scanner_integration"
 
@@ -318,11 +319,22 @@ def set_active(integration: ScannerIntegration, active: bool, actor: Actor) -> b
     return True
 
 
+HOOKS_PATH = "/api/scanners/hooks/"  # + the key: where vendors notify us (portal/integrations/hooks.py)
+
+
+def new_callback_url(integration: ScannerIntegration) -> str:
+    """A fresh notification URL for the integration (the old one stops working): an unguessable
+    key of which only the hash is stored. The caller commits."""
+    token, digest = new_token()
+    integration.callback_key_hash = digest
+    return public_url(HOOKS_PATH + token)
+
+
 def renew_callback_url(integration: ScannerIntegration, actor: Actor) -> str:
     """A new notification URL (the old one stops working). The URL is the key: it goes to the
     person once and never into the audit row."""
     had = integration.callback_key_hash is not None
-    url = hooks.new_callback_url(integration)
+    url = new_callback_url(integration)
     record("scanner.callback_url_renewed", ENTITY, integration.id, before={"had_url": had},
            after={"had_url": True}, actor=actor, practice_id=integration.practice_id)
     return url
@@ -380,7 +392,7 @@ def pair(integration: ScannerIntegration, account: tuple[str, str], actor: Actor
     while the vendor is called, so a refusal (rolled back by the caller) leaves the old one."""
     _usable(integration)
     adapter = registry.adapter_for(integration)
-    callback_url = hooks.new_callback_url(integration)
+    callback_url = new_callback_url(integration)
     with db.session.no_autoflush:
         adapter.pair(account[0], callback_url)
     mark_connected(integration, actor, account)

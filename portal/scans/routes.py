@@ -142,7 +142,7 @@ def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "
         return _scan_page(scan, code=code, error=error, error_at=error_at, confirm=confirm)
     if note:
         flash(note, "success")
-    return redirect(safe_next(url_for("scans.show", scan_id=scan.id)), 303)
+    return redirect(safe_next(request.form.get("next"), url_for("scans.show", scan_id=scan.id)), 303)
 
 
 def _scan_action(scan_id: int, form, at: str, act):

@@ -17,11 +17,11 @@ from portal.audit.models import AuditEvent
 from portal.extensions import db
 from portal.integrations import oauth
 from portal.integrations import sync as scanner_sync
-from portal.integrations.hooks import new_callback_url
 from portal.integrations.http import VendorError
 from portal.integrations.itero import wire as itero_wire
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.registry import adapter_for
+from portal.integrations.services import new_callback_url
 from portal.integrations.vendor import Jaw, OrderStage
 from portal.practices.models import utcnow
 from portal.scans.models import Scan
