@@ -301,3 +301,34 @@ def test_tab_alone_reaches_every_control_of_the_board(page, signed_in, world, db
     missed = page.evaluate("(ids) => ids.map((n) => document.querySelector(`[data-tab-probe='${n}']`).outerHTML.slice(0, 120))",
                            sorted(set(controls) - reached))
     assert not missed, "Tab never reached:\n" + "\n".join(missed)
+
+
+def test_both_search_boxes_find_the_same_and_say_when_nothing_matches(page, signed_in, world, db):
+    """The top bar's box only knew case numbers: a name there went back to an unfiltered board."""
+    _, ada = make_case(world, Status.SENT, first="Ada", last="Quintero")
+    _, grace = make_case(world, Status.DRAFT, first="Grace", last="Hopper")
+    closed_id, closed = make_case(world, Status.CANCELLED, first="Old", last="Cancelled")
+    signed_in(page, world.users["coordinator"], "/risk")
+
+    page.fill("#find-number", "quint")
+    page.locator("#find-number").press("Enter")
+    expect(card(page, ada, "sent")).to_be_visible()
+    expect(card(page, grace)).to_have_count(0)
+    expect(page.locator("#q")).to_have_value("quint")  # the board's box shows the same search
+
+    page.fill("#find-number", "Nobody-here")
+    page.locator("#find-number").press("Enter")
+    expect(page.locator("li.card")).to_have_count(0)
+    expect(page.locator(".no-match")).to_contain_text("No case on the board matches “Nobody-here”")
+
+    page.locator("#q").fill("")
+    page.locator("#q").press_sequentially("zzz", delay=30)  # the board's box says the same
+    expect(page.locator(".no-match")).to_contain_text("No case on the board matches “zzz”")
+    page.locator("#q").fill(closed)
+    expect(page.locator(".no-match")).to_contain_text(f"{closed} is Cancelled")
+    page.locator(".no-match a").click()
+    expect(page).to_have_url(re.compile(rf"/cases/{closed_id}$"))
+
+    page.fill("#find-number", grace.lower())  # a case number (a barcode) still opens the case
+    page.locator("#find-number").press("Enter")
+    expect(page.locator("h1")).to_contain_text(grace)
