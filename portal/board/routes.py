@@ -45,7 +45,7 @@ def index():
     nothing = filters.active and not any(c.count for c in columns)
     elsewhere = cases_services.find_by_number(g.practice.id, filters.q) if nothing and filters.q else None
     return render("board/index.html", "columns", columns=columns, filters=filters, stamp=stamp,
-                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, nothing=nothing,
+                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, sorts=services.SORTS, nothing=nothing,
                   elsewhere=elsewhere, **choices)
 
 
