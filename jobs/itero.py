@@ -5,6 +5,7 @@ the row again once its lease is over)."""
 from __future__ import annotations
 
 from jobs import app as _app
+from portal.queue import RETURN_TO_DOCTOR, SEND_RX, WITHDRAW_RX
 
 
 def send_rx(request_id: int) -> str:
@@ -12,7 +13,7 @@ def send_rx(request_id: int) -> str:
     from portal.integrations.itero import rx
 
     with _app().app_context():
-        return rx.send(request_id, Actor.job("jobs.itero.send_rx"))
+        return rx.send(request_id, Actor.job(SEND_RX.func))
 
 
 def withdraw_rx(request_id: int) -> str:
@@ -20,7 +21,7 @@ def withdraw_rx(request_id: int) -> str:
     from portal.integrations.itero import rx
 
     with _app().app_context():
-        return rx.withdraw(request_id, Actor.job("jobs.itero.withdraw_rx"))
+        return rx.withdraw(request_id, Actor.job(WITHDRAW_RX.func))
 
 
 def return_to_doctor(rescan_id: int) -> str:
@@ -28,4 +29,4 @@ def return_to_doctor(rescan_id: int) -> str:
     from portal.integrations.itero import rx
 
     with _app().app_context():
-        return rx.return_scan(rescan_id, Actor.job("jobs.itero.return_to_doctor"))
+        return rx.return_scan(rescan_id, Actor.job(RETURN_TO_DOCTOR.func))

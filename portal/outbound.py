@@ -8,7 +8,7 @@ error type, `OutboundError`, whose `kind` says what the caller should do:
     "auth"       401: the credentials were refused
     "not_found"  404
     "refused"    any other 4xx: trying again will not help
-    "blocked"    the address is one Lab Manager does not send to (below); nothing was sent
+    "host"       the address is one Lab Manager does not send to (below); nothing was sent
 
 **Where we may connect.** Outside development (`LM_ENV` other than `development`) no request goes
 to a loopback, private, link-local, carrier-grade NAT, multicast, reserved or unspecified
@@ -22,11 +22,13 @@ now (DNS rebinding) is refused as well. `check_url` gives the same answer early,
 """
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import os
 import smtplib
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -58,7 +60,7 @@ class BlockedAddress(OutboundError):
     """Raised by the transport before it dials an address it may not (nothing is sent)."""
 
     def __init__(self, message: str):
-        super().__init__(message, "blocked")
+        super().__init__(message, "host")
 
 
 # -- the address rule ----------------------------------------------------------------------------------
@@ -284,3 +286,17 @@ def request(method: str, url: str, *, who: str, timeout: float | httpx.Timeout, 
         raise
     except httpx.TransportError as exc:  # connect/read/write timeouts, refused, reset, DNS
         raise OutboundError(f"Could not reach {who}: {exc.__class__.__name__} {exc}".strip(), "transient") from exc
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked us to wait (`Retry-After`: seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

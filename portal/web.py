@@ -7,11 +7,12 @@ import functools
 import json
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, flash, g, make_response, redirect, render_template, request, session, url_for
+from flask import Flask, abort, flash, g, jsonify, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from jinja2_fragments.flask import render_block
 from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.cases import teeth
@@ -233,10 +234,43 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(405)
     def not_allowed(error):
-        return _error_page(405, "That action is not available this way.")
+        response = _error_page(405, "That action is not available this way.")
+        response = make_response(response)
+        if getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return response
+
+    @app.errorhandler(HTTPException)
+    def any_other(error):
+        """Every other HTTP error: JSON under /api/, Werkzeug's own page elsewhere."""
+        if is_api():
+            return api_error(error.code or 500)
+        return error
+
+
+API_MESSAGES = {
+    400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found", 405: "method not allowed",
+    413: "the body is too large", 429: "too many requests: wait a minute and try again",
+    500: "internal error: nothing was changed",
+}
+
+
+def is_api() -> bool:
+    """A machine's request (/api/...): every answer is JSON in the lab API's error shape
+    (openapi/lab-api.yaml `Error`), never an HTML page."""
+    return request.path.startswith("/api/")
+
+
+def api_error(status: int):
+    response = jsonify(error=API_MESSAGES.get(status, "error"))
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _error_page(status: int, message: str):
+    if is_api():
+        return api_error(status)
     if request.htmx:
         response = make_response(render_template("_toast.html", message=message, level="error"), status)
         response.headers["HX-Retarget"] = "#toasts"

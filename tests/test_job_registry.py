@@ -1,6 +1,8 @@
 """The registry of jobs (portal/queue.py JOBS): every job is named once, with its options, and
 every name in it is a function RQ can import."""
+import ast
 import importlib
+import re
 from pathlib import Path
 
 from rq import Callback
@@ -37,3 +39,17 @@ def test_options_come_from_the_spec_and_the_config(app):
 def test_the_production_worker_preloads_every_module_of_the_registry():
     modules = queue.job_modules()
     assert {spec.module for spec in queue.JOBS.values()} <= set(modules)
+JOB_PATH = re.compile(r"^jobs\.[a-z_]+\.[a-z_]+$")
+
+
+def test_no_job_is_named_by_a_dotted_string_outside_the_registry():
+    """portal/ names jobs through portal/queue.py's specs only (jobs/worker.py and `rq` command
+    lines are not job names)."""
+    found = []
+    for path in sorted((ROOT / "portal").rglob("*.py")):
+        if path == ROOT / "portal" / "queue.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and JOB_PATH.match(node.value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+    assert found == []

@@ -87,7 +87,7 @@ def test_production_refuses_loopback_without_sending_anything(production, v4, ho
     with pytest.raises(outbound.BlockedAddress) as caught:
         _get(f"http://{host}:{v4.port}/latest/meta-data")
     assert "loopback" in str(caught.value) and "OUTBOUND_ALLOWED_HOSTS" in str(caught.value)
-    assert caught.value.kind == "blocked" and not caught.value.transient
+    assert caught.value.kind == "host" and not caught.value.transient
     assert v4.accepted == 0
 
 
@@ -152,3 +152,18 @@ def test_a_name_resolving_to_public_and_private_addresses_is_only_dialled_on_the
     assert not rule.address_allowed("lab.example.com", "::ffff:169.254.169.254")
     assert outbound.Policy(guard=True, allowed=(".practice.lan",)).address_allowed("pms.practice.lan", "10.1.2.3")
     assert outbound.Policy(guard=False).address_allowed("x", "127.0.0.1")
+
+
+def test_scanner_and_pms_vendor_calls_go_through_the_same_rule(production, v4, monkeypatch):
+    """The vendors' own host allow-list (SCANNER_ALLOWED_HOSTS) is not enough outside development:
+    a vendor that points us at loopback is refused on the address, and nothing is sent."""
+    from portal.integrations import http as vendor_http
+
+    monkeypatch.setitem(production, "SCANNER_ALLOWED_HOSTS", "127.0.0.1")
+    with pytest.raises(vendor_http.VendorError) as caught:
+        vendor_http.call("GET", f"http://127.0.0.1:{v4.port}/oauth/token", vendor="iTero")
+    assert caught.value.kind == "host" and "loopback" in str(caught.value)  # an integration stops on "host"
+    assert v4.accepted == 0
+    production["OUTBOUND_ALLOWED_HOSTS"] = "127.0.0.1"
+    assert vendor_http.call("GET", f"http://127.0.0.1:{v4.port}/", vendor="iTero").status_code == 200
+    assert v4.accepted == 1

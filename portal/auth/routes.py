@@ -78,7 +78,7 @@ def account():
     """The signed-in person's own page: who they are, where they belong, where they are signed in."""
     rows = sessions.open_sessions(current_user.id)
     return render("auth/account.html", sessions=rows, this_session=sessions.current(),
-                  form=SignOutEverywhereForm(), idle_minutes=current_app.config["SESSION_IDLE_MINUTES"],
+                  form=SignOutEverywhereForm(), browser_label=sessions.browser_label, idle_minutes=current_app.config["SESSION_IDLE_MINUTES"],
                   max_hours=current_app.config["SESSION_MAX_HOURS"])
 
 

@@ -34,7 +34,6 @@ from portal.audit.actor import Actor
 from portal.dispatch import notices, services, signing
 from portal.dispatch.models import Dispatch, OrderNotice
 from portal.extensions import db
-from portal.http import retry_after
 from portal.queue import DELIVER_DUE, DELIVER_NOTICE, DELIVER_WORK_ORDER, enqueue_once, get_queue, release, schedule
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def post_to_lab(lab_name: str, url: str, body: bytes, msg_id: str, secrets: list
         return Answer("delivered", code, response=response)
     if code in transient or code >= 500:
         return Answer("transient", code, f"{lab_name} answered HTTP {code}: {_short(response)}".strip(),
-                      retry_after=retry_after(response) if code in (429, 503) else None, response=response)
+                      retry_after=outbound.retry_after(response) if code in (429, 503) else None, response=response)
     return Answer("permanent", code, f"{lab_name} refused {what} (HTTP {code}): {_short(response)}".strip(),
                   response=response)
 

@@ -1,48 +1,26 @@
-"""Outbound HTTP to scanner vendors: one httpx client per process, explicit timeouts, the host
-allow-list (RELIABILITY W8), and the vendor's answer sorted into what the caller must do.
+"""Outbound HTTP to scanner and PMS vendors: the vendor's host allow-list, then the request
+through the one outbound client (portal/outbound.py: explicit timeouts, and outside development
+no internal address), and the vendor's answer sorted into what the caller must do.
 
     response = vendor_http.call("GET", url, token=..., allowed_hosts=...)
 
 2xx returns the response. Anything else raises a VendorError whose `kind` says what it means:
 "auth" (401: refresh once, then the integration needs reconnecting), "not_found" (404),
 "transient" (network, 408, 429 with `retry_after`, 5xx: try later), "refused" (other 4xx:
-trying again will not help), "host" (a URL outside the allow-list: nothing was sent).
+trying again will not help), "host" (a URL outside the allow-list, or at an address Lab Manager
+does not connect to: nothing was sent).
 """
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit
 
 import httpx
 from flask import current_app
 
-from portal.http import retry_after
+from portal import outbound
 
-USER_AGENT = "LabManager-Scanners/1"
-_client: tuple[int, httpx.Client] | None = None
-
-
-class VendorError(Exception):
-    """A vendor call that did not succeed; str(exc) is fit for the integration's "last error"."""
-
-    def __init__(self, message: str, kind: str, status_code: int | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.status_code = status_code
-        self.retry_after = retry_after
-
-    @property
-    def transient(self) -> bool:
-        return self.kind == "transient"
-
-
-def client() -> httpx.Client:
-    """One client per process (a forked worker gets its own): connections and TLS are reused."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT}))
-    return _client[1]
+# The one error type of outbound calls; str(exc) is fit for the integration's "last error".
+VendorError = outbound.OutboundError
 
 
 def allowed_hosts() -> list[str]:
@@ -73,10 +51,7 @@ def call(method: str, url: str, *, vendor: str, token: str | None = None, header
     all_headers = dict(headers or {})
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
-    try:
-        response = client().request(method, url, headers=all_headers, timeout=timeout(), **kwargs)
-    except httpx.TransportError as exc:
-        raise VendorError(f"Could not reach {vendor}: {exc.__class__.__name__}", "transient") from exc
+    response = outbound.request(method, url, who=vendor, headers=all_headers, timeout=timeout(), **kwargs)
     code = response.status_code
     if 200 <= code < 300:
         return response
@@ -87,7 +62,7 @@ def call(method: str, url: str, *, vendor: str, token: str | None = None, header
         raise VendorError(f"{vendor} does not know it (HTTP 404){detail}", "not_found", code)
     if code in (408, 425, 429) or code >= 500:
         raise VendorError(f"{vendor} answered HTTP {code}{detail}; we will try again", "transient", code,
-                          retry_after=retry_after(response))
+                          retry_after=outbound.retry_after(response))
     raise VendorError(f"{vendor} refused the request (HTTP {code}){detail}", "refused", code)
 
 

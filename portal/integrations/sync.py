@@ -38,6 +38,7 @@ from portal.integrations.models import ScannerIntegration, VendorEvent
 from portal.integrations.registry import adapter_for
 from portal.integrations.vendor import VendorOrder
 from portal.practices.models import utcnow
+from portal.queue import SCANNER_EVENTS, SCANNER_SYNC
 from portal.scans import services
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,6 @@ def sync_key(integration_id: int) -> str:
 
 def events_key(integration_id: int) -> str:
     return f"scanner-events-{integration_id}"
-
-
-def job_options() -> dict:
-    # A poll pages through the vendor: give it room, but less than the sweep interval times a few.
-    return {"job_timeout": 600, "result_ttl": 3600, "failure_ttl": 7 * 86400}
 
 
 def can_sync(integration: ScannerIntegration) -> bool:
@@ -73,7 +69,7 @@ def retry_wait(integration: ScannerIntegration) -> float | None:
     return left if left > 0 else None
 
 
-def run_sync(integration_id: int, source: str = "jobs.scanners.sync") -> dict:
+def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     """Poll one integration and ingest what changed; the caller owns the app context."""
     integration = db.session.get(ScannerIntegration, integration_id)
     if integration is None or not can_sync(integration):
@@ -184,7 +180,7 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
     """Store what a verified notification asks for; a key already stored is a repeat (W4). After the
     commit, the integration's event job is enqueued unless one is already waiting. Returns how
     many were new."""
-    from portal.queue import SCANNER_EVENTS, enqueue_once_after_commit
+    from portal.queue import enqueue_once_after_commit
 
     new = 0
     for notice in notices:
@@ -202,7 +198,7 @@ def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int
         new += 1
     if new:
         db.session.flush()
-        enqueue_once_after_commit(events_key(integration.id), SCANNER_EVENTS, integration.id, **job_options())
+        enqueue_once_after_commit(events_key(integration.id), SCANNER_EVENTS, integration.id)
     return new
 
 
@@ -229,7 +225,7 @@ def pending_events(integration_id: int) -> list[int]:
         VendorEvent.integration_id == integration_id, VendorEvent.outcome.in_(WAITING)).order_by(VendorEvent.id)))
 
 
-def handle_event(event_id: int, source: str = "jobs.scanners.handle_events") -> str:
+def handle_event(event_id: int, source: str = SCANNER_EVENTS.func) -> str:
     """Re-read the order a stored notification names and ingest it; the event's outcome says what
     came of it. A transient vendor error leaves it pending for the sweep; the caller commits."""
     event = db.session.get(VendorEvent, event_id)
@@ -280,7 +276,7 @@ def gone(integration_id: int, order_id: str, actor: Actor) -> str:
 def sweep(grace_seconds: int = 30) -> dict:
     """Enqueue a poll of every integration due one, and the event job of every integration whose
     notifications wait longer than `grace_seconds`. Fixed job ids and claims: sweeps don't pile up."""
-    from portal.queue import SCANNER_EVENTS, SCANNER_SYNC, enqueue_now, enqueue_once, get_queue
+    from portal.queue import enqueue_now, enqueue_once, get_queue
 
     queue = get_queue()
     now = utcnow()
@@ -292,19 +288,17 @@ def sweep(grace_seconds: int = 30) -> dict:
         except VendorError:
             continue
         if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
-            polled += enqueue_once(queue, sync_key(integration.id), SCANNER_SYNC, integration.id,
-                                   window=300, **job_options())
+            polled += enqueue_once(queue, sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)
     cutoff = now - dt.timedelta(seconds=grace_seconds)
     waiting = db.session.scalars(select(VendorEvent.integration_id).where(
         VendorEvent.outcome.in_(WAITING), VendorEvent.received_at <= cutoff).distinct()).all()
     for integration_id in waiting:
-        enqueue_now(queue, SCANNER_EVENTS, integration_id, job_id=f"{events_key(integration_id)}-sweep",
-                    **job_options())
+        enqueue_now(queue, SCANNER_EVENTS, integration_id, job_id=f"{events_key(integration_id)}-sweep")
     return {"polled": polled, "events": len(waiting)}
 
 
 def sync_now(integration: ScannerIntegration) -> None:
     """A person asked for a poll now: after the commit, unless one is already waiting."""
-    from portal.queue import SCANNER_SYNC, enqueue_once_after_commit
+    from portal.queue import enqueue_once_after_commit
 
-    enqueue_once_after_commit(sync_key(integration.id), SCANNER_SYNC, integration.id, window=300, **job_options())
+    enqueue_once_after_commit(sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)

@@ -58,7 +58,6 @@ from portal.scans.models import FileState, Scan, ScanFile
 from portal.scans.services import ScanError
 
 SOURCE = "upload"
-INSPECT_FAILED = "jobs.scanners.inspect_failed"
 MESH_EXTENSIONS = frozenset({".stl", ".ply", ".obj"})
 REFERENCE_EXTENSIONS = frozenset({".dcm", ".3ml"})
 ACCEPT = ".stl,.ply,.obj,.dcm,.3ml,.zip"
@@ -299,7 +298,8 @@ def _ingest(practice_id, order: VendorOrder, staging, actor, patient, case, inte
 
     for row in scan.current_files:
         if row.state is FileState.PROCESSING:
-            enqueue_after_commit(INSPECT_SCAN_FILE, row.id, job_id=inspect_job_id(row.id), **inspect_options(row.size_bytes))
+            enqueue_after_commit(INSPECT_SCAN_FILE, row.id, job_id=inspect_job_id(row.id),
+                                 job_timeout=inspect_timeout(row.size_bytes))
     files = _file_summary(scan)
     record("scan.uploaded", "scan", scan.id, after={
         "folder": folder, "files": [{k: f[k] for k in ("name", "size", "state")} for f in files],
@@ -390,13 +390,6 @@ def inspect_job_id(file_id: int) -> str:
     return f"scan-file-inspect-{file_id}"
 
 
-def inspect_options(size: int | None) -> dict:
-    from rq import Callback
-
-    return {"job_timeout": inspect_timeout(size), "result_ttl": 3600, "failure_ttl": 7 * 86400,
-            "on_failure": Callback(INSPECT_FAILED)}
-
-
 @dataclass(frozen=True)
 class Target:
     file_id: int
@@ -460,6 +453,56 @@ def finish(file_id: int, info: MeshInfo | None, error: str, actor: Actor) -> str
     return row.state.value
 
 
+class ProgressWriter:
+    """mesh.inspect's progress callback: the percentage read, written in its own short transaction
+    each time it moved on by at least `step` percent (nothing else is open while the file is read)."""
+
+    def __init__(self, file_id: int, step: int = PROGRESS_STEP):
+        self.file_id, self.step, self.last = file_id, step, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 0
+        if percent - self.last < self.step or percent >= 100:
+            return
+        self.last = percent
+        set_progress(self.file_id, percent)
+        db.session.commit()
+
+
+def inspect_in_background(file_id: int) -> str:
+    """The INSPECT_SCAN_FILE job: read one PROCESSING file of the document store and set it OK with
+    its counts, or REFUSED with the reader's message. State-guarded: a rerun (the sweep, a second
+    enqueue) finds the file no longer PROCESSING and does nothing; the outcome is written once (an
+    UPDATE ... WHERE state = 'processing'). Deterministic job id: inspect_job_id."""
+    from portal.queue import INSPECT_SCAN_FILE
+
+    target = claim(file_id)
+    db.session.rollback()  # no transaction stays open while the file is read
+    if target is None:
+        return "nothing to do"
+    info, error = read(target, ProgressWriter(file_id))
+    outcome = finish(file_id, info, error, Actor.job(INSPECT_SCAN_FILE.func))
+    db.session.commit()
+    return outcome
+
+
+def background_failed(file_id: int, exc_type, time_limit: int | None) -> None:
+    """The job raised (a bug, the time limit, a worker that died): refuse the file with why, so it
+    does not look busy for ever. If the database is away too, the file stays PROCESSING and the
+    sweep gives it its job again."""
+    from rq.timeouts import JobTimeoutException
+
+    from portal.queue import INSPECT_SCAN_FILE
+
+    if issubclass(exc_type, JobTimeoutException):
+        message = (f"Reading this file took longer than {time_limit} seconds and was stopped. Check that it is "
+                   "a scan, and upload it again.")
+    else:
+        message = f"Lab Manager could not finish checking this file ({exc_type.__name__}); upload it again."
+    fail(file_id, message, Actor.job(INSPECT_SCAN_FILE.func))
+    db.session.commit()
+
+
 def fail(file_id: int, message: str, actor: Actor) -> bool:
     """A job that raised (a bug, a timeout): the file is refused with why, once."""
     row = db.session.get(ScanFile, file_id)
@@ -518,7 +561,7 @@ def sweep(now: dt.datetime | None = None, tidy: bool | None = None) -> dict:
     stale = db.session.execute(select(ScanFile.id, ScanFile.size_bytes).where(
         ScanFile.state == FileState.PROCESSING, ScanFile.created_at <= now - STALE_PROCESSING)).all()
     for file_id, size in stale:
-        enqueue_now(queue, INSPECT_SCAN_FILE, file_id, job_id=inspect_job_id(file_id), **inspect_options(size))
+        enqueue_now(queue, INSPECT_SCAN_FILE, file_id, job_id=inspect_job_id(file_id), job_timeout=inspect_timeout(size))
     if tidy is None:
         try:
             tidy = bool(queue.connection.set(TIDY_CLAIM, 1, nx=True, ex=3600))

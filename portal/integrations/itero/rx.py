@@ -29,6 +29,7 @@ from portal.integrations.itero.models import RescanRequest, RescanState, RxState
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.vendor import OrderStage, Vendor
 from portal.practices.models import utcnow
+from portal.queue import RETURN_TO_DOCTOR, SEND_RX, WITHDRAW_RX, enqueue_after_commit, scanner_job_timeout
 from portal.scans.models import Scan
 
 LIVE = frozenset({RxState.PENDING, RxState.CREATED, RxState.DELETE_PENDING})
@@ -41,13 +42,8 @@ class RxError(ValueError):
 
 
 def job_timeout() -> int:
-    """Longer than one attempt's calls added up: discovery and a token refresh, the practice
-    configuration and the call itself, each within SCANNER_HTTP_TIMEOUT per phase."""
-    return int(8 * float(current_app.config["SCANNER_HTTP_TIMEOUT"])) + 10
-
-
-def job_options() -> dict:
-    return {"job_timeout": job_timeout(), "result_ttl": 3600, "failure_ttl": 7 * 86400}
+    """Longer than one attempt's calls added up (portal/queue.py scanner_job_timeout)."""
+    return scanner_job_timeout(current_app.config)
 
 
 def lease() -> dt.timedelta:
@@ -178,7 +174,6 @@ def rx_problem(case: LabCase, integration: ScannerIntegration) -> str:
 
 def request_rx(case: LabCase, actor: Actor) -> ScanRequest:
     """Send the case's Rx to the practice's iTero scanner (after the commit)."""
-    from portal.queue import SEND_RX, enqueue_after_commit
 
     integration = itero_integration(case.practice_id, case.lab_id)
     if integration is None:
@@ -202,13 +197,12 @@ def request_rx(case: LabCase, actor: Actor) -> ScanRequest:
     record("scanner.rx_requested", "lab_case", case.id, after={
         "scan_request_id": row.id, "integration": integration.name, "state": row.state.value,
         "provider": case.provider.name}, actor=actor, practice_id=case.practice_id)
-    enqueue_after_commit(SEND_RX, row.id, job_id=f"scan-request-{row.id}-send", **job_options())
+    enqueue_after_commit(SEND_RX, row.id, job_id=f"scan-request-{row.id}-send")
     return row
 
 
 def withdraw_rx(request: ScanRequest, actor: Actor) -> None:
     """Withdraw an Rx that waits for its scan (iTero's Delete Rx, after the commit)."""
-    from portal.queue import WITHDRAW_RX, enqueue_after_commit
 
     if request.state is RxState.FAILED:
         _set(request, RxState.DELETED, "", "scanner.rx_withdrawn", actor, note="never reached iTero")
@@ -220,12 +214,11 @@ def withdraw_rx(request: ScanRequest, actor: Actor) -> None:
                       "withdrawn.")
     request.attempts = 0
     _set(request, RxState.DELETE_PENDING, "", "scanner.rx_withdraw_requested", actor)
-    enqueue_after_commit(WITHDRAW_RX, request.id, job_id=f"scan-request-{request.id}-withdraw", **job_options())
+    enqueue_after_commit(WITHDRAW_RX, request.id, job_id=f"scan-request-{request.id}-withdraw")
 
 
 def ask_rescan(case: LabCase, reason: str, actor: Actor) -> RescanRequest:
     """Ask iTero to send the case's scan back to the doctor for a rescan (after the commit)."""
-    from portal.queue import RETURN_TO_DOCTOR, enqueue_after_commit
 
     reason = " ".join((reason or "").split())
     if case.status is not Status.RESCAN:
@@ -250,7 +243,7 @@ def ask_rescan(case: LabCase, reason: str, actor: Actor) -> RescanRequest:
     record("scanner.return_to_doctor_requested", "lab_case", case.id, after={
         "rescan_request_id": row.id, "order_id": scan.order_id, "reason": reason, "state": row.state.value},
         actor=actor, practice_id=case.practice_id)
-    enqueue_after_commit(RETURN_TO_DOCTOR, row.id, job_id=f"rescan-request-{row.id}", **job_options())
+    enqueue_after_commit(RETURN_TO_DOCTOR, row.id, job_id=f"rescan-request-{row.id}")
     return row
 
 
@@ -423,7 +416,7 @@ def _rescan_outcome(row: RescanRequest, state: RescanState, error: str, actor: A
 def sweep() -> dict:
     """Enqueue the job of every Rx or rescan request still waiting whose last attempt (if any) is
     older than the lease: a job lost to a Redis outage or a killed worker is not lost work."""
-    from portal.queue import RETURN_TO_DOCTOR, SEND_RX, WITHDRAW_RX, enqueue_now, get_queue
+    from portal.queue import enqueue_now, get_queue
 
     queue = get_queue()
     cutoff = utcnow() - lease()
@@ -431,10 +424,10 @@ def sweep() -> dict:
     count = 0
     for row_id, state in db.session.execute(select(ScanRequest.id, ScanRequest.state).where(
             ScanRequest.state.in_((RxState.PENDING, RxState.DELETE_PENDING)), waiting)):
-        func, suffix = (SEND_RX, "send") if state is RxState.PENDING else (WITHDRAW_RX, "withdraw")
-        count += enqueue_now(queue, func, row_id, job_id=f"scan-request-{row_id}-{suffix}", **job_options())
+        spec, suffix = (SEND_RX, "send") if state is RxState.PENDING else (WITHDRAW_RX, "withdraw")
+        count += enqueue_now(queue, spec, row_id, job_id=f"scan-request-{row_id}-{suffix}")
     for (row_id,) in db.session.execute(select(RescanRequest.id).where(
             RescanRequest.state == RescanState.PENDING,
             or_(RescanRequest.attempts == 0, RescanRequest.updated_at <= cutoff))):
-        count += enqueue_now(queue, RETURN_TO_DOCTOR, row_id, job_id=f"rescan-request-{row_id}", **job_options())
+        count += enqueue_now(queue, RETURN_TO_DOCTOR, row_id, job_id=f"rescan-request-{row_id}")
     return {"requests": count}
