@@ -22,6 +22,7 @@ from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
 from portal.extensions import db, transaction
 from portal.integrations.itero import rx as itero_rx
+from portal.integrations import writeback
 from portal.integrations.itero.forms import RescanForm, RxForm
 from portal.labcomm import services as labcomm
 from portal.labs.models import Lab
@@ -228,6 +229,8 @@ def _panels(case: LabCase) -> dict:
         "itero_panel": itero_rx.panel(case),
         "rx_form": RxForm(),
         "rescan_form": RescanForm(reason=case.status_reason),
+        # The case's lab case in the practice management system and its last write (None: no PMS).
+        "pms_panel": writeback.case_row(case),
         # What each scanner sent for this case.
         "scans_panel": scans_queries.scans_with_files(case.id),
         # Messages with the lab, and how each reaches it (email, its API, a phone call).
@@ -333,12 +336,13 @@ def slip(case_id: int):
 @bp.get("/find")
 @requires(*ANY_ROLE)
 def find():
-    """The 'find case' box: a barcode scanner types the case number and presses Enter."""
-    text = request.args.get("number", "")
+    """The top bar's "find case" box. A case number (a barcode scanner types it from the box label
+    and presses Enter) opens that case; anything else is the board's own search, so both boxes
+    find the same cases and say so the same way when nothing matches."""
+    text = request.args.get("number", "").strip()[:100]
     case = services.find_by_number(g.practice.id, text)
-    if case is None:
-        flash(f"No case numbered “{text.strip()[:30]}” in this practice." if text.strip()
-              else "Type or scan a case number.", "error")
-        return redirect(request.referrer if request.referrer and request.referrer.startswith(request.host_url)
-                        else url_for("board.index"))
-    return redirect(url_for("cases.show", case_id=case.id))
+    if case is not None:
+        return redirect(url_for("cases.show", case_id=case.id))
+    if not text:
+        flash("Type a patient's name, a chart number or a case number.", "error")
+    return redirect(url_for("board.index", **({"q": text} if text else {})))

@@ -30,11 +30,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from portal.audit.actor import Actor
-from portal.audit.record import record
 from portal.extensions import db
 from portal.integrations.base import Notice
 from portal.integrations.http import VendorError
 from portal.integrations.models import ScannerIntegration, VendorEvent
+from portal.integrations.pms import run_pms_sync
+from portal.integrations.outcomes import failed, retry_wait, succeeded, unreadable  # noqa: F401 (sync.retry_wait)
 from portal.integrations.registry import adapter_for
 from portal.integrations.vendor import VendorOrder
 from portal.practices.models import utcnow
@@ -57,18 +58,6 @@ def can_sync(integration: ScannerIntegration) -> bool:
     return integration.active and adapter.polls and (integration.connected or not adapter.uses_oauth)
 
 
-def retry_wait(integration: ScannerIntegration) -> float | None:
-    """Seconds the vendor asked us to wait before the next call (its Retry-After), or None."""
-    value = integration.config.get("retry_not_before")
-    if not value:
-        return None
-    try:
-        left = (dt.datetime.fromisoformat(value) - utcnow()).total_seconds()
-    except (TypeError, ValueError):
-        return None
-    return left if left > 0 else None
-
-
 def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     """Poll one integration and ingest what changed; the caller owns the app context."""
     integration = db.session.get(ScannerIntegration, integration_id)
@@ -80,6 +69,8 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         db.session.rollback()
         return {"skipped": True, "retry_after": round(wait, 1)}
     adapter = adapter_for(integration)
+    if adapter.kind == "pms":
+        return run_pms_sync(integration_id, source)
     actor = Actor.vendor(integration, source)
     db.session.commit()  # nothing of ours is open while the vendor is called
     outcomes: Counter[str] = Counter()
@@ -118,60 +109,6 @@ def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Acto
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
-
-
-def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = True) -> None:
-    """The vendor answered. `recovered=False`: it did, but something of its answer is recorded as
-    the integration's error instead (orders that could not be read)."""
-    now = utcnow()
-    integration.last_sync_at = integration.last_success_at = now
-    if integration.config.get("retry_not_before"):
-        integration.set_config(retry_not_before=None)
-    if integration.last_error and recovered:
-        record("scanner.sync_recovered", "scanner_integration", integration.id,
-               before={"last_error": integration.last_error}, after={"last_error": ""}, actor=actor,
-               practice_id=integration.practice_id)
-        integration.last_error, integration.last_error_at = "", None
-
-
-def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> None:
-    now = utcnow()
-    message = str(exc)[:500]
-    if exc.kind == "auth":
-        message = f"{message} Connect the integration again (Settings → Scanners)."[:500]
-    if exc.kind == "host":
-        message = f"Stopped: {message} Check the vendor's addresses, then resume the integration."[:500]
-    integration.last_sync_at = now
-    if integration.last_error != message:
-        record("scanner.sync_failed", "scanner_integration", integration.id,
-               before={"last_error": integration.last_error}, after={"last_error": message, "kind": exc.kind},
-               actor=actor, practice_id=integration.practice_id, outcome="error")
-    integration.last_error, integration.last_error_at = message, now
-    if exc.retry_after:
-        integration.set_config(retry_not_before=(now + dt.timedelta(seconds=exc.retry_after)).isoformat())
-    if exc.kind == "host" and integration.active:
-        # RELIABILITY W8: nothing was sent to that host; nothing more is tried until a person looks.
-        integration.active = False
-        record("scanner.stopped", "scanner_integration", integration.id, before={"active": True},
-               after={"active": False, "reason": message}, actor=actor, practice_id=integration.practice_id,
-               outcome="error")
-
-
-def unreadable(integration: ScannerIntegration, skipped: list[tuple[str, str]], actor: Actor,
-               previous_error: str) -> None:
-    """Orders of a poll the adapter could not read: each logged and audited, the first named in the
-    integration's last error (not audited again while the same error stands)."""
-    first_ref, first_why = skipped[0]
-    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-    message = f"{len(skipped)} order(s) could not be read and were skipped{more}: {first_why}"[:500]
-    for ref, why in skipped:
-        log.warning("integration %s: order %s skipped: %s", integration.id, ref or "?", why)
-    if message != previous_error:
-        for ref, why in skipped:
-            record("scanner.order_unreadable", "scanner_integration", integration.id,
-                   after={"order": ref, "error": why[:300]}, actor=actor, practice_id=integration.practice_id,
-                   outcome="error")
-    integration.last_error, integration.last_error_at = message, utcnow()
 
 
 # -- notifications ------------------------------------------------------------------------------------
@@ -276,13 +213,14 @@ def sweep(grace_seconds: int = 30) -> dict:
     notifications wait longer than `grace_seconds`. Fixed job ids and claims: sweeps don't pile up."""
     queue = get_queue()
     now = utcnow()
-    due = now - dt.timedelta(seconds=current_app.config["SCANNER_POLL_SECONDS"])
+    intervals = {"scanner": current_app.config["SCANNER_POLL_SECONDS"], "pms": current_app.config["PMS_SYNC_SECONDS"]}
     polled = 0
     for integration in db.session.scalars(select(ScannerIntegration).where(ScannerIntegration.active.is_(True))):
         try:
             ready = can_sync(integration) and retry_wait(integration) is None
         except VendorError:
             continue
+        due = now - dt.timedelta(seconds=intervals[integration.vendor.kind])
         if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
             polled += enqueue_once(queue, sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)
     cutoff = now - dt.timedelta(seconds=grace_seconds)

@@ -6,10 +6,10 @@ from portal.cases.lifecycle import Status
 from portal.cases.routes import _panels
 from tests import factories
 
-PANELS = ("dispatch_panel", "itero_panel", "scans_panel", "messages_panel")
+PANELS = ("dispatch_panel", "itero_panel", "pms_panel", "scans_panel", "messages_panel")
 # What blueprints used to register for the case page's templates to call (each ran SQL there).
 GONE = ("case_dispatch", "order_notices", "api_order", "retry_form", "itero_panel", "rx_form", "rescan_form",
-        "lab_link_of", "lab_thread", "message_deliveries", "case_scans")
+        "lab_link_of", "lab_thread", "message_deliveries", "case_scans", "pms_panel")
 
 
 def test_each_panel_is_a_named_block_of_the_case_page(app):

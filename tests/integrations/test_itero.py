@@ -473,7 +473,7 @@ def test_a_second_401_right_after_the_refresh_fails_the_sync_with_connect_again(
 
     assert "refused our access token again" in result["error"]
     assert sandbox.counters["itero.refresh"] == 1 and sandbox.counters["itero.orders"] == 2
-    assert itero.last_error.endswith("Connect the integration again (Settings → Scanners).")
+    assert itero.last_error.endswith("Connect the integration again (Settings → Integrations).")
     assert itero.active  # not stopped: a person reconnects it
 
 

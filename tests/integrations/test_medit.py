@@ -104,7 +104,7 @@ def values(vendor, **changes) -> dict:
 
 
 def added(world, vendor, **changes) -> ScannerIntegration:
-    """A Medit integration as an admin adds it (Settings → Scanners), for the sandbox."""
+    """A Medit integration as an admin adds it (Settings → Integrations), for the sandbox."""
     integration = admin.create_integration(
         world.practice, Vendor.MEDIT, admin.IntegrationData("Front desk", [world.labs["email"].id],
                                                             values(vendor, **changes)),
