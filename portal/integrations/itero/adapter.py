@@ -34,7 +34,7 @@ from sqlalchemy import select, update
 from portal import keyring as crypto
 from portal.extensions import db
 from portal.integrations import oauth
-from portal.integrations.base import Adapter, CallbackRejected, Notice
+from portal.integrations.base import CallbackRejected, Notice, ScannerAdapter
 from portal.integrations.http import VendorError, call, check_host, json_body
 from portal.integrations.itero import wire
 from portal.integrations.models import ScannerIntegration
@@ -46,7 +46,7 @@ MAX_PAGES = 1000
 _T = ScannerIntegration.__table__
 
 
-class IteroAdapter(Adapter):
+class IteroAdapter(ScannerAdapter):
     vendor = Vendor.ITERO
     # Get Orders lists only the orders in Ready for Download (Completed) and Lab Review (seed 001),
     # and the callback fires only on entering those: an order that moves on to iTero Modeling,
