@@ -20,7 +20,7 @@ from portal.cases.models import LabCase
 from portal.cases.services import timeline
 from portal.extensions import db
 from portal.integrations import oauth
-from portal.integrations.hooks import new_callback_url
+from portal.integrations.services import new_callback_url
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.registry import adapter_for
 from portal.integrations.vendor import OrderStage
