@@ -78,7 +78,7 @@ def index():
     cases = inbox.open_cases(g.practice.id, [s.patient_id for s in page.scans
                                              if s.patient_id and s.case_id is None])
     return render("scanners/inbox.html", "inbox_body", tab=tab, vendor=vendor, page=page, open_cases=cases,
-                  counts=inbox.counts(g.practice.id, vendor), vendors=list(Vendor), here=request.full_path)
+                  counts=inbox.counts(g.practice.id, vendor), vendors=Vendor.scanners(), here=request.full_path)
 
 
 @bp.get("/<int:scan_id>")
@@ -142,7 +142,7 @@ def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "
         return _scan_page(scan, code=code, error=error, error_at=error_at, confirm=confirm)
     if note:
         flash(note, "success")
-    return redirect(safe_next(url_for("scans.show", scan_id=scan.id)), 303)
+    return redirect(safe_next(request.form.get("next"), url_for("scans.show", scan_id=scan.id)), 303)
 
 
 def _scan_action(scan_id: int, form, at: str, act):

@@ -1,5 +1,5 @@
 """The pages a person uses: the scan inbox (/scans), a scan's page, the case page's Scans panel,
-and Settings → Scanners (/admin/scanners). Full page and htmx fragment, roles, another practice's
+and Settings → Integrations (/admin/scanners). Full page and htmx fragment, roles, another practice's
 ids (404), CSRF, credentials encrypted and never rendered, and an audit row for every action.
 
 The vendor round trips (connect, pair, test, sync, disconnect against a vendor) belong to the
@@ -369,7 +369,7 @@ def test_the_case_page_lists_its_scans_and_the_board_card_shows_the_scanner(clie
     assert 'id="scans"' not in client.get(f"/cases/{manual.id}").get_data(as_text=True)
 
 
-# ==== Settings → Scanners ==========================================================================
+# ==== Settings → Integrations ==========================================================================
 
 @pytest.fixture()
 def offered(monkeypatch):
@@ -398,7 +398,7 @@ def test_scanner_settings_are_for_admins_only(client, login, world, scanner):
     login("admin")
     page = client.get("/admin/scanners/")
     html = page.get_data(as_text=True)
-    assert page.status_code == 200 and "<html" in html and 'aria-current="page">Scanners</a>' in html
+    assert page.status_code == 200 and "<html" in html and 'aria-current="page">Integrations</a>' in html
     assert f'id="integration-{scanner.id}"' in html and "Front desk" in html and "Email Lab" in html
     fragment = client.hx("/admin/scanners/", target="integrations").get_data(as_text=True)
     assert fragment.lstrip().startswith('<div id="integrations"') and "<html" not in fragment
