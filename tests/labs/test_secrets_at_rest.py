@@ -1,6 +1,6 @@
 """Lab webhook signing secrets are encrypted at rest with the key ring that encrypts scanner
 credentials (SCANNER_CREDENTIALS_KEYS, portal/keyring.py): the raw database rows hold Fernet
-tokens, never whsec_ text; migration 0009 encrypts the rows that were in clear; `flask scanners
+tokens, never whsec_ text; migration 0010 encrypts the rows that were in clear; `flask scanners
 rotate-keys` re-encrypts them with the ring's first key."""
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ def test_the_rotation_command_re_encrypts_lab_secrets(app, world, monkeypatch):
     assert len(rows) == 1 and "whsec_" not in rows[0].after
 
 
-def test_migration_0009_encrypts_the_secrets_that_were_in_clear(tmp_path):
+def test_migration_0010_encrypts_the_secrets_that_were_in_clear(tmp_path):
     url = f"sqlite:///{tmp_path / 'upgrade.sqlite3'}"
     app = create_app({"TESTING": True, "SECRET_KEY": "m", "SQLALCHEMY_DATABASE_URI": url,
                       "RATELIMIT_STORAGE_URI": "memory://", "REDIS_URL": "", "MAIL_BACKEND": "devmailbox"})
     with _logging_kept(), app.app_context():
         try:
-            flask_migrate.upgrade(revision="0008")
+            flask_migrate.upgrade(revision="0009")
             db.session.execute(text("INSERT INTO organization (id, name) VALUES (1, 'Org')"))
             db.session.execute(text(
                 "INSERT INTO lab (id, organization_id, name, channel, contact_name, email, cc_emails, phone, address,"
@@ -74,7 +74,7 @@ def test_migration_0009_encrypts_the_secrets_that_were_in_clear(tmp_path):
             assert db.session.scalar(select(LabSecret.secret)) == SECRET
             flask_migrate.upgrade()  # again: nothing to do, nothing encrypted twice
             assert db.session.execute(text("SELECT secret FROM lab_secret")).scalar() == stored
-            flask_migrate.downgrade(revision="0008")
+            flask_migrate.downgrade(revision="0009")
             assert db.session.execute(text("SELECT secret FROM lab_secret")).scalar() == SECRET
         finally:
             db.session.remove()

@@ -5,8 +5,8 @@ readable in the database; the column widens to hold the token. Upgrading a datab
 secrets needs SCANNER_CREDENTIALS_KEYS set (the migration says so and changes nothing otherwise).
 The downgrade writes them back in clear.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-03 12:34:36.848411
 
 """
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
