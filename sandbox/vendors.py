@@ -1336,7 +1336,7 @@ class Demo:
         self.itero, self.medit, self.patients, self.step = itero, medit, patients, step
         self.new_every, self.ceiling = max(new_every, 1), ceiling
         self.flows: collections.deque[tuple[str, str, list[str]]] = collections.deque()  # vendor, id, moves left
-        self.turn = itertools.cycle(["itero", "medit"])
+        self.turn = itertools.cycle(["medit", "itero"])  # after the opening's iTero, Medit, iTero
         self.random = random.Random()
         self.steps = 0
         self.made = 0
