@@ -18,13 +18,15 @@ scanners_cli = AppGroup("scanners", help="Scanner integrations.")
 
 @scanners_cli.command("rotate-keys")
 def scanners_rotate_keys() -> None:
-    """Re-encrypt every integration's credentials and tokens with the first SCANNER_CREDENTIALS_KEYS key."""
-    from sqlalchemy import select
+    """Re-encrypt everything the SCANNER_CREDENTIALS_KEYS ring holds (every integration's
+    credentials and tokens, every lab's signing secrets) with its first key."""
+    from sqlalchemy import select, update
 
     from portal import keyring as crypto
     from portal.audit.actor import Actor
     from portal.audit.service import record
     from portal.integrations.models import ScannerIntegration
+    from portal.labs.models import LabSecret
 
     count = 0
     for integration in db.session.scalars(select(ScannerIntegration)):
@@ -33,8 +35,18 @@ def scanners_rotate_keys() -> None:
         record("scanner.keys_rotated", "scanner_integration", integration.id, after={"encrypted_with": "first key"},
                actor=Actor.system("cli"), practice_id=integration.practice_id)
         count += 1
+    secrets_by_lab: dict[int, list[int]] = {}
+    for row in db.session.execute(select(LabSecret.id, LabSecret.lab_id, LabSecret.secret)).all():
+        # Read with any key of the ring, written back with the first (the column type encrypts).
+        db.session.execute(update(LabSecret).where(LabSecret.id == row.id).values(secret=row.secret),
+                           execution_options={"synchronize_session": False})
+        secrets_by_lab.setdefault(row.lab_id, []).append(row.id)
+    for lab_id, ids in secrets_by_lab.items():
+        record("lab.secrets_rotated", "lab", lab_id, after={"encrypted_with": "first key", "secret_ids": ids},
+               actor=Actor.system("cli"))
     db.session.commit()
-    click.echo(f"Re-encrypted the credentials of {count} integration(s) with the first key.")
+    click.echo(f"Re-encrypted the credentials of {count} integration(s) and "
+               f"{sum(map(len, secrets_by_lab.values()))} lab signing secret(s) with the first key.")
 
 
 @scanners_cli.command("demo-patients")

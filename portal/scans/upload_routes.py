@@ -28,6 +28,7 @@ from flask_login import current_user
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import logfilter
+from portal.tokens import guesses
 from portal.audit.actor import Actor
 from portal.auth.sessions import passive
 from portal.cases.lifecycle import Status
@@ -218,12 +219,7 @@ def _link_limit() -> str:
     return current_app.config.get("LAB_LINK_RATE_LIMIT", "30 per minute")
 
 
-def _guess_limit() -> str:
-    return current_app.config.get("LAB_LINK_GUESS_LIMIT", "10 per minute")
-
-
 per_ip = limiter.shared_limit(_link_limit, scope="scan-file-link")
-guesses = limiter.shared_limit(_guess_limit, scope="scan-file-guess", deduct_when=lambda r: r.status_code == 404)
 
 
 @files_bp.after_app_request

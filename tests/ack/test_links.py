@@ -231,7 +231,7 @@ def test_unknown_and_malformed_tokens_are_404_without_case_data(client, sent):
 
 
 def test_repeated_guesses_get_429(client, app, sent, monkeypatch):
-    monkeypatch.setitem(app.config, "LAB_LINK_GUESS_LIMIT", "5 per minute")
+    monkeypatch.setitem(app.config, "TOKEN_GUESS_LIMIT", "5 per minute")
     codes = [client.get(f"/lab/{secrets.token_urlsafe(32)}").status_code for _ in range(8)]
     assert codes[:5] == [404] * 5 and set(codes[5:]) == {429}
     # The guessing address is now held back on every link page.
@@ -239,7 +239,7 @@ def test_repeated_guesses_get_429(client, app, sent, monkeypatch):
 
 
 def test_real_links_do_not_count_as_guesses(client, app, sent, monkeypatch):
-    monkeypatch.setitem(app.config, "LAB_LINK_GUESS_LIMIT", "3 per minute")
+    monkeypatch.setitem(app.config, "TOKEN_GUESS_LIMIT", "3 per minute")
     assert {client.get(sent.url).status_code for _ in range(6)} == {200}
 
 

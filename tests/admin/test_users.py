@@ -490,7 +490,7 @@ def test_an_expired_link_is_gone(client, login, world):
 
 
 def test_guessing_tokens_is_rate_limited(app, client, world, monkeypatch):
-    monkeypatch.setitem(app.config, "PASSWORD_LINK_GUESS_LIMIT", "3 per minute")
+    monkeypatch.setitem(app.config, "TOKEN_GUESS_LIMIT", "3 per minute")
     codes = [client.get(f"/set-password/{'A' * 43}").status_code for _ in range(4)]
     assert codes == [404, 404, 404, 429]
     assert client.get("/set-password/nonsense").status_code == 429
