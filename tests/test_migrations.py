@@ -107,7 +107,7 @@ def _check_database(url: str) -> None:
 
 
 def _check_audit_is_append_only() -> None:
-    from portal.audit.service import record, verify_chain
+    from portal.audit.record import record, verify_chain
 
     record("test.migrated", "probe", 1, after={"ok": True}, actor=Actor.system("test"))
     record("test.migrated", "probe", 2, after={"ok": True}, actor=Actor.system("test"))

@@ -9,7 +9,7 @@ keep the old ones in the ring for as long as rows signed with them exist (rows a
 so that is for good): `flask audit verify` names a row whose key is missing from the ring.
 
 Rows written before the chain was keyed have an empty `key_id` and a plain SHA-256 hash
-(migrations/versions/0006); see portal/audit/service.py for how verify treats them.
+(migrations/versions/0006); see portal/audit/record.py for how verify treats them.
 """
 from __future__ import annotations
 

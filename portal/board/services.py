@@ -327,8 +327,6 @@ class DayView:
 def day_view(practice_id: int, day: dt.date) -> DayView:
     """Dentrix Ascend's outstanding and received lists: what is due in on `day`, grouped by lab;
     what arrived; and whose work is being seated."""
-    from portal.people.models import Appointment
-
     expected = func.coalesce(LabCase.lab_eta, LabCase.due_date)
     start, end = dt.datetime.combine(day, dt.time()), dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
     due = db.session.scalars(card_query().where(

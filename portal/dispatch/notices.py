@@ -34,12 +34,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from flask import current_app
 from sqlalchemy import bindparam, exists, select, update
 
 from portal import retries
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
 from portal.clock import utcnow
@@ -47,7 +46,7 @@ from portal.dispatch import services
 from portal.dispatch.models import Dispatch, DispatchState, NoticeType, OrderNotice, new_id
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.queue import DELIVER_NOTICE
+from portal.queue import DELIVER_NOTICE, enqueue_after_commit, enqueue_now, get_queue
 
 SCHEMA = "labmanager.order_event/1"
 ENTITY = "order_notice"
@@ -144,8 +143,6 @@ def supersede_for(dispatch_id: str, actor: Actor | None) -> None:
 # --- relaying, the chain and the sweep ---------------------------------------------------------------
 
 def enqueue_attempt(notice: OrderNotice) -> None:
-    from portal.queue import enqueue_after_commit
-
     enqueue_after_commit(DELIVER_NOTICE, notice.id, job_id=notice.job_id)
 
 
@@ -206,8 +203,6 @@ def due_for_sweep(now: dt.datetime | None = None, limit: int = 500) -> list[Orde
 
 def sweep(now: dt.datetime | None = None) -> int:
     """Re-enqueue every due notice that has no live RQ job; returns how many were handed over."""
-    from portal.queue import enqueue_now, get_queue
-
     queue = get_queue()
     return sum(1 for notice in due_for_sweep(now)
                if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id))

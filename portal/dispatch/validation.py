@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 from portal.cases import catalog
 from portal.cases.risk import risk_of
+from portal.extensions import db
+from portal.integrations.models import ScannerIntegration
 from portal.labs.models import Channel
+from portal.scans.models import Scan
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,6 @@ def _scanners_refusing(case, lab) -> list:
     practice chooses which labs each scanner integration may send to)."""
     from sqlalchemy import select
 
-    from portal.extensions import db
-    from portal.integrations.models import ScannerIntegration
-    from portal.scans.models import Scan
 
     if case.id is None:
         return []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, insert, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import LAB, IllegalMove
 from portal.cases.models import LabCase
@@ -33,6 +33,8 @@ from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.dispatch.notices import release_next
 from portal.extensions import db
 from portal.labs.models import Lab, LabSecret
+from portal.messages.services import record_lab_message
+from portal.queue import APPLY_LAB_EVENTS, enqueue_now, enqueue_once_after_commit, get_queue
 
 REQUIRED = {
     "acknowledged": (), "in_production": (), "resumed": (),
@@ -190,8 +192,6 @@ def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes, *, seen
         "type": event["type"], "occurred_at": event["occurred_at"], "outcome": PENDING,
         "payload_sha256": hashlib.sha256(raw).hexdigest(), "payload": json.dumps(body, separators=(",", ":")),
         "received_at": utcnow()})
-    from portal.queue import APPLY_LAB_EVENTS, enqueue_once_after_commit
-
     enqueue_once_after_commit(drain_key(lab_id), APPLY_LAB_EVENTS, lab_id)
     return PENDING
 
@@ -247,8 +247,6 @@ def sweep(grace_seconds: int = 30) -> int:
     (younger ones have their job waiting). Returns how many labs. The job id is fixed per lab, so
     sweeps don't pile up jobs, and it doesn't depend on the requests' claim, which may have
     outlived a lost job."""
-    from portal.queue import APPLY_LAB_EVENTS, enqueue_now, get_queue
-
     queue = get_queue()
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
     labs = db.session.scalars(select(LabEvent.lab_id).where(
@@ -317,8 +315,6 @@ def _apply(case: LabCase, lab: Lab, dispatch: Dispatch, event: dict, actor: Acto
     kind = event["type"]
     detail = {"event_id": event["event_id"], "order_id": dispatch.id}
     if kind == "message":
-        from portal.messages.services import record_lab_message
-
         record_lab_message(case, lab, event["text"], actor, direction="in")
     elif kind in FORWARD:
         if kind == "dispatched":

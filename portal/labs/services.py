@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.clock import utcnow
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService

@@ -6,7 +6,7 @@ from sqlalchemy import func, select, update
 
 from portal import events
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.clock import utcnow
 from portal.extensions import db
 from portal.messages.events import MessageToLab

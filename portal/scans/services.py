@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, or_, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import catalog, lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.cases.models import LabCase
@@ -41,6 +41,7 @@ from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendo
 from portal.labs.models import Lab
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import Practice, utcnow
+from portal.scans import links
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
 
 MESH_FORMATS = frozenset({"STL", "PLY", "OBJ"})
@@ -124,8 +125,6 @@ def work_order_scans(case_id: int) -> list[dict]:
     the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
     export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
     for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
-    from portal.scans import links
-
     rows = db.session.execute(
         select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
         .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)

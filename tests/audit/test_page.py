@@ -11,8 +11,8 @@ import pytest
 import time_machine
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
-from portal.audit.services import csv_safe
+from portal.audit.queries import csv_safe
+from portal.audit.record import record
 from portal.extensions import db
 
 DAY1 = dt.datetime(2031, 5, 5, 9, 0, tzinfo=dt.UTC)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from portal.integrations.http import VendorError
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
+from portal.scans.services import restoration_for
 
 VENDOR = "iTero"
 
@@ -340,8 +341,6 @@ def _order(raw, endpoints: dict) -> VendorOrder:
 
 
 def _item(procedure: str, teeth: tuple[str, ...]) -> RxItem:
-    from portal.scans.services import restoration_for
-
     restoration = restoration_for(procedure)
     return RxItem(teeth, restoration, notes=procedure if restoration == "other" else "")
 
