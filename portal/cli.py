@@ -1,4 +1,5 @@
-"""Flask CLI commands: flask seed-demo, flask audit verify, flask create-user, flask scanners ..."""
+"""Flask CLI commands: flask seed-demo, flask audit verify, flask create-user, flask organisation-manager,
+flask scanners ..."""
 from __future__ import annotations
 
 import secrets
@@ -52,6 +53,16 @@ def scanners_demo_connect(sandbox_url: str) -> None:
 
     for line in connect(sandbox_url):
         click.echo(f"Scanners: {line}")
+
+
+@scanners_cli.command("demo-connect-pms")
+@click.option("--base-url", required=True, help="The Open Dental sandbox's API base URL (.../api/v1).")
+def scanners_demo_connect_pms(base_url: str) -> None:
+    """Create and connect the demo practice's Open Dental integration to the Open Dental sandbox."""
+    from portal.demo.opendental import connect
+
+    for line in connect(base_url):
+        click.echo(f"Open Dental: {line}")
 
 
 @audit_cli.command("verify")
@@ -148,8 +159,42 @@ def create_user(email: str, name: str, practice_id: tuple[int, ...], role: str, 
     click.echo(f"Created {user.email}.")
 
 
+@click.command("organisation-manager")
+@click.argument("email")
+@click.option("--organization-id", type=int, required=True)
+@click.option("--revoke", is_flag=True, help="Take the role away instead.")
+def organisation_manager(email: str, organization_id: int, revoke: bool) -> None:
+    """Make a user an organisation manager (the DSO view of every practice), or --revoke it."""
+    from sqlalchemy import select
+
+    from portal.audit.actor import Actor
+    from portal.audit.service import record
+    from portal.practices.models import Organization, OrganizationMembership, OrganizationRole, User
+
+    user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        raise click.BadParameter(f"no user with the email {email}", param_hint="EMAIL")
+    if db.session.get(Organization, organization_id) is None:
+        raise click.BadParameter(f"no organisation with id {organization_id}", param_hint="--organization-id")
+    row = db.session.scalar(select(OrganizationMembership).where(
+        OrganizationMembership.user_id == user.id, OrganizationMembership.organization_id == organization_id))
+    before = {"role": row.role.value, "active": row.active} if row else None
+    if row is None:
+        row = OrganizationMembership(user_id=user.id, organization_id=organization_id, role=OrganizationRole.MANAGER)
+        db.session.add(row)
+    row.role, row.active = OrganizationRole.MANAGER, not revoke
+    db.session.flush()
+    record("organization.manager_revoke" if revoke else "organization.manager_grant", "organization",
+           organization_id, before=before, after={"user": user.email, "role": row.role.value, "active": row.active},
+           actor=Actor.system("cli"))
+    db.session.commit()
+    click.echo(f"{user.email} {'is no longer' if revoke else 'is now'} an organisation manager of organisation "
+               f"{organization_id}.")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(audit_cli)
     app.cli.add_command(scanners_cli)
     app.cli.add_command(seed_demo)
     app.cli.add_command(create_user)
+    app.cli.add_command(organisation_manager)

@@ -7,11 +7,12 @@ import functools
 import json
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, flash, g, make_response, redirect, render_template, request, session, url_for
+from flask import Flask, abort, flash, g, jsonify, make_response, redirect, render_template, request, session, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from jinja2_fragments.flask import render_block
 from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.cases import teeth
@@ -53,6 +54,19 @@ def render(template: str, block: str | None = None, *, code: int = 200, **contex
     return response
 
 
+def safe_next(target: str | None, default: str) -> str:
+    """`target` when it is a path on this site, else `default`: the one check for a `next` taken
+    from a form or a query string, so a link can never send someone to another host. Refused:
+    anything with a scheme or a host, a protocol-relative `//host`, and a backslash anywhere
+    (browsers read `/\\host` as `//host`)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
 def go_to(target: str, code: int = 303):
     """After a change: htmx follows HX-Redirect (a 204 it does not swap), a plain form the redirect."""
     if request.htmx:
@@ -60,15 +74,6 @@ def go_to(target: str, code: int = 303):
         response.headers["HX-Redirect"] = target
         return response
     return redirect(target, code)
-
-
-def safe_next(default: str) -> str:
-    """The form's `next` when it is a path on this site, else `default` (no open redirect)."""
-    target = request.form.get("next") or ""
-    parts = urlsplit(target)
-    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
-        return default
-    return target
 
 
 def current_practice() -> Practice:
@@ -233,10 +238,43 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(405)
     def not_allowed(error):
-        return _error_page(405, "That action is not available this way.")
+        response = _error_page(405, "That action is not available this way.")
+        response = make_response(response)
+        if getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return response
+
+    @app.errorhandler(HTTPException)
+    def any_other(error):
+        """Every other HTTP error: JSON under /api/, Werkzeug's own page elsewhere."""
+        if is_api():
+            return api_error(error.code or 500)
+        return error
+
+
+API_MESSAGES = {
+    400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found", 405: "method not allowed",
+    413: "the body is too large", 429: "too many requests: wait a minute and try again",
+    500: "internal error: nothing was changed",
+}
+
+
+def is_api() -> bool:
+    """A machine's request (/api/...): every answer is JSON in the lab API's error shape
+    (openapi/lab-api.yaml `Error`), never an HTML page."""
+    return request.path.startswith("/api/")
+
+
+def api_error(status: int):
+    response = jsonify(error=API_MESSAGES.get(status, "error"))
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _error_page(status: int, message: str):
+    if is_api():
+        return api_error(status)
     if request.htmx:
         response = make_response(render_template("_toast.html", message=message, level="error"), status)
         response.headers["HX-Retarget"] = "#toasts"

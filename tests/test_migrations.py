@@ -7,6 +7,7 @@ lists every difference: regenerate the migration with `flask db migrate`."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import secrets
@@ -163,3 +164,44 @@ def test_upgrade_on_a_fresh_postgresql_database_matches_the_models():
         with server.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+def _insert(conn, table: str, **values) -> int:
+    """A row with `values`, and a plain value in every other NOT NULL column (the models'
+    defaults are Python-side, so the tables have none of their own)."""
+    columns = sa.Table(table, sa.MetaData(), autoload_with=conn).columns
+    for column in columns:
+        if column.name in values or column.nullable or column.primary_key:
+            continue
+        python_type = column.type.python_type
+        values[column.name] = {str: "", int: 0, bool: False}.get(
+            python_type, sa.func.now() if python_type in (dt.datetime, dt.date) else "")
+    return conn.execute(sa.table(table, *[sa.column(k) for k in values]).insert().values(**values)
+                        .returning(sa.column("id"))).scalar_one()
+
+
+def test_business_days_are_backfilled_with_the_practices_closed_days(tmp_path):
+    """Migration 0007 fills the stored spans of the cases already there, by the lifecycle's rule:
+    sent Mon 3 Mar 2031, dispatched Fri 7, received Mon 10, Wed 5 closed: 3 and 4 business days."""
+    app = _app(f"sqlite:///{tmp_path / 'backfill.sqlite3'}")
+    with app.app_context(), _logging_kept():
+        try:
+            flask_migrate.upgrade(revision="0006")
+            with db.engine.begin() as conn:
+                org = _insert(conn, "organization", name="DSO")
+                practice = _insert(conn, "practice", organization_id=org, name="P")
+                _insert(conn, "practice_closure", practice_id=practice, day=dt.date(2031, 3, 5))
+                patient = _insert(conn, "patient", practice_id=practice, first_name="A", last_name="B")
+                stamps = [(dt.datetime(2031, 3, 3, 9), dt.datetime(2031, 3, 7, 15), dt.datetime(2031, 3, 10, 11)),
+                          (dt.datetime(2031, 3, 3, 9), None, None), (None, None, None)]
+                ids = [_insert(conn, "lab_case", number=f"LC-{n}", practice_id=practice, patient_id=patient,
+                               status="SENT", sent_at=sent, dispatched_at=dispatched, received_at=received)
+                       for n, (sent, dispatched, received) in enumerate(stamps)]
+            flask_migrate.upgrade()
+            with db.engine.connect() as conn:
+                found = conn.execute(sa.text(
+                    "SELECT id, sent_to_dispatched_bdays, sent_to_received_bdays FROM lab_case ORDER BY id")).all()
+            assert [tuple(r) for r in found] == [(ids[0], 3, 4), (ids[1], None, None), (ids[2], None, None)]
+        finally:
+            db.session.remove()
+            db.engine.dispose()

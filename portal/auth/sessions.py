@@ -162,3 +162,17 @@ def end_message(reason: str) -> str:
     minutes = float(current_app.config.get("SESSION_IDLE_MINUTES", 30))
     hours = float(current_app.config.get("SESSION_MAX_HOURS", 12))
     return template.format(idle=f"{minutes:g}", hours=f"{hours:g}")
+
+
+def browser_label(user_agent: str) -> str:
+    """"Chrome on Linux" from a User-Agent string, for the account page (the full string is its title)."""
+    ua = user_agent or ""
+    browser = next((name for token, name in (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+                                             ("Chrome/", "Chrome"), ("Chromium/", "Chromium"),
+                                             ("Safari/", "Safari")) if token in ua), "")
+    system = next((name for token, name in (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"),
+                                            ("Windows", "Windows"), ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"),
+                                            ("Linux", "Linux")) if token in ua), "")
+    if browser and system:
+        return f"{browser} on {system}"
+    return browser or system or (ua[:40] if ua else "")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from portal.audit.service import record
-from portal.cases.risk import refresh_risk
+from portal.cases.models import business_day_spans
+from portal.cases.risk import closed_days, refresh_risk
 from portal.cases.status import LABELS, MAIN_LINE, PHASE, Status
 from portal.clock import utcnow
 
@@ -159,6 +160,8 @@ def move(
     # turnaround) runs from the send. A resend after a rescan does restart it.
     if stamp and rule.action != "resume":
         setattr(case, stamp, now)
+        if stamp in ("sent_at", "dispatched_at", "received_at"):  # the reports' stored turnaround
+            business_day_spans(case, closed_days(case.practice_id))
     if to in TERMINAL:
         case.closed_at = now
     detail = detail or {}
@@ -175,4 +178,8 @@ def move(
         f"case.{rule.action}", "lab_case", case.id, before=before, after=after,
         actor=actor, practice_id=case.practice_id,
     )
+    from portal import events
+    from portal.cases.events import CaseMoved
+
+    events.publish(CaseMoved(case, Status(before["status"]), actor))
     return rule

@@ -6,11 +6,13 @@ from decimal import Decimal
 from sqlalchemy import (
     Date, DateTime, Enum, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 
 from portal.cases.status import Status
 from portal.clock import utcnow
 from portal.extensions import db
+from portal.practices.models import PracticeClosure
 
 
 class Counter(db.Model):
@@ -92,6 +94,12 @@ class LabCase(CaseDates, db.Model):
     received_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     fitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Business days sent -> dispatched and sent -> received (the reports' turnaround), kept by
+    # lifecycle.move() whenever it stamps one of those dates, and by the practice's closed days
+    # changing (practice_closure_changed below). None until both dates exist, or when the latest
+    # send is after the other date (a resend after a rescan). portal/reports/stats.py has the rule.
+    sent_to_dispatched_bdays: Mapped[int | None] = mapped_column(Integer)
+    sent_to_received_bdays: Mapped[int | None] = mapped_column(Integer)
 
     patient = relationship("Patient")
     provider = relationship("Provider")
@@ -104,6 +112,62 @@ class LabCase(CaseDates, db.Model):
     remake_of = relationship("LabCase", remote_side=[id], foreign_keys=[remake_of_id])
     previous_stage = relationship("LabCase", remote_side=[id], foreign_keys=[previous_stage_id])
 
+
+
+def business_day_spans(case: LabCase, closed) -> None:
+    """Set the case's stored business-day spans from its own dates and the practice's `closed` days."""
+    from portal.reports.stats import business_days_between
+
+    sent = case.sent_at.date() if case.sent_at else None
+    case.sent_to_dispatched_bdays = (
+        business_days_between(sent, case.dispatched_at.date(), closed) if sent and case.dispatched_at else None)
+    case.sent_to_received_bdays = (
+        business_days_between(sent, case.received_at.date(), closed) if sent and case.received_at else None)
+
+
+def _shift_spans(connection, practice_id: int, day: dt.date, by: int) -> None:
+    """A weekday `day` became closed (by=-1) or open again (by=+1) for the practice: every case
+    whose span runs over it (sent before that day, dispatched or received on it or later) has one
+    business day fewer or more. A weekend day changes nothing."""
+    if day.weekday() >= 5:
+        return
+    table = LabCase.__table__
+    midnight = dt.datetime.combine(day, dt.time())
+    for column, end in ((table.c.sent_to_dispatched_bdays, table.c.dispatched_at),
+                        (table.c.sent_to_received_bdays, table.c.received_at)):
+        connection.execute(
+            table.update()
+            .where(table.c.practice_id == practice_id, table.c.sent_at < midnight, end >= midnight,
+                   column.is_not(None))
+            .values({column: column + by}))
+
+
+@event.listens_for(PracticeClosure, "after_insert")
+def _closure_added(mapper, connection, closure) -> None:
+    _shift_spans(connection, closure.practice_id, closure.day, -1)
+    _forget_closed_days(closure)
+
+
+@event.listens_for(PracticeClosure, "after_delete")
+def _closure_removed(mapper, connection, closure) -> None:
+    _shift_spans(connection, closure.practice_id, closure.day, +1)
+    _forget_closed_days(closure)
+
+
+@event.listens_for(PracticeClosure, "after_update")
+def _closure_moved(mapper, connection, closure) -> None:
+    history = inspect(closure).attrs.day.history
+    if history.deleted and history.added:
+        _shift_spans(connection, closure.practice_id, history.deleted[0], +1)
+        _shift_spans(connection, closure.practice_id, history.added[0], -1)
+    _forget_closed_days(closure)
+
+
+def _forget_closed_days(closure) -> None:
+    """portal.cases.risk.closed_days caches a practice's closed days per session."""
+    session = object_session(closure)
+    if session is not None:
+        session.info.get("closed_days", {}).pop(closure.practice_id, None)
 
 
 class CaseItem(db.Model):

@@ -21,7 +21,9 @@ from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
-from portal.practices.models import Membership, Organization, Practice, PracticeClosure, Role, User
+from portal.practices.models import (
+    Membership, Organization, OrganizationMembership, OrganizationRole, Practice, PracticeClosure, Role, User,
+)
 
 FIRST = ["Ava", "Liam", "Mia", "Noah", "Emma", "Oliver", "Sophia", "Elijah", "Isabella", "Lucas", "Amelia",
          "Mason", "Harper", "Ethan", "Evelyn", "Logan", "Abigail", "James", "Ella", "Aiden", "Grace", "Jack",
@@ -116,6 +118,11 @@ def seed(password: str, today: dt.date | None = None) -> dict:
             db.session.add(Membership(user_id=user.id, practice_id=practice.id, role=role))
         users[role] = user
         record("user.create", "user", user.id, after={"email": email, "role": role.value}, actor=system)
+    # The manager also manages the group: Reports -> "All practices ... side by side".
+    db.session.add(OrganizationMembership(user_id=users[Role.MANAGER].id, organization_id=org.id,
+                                          role=OrganizationRole.MANAGER))
+    record("organization.manager_grant", "organization", org.id,
+           after={"user": users[Role.MANAGER].email, "role": "manager", "active": True}, actor=system)
 
     labs = []
     for name, channel, contact, email, phone, services in LABS:

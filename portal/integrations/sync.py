@@ -80,6 +80,10 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         db.session.rollback()
         return {"skipped": True, "retry_after": round(wait, 1)}
     adapter = adapter_for(integration)
+    if adapter.kind == "pms":
+        from portal.integrations.pms import run_pms_sync
+
+        return run_pms_sync(integration_id, source)
     actor = Actor.vendor(integration, source)
     db.session.commit()  # nothing of ours is open while the vendor is called
     outcomes: Counter[str] = Counter()
@@ -137,8 +141,10 @@ def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = T
 def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> None:
     now = utcnow()
     message = str(exc)[:500]
+    pauses = exc.kind == "auth" and integration.vendor.kind == "pms"
     if exc.kind == "auth":
-        message = f"{message} Connect the integration again (Settings → Scanners)."[:500]
+        message = (f"Paused: {message} Check the keys under Settings → Integrations, then resume it."
+                   if pauses else f"{message} Connect the integration again (Settings → Integrations).")[:500]
     if exc.kind == "host":
         message = f"Stopped: {message} Check the vendor's addresses, then resume the integration."[:500]
     integration.last_sync_at = now
@@ -149,8 +155,9 @@ def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> N
     integration.last_error, integration.last_error_at = message, now
     if exc.retry_after:
         integration.set_config(retry_not_before=(now + dt.timedelta(seconds=exc.retry_after)).isoformat())
-    if exc.kind == "host" and integration.active:
-        # RELIABILITY W8: nothing was sent to that host; nothing more is tried until a person looks.
+    if (exc.kind == "host" or pauses) and integration.active:
+        # A host off the allow-list (nothing was sent there), or a PMS that refused our keys: nothing
+        # more is tried until a person looks.
         integration.active = False
         record("scanner.stopped", "scanner_integration", integration.id, before={"active": True},
                after={"active": False, "reason": message}, actor=actor, practice_id=integration.practice_id,
@@ -280,13 +287,14 @@ def sweep(grace_seconds: int = 30) -> dict:
 
     queue = get_queue()
     now = utcnow()
-    due = now - dt.timedelta(seconds=current_app.config["SCANNER_POLL_SECONDS"])
+    intervals = {"scanner": current_app.config["SCANNER_POLL_SECONDS"], "pms": current_app.config["PMS_SYNC_SECONDS"]}
     polled = 0
     for integration in db.session.scalars(select(ScannerIntegration).where(ScannerIntegration.active.is_(True))):
         try:
             ready = can_sync(integration) and retry_wait(integration) is None
         except VendorError:
             continue
+        due = now - dt.timedelta(seconds=intervals[integration.vendor.kind])
         if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
             polled += enqueue_once(queue, sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)
     cutoff = now - dt.timedelta(seconds=grace_seconds)

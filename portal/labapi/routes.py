@@ -1,22 +1,42 @@
 """POST /api/labs/<lab_id>/events: a lab's signed status events (openapi/lab-api.yaml).
 
 Verify (signature over the raw body, fresh timestamp), check, store, commit, answer 204 (W5); a job
-enqueued after the commit applies the event to the case. JSON errors only.
+enqueued after the commit applies the event to the case. JSON errors only (every /api/ answer,
+404, 405 and 413 included: portal/web.py).
 No CSRF token here: the Standard Webhooks signature is the authentication.
+
+A lab id that is not a lab's (unknown, out of range, not a number) answers exactly as a bad
+signature does, after the same checks and one HMAC with a random secret: nobody can tell from
+outside which labs exist.
 """
 from __future__ import annotations
 
+import base64
 import json
+import re
+import secrets
 
 from flask import Blueprint, jsonify, make_response, request
 from sqlalchemy.exc import IntegrityError
 
 from portal.dispatch import signing
-from portal.extensions import csrf, db
+from portal.extensions import csrf, transaction
 from portal.labapi import services
 
 bp = Blueprint("labapi", __name__, url_prefix="/api/labs")
 MAX_BODY = 64 * 1024
+LAB_ID = re.compile(r"^[1-9][0-9]{0,9}$")
+MAX_ID = 2**31 - 1  # the largest id a PostgreSQL integer column holds
+# Verifies against the deliveries for a lab id that is not a lab's: never matches anything.
+_NO_LAB_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def lab_id_or_none(text: str) -> int | None:
+    """The lab id in the path, or None when it can't be one (a lab row's id is 1 to 2**31 - 1)."""
+    if not LAB_ID.match(text or ""):
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
 
 
 def _error(status: int, message: str):
@@ -32,9 +52,9 @@ def _no_content():
     return response
 
 
-@bp.post("/<int:lab_id>/events")
+@bp.post("/<lab_id_text>/events")
 @csrf.exempt
-def events(lab_id: int):
+def events(lab_id_text: str):
     if (request.content_length or 0) > MAX_BODY:
         return _error(413, "the body is larger than 64 KiB")
     raw = request.get_data(cache=False)
@@ -46,27 +66,28 @@ def events(lab_id: int):
         body = None
     event_id = body.get("event_id") if isinstance(body, dict) else None
     msg_id = request.headers.get("webhook-id", "")
-    known = services.inbound(lab_id, msg_id[:100], event_id if isinstance(event_id, str) else None)
-    if known is None:
-        return _error(404, "unknown lab")
+    lab_id = lab_id_or_none(lab_id_text)
+    known = None
+    if lab_id is not None:
+        known = services.inbound(lab_id, msg_id[:100], event_id if isinstance(event_id, str) else None)
     try:
-        signing.verify(known.secrets, msg_id, request.headers.get("webhook-timestamp", ""),
-                       request.headers.get("webhook-signature", ""), raw)
+        signing.verify(known.secrets if known is not None else [_NO_LAB_SECRET], msg_id,
+                       request.headers.get("webhook-timestamp", ""), request.headers.get("webhook-signature", ""),
+                       raw)
     except signing.SignatureError as exc:
         return _error(401, str(exc))
+    if known is None:  # unreachable: nothing verifies against the random secret
+        return _error(401, "no valid signature")
     if len(msg_id) > 100:
         return _error(422, "webhook-id is longer than 100 characters")
     if known.seen_webhook:  # a delivery already handled: 2xx whatever it holds (W4)
         return _no_content()
     if body is None:
         return _error(422, "the body is not JSON")
-    try:
+    # An IntegrityError is the same event arriving twice at once (unique per lab): the other
+    # copy was stored, so this one is answered like a repeat.
+    with transaction(services.EventError, IntegrityError) as outcome:
         services.accept_event(lab_id, msg_id, body, raw, seen_event=known.seen_event)
-        db.session.commit()
-    except services.EventError as exc:
-        db.session.rollback()
-        return _error(422, str(exc))
-    except IntegrityError:
-        # The same event arrived twice at once (unique per lab); the other copy was stored.
-        db.session.rollback()
+    if isinstance(outcome.refused, services.EventError):
+        return _error(422, str(outcome.refused))
     return _no_content()

@@ -17,6 +17,12 @@ class Role(enum.StrEnum):
     ADMIN = "admin"  # admin: labs, users, scanners, and everything a coordinator does
 
 
+class OrganizationRole(enum.StrEnum):
+    """A role over a whole organisation (a DSO), beside the roles per practice."""
+
+    MANAGER = "manager"  # reads every practice's reports side by side (the DSO view)
+
+
 class Organization(db.Model):
     """A dental service organisation (DSO) running one or more practices."""
 
@@ -71,6 +77,15 @@ class User(UserMixin, db.Model):
         active membership: deactivated in their only practice, a user is out."""
         return self.active and bool(self.memberships)
 
+    def manages(self, organization_id: int | None) -> bool:
+        """An active organisation-manager role over `organization_id`: one statement, asked by
+        the DSO view only."""
+        if organization_id is None:
+            return False
+        return db.session.query(OrganizationMembership.id).filter_by(
+            user_id=self.id, organization_id=organization_id, role=OrganizationRole.MANAGER, active=True,
+        ).first() is not None
+
     def role_in(self, practice_id: int | None) -> Role | None:
         for m in self.memberships:
             if m.practice_id == practice_id:
@@ -87,3 +102,19 @@ class Membership(db.Model):
     active: Mapped[bool] = mapped_column(default=True)  # False: deactivated in this practice by an admin
     user: Mapped[User] = relationship()
     practice: Mapped[Practice] = relationship(lazy="joined")
+
+
+class OrganizationMembership(db.Model):
+    """A user's role over an organisation as a whole. It grants nothing inside a practice (the
+    practice memberships do that, and sign-in still needs one of them); it opens the views that
+    span the organisation's practices."""
+
+    __table_args__ = (UniqueConstraint("user_id", "organization_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)
+    role: Mapped[OrganizationRole] = mapped_column(Enum(OrganizationRole, native_enum=False, length=20))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    user: Mapped[User] = relationship()
+    organization: Mapped[Organization] = relationship()

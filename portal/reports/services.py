@@ -31,18 +31,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import exists, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import select
 
 from portal.audit.services import csv_safe
 from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS, RESTORATIONS
-from portal.cases.models import CaseItem, LabCase
-from portal.cases.risk import closed_days
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
-from portal.people.models import Appointment, Patient
-from portal.reports.stats import business_days_between, median, percentile
+from portal.people.models import Appointment
+from portal.reports.stats import median, percentile
 
 DEFAULT_MONTHS = 6
 MAX_MONTHS = 36
@@ -126,6 +123,28 @@ class ReportFilters:
         return keys
 
 
+@dataclass(frozen=True)
+class OrganisationFilters(ReportFilters):
+    """The DSO view's filters: the report's, and optionally one of the organisation's practices."""
+
+    practice_id: int | None = None
+
+    @classmethod
+    def parse(cls, args: Mapping, today: dt.date) -> tuple[OrganisationFilters, dict[str, str]]:
+        base, errors = ReportFilters.parse(args, today)
+        practice_id = None
+        text = (args.get("practice") or "").strip()
+        if text:
+            try:
+                practice_id = int(text)
+            except ValueError:
+                errors["practice"] = "Choose a practice from the list."
+        return cls(base.date_from, base.date_to, base.lab_id, base.service, practice_id), errors
+
+    def as_args(self) -> dict:
+        return {**super().as_args(), **({"practice": self.practice_id} if self.practice_id else {})}
+
+
 def _one_of(args: Mapping, name: str, allowed, message: str, errors: dict[str, str]) -> str:
     """The query-string value `name` if it is one of `allowed`, else "" (with `message` when it was
     given but is not allowed)."""
@@ -192,6 +211,31 @@ class Drill:
         return parts
 
 
+@dataclass(frozen=True)
+class Page:
+    """Which page of a list of cases: `size` at a time."""
+
+    number: int = 1
+    size: int = 100
+
+    @classmethod
+    def parse(cls, args: Mapping, errors: dict[str, str]) -> Page:
+        text = (args.get("page") or "").strip()
+        if not text:
+            return cls()
+        if not text.isdigit() or int(text) < 1:
+            errors["page"] = "Choose a page from the list."
+            return cls()
+        return cls(int(text))
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.size
+
+    def last(self, total: int) -> int:
+        return max(1, -(-total // self.size))
+
+
 # -- the cases and their facts ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -225,6 +269,8 @@ class CaseFacts:
     to_receive: int | None = None  # business days sent -> received
     on_time_due: bool | None = None  # None: not known yet, or no due date
     on_time_seat: bool | None = None  # None: not known yet, or no seat appointment
+    practice_id: int | None = None
+    practice_name: str = ""
 
     @property
     def month(self) -> str:
@@ -243,66 +289,49 @@ def _on_time(received: dt.datetime | None, deadline: dt.date | None, today: dt.d
     return False if today > deadline else None
 
 
-def load_cases(practice_id: int, filters: ReportFilters, today: dt.date | None = None) -> list[CaseFacts]:
-    """The report's cases with their facts: three statements (cases, their services, their
-    remakes) plus the practice's closed days (cached per session), whatever the number of cases
-    or labs."""
+def load_cases(practice_id, filters: ReportFilters, today: dt.date | None = None, drill: Drill | None = None, *,
+               limit: int | None = None, offset: int = 0) -> list[CaseFacts]:
+    """The report's cases (those behind `drill`'s figure, a page of them with `limit`) with their
+    facts, in send order: two statements whatever the number of cases or labs. `practice_id` is
+    one practice's id or a select of ids (an organisation's practices)."""
+    return load_page(practice_id, filters, today, drill, limit=limit, offset=offset)[0]
+
+
+def load_page(practice_id, filters: ReportFilters, today: dt.date | None = None, drill: Drill | None = None, *,
+              limit: int | None = None, offset: int = 0) -> tuple[list[CaseFacts], int]:
+    """(the cases, how many there are in all): see load_cases."""
+    from portal.reports import sql
+
     today = today or dt.date.today()
-    start = dt.datetime.combine(filters.date_from, dt.time())
-    end = dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time())
-    conditions = [
-        LabCase.practice_id == practice_id, LabCase.sent_at >= start, LabCase.sent_at < end,
-        LabCase.status != Status.CANCELLED,
-    ]
-    if filters.lab_id:
-        conditions.append(LabCase.lab_id == filters.lab_id)
-    if filters.service:
-        item = aliased(CaseItem)  # its own alias: the services query below reads CaseItem too
-        conditions.append(exists().where(item.case_id == LabCase.id, item.restoration == filters.service))
-    rows = db.session.execute(
-        select(LabCase.id, LabCase.number, Patient.first_name, Patient.last_name, LabCase.lab_id, Lab.name,
-               LabCase.status, LabCase.sent_at, LabCase.dispatched_at, LabCase.received_at, LabCase.due_date,
-               Appointment.starts_at, LabCase.fee, LabCase.remake_of_id)
-        .join(Patient, Patient.id == LabCase.patient_id)
-        .outerjoin(Lab, Lab.id == LabCase.lab_id)
-        .outerjoin(Appointment, Appointment.id == LabCase.seat_appointment_id)
-        .where(*conditions)
-        .order_by(LabCase.sent_at, LabCase.id)
-    ).all()
-    if not rows:
-        return []
-    closed = closed_days(practice_id)
-    cases: dict[int, CaseFacts] = {}
-    for (case_id, number, first, last, lab_id, lab_name, status, sent, dispatched, received, due, seat,
-         fee, remake_of_id) in rows:
-        seat_date = seat.date() if seat else None
-        cases[case_id] = CaseFacts(
-            id=case_id, number=number, patient=f"{last}, {first}", lab_id=lab_id,
-            lab_name=lab_name or NO_LAB, status=status, sent_at=sent, dispatched_at=dispatched,
-            received_at=received, due_date=due, seat_date=seat_date, fee=fee, remake_of_id=remake_of_id,
-            to_dispatch=business_days_between(sent.date(), dispatched.date(), closed) if dispatched else None,
-            to_receive=business_days_between(sent.date(), received.date(), closed) if received else None,
-            on_time_due=_on_time(received, due, today), on_time_seat=_on_time(received, seat_date, today),
-        )
-    # The same conditions again as a subquery, rather than a list of ids that grows with the range.
-    cohort = select(LabCase.id).where(*conditions)
-    services: dict[int, set[str]] = {}
-    for case_id, restoration in db.session.execute(
-        select(CaseItem.case_id, CaseItem.restoration).where(CaseItem.case_id.in_(cohort))
-    ):
-        services.setdefault(case_id, set()).add(restoration)
-    for case_id, found in services.items():
-        cases[case_id].services = tuple(sorted(found, key=_service_order))
-    remake = aliased(LabCase)
-    for original_id, remake_id, number, reason, payer in db.session.execute(
-        select(remake.remake_of_id, remake.id, remake.number, remake.remake_reason, remake.remake_payer)
-        .where(remake.practice_id == practice_id, remake.remake_of_id.in_(cohort),
-               remake.status != Status.CANCELLED)
-        .order_by(remake.id)
-    ):
-        if cases[original_id].remake is None:  # the first remake of the work speaks for it
-            cases[original_id].remake = RemakeFacts(remake_id, number, reason, payer)
-    return list(cases.values())
+    rows, total = sql.case_rows(practice_id, filters, drill or Drill(), today, limit=limit, offset=offset)
+    services = sql.services_of(row["case_id"] for row in rows)
+    cases = []
+    for row in rows:
+        remake = None
+        if row["remake_id"] is not None:
+            remake = RemakeFacts(row["remake_id"], row["remake_number"], row["remake_reason"], row["remake_payer"])
+        cases.append(CaseFacts(
+            id=row["case_id"], number=row["number"], patient=f"{row['last_name']}, {row['first_name']}",
+            lab_id=row["lab_id"], lab_name=row["lab_name"] or NO_LAB, status=row["status"], sent_at=row["sent_at"],
+            dispatched_at=row["dispatched_at"], received_at=row["received_at"], due_date=row["due_date"],
+            seat_date=_as_date(row["seat_date"]), fee=row["fee"], remake_of_id=row["remake_of_id"],
+            services=tuple(sorted(services.get(row["case_id"], ()), key=_service_order)), remake=remake,
+            to_dispatch=row["d_dispatch"], to_receive=row["d_receive"],
+            on_time_due=_state(row["due_state"]), on_time_seat=_state(row["seat_state"]),
+            practice_id=row["practice_id"], practice_name=row["practice_name"],
+        ))
+    return cases, total
+
+
+def _as_date(value) -> dt.date | None:
+    """A day the database computed: a date on PostgreSQL, 'YYYY-MM-DD' text on SQLite."""
+    if value is None or isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(value)
+
+
+def _state(value) -> bool | None:
+    return None if value is None else bool(value)
 
 
 _SERVICE_ORDER = {code: n for n, code in enumerate(RESTORATIONS)}
@@ -334,6 +363,8 @@ class Figures:
     remade: int = 0
     fees_total: Decimal = Decimal("0")
     fees_count: int = 0
+    lab_id: int | None = None  # the group's lab, for a lab's row
+    practice_id: int | None = None  # the group's practice, across an organisation
 
     @property
     def due_rate(self) -> float | None:
@@ -405,11 +436,115 @@ class Report:
         return self.total.cases == 0
 
 
-def build_report(practice_id: int, filters: ReportFilters, today: dt.date | None = None) -> Report:
-    return summarise(load_cases(practice_id, filters, today), filters)
+def build_report(practice_id, filters: ReportFilters, today: dt.date | None = None,
+                 lab_names: Mapping[int, str] | None = None, *, percentiles: str | None = None) -> Report:
+    """The report, its figures computed in the database (portal/reports/sql.py): one statement
+    (two on SQLite), plus one for the labs' names when `lab_names` is not given."""
+    from portal.reports import sql
+
+    groups = sql.figures(practice_id, filters, today or dt.date.today(), percentiles=percentiles)
+    return _report(groups, filters, lab_names)
+
+
+@dataclass
+class OrganisationReport:
+    """The DSO view: the report across the organisation's practices, and each practice's own
+    figures and its labs' side by side."""
+
+    report: Report
+    practices: list[Figures]  # one per practice of the organisation, with or without cases
+    practice_labs: dict[int, list[Figures]]  # practice id -> its labs' figures
+    labs: list[tuple[int | None, str]]  # the labs any practice used, by name: the matrix's columns
+
+    def cell(self, practice_id: int, lab_id: int | None) -> Figures | None:
+        return next((f for f in self.practice_labs.get(practice_id, []) if f.lab_id == lab_id), None)
+
+    def best_lab(self, practice_id: int) -> int | None:
+        """The lab that brought this practice's work back soonest (median sent -> received, then
+        the 90th percentile), among those with a figure."""
+        ranked = [f for f in self.practice_labs.get(practice_id, []) if f.receive_median is not None]
+        if len(ranked) < 2:
+            return None
+        return min(ranked, key=lambda f: (f.receive_median, f.receive_p90, f.label.lower())).lab_id
+
+
+def build_organisation_report(organization_id: int, practices: list, filters: ReportFilters,
+                              today: dt.date | None = None, lab_names: Mapping[int, str] | None = None,
+                              *, percentiles: str | None = None) -> OrganisationReport:
+    """The DSO view's figures for `practices` (the organisation's, by name): one statement (two on
+    SQLite) whatever the number of practices, labs or cases."""
+    from portal.reports import sql
+
+    groups = sql.figures(sql.organisation_practices(organization_id), filters, today or dt.date.today(),
+                         across=True, percentiles=percentiles)
+    report = _report(groups, filters, lab_names)
+    names = _lab_names(groups, lab_names)
+    by_practice, practice_labs, used = [], {}, {}
+    for practice in practices:
+        key = str(practice.id)
+        found = groups.get(("practice", key, None))
+        by_practice.append(_figures(found, practice.name, {"practice": practice.id}, practice_id=practice.id))
+        mine = []
+        for (kind, part, lab_key), group in groups.items():
+            if kind == "practice_lab" and part == key:
+                lab_id = int(lab_key) if lab_key is not None else None
+                name = names.get(lab_id, NO_LAB)
+                used[lab_id] = name
+                link = {"practice": practice.id, "lab": lab_id} if lab_id else None
+                mine.append(_figures(group, name, link, lab_id=lab_id, practice_id=practice.id))
+        practice_labs[practice.id] = sorted(mine, key=lambda f: f.label.lower())
+    labs = sorted(used.items(), key=lambda item: item[1].lower())
+    return OrganisationReport(report, by_practice, practice_labs, labs)
+
+
+def _lab_names(groups, lab_names: Mapping[int, str] | None) -> dict[int | None, str]:
+    ids = {int(key) for (kind, _, key) in groups if kind in ("lab", "practice_lab") and key is not None}
+    names = dict(lab_names or {})
+    missing = ids - set(names)
+    if missing:
+        names.update(db.session.execute(select(Lab.id, Lab.name).where(Lab.id.in_(missing))).tuples().all())
+    return names
+
+
+def _figures(group, label: str, link: dict | None, **more) -> Figures:
+    if group is None:
+        return Figures(label=label, link=link, **more)
+    return Figures(
+        label=label, link=link, cases=group.cases,
+        dispatch_median=group.dispatch_median, dispatch_p90=group.dispatch_p90, dispatch_count=group.dispatch_count,
+        receive_median=group.receive_median, receive_p90=group.receive_p90, receive_count=group.receive_count,
+        due_on_time=group.due_on_time, due_known=group.due_known, seat_on_time=group.seat_on_time,
+        seat_known=group.seat_known, remade=group.remade, fees_total=group.fees_total,
+        fees_count=group.fees_count, **more)
+
+
+def _report(groups, filters: ReportFilters, lab_names: Mapping[int, str] | None) -> Report:
+    names = _lab_names(groups, lab_names)
+    total = _figures(groups.get(("all", None, None)), "All cases", {})
+    by_lab = sorted(
+        (_figures(group, names.get(int(key), NO_LAB) if key is not None else NO_LAB,
+                  {"lab": int(key)} if key is not None else None, lab_id=int(key) if key is not None else None)
+         for (kind, _, key), group in groups.items() if kind == "lab"),
+        key=lambda f: f.label.lower())
+    by_service = [_figures(group, RESTORATIONS.get(key, key), {"service": key})
+                  for (kind, _, key), group in sorted(groups.items(), key=lambda item: _service_order(item[0][2] or ""))
+                  if kind == "service"]
+    by_month = [_figures(groups.get(("month", None, key)), month_label(key), {"month": key})
+                for key in sorted(set(filters.month_keys()) | {k for (kind, _, k) in groups if kind == "month"})]
+    remakes = []
+    for reason, label in REMAKE_REASONS.items():
+        by_payer = {p: groups[("remake", p, reason)].cases if ("remake", p, reason) in groups else 0
+                    for p in REMAKE_PAYERS}
+        count = sum(by_payer.values()) + sum(g.cases for (kind, p, k), g in groups.items()
+                                              if kind == "remake" and k == reason and p not in REMAKE_PAYERS)
+        if count:
+            remakes.append(RemakeRow(reason, label, count, count / total.cases, by_payer))
+    return Report(filters, total, by_lab, by_service, by_month, remakes)
 
 
 def summarise(cases: list[CaseFacts], filters: ReportFilters) -> Report:
+    """The report counted in Python from the cases' facts: the reference the SQL figures are
+    tested against (tests/reports/test_sql_figures.py), not what the pages use."""
     labs: dict[int | None, list[CaseFacts]] = {}
     services: dict[str, list[CaseFacts]] = {}
     months: dict[str, list[CaseFacts]] = {key: [] for key in filters.month_keys()}
@@ -439,6 +574,20 @@ def summarise(cases: list[CaseFacts], filters: ReportFilters) -> Report:
 def select_cases(cases: Iterable[CaseFacts], drill: Drill) -> list[CaseFacts]:
     """The cases behind a figure, by the same facts the figure was counted from."""
     return [c for c in cases if drill.keeps(c)]
+
+
+def practice_choices(organization_id: int) -> list:
+    from portal.practices.models import Practice
+
+    return list(db.session.scalars(select(Practice).where(Practice.organization_id == organization_id)
+                                   .order_by(Practice.name, Practice.id)))
+
+
+def organisation_scope(organization_id: int):
+    """The ids of the organisation's practices, as a subquery for the report's statements."""
+    from portal.reports import sql
+
+    return sql.organisation_practices(organization_id)
 
 
 def lab_choices(organization_id: int) -> list[Lab]:
@@ -512,6 +661,7 @@ FIGURE_COLUMNS: list[tuple[str, Callable[[Figures], object]]] = [
 ]
 
 TABLES = {"labs": "lab", "services": "service", "months": "month", "remakes": "reason", "cases": "case"}
+ORGANISATION_TABLES = {**TABLES, "practices": "practice", "practice-labs": "practice"}
 
 
 def _csv(rows: Iterable[list]) -> str:
@@ -535,6 +685,18 @@ def table_csv(report: Report, table: str) -> str:
     return _csv([head, *body])
 
 
+def organisation_csv(org: OrganisationReport, table: str) -> str:
+    """The DSO view's own tables as CSV: its practices, and each practice's labs."""
+    head = [name for name, _ in FIGURE_COLUMNS]
+    if table == "practices":
+        body = [[f.label] + [get(f) for _, get in FIGURE_COLUMNS] for f in [*org.practices, org.report.total]]
+        return _csv([["practice", *head], *body])
+    names = {f.practice_id: f.label for f in org.practices}
+    body = [[names[practice_id], f.label] + [get(f) for _, get in FIGURE_COLUMNS]
+            for practice_id, labs in org.practice_labs.items() for f in labs]
+    return _csv([["practice", "lab", *head], *body])
+
+
 CASE_COLUMNS = ["case", "lab", "services", "status", "sent", "dispatched", "received",
                 "sent_to_dispatched_bdays", "sent_to_received_bdays", "due", "on_time_due", "seat",
                 "on_time_seat", "fee", "remade_as", "remake_reason", "remake_payer"]
@@ -544,10 +706,11 @@ def _yes_no(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "no")
 
 
-def cases_csv(cases: Iterable[CaseFacts]) -> str:
-    """The cases behind a figure: case numbers, not patient names (an export leaves the portal)."""
-    return _csv([CASE_COLUMNS, *([
-        c.number, c.lab_name, c.service_labels, c.status.label, c.sent_at.date().isoformat(),
+def cases_csv(cases: Iterable[CaseFacts], *, across: bool = False) -> str:
+    """The cases behind a figure: case numbers, not patient names (an export leaves the portal);
+    `across` an organisation, each case's practice first."""
+    return _csv([(["practice"] if across else []) + CASE_COLUMNS, *([
+        *([c.practice_name] if across else []), c.number, c.lab_name, c.service_labels, c.status.label, c.sent_at.date().isoformat(),
         c.dispatched_at.date().isoformat() if c.dispatched_at else None,
         c.received_at.date().isoformat() if c.received_at else None,
         c.to_dispatch, c.to_receive, c.due_date.isoformat() if c.due_date else None, _yes_no(c.on_time_due),

@@ -21,7 +21,7 @@ from portal.cases.models import CaseItem, LabCase
 from portal.cases.risk import closed_days
 from portal.cases.status import Status
 from portal.extensions import db
-from portal.reports.stats import business_days_between, median, percentile
+from portal.reports.stats import median, percentile
 
 WINDOW_DAYS = 365
 MINIMUM_CASES = 5
@@ -58,19 +58,16 @@ def learned(practice_id: int, lab_id: int, restorations: Collection[str],
         return []
     since = dt.datetime.combine((today or dt.date.today()) - dt.timedelta(days=WINDOW_DAYS), dt.time())
     rows = db.session.execute(
-        select(CaseItem.restoration, LabCase.id, LabCase.sent_at, LabCase.received_at)
+        select(CaseItem.restoration, LabCase.id, LabCase.sent_to_received_bdays)
         .join(LabCase, LabCase.id == CaseItem.case_id)
         .where(LabCase.practice_id == practice_id, LabCase.lab_id == lab_id, LabCase.status != Status.CANCELLED,
-               LabCase.sent_at.is_not(None), LabCase.received_at.is_not(None), LabCase.received_at >= since,
+               LabCase.sent_to_received_bdays.is_not(None), LabCase.received_at >= since,
                CaseItem.restoration.in_(wanted))
         .distinct()
     ).all()
-    closed = closed_days(practice_id)
     spans: dict[str, dict[int, int]] = {r: {} for r in wanted}
-    for restoration, case_id, sent, received in rows:
-        days = business_days_between(sent.date(), received.date(), closed)
-        if days is not None:
-            spans[restoration][case_id] = days  # a case with two crowns counts once
+    for restoration, case_id, days in rows:  # the business days the reports count (LabCase's own)
+        spans[restoration][case_id] = days  # a case with two crowns counts once
     result = []
     for restoration in wanted:
         values = list(spans[restoration].values())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import MultipleFileField
-from wtforms import IntegerField, StringField
+from wtforms import HiddenField, IntegerField, StringField
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
 
@@ -48,12 +48,22 @@ class ChoiceId(IntegerField):
             raise ValueError(self.message) from None
 
 
+class ConfirmField(HiddenField):
+    """"1" once the person has seen the scanner's patient beside the record and confirmed."""
+
+    @property
+    def confirmed(self) -> bool:
+        return (self.data or "") == "1"
+
+
 class PatientForm(FlaskForm):
     patient_id = ChoiceId("Patient", "Choose the patient from the list.")
+    confirm = ConfirmField()
 
 
 class CaseChoiceForm(FlaskForm):
     case_id = ChoiceId("Case", "Choose one of the patient's open cases.")
+    confirm = ConfirmField()
 
 
 class DismissForm(FlaskForm):

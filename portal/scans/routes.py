@@ -31,7 +31,7 @@ from portal.scans import queries as inbox
 from portal.scans import services
 from portal.scans.forms import ActionForm, CaseChoiceForm, DismissForm, PatientForm
 from portal.scans.models import InboxState, Scan
-from portal.scans.services import ScanError
+from portal.scans.services import NeedsConfirmation, ScanError
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires, safe_next, wants_fragment
 
 bp = Blueprint("scans", __name__, url_prefix="/scans")
@@ -78,7 +78,7 @@ def index():
     cases = inbox.open_cases(g.practice.id, [s.patient_id for s in page.scans
                                              if s.patient_id and s.case_id is None])
     return render("scanners/inbox.html", "inbox_body", tab=tab, vendor=vendor, page=page, open_cases=cases,
-                  counts=inbox.counts(g.practice.id, vendor), vendors=list(Vendor), here=request.full_path)
+                  counts=inbox.counts(g.practice.id, vendor), vendors=Vendor.scanners(), here=request.full_path)
 
 
 @bp.get("/<int:scan_id>")
@@ -87,13 +87,14 @@ def show(scan_id: int):
     return _scan_page(get_or_404(Scan, scan_id))
 
 
-def _scan_page(scan: Scan, *, code: int = 200, error: str = "", error_at: str = ""):
+def _scan_page(scan: Scan, *, code: int = 200, error: str = "", error_at: str = "",
+               confirm: NeedsConfirmation | None = None):
     q = request.args.get("q", scan.patient_last_name)[:100]
     cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
     return render("scanners/scan.html", "scan_main", code=code, s=scan, q=q, history=_history(scan),
                   patients=patient_options(g.practice.id, q, scan.patient_id) if _needs_patient(scan) else [],
                   cases=cases.get(scan.patient_id, []), events=inbox.scan_events(scan),
-                  files=inbox.bite_partners(scan), error=error, error_at=error_at)
+                  files=inbox.bite_partners(scan), error=error, error_at=error_at, confirm=confirm)
 
 
 def _history(scan: Scan) -> list[tuple[str, dt.datetime | None]]:
@@ -124,21 +125,24 @@ def patients(scan_id: int):
     return response
 
 
-def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "", error_at: str = ""):
+def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "", error_at: str = "",
+                  confirm: NeedsConfirmation | None = None):
     """The row for htmx (with the top bar's count out of band); otherwise back where the person
-    was, or the scan's page with the problem beside the control."""
+    was, or the scan's page with the problem beside the control. `confirm`: the question to ask
+    before a match whose names or birth dates differ (the row, or the scan's page, shows both)."""
     if wants_fragment() and (request.htmx.target or "") == f"scan-{scan.id}":
         cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
         g.pop("pending_scans", None)
         body = render_template("scanners/_row.html", s=scan, cases=cases.get(scan.patient_id, []), note=note,
-                               error=error, error_at=error_at, tab=_tab(), oob_badge=True)
+                               error=error, error_at=error_at, tab=_tab(), oob_badge=True, confirm=confirm)
         response = make_response(body, code)
         response.vary.add("HX-Request")
         return response
-    if error:
-        return _scan_page(scan, code=code, error=error, error_at=error_at)
-    flash(note, "success")
-    return redirect(safe_next(url_for("scans.show", scan_id=scan.id)), 303)
+    if error or confirm is not None:
+        return _scan_page(scan, code=code, error=error, error_at=error_at, confirm=confirm)
+    if note:
+        flash(note, "success")
+    return redirect(safe_next(request.form.get("next"), url_for("scans.show", scan_id=scan.id)), 303)
 
 
 def _scan_action(scan_id: int, form, at: str, act):
@@ -151,6 +155,9 @@ def _scan_action(scan_id: int, form, at: str, act):
         return _row_response(scan, code=422, error=message, error_at=at)
     try:
         note = act(scan, form, Actor.user(current_user))
+    except NeedsConfirmation as exc:
+        db.session.rollback()  # nothing was changed; the person is asked first
+        return _row_response(db.session.get(Scan, scan_id), confirm=exc)
     except ScanError as exc:
         db.session.rollback()
         scan = db.session.get(Scan, scan_id)
@@ -163,7 +170,17 @@ def _placed(scan: Scan, action: str) -> str:
     if scan.case_id is None:
         return scan.problem or "The scan waits for a case."
     verb = {"created": "is on a new draft case", "joined": "joined"}.get(action, "is on")
-    return f"The scan {verb} {scan.case.number}."
+    return f"The scan {verb} {db.session.get(LabCase, scan.case_id).number}."
+
+
+@bp.get("/<int:scan_id>/row")
+@requires(*ANY_ROLE)
+def row(scan_id: int):
+    """The scan's inbox row as it is (htmx: "Cancel" on a confirmation); otherwise its page."""
+    scan = get_or_404(Scan, scan_id)
+    if not wants_fragment():
+        return redirect(url_for("scans.show", scan_id=scan.id), 303)
+    return _row_response(scan)
 
 
 @bp.post("/<int:scan_id>/patient")
@@ -173,7 +190,7 @@ def match(scan_id: int):
         patient = db.session.get(Patient, form.patient_id.data)
         if patient is None or patient.practice_id != g.practice.id:
             raise ScanError("Choose the patient from the list.")
-        result = services.assign_patient(scan, patient, actor)
+        result = services.assign_patient(scan, patient, actor, confirmed=form.confirm.confirmed)
         return f"Matched to {patient.first_name} {patient.last_name}. " + _placed(scan, result.case_action)
 
     return _scan_action(scan_id, PatientForm(), "patient", act)
@@ -186,7 +203,7 @@ def choose_case(scan_id: int):
         case = db.session.get(LabCase, form.case_id.data)
         if case is None or case.practice_id != g.practice.id:
             raise ScanError("Choose one of the patient's open cases.")
-        services.assign_case(scan, case, actor)
+        services.assign_case(scan, case, actor, confirmed=form.confirm.confirmed)
         return f"The scan is on {case.number}."
 
     return _scan_action(scan_id, CaseChoiceForm(), "case", act)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import exists, func, or_, select
@@ -58,6 +59,37 @@ PROCEDURES = (
 
 class ScanError(ValueError):
     """A request about a scan that can't be done; str(exc) is for the person who asked."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One line of "the scanner says / the patient's record says", for the person to compare."""
+
+    label: str  # "Name", "Birth date", "Chart number"
+    scanner: str
+    record: str
+    differs: bool
+
+
+class NeedsConfirmation(ScanError):
+    """A person matched a scan to a patient whose name or birth date is not the scanner's: nothing
+    was changed; they must see both side by side and confirm (then it is audited as an override).
+    `target` is the patient or the case they chose."""
+
+    def __init__(self, scan: Scan, patient: Patient, lines: list[Comparison], target=None):
+        differs = [line.label.lower() for line in lines if line.differs]
+        name, born = lines[0], lines[1]
+        super().__init__(f"The scanner's patient is {name.scanner}, born {born.scanner}; the record is "
+                         f"{name.record}, born {born.record}: the {' and '.join(differs)} "
+                         f"{'differs' if len(differs) == 1 else 'differ'}. Check it is the same person, "
+                         "then confirm.")
+        self.scan, self.patient, self.lines, self.target = scan, patient, lines, target or patient
+
+    @property
+    def differs(self) -> list[str]:
+        return [line.label.lower() for line in self.lines if line.differs]
+
+
 
 
 @dataclass
@@ -281,6 +313,59 @@ def _name(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _name_words(*parts: str) -> frozenset[str]:
+    """The words of a name, compared without case, accents or punctuation, in any order: "Park,
+    Henry", "Henry Park" and "HENRY  PARK" are one name (3Shape often puts the whole name in the
+    last name); "Okafor-Smith" is not "Okafor"."""
+    text = unicodedata.normalize("NFKD", " ".join(parts))
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    return frozenset(w for w in re.split(r"[^\w]+", text) if w)
+
+
+def _date_text(day: dt.date | None) -> str:
+    return day.strftime("%d %b %Y") if day else "not given"
+
+
+def compare_patient(scan: Scan, patient: Patient) -> list[Comparison]:
+    """The scanner's patient beside the patient's record. Name and birth date differ when the
+    scanner gave them and they are not the record's; a birth date missing on either side is shown,
+    not counted (Medit sends none). The chart number is shown for the person, not counted (a
+    scanner's chart field is often the scanner's own id)."""
+    scanner_words = _name_words(scan.patient_first_name, scan.patient_last_name)
+    record_words = _name_words(patient.first_name, patient.last_name)
+    scanner_dob, record_dob = scan.patient_dob, patient.date_of_birth
+    return [
+        Comparison("Name", scan.patient_label if scanner_words else "not given", patient.full_name,
+                   bool(scanner_words) and scanner_words != record_words),
+        Comparison("Birth date", _date_text(scanner_dob), _date_text(record_dob),
+                   scanner_dob is not None and record_dob is not None and scanner_dob != record_dob),
+        Comparison("Chart number", scan.patient_chart_number or "not given", patient.chart_number or "none",
+                   False),
+    ]
+
+
+def _check_same_person(scan: Scan, patient: Patient, confirmed: bool, target=None) -> list[Comparison]:
+    """The comparison when a person matches `scan` to `patient`; NeedsConfirmation when the name or
+    the birth date differs and they have not confirmed yet."""
+    lines = compare_patient(scan, patient)
+    if any(line.differs for line in lines) and not confirmed:
+        raise NeedsConfirmation(scan, patient, lines, target)
+    return lines
+
+
+def _record_match(scan: Scan, patient: Patient, before: dict, lines: list[Comparison], actor: Actor) -> None:
+    """The audit row of a person's match: "scan.match_override" when the scanner's name or birth
+    date differed and they confirmed it anyway, with both sides as they saw them."""
+    differs = [line.label.lower() for line in lines if line.differs]
+    after = {"patient_id": patient.id, "by": "person", "patient": patient.full_name}
+    if differs:
+        after.update(override=True, differs=differs,
+                     scanner={line.label.lower(): line.scanner for line in lines},
+                     record={line.label.lower(): line.record for line in lines})
+    record("scan.match_override" if differs else "scan.matched", "scan", scan.id, before=before, after=after,
+           actor=actor, practice_id=scan.practice_id, outcome="override" if differs else "ok")
+
+
 # -- the case ---------------------------------------------------------------------------------------
 
 def _place(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> str:
@@ -468,16 +553,18 @@ def _settle(scan: Scan) -> None:
 
 # -- what a person does in the inbox ---------------------------------------------------------------
 
-def assign_patient(scan: Scan, patient: Patient, actor: Actor) -> Ingested:
-    """A person matched the scan to `patient`: then it joins or creates a case like any other."""
+def assign_patient(scan: Scan, patient: Patient, actor: Actor, *, confirmed: bool = False) -> Ingested:
+    """A person matched the scan to `patient`: then it joins or creates a case like any other.
+    When the scanner's name or birth date is not the patient's, nothing changes until the person
+    has seen both and confirmed (NeedsConfirmation); the match is then audited as an override."""
     if patient.practice_id != scan.practice_id:
         raise ScanError("Choose a patient of this practice.")
     if scan.case_id is not None:
         raise ScanError("This scan is already on a case.")
+    lines = _check_same_person(scan, patient, confirmed)
     before = {"patient_id": scan.patient_id}
     scan.patient_id, scan.matched_by, scan.problem = patient.id, "person", ""
-    record("scan.matched", "scan", scan.id, before=before, after={"patient_id": patient.id, "by": "person",
-           "patient": patient.full_name}, actor=actor, practice_id=scan.practice_id)
+    _record_match(scan, patient, before, lines, actor)
     action = _place(scan, scan.integration, actor)
     if scan.case_id is not None:
         _follow_stage(scan, None, True, actor)
@@ -485,12 +572,18 @@ def assign_patient(scan: Scan, patient: Patient, actor: Actor) -> Ingested:
     return Ingested(scan, "updated", action)
 
 
-def assign_case(scan: Scan, case: LabCase, actor: Actor) -> None:
-    """A person put the scan on `case` (the scan's patient is taken from the case when unknown)."""
+def assign_case(scan: Scan, case: LabCase, actor: Actor, *, confirmed: bool = False) -> None:
+    """A person put the scan on `case`. When the scan has no patient yet it takes the case's, which
+    is matching the patient: the same confirmation as assign_patient when the scanner's name or
+    birth date differs."""
     if scan.case_id == case.id:
         raise ScanError(f"This scan is already on {case.number}.")
     if scan.case_id is not None:
         raise ScanError("This scan is already on another case.")
+    if scan.patient_id is None and case.practice_id == scan.practice_id:
+        lines = _check_same_person(scan, case.patient, confirmed, target=case)
+        if any(line.differs for line in lines):
+            _record_match(scan, case.patient, {"patient_id": None}, lines, actor)
     link(scan, case, actor)
     _follow_stage(scan, None, True, actor)
 

@@ -29,6 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import logfilter
 from portal.audit.actor import Actor
+from portal.auth.sessions import passive
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.cases.services import patient_options
@@ -38,7 +39,7 @@ from portal.scans import links, store, uploads
 from portal.scans.forms import UploadForm
 from portal.scans.models import FileState, Scan, ScanFile
 from portal.scans.uploads import Incoming, UploadRefused
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, api_error, get_or_404, go_to, is_api, render, requires
 
 bp = Blueprint("uploads", __name__, url_prefix="/scans")
 files_bp = Blueprint("scan_files", __name__, url_prefix="/scan-files")
@@ -158,7 +159,9 @@ def _note(received: uploads.Received) -> str:
 def _too_large(error):
     """A request larger than MAX_CONTENT_LENGTH (SCAN_UPLOAD_MAX_MB): refused before any of it is
     read (CSRF's check is the first to touch the body), so nothing was kept. htmx gets the message
-    as a toast, a plain form post the error page, both with 413."""
+    as a toast, a plain form post the error page, both with 413; under /api/ it is JSON."""
+    if is_api():
+        return api_error(413)
     message = (f"That is more than the {current_app.config['SCAN_UPLOAD_MAX_MB']} MB one upload may be; nothing was "
                "uploaded. Upload fewer or smaller files at a time.")
     if request.headers.get("HX-Request"):
@@ -173,6 +176,7 @@ def _too_large(error):
 
 @bp.get("/<int:scan_id>/processing")
 @requires(*ANY_ROLE)
+@passive()  # the progress poll is not a person's activity
 def processing(scan_id: int):
     """The scan page's progress panel: polled while a file is being read; when none is, the answer
     stops the polling and has the page reload once to show the counts."""

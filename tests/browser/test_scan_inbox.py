@@ -4,17 +4,20 @@ row's menu loads the patient choices, the search narrows them, the match swaps t
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 from playwright.sync_api import expect
 
 from portal.audit.actor import Actor
+from portal.audit.models import AuditEvent
 from portal.extensions import db
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
 from portal.scans import services
 from tests import factories
 
 pytestmark = pytest.mark.browser
+SHOTS = os.environ.get("LM_SCREENSHOTS", "")  # a folder: the tests save what they saw there
 
 
 def test_matching_a_waiting_scan_to_a_patient_puts_it_on_a_new_case(page, signed_in, live_server, world):
@@ -48,13 +51,30 @@ def test_matching_a_waiting_scan_to_a_patient_puts_it_on_a_new_case(page, signed
     menu.get_by_label("Okafor, Nora").check()
     menu.get_by_role("button", name="Match to this patient").click()
 
+    # "Okafor-Smith" is not "Okafor": the row asks first, both side by side, and nothing has changed.
+    question = row.get_by_role("alertdialog", name="Is this the same person?")
+    expect(question).to_be_visible()
+    expect(question.locator("tr.differs")).to_have_count(1)
+    expect(question.locator("tr.differs")).to_contain_text("Nora Okafor-Smith")
+    expect(question.locator("tr.differs")).to_contain_text("Nora Okafor")
+    expect(question.locator("tr.same", has_text="Birth date")).to_contain_text("17 May 1980")
+    db.session.expire_all()
+    assert db.session.get(type(scan), scan.id).patient_id is None
+    if SHOTS:
+        page.screenshot(path=f"{SHOTS}/scan-inbox-confirm.png", full_page=True)
+    question.get_by_role("button", name="Yes, match to Nora Okafor").click()
+
     expect(row).to_contain_text("Matched to Nora Okafor.")
+    expect(row.get_by_role("alertdialog")).to_have_count(0)
     db.session.expire_all()
     scan = db.session.get(type(scan), scan.id)
     assert scan.patient_id == patient.id and scan.case_id is not None
     expect(row.get_by_role("link", name=scan.case.number)).to_be_visible()
     expect(page.locator("#pending-scans .nav-count")).to_have_count(0)  # nothing waits any more
     assert page.evaluate("window.stillThisPage") is True
+    audit = db.session.scalars(db.select(AuditEvent.action).where(AuditEvent.entity_type == "scan",
+                                                                  AuditEvent.entity_id == str(scan.id))).all()
+    assert "scan.match_override" in audit and "scan.matched" not in audit
 
     row.get_by_role("link", name=scan.case.number).click()
     panel = page.locator("#scans")

@@ -129,7 +129,7 @@ def test_the_events_endpoint_answers_as_the_spec_says(app, client, world, queue,
         builder = _signed(lab_id, body)
     request = Request(EnvironBuilder(**builder).get_environ())
     response = client.raw.open(**builder)
-    expected = {"applied": 204, "bad-signature": 401, "unknown-lab": 404, "unknown-order": 422, "repeat": 204}
+    expected = {"applied": 204, "bad-signature": 401, "unknown-lab": 401, "unknown-order": 422, "repeat": 204}
     assert response.status_code == expected[case_kind]
     openapi_request = WerkzeugOpenAPIRequest(request)
     if expect_valid_request:

@@ -105,10 +105,67 @@ def test_timestamp_more_than_300s_away_is_401(client, sent, skew):
     assert _count(LabEvent) == 0
 
 
-def test_unknown_lab_is_404(client, sent):
-    _, dispatch, _ = sent
-    response = post(client, 99999, _event(dispatch, "acknowledged"))
-    assert response.status_code == 404 and response.json == {"error": "unknown lab"}
+@pytest.mark.parametrize("lab_id", ["99999", "2147483647", "2147483648", "9223372036854775808", "0", "007",
+                                    "abc", "-1", "1e3", "%20"])
+def test_an_id_that_is_not_a_lab_answers_as_a_bad_signature_does(client, sent, lab_id):
+    """No probing which labs exist: the same status, body and headers as a real lab with a
+    wrong signature, for every header problem, and nothing written (on PostgreSQL an id past
+    the integer range answered 500)."""
+    case, dispatch, lab = sent
+    body = _event(dispatch, "acknowledged")
+    before = _audit_count()
+    wrong = ("whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==",)
+    for kwargs in ({"secrets": (SECRET,)}, {"secrets": wrong}, {"ts": int(time.time()) - 999}):
+        real = post(client, lab.id, body, secrets=wrong, ts=kwargs.get("ts"), run=False)
+        probe = post(client, lab_id, body, **kwargs, run=False)
+        assert probe.status_code == real.status_code == 401, (lab_id, kwargs)
+        assert probe.json == real.json and probe.headers["Content-Type"] == real.headers["Content-Type"]
+        assert sorted(probe.headers.keys()) == sorted(real.headers.keys())
+    raw = json.dumps(body).encode()
+    unsigned = client.raw.post(f"/api/labs/{lab_id}/events", data=raw, content_type="application/json")
+    unsigned_real = client.raw.post(f"/api/labs/{lab.id}/events", data=raw, content_type="application/json")
+    assert unsigned.status_code == 401 and unsigned.json == unsigned_real.json
+    db.session.expire_all()
+    assert _count(LabEvent) == 0 and _audit_count() == before and case.status is Status.SENT
+
+
+def test_every_api_answer_is_json_in_the_error_shape(app, client, sent):
+    """404 (no such route), 405 (with Allow), 413 (a body over 64 KiB, or over the app's limit)
+    and a 500 under /api/ answer {"error": ...} as JSON, never an HTML page."""
+    _, _, lab = sent
+    missing = client.raw.post("/api/labs/1/nothing-here", data=b"{}")
+    assert missing.status_code == 404 and missing.is_json and set(missing.json) == {"error"}
+    also_missing = client.raw.get("/api/nothing")
+    assert also_missing.status_code == 404 and also_missing.is_json
+    for method in ("get", "put", "delete", "patch"):
+        wrong_method = getattr(client.raw, method)(f"/api/labs/{lab.id}/events")
+        assert wrong_method.status_code == 405 and wrong_method.is_json, method
+        assert wrong_method.json == {"error": "method not allowed"}
+        assert set(wrong_method.headers["Allow"].replace(" ", "").split(",")) == {"OPTIONS", "POST"}
+    big = client.raw.post(f"/api/labs/{lab.id}/events", data=b"x" * (64 * 1024 + 1), content_type="application/json")
+    assert big.status_code == 413 and big.is_json and set(big.json) == {"error"}
+    app.config["MAX_CONTENT_LENGTH"], limit = 1024, app.config["MAX_CONTENT_LENGTH"]
+    try:
+        hook = client.raw.post("/api/scanners/hooks/" + "k" * 43, data={"x": "y" * 4096})
+    finally:
+        app.config["MAX_CONTENT_LENGTH"] = limit
+    assert hook.status_code == 413 and hook.is_json, hook.get_data(as_text=True)[:200]
+    # Pages keep their HTML error pages.
+    page = client.raw.get("/no-such-page")
+    assert page.status_code == 404 and "text/html" in page.headers["Content-Type"]
+
+
+def test_an_api_server_error_is_json(app, client, sent, monkeypatch):
+    _, dispatch, lab = sent
+    from portal.labapi import services as labapi_services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(labapi_services, "inbound", broken)
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)
+    response = post(client, lab.id, _event(dispatch, "acknowledged"), run=False)
+    assert response.status_code == 500 and response.json == {"error": "internal error: nothing was changed"}
 
 
 def test_repeated_webhook_id_or_event_id_is_204_without_effect(client, sent):

@@ -17,11 +17,11 @@ from portal.audit.models import AuditEvent
 from portal.extensions import db
 from portal.integrations import oauth
 from portal.integrations import sync as scanner_sync
-from portal.integrations.hooks import new_callback_url
 from portal.integrations.http import VendorError
 from portal.integrations.itero import wire as itero_wire
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.registry import adapter_for
+from portal.integrations.services import new_callback_url
 from portal.integrations.vendor import Jaw, OrderStage
 from portal.practices.models import utcnow
 from portal.scans.models import Scan
@@ -473,7 +473,7 @@ def test_a_second_401_right_after_the_refresh_fails_the_sync_with_connect_again(
 
     assert "refused our access token again" in result["error"]
     assert sandbox.counters["itero.refresh"] == 1 and sandbox.counters["itero.orders"] == 2
-    assert itero.last_error.endswith("Connect the integration again (Settings → Scanners).")
+    assert itero.last_error.endswith("Connect the integration again (Settings → Integrations).")
     assert itero.active  # not stopped: a person reconnects it
 
 

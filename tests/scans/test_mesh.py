@@ -193,7 +193,7 @@ def test_nan_coordinates_are_refused_in_every_format():
     bad[4, 1, 2] = np.nan
     assert refused(M.binary_stl(bad)) == ("Triangle 5 has a corner whose coordinates are not numbers (NaN or "
                                          "infinite): the file is corrupted.")
-    assert "Facet 5 has a vertex whose coordinates are not numbers" in refused(M.ascii_stl(bad))
+    assert "Facet 5 has a vertex whose coordinates are not numbers (NaN or infinite) on line 33" in refused(M.ascii_stl(bad))
     vertices = M.CUBE_VERTICES.copy()
     vertices[3, 0] = np.inf
     for encoding in ("ascii", "binary_little_endian"):
@@ -251,18 +251,64 @@ def test_ascii_stl_refusals():
     assert "stops in the middle after facet" in refused(cut_at_line)
     assert "no “endsolid”" in refused(good.replace(b"endsolid scan\n", b""))
     four = good.replace(b"endloop", b"vertex 0 0 0\n    endloop", 1)
-    assert refused(four) == ("The ASCII STL is malformed after facet 0: a facet must have “outer loop”, three "
-                             "“vertex” lines, “endloop” and “endfacet”.")
+    assert refused(four) == ("The ASCII STL is malformed on line 7 (after facet 0): a facet must have “outer loop”, "
+                             "three “vertex” lines, “endloop” and “endfacet”.")
     parts = good.split(b"outer loop")
     fourth_without_loop = b"outer loop".join(parts[:4]) + b"".join(parts[4:5]) + b"outer loop".join([b""] + parts[5:])
-    assert "is malformed after facet 3:" in refused(fourth_without_loop)
-    assert "a vertex line without three coordinates" in refused(good.replace(b"vertex 0.000000e+00", b"vertex", 1))
-    assert "a vertex coordinate that is not a number" in refused(good.replace(b"vertex 0.000000e+00", b"vertex zero", 1))
-    assert "a line that is not STL after facet 0" in refused(good.replace(b"outer loop", b"outer loop\nhello", 1))
+    # facet 4 starts on line 23; line 24 is left blank; line 25 holds a vertex where "outer loop" belongs
+    assert "is malformed on line 25 (after facet 3):" in refused(fourth_without_loop)
+    assert refused(good.replace(b"vertex 0.000000e+00", b"vertex", 1)) == \
+        "The ASCII STL has a vertex line without three coordinates on line 4 (facet 1)."
+    assert refused(good.replace(b"vertex 0.000000e+00", b"vertex zero", 1)) == \
+        "The ASCII STL has a vertex coordinate that is not a number on line 4 (facet 1)."
+    assert refused(good.replace(b"outer loop", b"outer loop\nhello", 1)) == \
+        "Line 4 of the ASCII STL is not STL (after facet 0; it starts “hello”)."
     assert refused(b"solid empty\nendsolid empty\n") == "The STL holds no triangles."
     assert refused(b"solid a\nendsolid a\nendsolid a\n") == "The ASCII STL has “solid” and “endsolid” out of order."
     stray = b"solid a\nendsolid a\n" + good[good.index(b"  facet"):]
     assert "outside “solid … endsolid”" in refused(stray.replace(b"endsolid scan\n", b""))
+
+
+def test_ascii_stl_errors_name_the_line_far_into_a_file_read_in_small_chunks():
+    vertices, faces = M.arch("lower", segments=60, across=8)
+    good = M.ascii_stl(M.corners(vertices, faces))
+    lines = good.split(b"\n")
+    at = 7 * 500 + 4  # 0-based: the second vertex line of facet 501
+    assert lines[at].strip().startswith(b"vertex")
+    for bad, message in [(b"      vertex 1 2", "a vertex line without three coordinates on line 3,505 (facet 501)"),
+                         (b"      vertex 1 2 x", "a vertex coordinate that is not a number on line 3,505 (facet 501)"),
+                         (b"      vertex 1 2 nan", "Facet 501 has a vertex whose coordinates are not numbers (NaN or "
+                                                    "infinite) on line 3,505"),
+                         (b"      vertices 1 2 3", "Line 3,505 of the ASCII STL is not STL (after facet 500;")]:
+        data = b"\n".join(lines[:at] + [bad] + lines[at + 1:])
+        for chunk_size in (4096, mesh.CHUNK_SIZE):
+            assert message in refused(data, chunk_size=chunk_size)
+    blank = b"\n".join(lines[:at] + [b"", lines[at]] + lines[at + 1:])  # a blank line is fine, and counted
+    assert read(blank, chunk_size=4096).triangle_count == len(faces)
+    blank_then_bad = b"\n".join(lines[:at] + [b"", b"vertex 1 2"] + lines[at + 1:])
+    assert "on line 3,506 (facet 501)" in refused(blank_then_bad, chunk_size=4096)
+
+
+def test_a_utf8_byte_order_mark_before_a_text_mesh_is_skipped():
+    bom = b"\xef\xbb\xbf"
+    assert_cube(read(bom + M.ascii_stl(CUBE), "scan.stl"), "STL", "ascii", 36)
+    assert_cube(read(bom + M.ascii_stl(CUBE, newline="\r\n")), "STL", "ascii", 36)
+    assert_cube(read(bom + M.ply(M.CUBE_VERTICES, M.CUBE_QUADS, "ascii"), "scan.ply"), "PLY", "ascii", 8, 6)
+    assert_cube(read(bom + M.ply(M.CUBE_VERTICES, M.CUBE_QUADS, "binary_little_endian")), "PLY",
+                "binary_little_endian", 8, 6)
+    assert_cube(read(bom + M.obj(M.CUBE_VERTICES, M.CUBE_TRIANGLES), "scan.obj"), "OBJ", "ascii", 8)
+    assert mesh.check_head(bom + M.ascii_stl(CUBE), 1000, "scan.stl") == "STL"
+    assert "Line 2 of the ASCII STL is not STL" in refused(bom + M.ascii_stl(CUBE).replace(b"facet normal", b"hello", 1))
+
+
+def test_a_binary_stl_with_a_few_bytes_after_its_last_record_is_read():
+    # numpy-stl's own test files include a binary STL one byte longer than its records; it and other
+    # readers (admesh, trimesh) read the records the count says and ignore the rest.
+    for extra in (b"\0", b"\n", b"\0" * 49):
+        assert_cube(read(M.binary_stl(CUBE) + extra, "scan.stl"), "STL", "binary", 36)
+        assert_cube(read(M.binary_stl(CUBE, header=b"solid looks like text") + extra), "STL", "binary", 36)
+    assert mesh.check_head(M.binary_stl(CUBE)[:1000], len(M.binary_stl(CUBE)) + 1, "scan.stl") == "STL"
+    assert "has 50 bytes more than they need" in refused(M.binary_stl(CUBE) + b"\0" * 50)
 
 
 def test_ply_header_refusals():
@@ -350,8 +396,11 @@ def test_obj_refusals():
     assert refused(b"# nothing\n", "x.obj") == "The OBJ holds no vertices and no faces."
     assert refused(good[:50] + b"\0\0\0" + good[50:], "x.obj") == "The file is named .obj but is not text, as an OBJ is."
     padded = good + b"# padding\n" * 1000
-    assert refused(padded + b"\0\0\0" + good, "x.obj") == (f"The file holds binary data at byte {len(padded):,} "
+    line = padded.count(b"\n") + 1
+    assert refused(padded + b"\0\0\0" + good, "x.obj") == (f"The file holds binary data on line {line:,} "
                                                          "where text was expected: it is corrupted or not a text mesh.")
+    far = padded * 3 + b"v 0\0 0 0\n"  # past the first blocks of 4 KB: lines are counted across them
+    assert f"binary data on line {3 * (line - 1) + 1:,} where" in refused(far, "x.obj", chunk_size=4096)
     assert "a line longer than 65.5 KB" in refused(b"v " + b"1" * 2_000_000, "x.obj")
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from portal import keyring as crypto
 from portal.extensions import db
 from portal.integrations import oauth
-from portal.integrations.base import Adapter, CallbackRejected, Notice
+from portal.integrations.base import CallbackRejected, Notice, ScannerAdapter
 from portal.integrations.http import VendorError, call, check_host, json_body
 from portal.integrations.itero import wire
 from portal.integrations.models import ScannerIntegration
@@ -44,7 +44,7 @@ MAX_PAGES = 1000
 _T = ScannerIntegration.__table__
 
 
-class IteroAdapter(Adapter):
+class IteroAdapter(ScannerAdapter):
     vendor = Vendor.ITERO
 
     def __init__(self, integration: ScannerIntegration):

@@ -18,7 +18,7 @@ What the counts mean:
   vertices have no x, y, z properties.
 
 The content decides the format, not the extension, with one rule from the contract: a file whose
-size agrees with a binary STL's triangle count (84 + 50 * count bytes) is a binary STL even when
+size agrees with a binary STL's triangle count (84 + 50 * count bytes, or up to 49 more) is a binary STL even when
 its 80-byte header starts with "solid". The extension only sharpens the message of a refusal.
 
 3Shape's .dcm and password-protected .3ml are references only (:data:`REFERENCE_ONLY_FORMATS`):
@@ -28,6 +28,7 @@ Which jaw each file holds is in jaws.py.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import struct
@@ -40,6 +41,7 @@ import numpy as np
 CHUNK_SIZE = 1 << 20  # bytes asked of the file at a time
 MAX_LINE = 64 * 1024  # a text mesh with a longer line is not a text mesh
 MAX_PLY_HEADER = 64 * 1024
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, skipped before a text mesh
 
 MESH_FORMATS = {".stl": "STL", ".ply": "PLY", ".obj": "OBJ"}
 REFERENCE_ONLY_FORMATS = {
@@ -144,12 +146,14 @@ class _Stream:
     def text_blocks(self) -> Iterator[bytes]:
         """The rest of the file in blocks that end at a line end (the last one may not)."""
         carry = b""
+        lines = 0  # line ends in the blocks handed out
         for data in self.blocks():
+            data = carry + data
             nul = data.find(b"\x00")
             if nul >= 0:
-                raise MeshError(f"The file holds binary data at byte {self.pos - len(data) + nul:,} where text "
-                                "was expected: it is corrupted or not a text mesh.")
-            data = carry + data
+                line = lines + data.count(b"\n", 0, nul) + 1
+                raise MeshError(f"The file holds binary data on line {line:,} where "
+                                "text was expected: it is corrupted or not a text mesh.")
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 if len(data) > MAX_LINE:
@@ -157,6 +161,7 @@ class _Stream:
                 carry = data
                 continue
             carry = data[cut:]
+            lines += data.count(b"\n", 0, cut)
             yield data[:cut]
         if carry:
             self.cut_tail = True
@@ -184,6 +189,22 @@ class _Bounds:
         self.total += points.sum(axis=0, dtype=np.float64)
         self.n += len(points)
         return -1
+
+    def add_columns(self, rows: np.ndarray) -> bool:
+        """Add points given by rows of coordinates, (3k, n): rows x, y, z, x, y, z... of n columns of k
+        points each. False (nothing added) when a coordinate is not finite: NaN carries into min and max
+        and an infinity shows in them, so no separate pass looks for them."""
+        if not rows.size:
+            return True
+        lo = rows.min(axis=1).reshape(-1, 3).min(axis=0)
+        hi = rows.max(axis=1).reshape(-1, 3).max(axis=0)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            return False
+        self.lo = np.minimum(self.lo, lo)
+        self.hi = np.maximum(self.hi, hi)
+        self.total += rows.sum(axis=1, dtype=np.float64).reshape(-1, 3).sum(axis=0)
+        self.n += rows.shape[1] * (rows.shape[0] // 3)
+        return True
 
     def result(self) -> dict:
         if not self.n:
@@ -223,6 +244,8 @@ def inspect(source: str | os.PathLike | BinaryIO, *, name: str = "", size: int |
         raise MeshError("The file is empty.")
     head = stream.peek(min(size, chunk_size))
     kind = _sniff(head, size, extension_format(name))
+    if kind != "STL-binary" and head.startswith(BOM):
+        stream.read(len(BOM))  # a text file saved by an editor that marks UTF-8, as Windows' Notepad does
     if kind == "PLY":
         return _read_ply(stream)
     if kind == "STL-binary":
@@ -295,16 +318,22 @@ def _stl_mismatch(count: int, size: int) -> MeshError:
                      "than they need: its triangle count does not match its size.")
 
 
+def _binary_stl_size(count: int, size: int) -> bool:
+    """Whether a file of `size` bytes is a binary STL of `count` triangles: 84 + 50 * count bytes, or a
+    few bytes more (fewer than one record), as some writers leave and readers people trust accept."""
+    return 0 <= size - (84 + 50 * count) < 50
+
+
 def _sniff(head: bytes, size: int, ext: str) -> str:
-    if re.match(rb"ply\r?\n", head):
+    if re.match(rb"(?:\xef\xbb\xbf)?ply\r?\n", head):
         return "PLY"
-    if size >= 84 and 84 + 50 * _stl_count(head) == size:
+    if size >= 84 and _binary_stl_size(_stl_count(head), size):
         return "STL-binary"
     for offset, magic, what in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             raise MeshError(f"This is not a mesh: it looks like {what}.")
     sample = head[:4096]
-    text = sample.removeprefix(b"\xef\xbb\xbf")
+    text = sample.removeprefix(BOM)
     if _is_text(text):
         lowered = text.lstrip().lower()
         if lowered.startswith(b"solid"):
@@ -347,92 +376,209 @@ assert _STL_RECORD.itemsize == 50
 
 
 def _read_binary_stl(stream: _Stream) -> MeshInfo:
+    """Records of 50 bytes; each chunk's nine corner coordinates are copied into rows (one row per
+    coordinate, a copy numpy makes at memory speed) so that min, max and sum run along contiguous
+    memory. Bytes after the last record that are fewer than one record are ignored (see _sniff)."""
     header = stream.read(84)
     count = _stl_count(header)
     if count == 0:
         raise MeshError("The STL holds no triangles.")
     bounds = _Bounds()
     per = max(1, stream.chunk // 50)
+    rows = np.empty((9, min(per, count)), dtype=np.float32)
     done = 0
     while done < count:
         n = min(per, count - done)
         data = stream.read(n * 50)
         if len(data) != n * 50:  # the file shrank while being read
             raise _stl_mismatch(count, stream.pos)
-        corners = np.frombuffer(data, dtype=_STL_RECORD)["v"].reshape(-1, 3)
-        bad = bounds.add(corners)
-        if bad >= 0:
-            raise MeshError(f"Triangle {done + 1 + bad // 3:,} has a corner whose coordinates are not numbers "
+        corners = np.frombuffer(data, dtype=_STL_RECORD)["v"].reshape(n, 9)
+        block = rows[:, :n]
+        np.copyto(block, corners.T)
+        if not bounds.add_columns(block):
+            bad = int(np.flatnonzero(~np.isfinite(corners).all(axis=1))[0])
+            raise MeshError(f"Triangle {done + 1 + bad:,} has a corner whose coordinates are not numbers "
                             "(NaN or infinite): the file is corrupted.")
         done += n
+    stream.read(stream.size - stream.pos)  # the few bytes some writers leave after the last record
     return MeshInfo("STL", "binary", 3 * count, count, count, stream.size, **bounds.result())
 
 
 _STL_LINE = re.compile(rb"^[ \t]*(\S+)", re.M)
 _STL_VERTEX = re.compile(rb"^[ \t]*vertex[ \t]+(\S+)[ \t]+(\S+)[ \t]+(\S+)[ \t]*\r?$", re.M)
+_STL_VERTEX_LINE = re.compile(rb"^[ \t]*vertex\b[^\n]*", re.M)
 _STL_CODES = {b"solid": b"s", b"facet": b"f", b"outer": b"o", b"vertex": b"v", b"endloop": b"l",
               b"endfacet": b"e", b"endsolid": b"z"}
 _STL_UNITS = re.compile(rb"(?:s|z|fovvvle)*")
 _FACET = b"fovvvle"
+# A facet as whitespace-separated words: facet normal i j k / outer loop / vertex x y z (three times) /
+# endloop / endfacet: 21 words on 7 lines.
+_FACET_WORDS = {0: b"facet", 1: b"normal", 5: b"outer", 6: b"loop", 7: b"vertex", 11: b"vertex", 15: b"vertex",
+                19: b"endloop", 20: b"endfacet"}
+_FACET_COORDS = (8, 9, 10, 12, 13, 14, 16, 17, 18)
+
+
+class _AsciiStl:
+    """What an ASCII STL has shown so far, unit by unit (a unit is a run of whole lines that ends after
+    an `endfacet` line, or the rest of the file)."""
+
+    def __init__(self):
+        self.bounds = _Bounds()
+        self.facets = 0
+        self.lines = 0  # lines before the unit being read
+        self.carry = b""  # the letters of a facet cut by a unit's end (only in a malformed file)
+        self.open_solid = False
+        self.seen_solid = False
+
+    def line_of(self, unit: bytes, offset: int) -> int:
+        return self.lines + unit.count(b"\n", 0, offset) + 1
+
+    def read(self, unit: bytes) -> None:
+        if not self._fast(unit):
+            self._careful(unit)
+        self.lines += unit.count(b"\n")
+
+    def _fast(self, unit: bytes) -> bool:
+        """The usual layout, read with a few C-speed passes: True when the unit was read, False when
+        something in it is unusual (blank lines, odd spacing of words over lines, an error), for
+        :meth:`_careful` to read or to name."""
+        if self.carry:
+            return False
+        pieces: list[bytes] = []  # the runs of facet lines around the solid lines
+        kinds: list[bool] = []  # the solid line after each run: True for "solid", False for "endsolid"
+        at = 0
+        hit = unit.find(b"solid")
+        while hit >= 0:
+            start = unit.rfind(b"\n", 0, hit) + 1
+            end = unit.find(b"\n", hit)
+            end = len(unit) if end < 0 else end + 1
+            first = unit[start:end].split(None, 1)[:1]
+            if first not in ([b"solid"], [b"endsolid"]):
+                return False
+            pieces.append(unit[at:start])
+            kinds.append(first == [b"solid"])
+            at = end
+            hit = unit.find(b"solid", end)
+        pieces.append(unit[at:])
+        open_solid, seen = self.open_solid, self.seen_solid
+        columns: list[np.ndarray] = []
+        facets = 0
+        for i, piece in enumerate(pieces):
+            words = piece.split()
+            if words:
+                n = len(words) // 21
+                lines = piece.count(b"\n") + (not piece.endswith(b"\n"))
+                if not open_solid or len(words) != 21 * n or lines != 7 * n:
+                    return False
+                for k, word in _FACET_WORDS.items():
+                    if words[k::21] != [word] * n:
+                        return False
+                coords = itertools.chain.from_iterable(words[k::21] for k in _FACET_COORDS)
+                try:  # map(float) into fromiter: the quickest way from words to numbers numpy offers
+                    columns.append(np.fromiter(map(float, coords), dtype=np.float64, count=9 * n).reshape(9, n))
+                except ValueError:
+                    return False
+                facets += n
+            if i < len(kinds):
+                if kinds[i] == open_solid:
+                    return False
+                open_solid, seen = not open_solid, True
+        for block in columns:
+            if not self.bounds.add_columns(block):
+                return False
+        self.open_solid, self.seen_solid = open_solid, seen
+        self.facets += facets
+        return True
+
+    def _careful(self, unit: bytes) -> None:
+        """Line by line: tolerant of blank lines and names every error with its line."""
+        facets = self.facets
+        matches = list(_STL_LINE.finditer(unit))
+        words = [m.group(1) for m in matches]
+        try:
+            letters = b"".join([_STL_CODES[w] for w in words])
+        except KeyError:
+            at = next(i for i, w in enumerate(words) if w not in _STL_CODES)
+            letters = b"".join([_STL_CODES[w] for w in words[:at]])
+            raise MeshError(f"Line {self.line_of(unit, matches[at].start(1)):,} of the ASCII STL is not STL "
+                            f"(after facet {facets + letters[:at].count(b'e'):,}; it starts “{words[at][:30].decode('utf-8', 'replace')}”).") from None
+        seq = self.carry + letters
+        cut = max(seq.rfind(b"e"), seq.rfind(b"s"), seq.rfind(b"z")) + 1
+        complete, carry = seq[:cut], seq[cut:]
+        if len(carry) >= len(_FACET) or not _FACET.startswith(carry) or not _STL_UNITS.fullmatch(complete):
+            good = _STL_UNITS.match(seq).end()  # whole facets and solid lines, then the faulty one
+            k = 0
+            while good + k < len(seq) and k < len(_FACET) and seq[good + k] == _FACET[k]:
+                k += 1
+            at = max(0, min(len(words) - 1, good + k - len(self.carry)))
+            line = self.line_of(unit, matches[at].start(1)) if matches else self.lines + 1
+            raise MeshError(f"The ASCII STL is malformed on line {line:,} (after facet "
+                            f"{facets + _whole_facets(complete):,}): a facet must have “outer loop”, three "
+                            "“vertex” lines, “endloop” and “endfacet”.")
+        was_open = self.open_solid
+        for code in complete.translate(None, b"fovle"):
+            if (code == ord("s")) == self.open_solid:
+                raise MeshError("The ASCII STL has “solid” and “endsolid” out of order.")
+            self.open_solid = not self.open_solid
+            self.seen_solid = True
+        if (complete[:1] == b"f" and not was_open) or re.search(rb"z(?:fovvvle)+", complete):
+            raise MeshError("The ASCII STL has facets outside “solid … endsolid”.")
+        vertices = _STL_VERTEX.findall(unit)
+        if len(vertices) != letters.count(b"v"):
+            bad = next(m for m in _STL_VERTEX_LINE.finditer(unit) if not _STL_VERTEX.fullmatch(m.group()))
+            raise MeshError(f"The ASCII STL has a vertex line without three coordinates on line "
+                            f"{self.line_of(unit, bad.start()):,} (facet {facets + unit.count(b'endfacet', 0, bad.start()) + 1:,}).")
+        if vertices:
+            try:
+                points = np.array(vertices, dtype=np.float64)
+            except ValueError:
+                for i, row in enumerate(vertices):
+                    try:
+                        [float(c) for c in row]
+                    except ValueError:
+                        break
+                line = self.line_of(unit, list(_STL_VERTEX.finditer(unit))[i].start())
+                raise MeshError(f"The ASCII STL has a vertex coordinate that is not a number on line {line:,} "
+                                f"(facet {facets + 1 + i // 3:,}).") from None
+            bad = self.bounds.add(points)
+            if bad >= 0:
+                line = self.line_of(unit, list(_STL_VERTEX.finditer(unit))[bad].start())
+                raise MeshError(f"Facet {facets + 1 + bad // 3:,} has a vertex whose coordinates are not numbers "
+                                f"(NaN or infinite) on line {line:,}: the file is corrupted.")
+        self.carry = carry
+        self.facets += complete.count(b"e")
 
 
 def _read_ascii_stl(stream: _Stream) -> MeshInfo:
     """ASCII STL: `solid name`, then facets of exactly `facet normal`, `outer loop`, three `vertex`
-    lines, `endloop`, `endfacet`, then `endsolid`; several solids may follow each other."""
-    bounds = _Bounds()
-    facets = 0
-    carry = b""  # the letters of a facet cut by a block end
-    open_solid = False
-    seen_solid = False
+    lines, `endloop`, `endfacet`, then `endsolid`; several solids may follow each other. Keywords in
+    any case; a UTF-8 byte-order mark before `solid` is skipped (by :func:`inspect`)."""
+    st = _AsciiStl()
+    rest = b""  # lines after the last `endfacet` of a block, read with the next one
     try:
         for block in stream.text_blocks():
-            block = block.lower()
-            words = _STL_LINE.findall(block)
-            try:
-                letters = b"".join([_STL_CODES[w] for w in words])
-            except KeyError:
-                bad = next(w for w in words if w not in _STL_CODES)
-                raise MeshError(f"The ASCII STL has a line that is not STL after facet {facets:,} "
-                                f"(it starts “{bad[:30].decode('utf-8', 'replace')}”).") from None
-            seq = carry + letters
-            cut = max(seq.rfind(b"e"), seq.rfind(b"s"), seq.rfind(b"z")) + 1
-            complete, carry = seq[:cut], seq[cut:]
-            if len(carry) >= len(_FACET) or not _FACET.startswith(carry) or not _STL_UNITS.fullmatch(complete):
-                raise MeshError(f"The ASCII STL is malformed after facet {facets + _whole_facets(complete):,}: "
-                                "a facet must have “outer loop”, three “vertex” lines, “endloop” and “endfacet”.")
-            was_open = open_solid
-            for code in complete.translate(None, b"fovle"):
-                if (code == ord("s")) == open_solid:
-                    raise MeshError("The ASCII STL has “solid” and “endsolid” out of order.")
-                open_solid = not open_solid
-                seen_solid = True
-            if (complete[:1] == b"f" and not was_open) or re.search(rb"z(?:fovvvle)+", complete):
-                raise MeshError("The ASCII STL has facets outside “solid … endsolid”.")
-            vertices = _STL_VERTEX.findall(block)
-            if len(vertices) != letters.count(b"v"):
-                raise MeshError(f"The ASCII STL has a vertex line without three coordinates near facet {facets + 1:,}.")
-            if vertices:
-                try:
-                    points = np.array(vertices, dtype=np.float64)
-                except ValueError:
-                    raise MeshError(f"The ASCII STL has a vertex coordinate that is not a number near facet "
-                                    f"{facets + 1:,}.") from None
-                bad = bounds.add(points)
-                if bad >= 0:
-                    raise MeshError(f"Facet {facets + 1 + bad // 3:,} has a vertex whose coordinates are not numbers "
-                                    "(NaN or infinite): the file is corrupted.")
-            facets += complete.count(b"e")
+            data = rest + block.lower()
+            end = data.rfind(b"endfacet")
+            if end < 0:
+                unit, rest = data, b""
+            else:
+                end = data.find(b"\n", end)
+                end = len(data) if end < 0 else end + 1
+                unit, rest = data[:end], data[end:]
+            st.read(unit)
+        if rest:
+            st.read(rest)
     except MeshError:
         if stream.cut_tail:
-            raise MeshError(f"The ASCII STL stops in the middle of a line after facet {facets:,}: "
+            raise MeshError(f"The ASCII STL stops in the middle of a line after facet {st.facets:,}: "
                             "it was cut off.") from None
         raise
-    if carry or open_solid:
-        raise MeshError(f"The ASCII STL stops in the middle after facet {facets:,} (no “endsolid”): "
+    if st.carry or st.open_solid:
+        raise MeshError(f"The ASCII STL stops in the middle after facet {st.facets:,} (no “endsolid”): "
                         "it was cut off.")
-    if not seen_solid or not facets:
+    if not st.seen_solid or not st.facets:
         raise MeshError("The STL holds no triangles.")
-    return MeshInfo("STL", "ascii", 3 * facets, facets, facets, stream.size, **bounds.result())
+    return MeshInfo("STL", "ascii", 3 * st.facets, st.facets, st.facets, stream.size, **st.bounds.result())
 
 
 def _whole_facets(letters: bytes) -> int:

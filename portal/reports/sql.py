@@ -1,0 +1,375 @@
+"""The report's figures computed in the database, for one practice or across an organisation.
+
+Every figure of :mod:`portal.reports.services` (its docstring has the definitions) comes from one
+statement, plus one for the percentiles on SQLite, whatever the number of cases, labs, months or
+practices:
+
+- ``facts`` (a common table expression): one row per case of the report with what the figures
+  are made of. The turnaround is the case's stored business days (``sent_to_dispatched_bdays``,
+  ``sent_to_received_bdays``, kept by ``lifecycle.move()`` and by the practice's closed days
+  changing), so nothing is counted per case in Python.
+- ``expanded``: the facts once per grouping they count in (all, lab, month, service, remake and,
+  across an organisation, practice and practice x lab), as (kind, part, key) rows; a case with
+  several services appears once under each.
+- One ``GROUP BY kind, part, key`` gives every count, rate and fee of every table.
+- Median and 90th percentile (Hyndman-Fan type 7, as :mod:`portal.reports.stats`):
+  ``percentile_cont`` on PostgreSQL, in the same statement. SQLite has no ordered-set
+  aggregates; its path counts the cases per business-day value of each group and runs a
+  window (a running ``SUM`` of those counts) to find the values at ranks floor(h) and floor(h)+1
+  of h = (n - 1) q; the two values are interpolated exactly as stats.percentile does. Business
+  days are whole numbers, so a handful of rows per group carry the whole distribution. The same
+  window path runs on PostgreSQL too (``percentiles="window"``), which is how the tests hold the
+  two paths to the same figures.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import Date, Float, Integer, String, case, cast, exists, func, literal, null, select, union_all
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.functions import FunctionElement
+
+from portal.cases.lifecycle import Status
+from portal.cases.models import CaseItem, LabCase
+from portal.extensions import db
+from portal.labs.models import Lab
+from portal.people.models import Appointment, Patient
+from portal.practices.models import Practice
+
+QUANTILES = (0.5, 0.9)
+
+
+# -- dialect-specific pieces ---------------------------------------------------------------------------
+
+class day_of(FunctionElement):  # noqa: N801 - reads like the SQL function it stands for
+    """The calendar day of a timestamp, comparable with a Date column."""
+
+    type = Date()
+    inherit_cache = True
+
+
+@compiles(day_of)
+def _day_of_default(element, compiler, **kw):
+    return f"CAST({compiler.process(element.clauses, **kw)} AS DATE)"
+
+
+@compiles(day_of, "sqlite")
+def _day_of_sqlite(element, compiler, **kw):
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+class month_of(FunctionElement):  # noqa: N801
+    """'YYYY-MM' of a timestamp: the report's month key."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(month_of)
+def _month_of_default(element, compiler, **kw):
+    return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM')"
+
+
+@compiles(month_of, "sqlite")
+def _month_of_sqlite(element, compiler, **kw):
+    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
+
+
+class floor_of(FunctionElement):  # noqa: N801
+    """floor() of a non-negative number, as an integer (SQLite has no floor without its math
+    functions; CAST truncates there, and truncating is flooring for what is never negative)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(floor_of)
+def _floor_default(element, compiler, **kw):
+    return f"CAST(floor({compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(floor_of, "sqlite")
+def _floor_sqlite(element, compiler, **kw):
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+
+
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+# -- the cases of a report ---------------------------------------------------------------------------
+
+def scope(practice_ids) -> object:
+    """The cases' practices: one id, or a select of ids (an organisation's practices)."""
+    if isinstance(practice_ids, int):
+        return LabCase.practice_id == practice_ids
+    return LabCase.practice_id.in_(practice_ids)
+
+
+def organisation_practices(organization_id: int):
+    return select(Practice.id).where(Practice.organization_id == organization_id)
+
+
+def conditions(practice_ids, filters) -> list:
+    start = dt.datetime.combine(filters.date_from, dt.time())
+    end = dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time())
+    found = [scope(practice_ids), LabCase.sent_at >= start, LabCase.sent_at < end, LabCase.status != Status.CANCELLED]
+    if filters.lab_id:
+        found.append(LabCase.lab_id == filters.lab_id)
+    if getattr(filters, "practice_id", None):
+        found.append(LabCase.practice_id == filters.practice_id)
+    if filters.service:
+        item = aliased(CaseItem)
+        found.append(exists().where(item.case_id == LabCase.id, item.restoration == filters.service))
+    return found
+
+
+def _on_time(received, deadline, today: dt.date):
+    """1 on time, 0 late, NULL not known yet or no deadline (services._on_time, in SQL)."""
+    return case(
+        (deadline.is_(None), null()),
+        (received.is_not(None), case((day_of(received) <= deadline, 1), else_=0)),
+        (literal(today, Date) > deadline, 0),
+        else_=null())
+
+
+def first_remakes(practice_ids):
+    """Each remade case's first remake that is not cancelled: (remake_of_id, id)."""
+    remake = aliased(LabCase)
+    return (select(remake.remake_of_id.label("original_id"), func.min(remake.id).label("remake_id"))
+            .where(scope_of(remake, practice_ids), remake.remake_of_id.is_not(None),
+                   remake.status != Status.CANCELLED)
+            .group_by(remake.remake_of_id).subquery("first_remake"))
+
+
+def scope_of(model, practice_ids):
+    if isinstance(practice_ids, int):
+        return model.practice_id == practice_ids
+    return model.practice_id.in_(practice_ids)
+
+
+def facts(practice_ids, filters, today: dt.date, *, listing: bool = False):
+    """One row per case of the report (see the module's docstring); `listing` adds what the list
+    of cases shows."""
+    first = first_remakes(practice_ids)
+    remake = aliased(LabCase, name="remake")
+    seat = day_of(Appointment.starts_at)
+    columns = [
+        LabCase.id.label("case_id"), LabCase.practice_id, LabCase.lab_id,
+        month_of(LabCase.sent_at).label("month"),
+        LabCase.sent_to_dispatched_bdays.label("d_dispatch"), LabCase.sent_to_received_bdays.label("d_receive"),
+        _on_time(LabCase.received_at, LabCase.due_date, today).label("due_state"),
+        _on_time(LabCase.received_at, seat, today).label("seat_state"),
+        LabCase.fee,
+        first.c.remake_id,
+        remake.remake_reason.label("remake_reason"), remake.remake_payer.label("remake_payer"),
+    ]
+    if listing:
+        columns += [LabCase.number, Patient.first_name, Patient.last_name, Lab.name.label("lab_name"),
+                    LabCase.status, LabCase.sent_at, LabCase.dispatched_at, LabCase.received_at,
+                    LabCase.due_date, seat.label("seat_date"), LabCase.remake_of_id,
+                    remake.number.label("remake_number"), Practice.name.label("practice_name")]
+    query = (select(*columns).select_from(LabCase)
+             .outerjoin(Appointment, Appointment.id == LabCase.seat_appointment_id)
+             .outerjoin(first, first.c.original_id == LabCase.id)
+             .outerjoin(remake, remake.id == first.c.remake_id)
+             .where(*conditions(practice_ids, filters)))
+    if listing:
+        query = (query.join(Patient, Patient.id == LabCase.patient_id).outerjoin(Lab, Lab.id == LabCase.lab_id)
+                 .join(Practice, Practice.id == LabCase.practice_id))
+    return query
+
+
+# -- the figures -------------------------------------------------------------------------------------
+
+@dataclass
+class Group:
+    """The raw figures of one group: services.Figures is made from it."""
+
+    cases: int = 0
+    dispatch_count: int = 0
+    receive_count: int = 0
+    due_on_time: int = 0
+    due_known: int = 0
+    seat_on_time: int = 0
+    seat_known: int = 0
+    remade: int = 0
+    fee_cents: int = 0
+    fees_count: int = 0
+    dispatch_median: float | None = None
+    dispatch_p90: float | None = None
+    receive_median: float | None = None
+    receive_p90: float | None = None
+
+    @property
+    def fees_total(self) -> Decimal:
+        return Decimal(self.fee_cents).scaleb(-2)
+
+
+Key = tuple[str, str | None, str | None]  # (kind, part, key)
+COUNTS = ("cases", "dispatch_count", "receive_count", "due_on_time", "due_known", "seat_on_time", "seat_known",
+          "remade", "fee_cents", "fees_count")
+PERCENTILES = ("dispatch_median", "dispatch_p90", "receive_median", "receive_p90")
+
+
+def _text(column):
+    return cast(column, String)
+
+
+def figures(practice_ids, filters, today: dt.date, *, across: bool = False,
+            percentiles: str | None = None) -> dict[Key, Group]:
+    """Every group's figures: {(kind, part, key): Group}. Kinds: "all", "lab" (key: lab id),
+    "month" (key: YYYY-MM), "service" (key: restoration), "remake" (part: payer, key: reason;
+    only `cases` counts) and, `across` an organisation, "practice" (part: practice id) and
+    "practice_lab" (part: practice id, key: lab id). Ids are strings, None for no lab.
+    `percentiles`: "cont" (percentile_cont, PostgreSQL's default) or "window" (SQLite's path)."""
+    percentiles = percentiles or ("cont" if _dialect() == "postgresql" else "window")
+    base = facts(practice_ids, filters, today).cte("facts")
+    remade = case((base.c.remake_id.is_not(None), 1), else_=0)
+
+    def part(kind, part_, key, source=base, where=None):
+        query = select(literal(kind, String).label("kind"), _text(part_).label("part"), _text(key).label("key"),
+                       source.c.d_dispatch, source.c.d_receive, source.c.due_state, source.c.seat_state,
+                       remade.label("remade"), source.c.fee)
+        if source is not base:
+            query = query.select_from(source)
+        return query.where(where) if where is not None else query
+
+    item = aliased(CaseItem)
+    services = (select(base, item.restoration).join(item, item.case_id == base.c.case_id)
+                .distinct().subquery("by_service"))
+    if filters.service:
+        services = select(services).where(services.c.restoration == filters.service).subquery("by_service_only")
+    services_remade = case((services.c.remake_id.is_not(None), 1), else_=0)
+    parts = [
+        part("all", null(), null()),
+        part("lab", null(), base.c.lab_id),
+        part("month", null(), base.c.month),
+        select(literal("service", String).label("kind"), _text(null()).label("part"),
+               _text(services.c.restoration).label("key"), services.c.d_dispatch, services.c.d_receive,
+               services.c.due_state, services.c.seat_state, services_remade.label("remade"), services.c.fee),
+        part("remake", base.c.remake_payer, base.c.remake_reason, where=base.c.remake_id.is_not(None)),
+    ]
+    if across:
+        parts += [part("practice", base.c.practice_id, null()),
+                  part("practice_lab", base.c.practice_id, base.c.lab_id)]
+    expanded = union_all(*parts).cte("expanded")
+    e = expanded.c
+    counts = [
+        func.count().label("cases"), func.count(e.d_dispatch).label("dispatch_count"),
+        func.count(e.d_receive).label("receive_count"),
+        func.coalesce(func.sum(case((e.due_state == 1, 1), else_=0)), 0).label("due_on_time"),
+        func.count(e.due_state).label("due_known"),
+        func.coalesce(func.sum(case((e.seat_state == 1, 1), else_=0)), 0).label("seat_on_time"),
+        func.count(e.seat_state).label("seat_known"),
+        func.coalesce(func.sum(e.remade), 0).label("remade"),
+        func.coalesce(func.sum(cast(func.round(e.fee * 100), Integer)), 0).label("fee_cents"),
+        func.count(e.fee).label("fees_count"),
+    ]
+    if percentiles == "cont":
+        for name, column in (("dispatch", e.d_dispatch), ("receive", e.d_receive)):
+            for q, label in zip(QUANTILES, ("median", "p90"), strict=True):
+                counts.append(func.percentile_cont(q).within_group(column).label(f"{name}_{label}"))
+    groups: dict[Key, Group] = {}
+    for row in db.session.execute(select(e.kind, e.part, e.key, *counts).group_by(e.kind, e.part, e.key)).mappings():
+        group = Group(**{name: int(row[name] or 0) for name in COUNTS})
+        if percentiles == "cont":
+            for name in PERCENTILES:
+                setattr(group, name, None if row[name] is None else float(row[name]))
+        groups[(row["kind"], row["part"], row["key"])] = group
+    if percentiles == "window":
+        for (kind, part_, key, metric), (median, p90) in window_percentiles(expanded).items():
+            group = groups[(kind, part_, key)]
+            setattr(group, f"{metric}_median", median)
+            setattr(group, f"{metric}_p90", p90)
+    return groups
+
+
+def window_percentiles(expanded) -> dict[tuple, tuple[float | None, float | None]]:
+    """Median and 90th percentile of every group's business days, by counts and a window."""
+    e = expanded.c
+    hist = union_all(*[
+        select(e.kind, e.part, e.key, literal(metric, String).label("metric"), column.label("d"),
+               func.count().label("c"))
+        .where(column.is_not(None), e.kind != "remake").group_by(e.kind, e.part, e.key, column)
+        for metric, column in (("dispatch", e.d_dispatch), ("receive", e.d_receive))
+    ]).subquery("hist")
+    window = {"partition_by": [hist.c.kind, hist.c.part, hist.c.key, hist.c.metric]}
+    cum = select(hist.c.kind, hist.c.part, hist.c.key, hist.c.metric, hist.c.d,
+                 func.sum(hist.c.c).over(**window, order_by=hist.c.d).label("upto"),
+                 func.sum(hist.c.c).over(**window).label("n")).subquery("cum")
+    picks = []
+    for n, q in enumerate(QUANTILES):
+        # h = (n - 1) q in double precision, as Python computes it in interpolate()
+        low = floor_of(cast(cum.c.n - 1, Float) * q)
+        picks += [func.min(case((cum.c.upto > low, cum.c.d))).label(f"lo{n}"),
+                  func.min(case((cum.c.upto > low + 1, cum.c.d))).label(f"hi{n}")]
+    found = {}
+    for row in db.session.execute(
+        select(cum.c.kind, cum.c.part, cum.c.key, cum.c.metric, cum.c.n, *picks)
+        .group_by(cum.c.kind, cum.c.part, cum.c.key, cum.c.metric, cum.c.n)
+    ).mappings():
+        values = []
+        for n, q in enumerate(QUANTILES):
+            values.append(interpolate(int(row["n"]), q, row[f"lo{n}"], row[f"hi{n}"]))
+        found[(row["kind"], row["part"], row["key"], row["metric"])] = tuple(values)
+    return found
+
+
+def interpolate(n: int, q: float, low_value, high_value) -> float:
+    """stats.percentile's last step, given the values at ranks floor(h) and floor(h) + 1."""
+    h = (n - 1) * q
+    low = math.floor(h)
+    high_value = low_value if high_value is None else high_value
+    return low_value + (h - low) * (high_value - low_value)
+
+
+# -- the cases behind a figure -----------------------------------------------------------------------
+
+def drill_conditions(rows, drill) -> list:
+    found = []
+    if drill.month:
+        found.append(rows.c.month == drill.month)
+    if drill.show == "late_due":
+        found.append(rows.c.due_state == 0)
+    if drill.show == "late_seat":
+        found.append(rows.c.seat_state == 0)
+    if drill.show == "remade" or drill.reason or drill.payer:
+        found.append(rows.c.remake_id.is_not(None))
+    if drill.reason:
+        found.append(rows.c.remake_reason == drill.reason)
+    if drill.payer:
+        found.append(rows.c.remake_payer == drill.payer)
+    return found
+
+
+def case_rows(practice_ids, filters, drill, today: dt.date, *, limit: int | None = None, offset: int = 0):
+    """(rows, total): the cases behind a figure in send order, a page of them when `limit` is
+    given, with how many there are in all (one statement); then their services (one more)."""
+    rows = facts(practice_ids, filters, today, listing=True).subquery("rows")
+    query = (select(rows, func.count().over().label("total")).where(*drill_conditions(rows, drill))
+             .order_by(rows.c.sent_at, rows.c.case_id))
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+    found = db.session.execute(query).mappings().all()
+    total = found[0]["total"] if found else 0
+    if not found and offset:
+        total = db.session.scalar(select(func.count()).select_from(rows).where(*drill_conditions(rows, drill)))
+    return found, total
+
+
+def services_of(case_ids: Iterable[int]) -> dict[int, set[str]]:
+    ids = list(case_ids)
+    found: dict[int, set[str]] = {}
+    if not ids:
+        return found
+    for case_id, restoration in db.session.execute(
+            select(CaseItem.case_id, CaseItem.restoration).where(CaseItem.case_id.in_(ids))):
+        found.setdefault(case_id, set()).add(restoration)
+    return found
+
