@@ -45,7 +45,7 @@ def _clean(q) -> None:
         for job_id in registry.get_job_ids():
             try:
                 Job.fetch(job_id, connection=q.connection).delete()
-            except NoSuchJobError:
+            except (NoSuchJobError, ValueError):  # ValueError: RQ lost track of one of its executions
                 registry.remove(job_id)
 
 
