@@ -3,13 +3,16 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, make_response, request
 from sqlalchemy import select
 
+from portal.auth.sessions import passive
 from portal.board import services
 from portal.board.services import Filters
+from portal.cases import services as cases_services
+from portal.cases.risk import risk_of
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Provider
-from portal.auth.sessions import passive
+from portal.reports.services import next_appointments
 from portal.web import ANY_ROLE, render, requires, wants_fragment
 
 bp = Blueprint("board", __name__)
@@ -39,8 +42,13 @@ def index():
         return response
     columns = services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
     choices = _filter_choices() if not request.htmx else {}
+    # Nothing matches: say so, and when the search is the number of a case the board does not show
+    # (cancelled, fitted weeks ago), where it is. One more statement, only on an empty board.
+    nothing = filters.active and not any(c.count for c in columns)
+    elsewhere = cases_services.find_by_number(g.practice.id, filters.q) if nothing and filters.q else None
     return render("board/index.html", "columns", columns=columns, filters=filters, stamp=stamp,
-                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, **choices)
+                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, sorts=services.SORTS, nothing=nothing,
+                  elsewhere=elsewhere, **choices)
 
 
 @bp.get("/board/column/<status>")
@@ -65,9 +73,6 @@ def column(status: str):
 @bp.get("/risk")
 @requires(*ANY_ROLE)
 def risk():
-    from portal.cases.risk import risk_of
-    from portal.reports.services import next_appointments
-
     cases = services.risk_list(g.practice.id)
     return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases},
                   next_visit=next_appointments(g.practice.id, {c.patient_id for c in cases}))

@@ -43,7 +43,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.extensions import db
@@ -52,6 +52,7 @@ from portal.integrations.threeshape import export as threeshape
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendor, VendorOrder
 from portal.people.models import Patient
 from portal.practices.models import utcnow
+from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit, enqueue_now, get_queue
 from portal.scans import mesh, services, store
 from portal.scans.mesh import MeshError, MeshInfo
 from portal.scans.models import FileState, Scan, ScanFile
@@ -217,9 +218,9 @@ def _receive_meshes(practice_id, files, staging, actor, patient, case) -> Receiv
     now = utcnow()
     assets = tuple(Asset(
         ref=store.ref(f"{folder}/{s.stored}"), file_name=s.name, format=s.format, kind="scan", size_bytes=s.size,
-        jaw=jaw, jaw_source=how, vertex_count=s.info.vertex_count if s.info else None,
-        triangle_count=s.info.triangle_count if s.info else None,
-    ) for s, (jaw, how) in zip(stored, jaws))
+        jaw=guess.jaw, jaw_source=guess.source, jaw_note=guess.note,
+        vertex_count=s.info.vertex_count if s.info else None, triangle_count=s.info.triangle_count if s.info else None,
+    ) for s, guess in zip(stored, jaws))
     order = VendorOrder(vendor=Vendor.UPLOAD, order_id=upload_id, status="Uploaded", stage=OrderStage.READY,
                         patient=_patient_ref(patient, case), updated_at=now, assets=assets,
                         history=(("Uploaded", now),))
@@ -294,8 +295,6 @@ def _ingest(practice_id, order: VendorOrder, staging, actor, patient, case, inte
         if row.ref in processing and row.state is not FileState.PROCESSING and row.triangle_count is None:
             row.state, row.progress, row.error = FileState.PROCESSING, 0, ""
     db.session.flush()
-    from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit
-
     for row in scan.current_files:
         if row.state is FileState.PROCESSING:
             enqueue_after_commit(INSPECT_SCAN_FILE, row.id, job_id=inspect_job_id(row.id),
@@ -474,8 +473,6 @@ def inspect_in_background(file_id: int) -> str:
     its counts, or REFUSED with the reader's message. State-guarded: a rerun (the sweep, a second
     enqueue) finds the file no longer PROCESSING and does nothing; the outcome is written once (an
     UPDATE ... WHERE state = 'processing'). Deterministic job id: inspect_job_id."""
-    from portal.queue import INSPECT_SCAN_FILE
-
     target = claim(file_id)
     db.session.rollback()  # no transaction stays open while the file is read
     if target is None:
@@ -491,8 +488,6 @@ def background_failed(file_id: int, exc_type, time_limit: int | None) -> None:
     does not look busy for ever. If the database is away too, the file stays PROCESSING and the
     sweep gives it its job again."""
     from rq.timeouts import JobTimeoutException
-
-    from portal.queue import INSPECT_SCAN_FILE
 
     if issubclass(exc_type, JobTimeoutException):
         message = (f"Reading this file took longer than {time_limit} seconds and was stopped. Check that it is "
@@ -522,7 +517,8 @@ def fail(file_id: int, message: str, actor: Actor) -> bool:
 def redetect_jaws(scan: Scan) -> dict[str, str]:
     """Tell the jaws of the scan's stored files again, now that every file's shape is known (vendor
     metadata stays as it was); relink the bite. Returns {file name: new jaw} for what changed."""
-    files = [f for f in scan.current_files if f.kind == "scan" and store.is_store_ref(f.ref)]
+    files = [f for f in scan.current_files if f.kind == "scan" and store.is_store_ref(f.ref)
+             and f.jaw_source != services.SOURCE_PERSON]  # a person's jaw stays
     if not files:
         return {}
     infos = []
@@ -532,13 +528,15 @@ def redetect_jaws(scan: Scan) -> dict[str, str]:
     found = mesh.detect_jaws([(f.file_name, f.jaw if f.jaw_source == mesh.SOURCE_VENDOR else None, info)
                               for f, info in zip(files, infos)])
     changed = {}
-    for f, (jaw, how) in zip(files, found):
-        if f.jaw_source == mesh.SOURCE_VENDOR or (f.jaw, f.jaw_source) == (jaw, how):
+    for f, guess in zip(files, found):
+        (jaw, how), note = guess, guess.note
+        if f.jaw_source == mesh.SOURCE_VENDOR or (f.jaw, f.jaw_source, f.jaw_note) == (jaw, how, note):
             continue
         if jaw is Jaw.UNKNOWN and f.jaw is not Jaw.UNKNOWN:
             continue  # a refused neighbour took the geometry away: keep what was known
-        f.jaw, f.jaw_source = jaw, how
-        changed[f.file_name] = jaw.value
+        if (f.jaw, f.jaw_source) != (jaw, how):
+            changed[f.file_name] = jaw.value
+        f.jaw, f.jaw_source, f.jaw_note = jaw, how, note[:200]
     if changed:
         db.session.flush()
         services._link_bites(scan)
@@ -553,8 +551,6 @@ def sweep(now: dt.datetime | None = None, tidy: bool | None = None) -> dict:
     folders no row refers to: a crash between writing an upload's files and its commit, or an
     export read but never ingested."""
     import redis
-
-    from portal.queue import INSPECT_SCAN_FILE, enqueue_now, get_queue
 
     now = now or utcnow()
     queue = get_queue()
