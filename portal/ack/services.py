@@ -1,4 +1,4 @@
-"""Private links for labs without an API (RELIABILITY.md M1-M5), and the mail that carries them.
+"""Private links for labs without an API (docs/reliability.md M1-M5), and the mail that carries them.
 
 - `prepare_email_dispatch(dispatch)`: part of "Approve and send" for an email lab. In the
   caller's transaction: revoke the case's older links, issue a new one bound to this dispatch,

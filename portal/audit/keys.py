@@ -1,4 +1,4 @@
-"""The audit chain's keys (RELIABILITY A3, keyed): each row's hash is an HMAC-SHA256 with a key
+"""The audit chain's keys (docs/reliability.md A3, keyed): each row's hash is an HMAC-SHA256 with a key
 from the environment (`AUDIT_CHAIN_KEYS`), never stored in the database, so someone who can
 write to the database cannot rewrite a row and recompute the hashes after it.
 

@@ -297,7 +297,7 @@ def load_column(practice_id: int, status: Status, f: Filters, offset: int, limit
 
 def board_stamp(practice_id: int) -> int:
     """Changes whenever anything on the practice's board may have changed: every change writes
-    an audit row (A1), so the newest audit sequence number is the board's version."""
+    an audit row (docs/reliability.md A1), so the newest audit sequence number is the board's version."""
     return db.session.scalar(
         select(func.max(AuditEvent.seq)).where(AuditEvent.practice_id == practice_id)
     ) or 0

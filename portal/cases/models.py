@@ -72,7 +72,7 @@ class LabCase(CaseDates, db.Model):
     lab_eta: Mapped[dt.date | None] = mapped_column(Date)
     seat_risk: Mapped[bool] = mapped_column(default=False)
     # Kept by portal.dispatch.services: why the latest dispatch to the lab failed, "" when it did not
-    # (the board's badge reads it without another query; RELIABILITY.md D4).
+    # (the board's badge reads it without another query; docs/reliability.md D4).
     dispatch_error: Mapped[str] = mapped_column(String(300), default="")
     fee: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     invoice_number: Mapped[str] = mapped_column(String(60), default="")

@@ -1,9 +1,9 @@
-"""Telling a lab about changes to a case it has been sent (contracts/lab-api.md, "order events").
+"""Telling a lab about changes to a case it has been sent (docs/lab-api.md, "order events").
 
 The practice cancels a case, moves its due date, edits its prescription or writes to the lab.
 portal.labcomm decides how the lab hears of it; for an API lab it calls `queue_notice` here.
 
-An order event is an outbox row, an OrderNotice, delivered like a work order (RELIABILITY.md D1-D3)
+An order event is an outbox row, an OrderNotice, delivered like a work order (docs/reliability.md D1-D3)
 with the dispatch machinery: it commits with the change, a job is relayed to RQ after the commit
 (deterministic job id), the job claims the row with a lease, posts the signed event and records the
 outcome; 5xx, 408, 409, 429 and network errors are retried with capped backoff and jitter, any
@@ -100,7 +100,7 @@ def queue_notice(case: LabCase, kind: NoticeType, data: dict, actor: Actor, mess
 
 
 def order_event(notice: OrderNotice, case: LabCase, data: dict, occurred_at: dt.datetime) -> dict:
-    """The JSON body of contracts/lab-api.md's order event."""
+    """The JSON body of docs/lab-api.md's order event."""
     return {
         "schema": SCHEMA, "event_id": notice.event_id, "order_id": notice.dispatch_id,
         "case_number": case.number, "type": notice.type.value,
@@ -205,7 +205,7 @@ def sweep(now: dt.datetime | None = None) -> int:
     """Re-enqueue every due notice that has no live RQ job; returns how many were handed over."""
     queue = get_queue()
     return sum(1 for notice in due_for_sweep(now)
-               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id))
+               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id, due_at=notice.next_attempt_at))
 
 
 # --- the delivery job's outcomes (portal/dispatch/delivery.py does the HTTP between them) ------------

@@ -78,7 +78,7 @@ def latest_dispatch(case_id: int) -> Dispatch | None:
 
 
 def work_order(case: LabCase, dispatch_id: str) -> dict:
-    """The JSON body of contracts/lab-api.md, as the coordinator approved it."""
+    """The JSON body of docs/lab-api.md, as the coordinator approved it."""
     practice = db.session.get(Practice, case.practice_id)
     patient, provider = case.patient, case.provider
     base = current_app.config["PUBLIC_BASE_URL"].rstrip("/")
@@ -156,7 +156,7 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
 
 def email_outcome(case_id: int, sent: bool, error: str, actor: Actor) -> None:
     """The work-order email of an email lab's dispatch was sent, or failed for good: the dispatch
-    (and, on failure, the board's card) say so, as they do for an API lab (D4)."""
+    (and, on failure, the board's card) say so, as they do for an API lab (docs/reliability.md D4)."""
     dispatch = db.session.scalar(
         select(Dispatch).where(Dispatch.case_id == case_id, Dispatch.channel == Channel.EMAIL,
                                Dispatch.state != DispatchState.SUPERSEDED)
@@ -380,6 +380,6 @@ def sweep(now: dt.datetime | None = None) -> int:
     queue = get_queue()
     handed = 0
     for dispatch in due_for_sweep(now):
-        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id):
+        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id, due_at=dispatch.next_attempt_at):
             handed += 1
     return handed

@@ -44,7 +44,7 @@ def _plural(restoration: str) -> str:
 
 
 def _scanners_refusing(case, lab) -> list:
-    """The integrations that brought this case's scans and may not send to `lab` (seed 000: the
+    """The integrations that brought this case's scans and may not send to `lab` (docs/sources.md source 000: the
     practice chooses which labs each scanner integration may send to)."""
     from sqlalchemy import select
 

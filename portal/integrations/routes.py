@@ -222,7 +222,7 @@ def test(integration_id: int):
     except VendorError as exc:
         db.session.rollback()
         answer, problem = None, str(exc)
-        if exc.kind == "host":  # as a sync does (W8): paused, the error recorded and audited
+        if exc.kind == "host":  # as a sync does (docs/reliability.md W8): paused, the error recorded and audited
             problem = admin.stop_for_host(_integration_or_404(integration_id), exc, Actor.user(current_user))
             db.session.commit()
     integration = _integration_or_404(integration_id)
@@ -292,7 +292,7 @@ def connect(integration_id: int):
 @requires(*ADMIN)
 def oauth_callback():
     """Where the vendor sends the person back after signing in. Nothing is stored on this GET
-    (F1): the page checks the state this session started and asks the person to finish, with a
+    (docs/reliability.md F1): the page checks the state this session started and asks the person to finish, with a
     POST carrying the code (and the CSRF token)."""
     started, state = session.get(OAUTH_STATE) or {}, request.args.get("state", "")
     integration, refusal = _sign_in_started(started, state)

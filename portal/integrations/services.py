@@ -50,7 +50,7 @@ class Setting:
     "text". `length` is an exact length (Medit's 32-character client id and secret). A `rotates`
     secret (a webhook signing secret) keeps the value it replaces as `previous_<key>`, with
     `previous_<key>_until` in settings, for ROTATION_OVERLAP: deliveries signed with either verify
-    while the vendor switches (RELIABILITY W3)."""
+    while the vendor switches (docs/reliability.md W3)."""
 
     key: str
     label: str
@@ -399,7 +399,7 @@ def test_connection(integration: ScannerIntegration) -> str:
 
 def stop_for_host(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> str:
     """The vendor pointed us off the allowed hosts outside a sync (Test connection): the same as in
-    a sync (RELIABILITY W8): the integration is paused, the error recorded and both audited. Returns
+    a sync (docs/reliability.md W8): the integration is paused, the error recorded and both audited. Returns
     the integration's error for the person."""
     sync.failed(integration, exc, actor)
     return integration.last_error

@@ -10,11 +10,11 @@ An order the adapter could not read (a malformed ORDER) is skipped and recorded 
 integration's last error) and the others are ingested; the cursor moves on, so it is read again
 when the vendor changes it. A vendor that asks us to wait (429 with Retry-After) is not polled
 again before that time, by the sweep or by "Sync now"; the job does not sleep. A vendor that
-points us at a host off the allow-list (W8) stops the integration: it is paused with the reason.
+points us at a host off the allow-list (docs/reliability.md W8) stops the integration: it is paused with the reason.
 
 A notification (iTero's scan callback, a Medit webhook) is verified and stored as a VendorEvent in
-the request (W5); a job re-reads each order through the vendor's API (W6) and ingests it. A
-repeat delivery has the same key and is not stored twice (W4); for a vendor without event ids
+the request (docs/reliability.md W5); a job re-reads each order through the vendor's API (W6) and ingests it. A
+repeat delivery has the same key and is not stored twice (docs/reliability.md W4); for a vendor without event ids
 (iTero), a repeat while a re-read of that order still waits is not stored either, and a callback
 that repeats the same order id after the re-read started (a rescan) is a new event. An event is
 "reading" while its job calls the vendor; a job that dies there leaves it for the sweep.
@@ -157,7 +157,7 @@ def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Acto
 # -- notifications ------------------------------------------------------------------------------------
 
 def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int:
-    """Store what a verified notification asks for; a key already stored is a repeat (W4). After the
+    """Store what a verified notification asks for; a key already stored is a repeat (docs/reliability.md W4). After the
     commit, the integration's event job is enqueued unless one is already waiting. Returns how
     many were new."""
     new = 0

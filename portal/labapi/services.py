@@ -1,12 +1,12 @@
-"""A lab's status events (contracts/lab-api.md "Lab -> Lab Manager"): accepted in the request,
+"""A lab's status events (docs/lab-api.md "Lab -> Lab Manager"): accepted in the request,
 applied by a job.
 
-In the request (W5), `accept_event` checks the event, refuses with EventError (422) what can't
+In the request (docs/reliability.md W5), `accept_event` checks the event, refuses with EventError (422) what can't
 be applied (a bad body, an unknown order, a move the case can't make now: a read-only check),
-and stores it as a "pending" LabEvent, unique per lab by event id and by webhook id (W4). After
+and stores it as a "pending" LabEvent, unique per lab by event id and by webhook id (docs/reliability.md W4). After
 the commit the lab's drain job (jobs/labapi.py `apply_pending`) is enqueued unless one is already
 waiting, so a burst of events costs one job; it applies the lab's pending events in the order
-they arrived, each in its own transaction. `apply_stored` re-reads the case (W6), applies the
+they arrived, each in its own transaction. `apply_stored` re-reads the case (docs/reliability.md W6), applies the
 event through the lifecycle with the audit rows, and marks it applied, noop or ignored. An event older than the newest one applied for the same order, one that would
 move the case back along the main line, or a move that became impossible meanwhile is kept as
 "ignored" with an audit row and changes nothing. The outbox sweep enqueues a drain job for
@@ -76,7 +76,7 @@ _STORE = insert(LabEvent.__table__).returning(LabEvent.__table__.c.id)
 @dataclass(frozen=True)
 class Inbound:
     """What the endpoint knows before it trusts a delivery: the secrets to verify it with, and
-    whether its webhook id or its event id was stored before (W4)."""
+    whether its webhook id or its event id was stored before (docs/reliability.md W4)."""
 
     secrets: list[str]
     seen_webhook: bool
@@ -220,7 +220,7 @@ def apply_stored(lab_event_id: int) -> str:
         return "nothing to do"
     lab = db.session.get(Lab, row.lab_id)
     dispatch = db.session.get(Dispatch, row.dispatch_id)
-    # Re-read the case as it is now (W6), locked so two events of one case apply one after the other.
+    # Re-read the case as it is now (docs/reliability.md W6), locked so two events of one case apply one after the other.
     case = db.session.get(LabCase, dispatch.case_id, with_for_update=True, populate_existing=True)
     event = parse(json.loads(row.payload))
     actor = Actor.lab(lab, source=f"POST /api/labs/{lab.id}/events")

@@ -245,7 +245,7 @@ def lab_download(token: str):
 
 def lab_file_name(row: ScanFile) -> str:
     """The name a lab's download gets: the case number, the jaw and the format, not the name the
-    file had at the practice (TRIOS puts the patient's name in it; RELIABILITY M5)."""
+    file had at the practice (TRIOS puts the patient's name in it; docs/reliability.md M5)."""
     ext = os.path.splitext(row.file_name)[1].lower() or f".{row.format.lower()}"
     case = row.scan.case
     label = row.jaw.value if row.jaw.value != "unknown" else row.kind

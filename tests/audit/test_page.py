@@ -1,4 +1,4 @@
-"""The audit page and its CSV export: filters, roles, the htmx partial, practice isolation (F6)
+"""The audit page and its CSV export: filters, roles, the htmx partial, practice isolation (docs/reliability.md F6)
 and formula injection in the export."""
 from __future__ import annotations
 

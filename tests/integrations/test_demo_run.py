@@ -32,7 +32,8 @@ PASSWORD = "demo-password-for-tests"
 
 def test_the_helpers_listen_where_the_environment_says_else_on_their_default_when_it_is_free():
     env = {"DEMO_LAB_PORT": "6123"}
-    assert devserver.helper_ports(env, free=lambda port: True) == {"DEMO_LAB_PORT": 6123, "VENDOR_SANDBOX_PORT": 5056}
+    assert devserver.helper_ports(env, free=lambda port: True) == {
+        "DEMO_LAB_PORT": 6123, "VENDOR_SANDBOX_PORT": 5056, "OPENDENTAL_SANDBOX_PORT": 5057}
     assert env["VENDOR_SANDBOX_PORT"] == "5056"  # the sandbox is started with it
     assert devserver.demo_lab_url(env) == "http://127.0.0.1:6123"
     assert devserver.sandbox_url(env) == "http://127.0.0.1:5056"
@@ -40,9 +41,9 @@ def test_the_helpers_listen_where_the_environment_says_else_on_their_default_whe
 
 def test_a_default_port_another_copy_holds_is_not_shared():
     env = {}
-    ports = devserver.helper_ports(env, free=lambda port: False, pick=iter([40001, 40002]).__next__)
-    assert ports == {"DEMO_LAB_PORT": 40001, "VENDOR_SANDBOX_PORT": 40002}
-    assert env == {"DEMO_LAB_PORT": "40001", "VENDOR_SANDBOX_PORT": "40002"}
+    ports = devserver.helper_ports(env, free=lambda port: False, pick=iter([40001, 40002, 40003]).__next__)
+    assert ports == {"DEMO_LAB_PORT": 40001, "VENDOR_SANDBOX_PORT": 40002, "OPENDENTAL_SANDBOX_PORT": 40003}
+    assert env == {"DEMO_LAB_PORT": "40001", "VENDOR_SANDBOX_PORT": "40002", "OPENDENTAL_SANDBOX_PORT": "40003"}
 
 
 def api_labs() -> list[Lab]:

@@ -1,5 +1,5 @@
 """An Rx from a case to the scanner, withdrawing it, and asking for a rescan (iTero's Scan Request,
-Delete Rx and Return to doctor; contracts/itero.md).
+Delete Rx and Return to doctor; docs/vendors/itero.md).
 
 Outbox style, as sending work to labs (portal/dispatch): a person's click writes the row and its
 audit row in the request's transaction, and the job that calls the vendor is enqueued after the
