@@ -268,10 +268,11 @@ def _link_bites(scan: Scan) -> None:
     files = scan.current_files
 
     def arch(jaw: Jaw) -> ScanFile | None:
-        # The first of the arch's files, a mesh that was read before a reference to the same scan
-        # (a 3Shape export holds the preparation scan as .stl and as .dcm).
+        # The first of the arch's files, a mesh that was read (or is being read) before a reference
+        # to the same scan (a 3Shape export holds the preparation scan as .stl and as .dcm).
         found = [f for f in files if f.jaw is jaw and f.state is not FileState.REFUSED]
-        return min(found, key=lambda f: f.state is not FileState.OK, default=None)
+        rank = {FileState.OK: 0, FileState.PROCESSING: 1}
+        return min(found, key=lambda f: rank.get(f.state, 2), default=None)
 
     upper, lower = arch(Jaw.UPPER), arch(Jaw.LOWER)
     for f in files:
