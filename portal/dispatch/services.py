@@ -380,6 +380,6 @@ def sweep(now: dt.datetime | None = None) -> int:
     queue = get_queue()
     handed = 0
     for dispatch in due_for_sweep(now):
-        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id):
+        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id, due_at=dispatch.next_attempt_at):
             handed += 1
     return handed
