@@ -410,10 +410,14 @@ def _case_with_order(scan: Scan) -> LabCase | None:
 
 
 def _open_cases_without_scan(scan: Scan) -> list[LabCase]:
+    """The patient's cases a new scan may join by itself: one returned for a rescan, or a draft
+    with no scan yet that waits for no particular order (a draft entered with another scanner's,
+    or another order's, id waits for that one: _case_with_order finds it)."""
     has_scan = exists().where(Scan.case_id == LabCase.id)
+    expects_nothing = (LabCase.origin == "manual") | (func.coalesce(LabCase.origin_order_id, "") == "")
     return list(db.session.scalars(select(LabCase).where(
         LabCase.practice_id == scan.practice_id, LabCase.patient_id == scan.patient_id,
-        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan),
+        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan & expects_nothing),
     ).order_by(LabCase.id)))
 
 
@@ -422,7 +426,9 @@ def _origin(vendor: Vendor) -> str:
 
 
 def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None:
-    """Put the scan on `case`. A case entered by hand takes the scanner as its origin."""
+    """Put the scan on `case`. The case's origin agrees with its scans: a case with no other scan
+    (entered by hand, or with another scanner or order id typed in) takes this scan's vendor and
+    order id; a case that has scans keeps the origin of its first."""
     if case.practice_id != scan.practice_id:
         raise ScanError("That case belongs to another practice.")
     if case.status is Status.CANCELLED:
@@ -433,7 +439,9 @@ def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None
     scan.case_id, scan.patient_id = case.id, case.patient_id
     scan.matched_by = scan.matched_by or "person"
     scan.problem = ""
-    if case.origin == "manual" or not case.origin_order_id:
+    others = db.session.scalar(select(func.count()).select_from(Scan).where(
+        Scan.case_id == case.id, Scan.id != scan.id))
+    if case.origin == "manual" or not case.origin_order_id or not others:
         case.origin, case.origin_order_id = _origin(scan.vendor), scan.order_id
     after = {"origin": case.origin, "origin_order_id": case.origin_order_id, "scan_id": scan.id,
              "vendor": scan.vendor.value, "order_id": scan.order_id, "created_from_scan": created}
