@@ -41,7 +41,6 @@ from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendo
 from portal.labs.models import Lab
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import Practice, utcnow
-from portal.scans import links
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
 
 MESH_FORMATS = frozenset({"STL", "PLY", "OBJ"})
@@ -118,20 +117,6 @@ def inbox_counts(practice_id: int) -> dict[InboxState, int]:
     rows = db.session.execute(select(Scan.inbox, func.count()).where(Scan.practice_id == practice_id)
                               .group_by(Scan.inbox))
     return {state: count for state, count in rows}
-
-
-def work_order_scans(case_id: int) -> list[dict]:
-    """The `scans` of the work order (docs/lab-api.md): a reference to every current file of
-    the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
-    export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
-    for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
-    rows = db.session.execute(
-        select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
-        .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)
-        .order_by(Scan.id, ScanFile.id))
-    return [{"vendor": vendor.value, "order_id": order_id, "kind": f.kind, "file_name": f.file_name,
-             "format": f.format, "jaw": f.jaw.value, "url": f.url or links.file_url(f)}
-            for vendor, order_id, f in rows.tuples()]
 
 
 # -- ingest ------------------------------------------------------------------------------------------

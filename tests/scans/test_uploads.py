@@ -24,7 +24,7 @@ from portal.extensions import db
 from portal.integrations.vendor import Jaw, Vendor
 from portal.scans import links, store, uploads
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
-from portal.scans.services import work_order_scans
+from portal.scans.queries import work_order_scans
 from tests import factories
 from tests.jobs import drain
 from tests.scans import meshes
