@@ -366,3 +366,20 @@ def test_bulk_move_of_selected_cards_refuses_the_illegal_one_and_keeps_it_select
     expect(bar).to_be_hidden()
     expect(refused.get_by_label(f"Select {d}")).not_to_be_checked()
     page.screenshot(path="/tmp/ui/bulk_after.png")
+
+
+def test_at_risk_advice_comes_with_the_buttons_that_do_it(page, signed_in, world, db):
+    import datetime as dt
+
+    today = dt.date.today()
+    risky = factories.case(world, Status.SENT, seat=today + dt.timedelta(days=2), due=today + dt.timedelta(days=5))
+    assert risky.seat_risk
+    signed_in(page, world.users["coordinator"], "/risk")
+    row = page.locator("tr", has_text=risky.number)
+    expect(row.locator("td.why")).to_contain_text("Chase the lab or move the appointment")
+    row.get_by_role("link", name=f"Message {world.lab.name}").click()
+    expect(page).to_have_url(re.compile(rf"/cases/{risky.id}#message-text$"))
+    expect(page.locator("#message-text")).to_be_in_viewport()
+    page.go_back()
+    page.locator("tr", has_text=risky.number).get_by_role("link", name="Open the seat appointment").click()
+    expect(page).to_have_url(re.compile(rf"/appointments/{risky.seat_appointment_id}/edit$"))
