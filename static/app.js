@@ -10,12 +10,15 @@
   function armToasts(root) {
     root.querySelectorAll(".toast:not([data-armed])").forEach(function (toast) {
       toast.dataset.armed = "1";
-      if (!toast.classList.contains("error")) setTimeout(function () { toast.remove(); }, 6000);
+      // A toast with an Undo button stays as long as the undo works (data-ttl, ms).
+      if (!toast.classList.contains("error")) setTimeout(function () { toast.remove(); }, Number(toast.dataset.ttl) || 6000);
     });
   }
   document.addEventListener("click", function (e) {
     var close = e.target.closest(".toast-close");
     if (close) close.closest(".toast").remove();
+    var undone = e.target.closest(".toast-undo button");
+    if (undone) setTimeout(function () { var t = undone.closest(".toast"); if (t) t.hidden = true; }, 0);
     var print = e.target.closest("[data-print]");
     if (print) window.print();
   });

@@ -383,3 +383,22 @@ def test_at_risk_advice_comes_with_the_buttons_that_do_it(page, signed_in, world
     page.go_back()
     page.locator("tr", has_text=risky.number).get_by_role("link", name="Open the seat appointment").click()
     expect(page).to_have_url(re.compile(rf"/appointments/{risky.seat_appointment_id}/edit$"))
+
+
+def test_a_mistaken_drag_is_undone_from_its_toast(page, signed_in, world, db):
+    case_id, number = make_case(world, Status.SENT)
+    signed_in(page, world.users["coordinator"])
+    with move_response(page):
+        drag(page, number, "dispatched")
+    expect(card(page, number, "dispatched")).to_be_visible()
+    toast = page.locator("#toasts .toast.success", has_text=f"{number} moved to Dispatched")
+    page.wait_for_timeout(6500)  # longer than an ordinary toast lives: this one waits for the undo
+    with page.expect_response(lambda r: urlsplit(r.url).path == f"/cases/{case_id}/undo") as response:
+        toast.get_by_role("button", name="Undo").click()
+    assert response.value.status == 200
+    expect(card(page, number, "sent")).to_be_visible()
+    expect(page.locator("#toasts .toast.success", has_text="is back in Sent")).to_be_visible()
+    fresh_case = fresh(case_id)
+    assert fresh_case.status is Status.SENT and fresh_case.dispatched_at is None
+    assert db.session.scalars(select(AuditEvent.action).where(
+        AuditEvent.entity_id == str(case_id)).order_by(AuditEvent.seq.desc())).first() == "case.undo"
