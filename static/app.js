@@ -26,6 +26,20 @@
     if (e.target.matches("select[data-autosubmit]")) e.target.form.submit();
   });
 
+  // An error beside a field goes once the person changes that field (the server checks it again
+  // on the next submit); the other fields keep theirs.
+  function clearFieldError(e) {
+    var input = e.target;
+    if (!input.matches || !input.matches("input, select, textarea") || input.type === "hidden") return;
+    var holder = input.closest(".has-error");
+    if (!holder) return;
+    holder.classList.remove("has-error");
+    holder.querySelectorAll(".error").forEach(function (p) { p.hidden = true; });
+    holder.querySelectorAll("[aria-invalid]").forEach(function (el) { el.removeAttribute("aria-invalid"); });
+  }
+  document.addEventListener("input", clearFieldError);
+  document.addEventListener("change", clearFieldError);
+
   // "/" focuses the find-case box (a barcode scanner types into it and presses Enter).
   document.addEventListener("keydown", function (e) {
     if (e.key === "/" && !e.target.closest("input, textarea, select")) {

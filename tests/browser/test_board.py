@@ -402,3 +402,16 @@ def test_a_mistaken_drag_is_undone_from_its_toast(page, signed_in, world, db):
     assert fresh_case.status is Status.SENT and fresh_case.dispatched_at is None
     assert db.session.scalars(select(AuditEvent.action).where(
         AuditEvent.entity_id == str(case_id)).order_by(AuditEvent.seq.desc())).first() == "case.undo"
+
+
+def test_errors_beside_the_case_forms_fields_clear_as_each_is_fixed(page, signed_in, world, db):
+    signed_in(page, world.users["coordinator"], "/cases/new")
+    page.get_by_role("button", name="Create draft case").click()
+    provider = page.locator(".field", has=page.locator("#provider_id"))
+    lab = page.locator(".field", has=page.locator("#lab_id"))
+    expect(provider.locator(".error")).to_contain_text("Choose the provider")
+    expect(lab.locator(".error")).to_contain_text("Choose the lab")
+    page.select_option("#provider_id", str(world.provider.id))
+    expect(provider.locator(".error")).to_be_hidden()
+    expect(page.locator("#provider_id")).not_to_have_attribute("aria-invalid", "true")
+    expect(lab.locator(".error")).to_be_visible()  # not fixed yet
