@@ -142,7 +142,7 @@ class Config:
         self.SCANNER_POLL_SECONDS = int(os.environ.get("SCANNER_POLL_SECONDS", "120"))
         # How often the sweep syncs a practice management system (PMS) integration, in seconds.
         self.PMS_SYNC_SECONDS = int(os.environ.get("PMS_SYNC_SECONDS", "300"))
-        # Hosts a vendor's discovery may point us at (RELIABILITY W8), comma separated; a leading
+        # Hosts a vendor's discovery may point us at (docs/reliability.md W8), comma separated; a leading
         # dot allows subdomains. Development adds loopback for the vendor sandbox.
         default_hosts = ".itero.com,.aligntech.com,openapi-auth.meditlink.com,openapi-resources.meditlink.com," \
                         "stage-openapi-auth.meditlink.com,stage-openapi-resources.meditlink.com,api.opendental.com"

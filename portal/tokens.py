@@ -1,4 +1,4 @@
-"""Secret links sent by email (a lab's page, a set-password link), RELIABILITY.md M1.
+"""Secret links sent by email (a lab's page, a set-password link), docs/reliability.md M1.
 
 A token is `secrets.token_urlsafe(32)` (256 bits from a secure generator); only its SHA-256 is
 stored, so the database alone never opens a link. Each link model has a unique `token_hash`.

@@ -1,4 +1,4 @@
-"""The lab's private page: /lab/<token>. No login; the token is the key (RELIABILITY.md M1-M5).
+"""The lab's private page: /lab/<token>. No login; the token is the key (docs/reliability.md M1-M5).
 
 GET shows the case and changes nothing (mail scanners open links). Every change is a POST from
 the page with its CSRF token, made by a person, and goes through the lifecycle as the lab.

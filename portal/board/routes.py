@@ -3,14 +3,16 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, make_response, request
 from sqlalchemy import select
 
+from portal.auth.sessions import passive
 from portal.board import services
 from portal.board.services import Filters
 from portal.cases import services as cases_services
+from portal.cases.risk import risk_of
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Provider
-from portal.auth.sessions import passive
+from portal.reports.services import next_appointments
 from portal.web import ANY_ROLE, render, requires, wants_fragment
 
 bp = Blueprint("board", __name__)
@@ -71,9 +73,6 @@ def column(status: str):
 @bp.get("/risk")
 @requires(*ANY_ROLE)
 def risk():
-    from portal.cases.risk import risk_of
-    from portal.reports.services import next_appointments
-
     cases = services.risk_list(g.practice.id)
     return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases},
                   next_visit=next_appointments(g.practice.id, {c.patient_id for c in cases}))

@@ -21,10 +21,14 @@ from portal.dispatch import queries as dispatch_queries
 from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
 from portal.extensions import db, transaction
+from portal.integrations.itero import rx as itero_rx
+from portal.integrations import writeback
+from portal.integrations.itero.forms import RescanForm, RxForm
 from portal.labcomm import services as labcomm
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
+from portal.scans import queries as scans_queries
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
@@ -208,13 +212,30 @@ def show(case_id: int):
     case = get_or_404(LabCase, case_id)
     return render(
         "cases/show.html", case=case, moves=allowed_moves(case), events=services.timeline(case),
-        # The panels, each with its data from the feature that owns it:
-        dispatch_panel=dispatch_queries.dispatch_panel(case),  # Sending to the lab (portal/dispatch)
-        messages_panel=labcomm.messages_panel(case),  # Messages with the lab (portal/labcomm)
         risk=risk_of(case), move_form=MoveForm(), remake_form=RemakeForm(), checkin_form=CheckInForm(),
         remakes=db.session.scalars(select(LabCase).where(LabCase.remake_of_id == case.id)).all(),
         next_stages=db.session.scalars(select(LabCase).where(LabCase.previous_stage_id == case.id)).all(),
+        **_panels(case),
     )
+
+
+def _panels(case: LabCase) -> dict:
+    """The case page's panels, each a named block of cases/show.html, each with its data from the
+    feature that owns it (a panel's own actions post to that feature's routes)."""
+    return {
+        # Approve and send, and how sending went: the newest dispatch and its order events.
+        "dispatch_panel": dispatch_queries.dispatch_panel(case),
+        # The Rx sent to iTero, withdrawing it, asking iTero for a rescan (None: nothing to show).
+        "itero_panel": itero_rx.panel(case),
+        "rx_form": RxForm(),
+        "rescan_form": RescanForm(reason=case.status_reason),
+        # The case's lab case in the practice management system and its last write (None: no PMS).
+        "pms_panel": writeback.case_row(case),
+        # What each scanner sent for this case.
+        "scans_panel": scans_queries.scans_with_files(case.id),
+        # Messages with the lab, and how each reaches it (email, its API, a phone call).
+        "messages_panel": labcomm.messages_panel(case),
+    }
 
 
 def _board_response(status: int, message: str | None = None, level: str = "error"):

@@ -9,7 +9,8 @@ from sqlalchemy import func, or_, select, update
 
 from portal import events
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.models import AuditEvent
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
 from portal.cases.events import CaseCancelled, CaseEdited
@@ -23,6 +24,7 @@ from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient, Provider
 from portal.practices.models import Practice
+from portal.scans.models import Scan
 
 
 @dataclass
@@ -265,8 +267,6 @@ def refresh_cases_for_appointment(appointment_id: int) -> None:
 
 def timeline(case: LabCase):
     """The case's own audit rows and those of the scans on it (received, updated by the vendor...)."""
-    from portal.audit.models import AuditEvent
-    from portal.scans.models import Scan
 
     scan_ids = [str(i) for i in db.session.scalars(select(Scan.id).where(Scan.case_id == case.id))]
     of_case = (AuditEvent.entity_type == "lab_case") & (AuditEvent.entity_id == str(case.id))

@@ -4,8 +4,8 @@ webhooks).
 The URL's last part is an unguessable per-integration key (only its hash is stored), so a forged
 notification needs it first; then the vendor's adapter verifies what it can (Medit signs its
 bodies) and names the orders to re-read. The request stores them and answers at once; a job
-re-reads each order through the vendor's authenticated API (W5, W6), so a notification can
-change nothing by itself. A repeated delivery is answered 2xx and stored once (W4). JSON errors
+re-reads each order through the vendor's authenticated API (docs/reliability.md W5, W6), so a notification can
+change nothing by itself. A repeated delivery is answered 2xx and stored once (docs/reliability.md W4). JSON errors
 only; no CSRF token here (the key and the signature are the authentication).
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.extensions import db
@@ -52,6 +52,7 @@ from portal.integrations.threeshape import export as threeshape
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendor, VendorOrder
 from portal.people.models import Patient
 from portal.practices.models import utcnow
+from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit, enqueue_now, get_queue
 from portal.scans import mesh, services, store
 from portal.scans.mesh import MeshError, MeshInfo
 from portal.scans.models import FileState, Scan, ScanFile
@@ -294,8 +295,6 @@ def _ingest(practice_id, order: VendorOrder, staging, actor, patient, case, inte
         if row.ref in processing and row.state is not FileState.PROCESSING and row.triangle_count is None:
             row.state, row.progress, row.error = FileState.PROCESSING, 0, ""
     db.session.flush()
-    from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit
-
     for row in scan.current_files:
         if row.state is FileState.PROCESSING:
             enqueue_after_commit(INSPECT_SCAN_FILE, row.id, job_id=inspect_job_id(row.id),
@@ -474,8 +473,6 @@ def inspect_in_background(file_id: int) -> str:
     its counts, or REFUSED with the reader's message. State-guarded: a rerun (the sweep, a second
     enqueue) finds the file no longer PROCESSING and does nothing; the outcome is written once (an
     UPDATE ... WHERE state = 'processing'). Deterministic job id: inspect_job_id."""
-    from portal.queue import INSPECT_SCAN_FILE
-
     target = claim(file_id)
     db.session.rollback()  # no transaction stays open while the file is read
     if target is None:
@@ -491,8 +488,6 @@ def background_failed(file_id: int, exc_type, time_limit: int | None) -> None:
     does not look busy for ever. If the database is away too, the file stays PROCESSING and the
     sweep gives it its job again."""
     from rq.timeouts import JobTimeoutException
-
-    from portal.queue import INSPECT_SCAN_FILE
 
     if issubclass(exc_type, JobTimeoutException):
         message = (f"Reading this file took longer than {time_limit} seconds and was stopped. Check that it is "
@@ -556,8 +551,6 @@ def sweep(now: dt.datetime | None = None, tidy: bool | None = None) -> dict:
     folders no row refers to: a crash between writing an upload's files and its commit, or an
     export read but never ingested."""
     import redis
-
-    from portal.queue import INSPECT_SCAN_FILE, enqueue_now, get_queue
 
     now = now or utcnow()
     queue = get_queue()

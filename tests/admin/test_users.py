@@ -1,6 +1,6 @@
 """The users page (/admin/users): the list, adding people (a new account with a set-password link,
 or a membership for an existing account), role changes, deactivation, the last-admin guard,
-access (F6: admins only, another practice's user is 404), audit rows (A1) and bad input."""
+access (docs/reliability.md F6: admins only, another practice's user is 404), audit rows (A1) and bad input."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Scan files uploaded through the page (PRODUCT.md section 4, seed 002): each format read with its
+"""Scan files uploaded through the page (docs/sources.md source 002): each format read with its
 counts, broken and non-mesh files refused with the reader's message and nothing kept, 3Shape's
 .dcm kept as a reference, large files read by a job with progress, jaws and the bite's arches, the
 patient and case the scan lands on, a 3Shape export .zip, the size limit, CSRF, roles and other
@@ -725,7 +725,7 @@ def test_the_email_labs_page_lists_the_scan_files_with_their_links(client, world
     hrefs = re.findall(r'<a href="(http://localhost/scan-files/[^"]+)" rel="noreferrer nofollow">(Upper arch|Lower arch)</a>',
                        page)
     assert sorted(label for _, label in hrefs) == ["Lower arch", "Upper arch"]
-    assert "upper.stl" not in page  # M5: the lab sees what each file is, not the practice's file names
+    assert "upper.stl" not in page  # docs/reliability.md M5: the lab sees what each file is, not the practice's file names
     assert fetch(client, hrefs[0][0].removeprefix("http://localhost")).status_code == 200
 
 

@@ -160,7 +160,7 @@ def password_link(user_id: int):
 
 @password_bp.after_request
 def _private(response):
-    """As for lab links (M3): the token is the key, so no Referer carries it away and nothing
+    """As for lab links (docs/reliability.md M3): the token is the key, so no Referer carries it away and nothing
     caches the page."""
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"

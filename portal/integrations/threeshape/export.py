@@ -1,4 +1,4 @@
-"""3Shape TRIOS / Dental System order exports (contracts/threeshape.md), read without trusting them.
+"""3Shape TRIOS / Dental System order exports (docs/vendors/threeshape.md), read without trusting them.
 
 An export is a folder, or a zip of it, named after the order id: `<OrderID>.xml` (a
 `<DentalContainer>` of `<Object type="TDM_...">` with `<Property name= value=>` children), the scan
