@@ -134,6 +134,8 @@ class Config:
         self.DISPATCH_BATCH_SIZE = int(os.environ.get("DISPATCH_BATCH_SIZE", "200"))
         self.DISPATCH_BATCH_SECONDS = float(os.environ.get("DISPATCH_BATCH_SECONDS", "10"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
+        # A retry this late is enqueued by the sweep whatever RQ's scheduler says (portal/queue.py).
+        self.OUTBOX_GRACE_SECONDS = int(os.environ.get("OUTBOX_GRACE_SECONDS", "60"))
         self.RQ_QUEUE = os.environ.get("RQ_QUEUE", "labmanager")
         # Scanner integrations (portal/integrations): credentials encrypted with these Fernet keys (the
         # first encrypts; all decrypt, for a rotation). Production must set them.

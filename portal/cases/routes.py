@@ -4,13 +4,13 @@ import datetime as dt
 import io
 
 import segno
-from flask import Blueprint, current_app, flash, g, redirect, request, url_for
+from flask import Blueprint, flash, g, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from portal.audit.actor import Actor
-from portal.board import services as board_services
-from portal.board.services import Filters
+from portal.board.actions import person_moves
+from portal.board.responses import board_response
 from portal.cases import services, teeth
 from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeForm
 from portal.cases.lifecycle import IllegalMove, allowed_moves
@@ -18,7 +18,6 @@ from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, ItemData
 from portal.dispatch import queries as dispatch_queries
-from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
 from portal.extensions import db, transaction
 from portal.integrations.itero import rx as itero_rx
@@ -238,12 +237,8 @@ def _panels(case: LabCase) -> dict:
     }
 
 
-def _board_response(status: int, message: str | None = None, level: str = "error"):
-    filters = Filters.from_args(request.args)
-    columns = board_services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
-    stamp = board_services.board_stamp(g.practice.id)
-    return render("board/index.html", "columns", code=status, columns=columns, filters=filters,
-                  stamp=stamp, phases=board_services.PHASES, toast=message, toast_level=level)
+def _board_response(status: int, message: str | None = None, level: str = "error", **extra):
+    return board_response(status, message, level, **extra)
 
 
 @bp.get("/<int:case_id>/menu")
@@ -263,16 +258,9 @@ def move(case_id: int):
     if not form.validate():
         message = "Choose where to move the case."
         return _board_response(422, message) if from_board else _back(case, message, "error")
-    on_behalf = f"lab:{case.lab_id}" if case.lab_id and form.status.data in {
-        "acknowledged", "in_production", "dispatched", "on_hold", "rescan"} else ""
-    actor = Actor.user(current_user, on_behalf_of=on_behalf)
     with transaction(IllegalMove) as outcome:
-        target = services.status_of(form.status.data, case)
-        if services.is_send(case, target):
-            # A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
-            dispatch_services.approve_and_send(case, actor, confirm_risk=False)
-        else:
-            services.move_case(case, target, actor, reason=form.reason.data or "")
+        # A send's problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
+        person_moves(case, form.status.data, current_user, form.reason.data or "")
     if outcome.refused:
         refused = str(outcome.refused)
         return _board_response(409, refused) if from_board else _back(case, refused, "error", 409)

@@ -205,7 +205,7 @@ def sweep(now: dt.datetime | None = None) -> int:
     """Re-enqueue every due notice that has no live RQ job; returns how many were handed over."""
     queue = get_queue()
     return sum(1 for notice in due_for_sweep(now)
-               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id))
+               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id, due_at=notice.next_attempt_at))
 
 
 # --- the delivery job's outcomes (portal/dispatch/delivery.py does the HTTP between them) ------------

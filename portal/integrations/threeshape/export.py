@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import re
 import stat
@@ -618,21 +619,54 @@ def _tokens(name: str) -> set[str]:
 
 # Reading an export
 
-def read_export(path: str | os.PathLike, *, limits: Limits = Limits(), progress: Progress | None = None) -> ThreeShapeExport:
-    """Read an export folder or zip. `progress(bytes_read, total)` follows the meshes being read."""
+def read_export(path: str | os.PathLike, *, limits: Limits = Limits(), progress: Progress | None = None,
+                read_meshes: bool = True) -> ThreeShapeExport:
+    """Read an export folder or zip. `progress(bytes_read, total)` follows the meshes being read.
+    With `read_meshes` False the meshes are only sniffed (their first megabyte: a PDF renamed .stl
+    is that file's error at once) and left with ``mesh`` None for a background job to read; their
+    jaws then come from the order and the names, the shape's say comes after the job."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
-        return _read(_folder_source(path, limits), limits, progress)
+        return _read(_folder_source(path, limits), limits, progress, read_meshes)
     if path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
         source, archive = _zip_source(path, limits)
         with archive:
-            return _read(source, limits, progress)
+            return _read(source, limits, progress, read_meshes)
     if path.is_file():
         raise ExportError(f"{path.name} is neither a folder nor a zip of a 3Shape order export.")
     raise ExportError(f"{path.name} does not exist.")
 
 
-def _read(source: _Source, limits: Limits, progress: Progress | None) -> ThreeShapeExport:
+def export_digest(path: str | os.PathLike) -> str:
+    """A digest of a zip export's entries (name, size and CRC-32 of each, from the zip's directory:
+    nothing is unpacked), so the same export uploaded again is known before its meshes are read, even
+    zipped anew. "" when `path` is not a readable zip (read_export then says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = sorted((i.filename.replace("\\", "/"), i.file_size, i.CRC) for i in archive.infolist()
+                             if not i.is_dir())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return ""
+    tops = {name.split("/", 1)[0] for name, _, _ in entries}
+    if len(tops) == 1 and all("/" in name for name, _, _ in entries):  # zipped with its folder or without
+        entries = [(name.split("/", 1)[1], size, crc) for name, size, crc in entries]
+    h = hashlib.sha256()
+    for name, size, crc in entries:
+        h.update(f"{name}\0{size}\0{crc:08x}\n".encode())
+    return h.hexdigest()
+
+
+def mesh_bytes(path: str | os.PathLike) -> int:
+    """The unpacked size of a zip export's mesh files (STL, PLY, OBJ), from the zip's directory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(i.file_size for i in archive.infolist()
+                       if PurePosixPath(i.filename).suffix.lower() in MESH_EXTENSIONS)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
+
+
+def _read(source: _Source, limits: Limits, progress: Progress | None, read_meshes: bool = True) -> ThreeShapeExport:
     xml_member = _find_order_xml(source)
     try:
         data = source.read(xml_member, limits.max_xml_bytes)
@@ -728,7 +762,7 @@ def _read(source: _Source, limits: Limits, progress: Progress | None) -> ThreeSh
         warnings.append("The prepared teeth are on both arches: which arch each scan shows is not told by "
                         "the order.")
 
-    files = _read_files(source, xml_member, models, scans, prep_arch({}), progress)
+    files = _read_files(source, xml_member, models, scans, prep_arch({}), progress, read_meshes)
     first, last = split_patient_name(order.get("Patient_FirstName", ""),
                                      order.get("Patient_LastName", "") or order.get("PatientName", ""))
     patient = PatientRef(first_name=first, last_name=last, chart_number=order.get("Patient_RefNo", ""))
@@ -767,7 +801,7 @@ def _material_names(source: _Source, warnings: list[str]) -> dict[str, str]:
 
 
 def _read_files(source: _Source, xml_member: _Member, models: tuple[ModelElement, ...], scans: list[Scan],
-                prep_jaw: Jaw, progress: Progress | None) -> tuple[ExportFile, ...]:
+                prep_jaw: Jaw, progress: Progress | None, read_meshes: bool = True) -> tuple[ExportFile, ...]:
     model_files = {PurePosixPath(m.file_name.replace("\\", "/")).name.lower() for m in models if m.file_name}
     meshes = [m for m in source.members if PurePosixPath(m.path).suffix.lower() in MESH_EXTENSIONS]
     total, done = sum(m.size for m in meshes), 0
@@ -786,8 +820,11 @@ def _read_files(source: _Source, xml_member: _Member, models: tuple[ModelElement
 
             try:
                 with source.open(member) as f:
-                    info = mesh.inspect(f, name=member.path, size=member.size, progress=step)
-                fmt = info.format
+                    if read_meshes:
+                        info = mesh.inspect(f, name=member.path, size=member.size, progress=step)
+                        fmt = info.format
+                    else:
+                        fmt = mesh.check_head(f.read(mesh.CHUNK_SIZE), member.size, member.path)
             except MeshError as exc:
                 error = str(exc)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
