@@ -5,8 +5,8 @@ link_secret (the token encrypted with SCANNER_CREDENTIALS_KEYS; the bodies hold 
 its place). Rows still waiting to be sent, and those the dev mailbox captured, keep their link
 this way; the downgrade puts the tokens back into the bodies and the scrub column.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-03 12:58:17.066311
 
 """
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0011'
-down_revision = '0010'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
