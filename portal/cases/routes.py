@@ -315,12 +315,13 @@ def slip(case_id: int):
 @bp.get("/find")
 @requires(*ANY_ROLE)
 def find():
-    """The 'find case' box: a barcode scanner types the case number and presses Enter."""
-    text = request.args.get("number", "")
+    """The top bar's "find case" box. A case number (a barcode scanner types it from the box label
+    and presses Enter) opens that case; anything else is the board's own search, so both boxes
+    find the same cases and say so the same way when nothing matches."""
+    text = request.args.get("number", "").strip()[:100]
     case = services.find_by_number(g.practice.id, text)
-    if case is None:
-        flash(f"No case numbered “{text.strip()[:30]}” in this practice." if text.strip()
-              else "Type or scan a case number.", "error")
-        return redirect(request.referrer if request.referrer and request.referrer.startswith(request.host_url)
-                        else url_for("board.index"))
-    return redirect(url_for("cases.show", case_id=case.id))
+    if case is not None:
+        return redirect(url_for("cases.show", case_id=case.id))
+    if not text:
+        flash("Type a patient's name, a chart number or a case number.", "error")
+    return redirect(url_for("board.index", **({"q": text} if text else {})))

@@ -110,6 +110,9 @@ class ScannerAdapter(Adapter):
     # order id itself (Medit's case uuid), so a 404 on re-reading it is a deletion, and the scan is
     # marked deleted at the vendor. False where the ref is something else (iTero's Rx id).
     deletes_when_missing = False
+    # Stages whose orders the vendor may change without listing them again (or notifying us): a
+    # sync re-reads its scans in these stages by order ref (fetch), a batch at a time in turn.
+    reread_stages: frozenset = frozenset()
 
     def __init__(self, integration: ScannerIntegration):
         super().__init__(integration)
@@ -117,6 +120,8 @@ class ScannerAdapter(Adapter):
         # Orders of a poll that could not be read: (order ref, why). The sync records them and
         # goes on with the others.
         self.skipped: list[tuple[str, str]] = []
+        # Order ids a poll brought: a re-read of the same order in that sync is not needed.
+        self.polled: set[str] = set()
 
     def poll(self) -> Iterable[VendorOrder]:
         raise NotImplementedError

@@ -229,6 +229,9 @@ def test(integration_id: int):
     except VendorError as exc:
         db.session.rollback()
         answer, problem = None, str(exc)
+        if exc.kind == "host":  # as a sync does (W8): paused, the error recorded and audited
+            problem = admin.stop_for_host(_integration_or_404(integration_id), exc, Actor.user(current_user))
+            db.session.commit()
     integration = _integration_or_404(integration_id)
     if answer is not None and integration.vendor.kind == "pms" and not integration.connected:
         admin.mark_connected(integration, Actor.user(current_user))  # a PMS is connected once its keys work

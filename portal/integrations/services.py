@@ -406,6 +406,14 @@ def test_connection(integration: ScannerIntegration) -> str:
         raise VendorError(str(exc), "refused") from exc
 
 
+def stop_for_host(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> str:
+    """The vendor pointed us off the allowed hosts outside a sync (Test connection): the same as in
+    a sync (RELIABILITY W8): the integration is paused, the error recorded and both audited. Returns
+    the integration's error for the person."""
+    sync.failed(integration, exc, actor)
+    return integration.last_error
+
+
 def request_sync(integration: ScannerIntegration, actor: Actor) -> None:
     """A poll now, after the commit (sync.sync_now), unless it can't run; then say why."""
     if not integration.active:

@@ -90,6 +90,7 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     try:
         for order in adapter.poll():
             outcomes[ingest_one(integration_id, order, "poll", actor)] += 1
+        outcomes.update(reread_unfinished(integration_id, adapter, actor))
     except VendorError as exc:
         db.session.rollback()
         failed(db.session.get(ScannerIntegration, integration_id), exc, actor)
@@ -105,6 +106,48 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         outcomes["unreadable"] = len(adapter.skipped)
     db.session.commit()
     return dict(outcomes)
+
+
+REREAD_BATCH = 50  # scans re-read by order ref per sync, in turn (the next sync goes on from there)
+
+
+def reread_unfinished(integration_id: int, adapter, actor: Actor) -> Counter[str]:
+    """Re-read, by order ref, the scans in a stage the vendor may still change without listing the
+    order again (the adapter's `reread_stages`: iTero's Get Orders lists only Ready for Download
+    and Lab Review, so iTero Milling, Ready to Ship and Downloaded would never reach the case),
+    until they reach a final one. A batch per sync, in turn by scan id (where the last batch ended
+    is kept in the integration's settings); scans the poll just brought, dismissed ones and those
+    of a closed case are left out. What changed is counted as "reread_<outcome>"."""
+    from portal.cases.models import LabCase
+    from portal.cases.status import Status
+    from portal.scans.models import InboxState, Scan
+
+    outcomes: Counter[str] = Counter()
+    if not adapter.reread_stages:
+        return outcomes
+    integration = db.session.get(ScannerIntegration, integration_id)
+    after = integration.config.get("reread_after")
+    after = after if isinstance(after, int) else 0
+    stmt = (select(Scan.id, Scan.rx_id, Scan.order_id).outerjoin(LabCase, LabCase.id == Scan.case_id)
+            .where(Scan.integration_id == integration_id, Scan.stage.in_(adapter.reread_stages),
+                   Scan.rx_id != "", Scan.inbox != InboxState.DISMISSED,
+                   LabCase.id.is_(None) | LabCase.status.in_(Status.open())))
+    rows = list(db.session.execute(stmt.where(Scan.id > after).order_by(Scan.id).limit(REREAD_BATCH)))
+    if len(rows) < REREAD_BATCH and after:  # round again from the first
+        rows += list(db.session.execute(stmt.where(Scan.id <= after).order_by(Scan.id)
+                                        .limit(REREAD_BATCH - len(rows))))
+    db.session.commit()  # nothing of ours is open while the vendor is called
+    for scan_id, ref, order_id in rows:
+        if order_id in adapter.polled:
+            continue
+        order = adapter.fetch(ref)
+        outcome = ingest_one(integration_id, order, "poll", actor) if order is not None else "unchanged"
+        if outcome != "unchanged":
+            outcomes[f"reread_{outcome}"] += 1
+    if rows:
+        integration = db.session.get(ScannerIntegration, integration_id)
+        integration.set_config(reread_after=rows[-1][0])
+    return outcomes
 
 
 def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Actor) -> str:

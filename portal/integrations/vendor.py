@@ -107,6 +107,7 @@ class Asset:
     size_bytes: int | None = None
     jaw: Jaw = Jaw.UNKNOWN
     jaw_source: str = ""
+    jaw_note: str = ""  # geometry: how sure ("sure: ..." or "not sure: ..."), see portal/scans/mesh/jaws.py
     url: str = ""
     vertex_count: int | None = None
     triangle_count: int | None = None

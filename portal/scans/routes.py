@@ -25,11 +25,11 @@ from portal.audit.actor import Actor
 from portal.cases.models import LabCase
 from portal.cases.services import patient_options
 from portal.extensions import db
-from portal.integrations.vendor import Vendor
+from portal.integrations.vendor import Jaw, Vendor
 from portal.people.models import Patient
 from portal.scans import queries as inbox
 from portal.scans import services
-from portal.scans.forms import ActionForm, CaseChoiceForm, DismissForm, PatientForm
+from portal.scans.forms import ActionForm, CaseChoiceForm, DismissForm, JawForm, PatientForm
 from portal.scans.models import InboxState, Scan
 from portal.scans.services import NeedsConfirmation, ScanError
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires, safe_next, wants_fragment
@@ -217,6 +217,16 @@ def new_case(scan_id: int):
         return f"New draft case {case.number} created from the scan; check it and send it to the lab."
 
     return _scan_action(scan_id, ActionForm(), "case", act)
+
+
+@bp.post("/<int:scan_id>/jaw")
+@requires(*CAN_EDIT)
+def set_jaw(scan_id: int):
+    def act(scan, form, actor):
+        row = services.set_jaw(scan, form.file_id.data, Jaw(form.jaw.data), actor)
+        return f"{row.file_name} is set to {row.jaw.value if row.jaw is not Jaw.UNKNOWN else 'not known'}."
+
+    return _scan_action(scan_id, JawForm(), "jaw", act)
 
 
 @bp.post("/<int:scan_id>/dismiss")
