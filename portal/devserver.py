@@ -4,6 +4,10 @@ Applies migrations, loads the demo data once, starts an embedded Redis (redislit
 REDIS_URL is unset, an RQ worker with its scheduler, the outbox sweep, the demo lab, the vendor
 sandbox (iTero and Medit Link) with the demo practice's scanners connected to it, and the web
 server. Ctrl-C stops all of it.
+
+The worker and `rq cron` (the sweep) are restarted whenever they exit, as a supervisor does in
+production: `rq cron` exits when Redis goes away, and the worker exits with status 1 when its
+scheduler died (jobs/worker.py). Anything else exiting stops the demo.
 """
 from __future__ import annotations
 
@@ -29,6 +33,34 @@ def _flask(env: dict, *args: str, capture: bool = False) -> str:
     return (done.stdout or "").strip()
 
 
+class Service:
+    """A child process; `restart` ones are started again when they exit. `argv(n)` gives the
+    command of the n-th start (the worker takes a new name each time: RQ refuses a name that a
+    worker which died with Redis away may still hold)."""
+
+    def __init__(self, name: str, argv, env: dict, restart: bool = False, delay: float = 1.0):
+        self.name, self.argv, self.env, self.restart, self.delay = name, argv, env, restart, delay
+        self.starts = 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        self.starts += 1
+        return subprocess.Popen(self.argv(self.starts), env=self.env, cwd=ROOT)
+
+    def check(self) -> bool:
+        """True while it runs (restarted if it had to be); False when it exited for good."""
+        code = self.proc.poll()
+        if code is None:
+            return True
+        if not self.restart:
+            print(f"{self.name} exited with status {code}; stopping.", flush=True)
+            return False
+        print(f"{self.name} exited with status {code}; starting it again.", flush=True)
+        time.sleep(self.delay)
+        self.proc = self._start()
+        return True
+
+
 def main() -> int:
     INSTANCE.mkdir(parents=True, exist_ok=True)
     env = os.environ.copy()
@@ -45,16 +77,9 @@ def main() -> int:
     _flask(env, "db", "upgrade")
     _flask(env, "seed-demo")
 
-    procs: list[subprocess.Popen] = []
-    queue = env.get("RQ_QUEUE", "labmanager")
-    procs.append(subprocess.Popen(
-        [str(BIN / "rq"), "worker", "--worker-class", "jobs.worker.Worker", "--with-scheduler",
-         "--url", env["REDIS_URL"], "--path", str(ROOT),
-         "--name", f"dev-{os.getpid()}", queue], env=env, cwd=ROOT))
-    procs.extend(_extra_processes(env))
-    procs.append(subprocess.Popen(
-        [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT, "--with-threads"],
-        env=env, cwd=ROOT))
+    procs = [*background_services(env), *_extra_processes(env), Service(
+        "the web server", lambda _: [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT,
+                                     "--with-threads"], env)]
     _connect_scanners(env)
 
     password = (INSTANCE / "demo-password").read_text().strip() if (INSTANCE / "demo-password").exists() \
@@ -79,17 +104,17 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        while not stopping and all(p.poll() is None for p in procs):
+        while not stopping and all(s.check() for s in procs):
             time.sleep(0.5)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for s in procs:
+            if s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGTERM)
+        for s in procs:
             try:
-                p.wait(timeout=10)
+                s.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                s.proc.kill()
         if redis_server is not None:
             try:
                 redis_server.shutdown(save=False)
@@ -98,21 +123,30 @@ def main() -> int:
     return 0
 
 
-def _extra_processes(env: dict) -> list[subprocess.Popen]:
-    """Helpers started beside the app: RQ's cron scheduler running the outbox sweep (jobs/sweep.py),
-    the demo lab's API server and the vendor sandbox (sandbox/, beside the package in the checkout)."""
-    procs = [subprocess.Popen(
-        [str(BIN / "rq"), "cron", "--url", env["REDIS_URL"], "--path", str(ROOT), "jobs.sweep"],
-        env=env, cwd=ROOT)]
-    procs.append(subprocess.Popen([sys.executable, "-m", "sandbox.lab"], env=env, cwd=ROOT))
+def background_services(env: dict) -> list[Service]:
+    """The RQ worker with its scheduler, and RQ's cron scheduler running the outbox sweep
+    (jobs/sweep.py): both restarted whenever they exit."""
+    queue, url = env.get("RQ_QUEUE", "labmanager"), env["REDIS_URL"]
+    return [
+        Service("the RQ worker", lambda n: [
+            str(BIN / "rq"), "worker", "--worker-class", "jobs.worker.Worker", "--with-scheduler", "--url", url,
+            "--path", str(ROOT), "--name", f"dev-{os.getpid()}-{n}", queue], env, restart=True),
+        Service("the outbox sweep (rq cron)", lambda _: [
+            str(BIN / "rq"), "cron", "--url", url, "--path", str(ROOT), "jobs.sweep"], env, restart=True),
+    ]
+
+
+def _extra_processes(env: dict) -> list[Service]:
+    """Helpers started beside the app: the demo lab's API server and the vendor sandbox (sandbox/,
+    beside the package in the checkout)."""
     sandbox_env = dict(env, VENDOR_DEMO_PATIENTS=_flask(env, "scanners", "demo-patients", capture=True))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
-        env=sandbox_env, cwd=ROOT))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port", OPENDENTAL_PORT, "--demo"],
-        env=sandbox_env, cwd=ROOT))
-    return procs
+    return [Service("the demo lab", lambda _: [sys.executable, "-m", "sandbox.lab"], env),
+            Service("the vendor sandbox", lambda _: [
+                sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
+                sandbox_env),
+            Service("the Open Dental sandbox", lambda _: [
+                sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port", OPENDENTAL_PORT, "--demo"],
+                sandbox_env)]
 
 
 def _connect_scanners(env: dict) -> None:

@@ -5,7 +5,7 @@ It plays the outside world, so it imports nothing of the portal. One server, one
   python -m sandbox.vendors --port 5056 --demo   (make run starts it)
   Sandbox().start()                                          (tests: a free port, in a thread)
 
-iTero (contracts/itero.md "Wire shapes", the flows of seed 001), under /itero:
+iTero (docs/vendors/itero.md "Wire shapes", the flows of docs/sources.md source 001), under /itero:
   GET  /itero/oauth/authorize?client_id&redirect_uri&state   the "login page": approves at once and
                                                                redirects to redirect_uri?code&state
   POST /itero/oauth/token     form grant_type=authorization_code|refresh_token, HTTP Basic client auth
@@ -27,7 +27,7 @@ iTero (contracts/itero.md "Wire shapes", the flows of seed 001), under /itero:
   The download is a real zip: small binary STL meshes (closed prisms) and metadata.json for "ide",
   small PNG images (iTero sends JPG) for "thumbnails".
 
-Medit Link (contracts/medit.md), under /medit (auth host and resources host are both {url}/medit):
+Medit Link (docs/vendors/medit.md), under /medit (auth host and resources host are both {url}/medit):
   GET  /medit/oauth/authorize?client_id&response_type=code&redirect_uri&scope&state   (approves at once)
   POST /medit/oauth/token     HTTP Basic (32-character client id and secret); a refresh token only
                               when the scope holds offline_access
@@ -137,7 +137,7 @@ ITERO_STATUS = {
 }
 ITERO_NOTIFY = {"Completed", "Ready for Download", "Lab Review"}  # a callback fires on entering these
 ITERO_RETURNABLE = ITERO_NOTIFY  # the lab can send these back to the doctor
-# The flows of seed 001, as the moves that follow a first scan ("Completed").
+# The flows of docs/sources.md source 001, as the moves that follow a first scan ("Completed").
 ITERO_FLOWS = {
     "direct": [],
     "modelling": ["modeling", "lab_review"],
@@ -160,13 +160,13 @@ DEFAULT_CONFIG = {
     "token_ttl": 3600,  # seconds an access token lives
     "page_size": 20,  # iTero orders per page
     "callbacks": True,  # iTero scan callbacks on or off (off: the adapter must poll)
-    "foreign_host": "",  # when set, discovery puts the endpoints below on this host (RELIABILITY W8)
+    "foreign_host": "",  # when set, discovery puts the endpoints below on this host (docs/reliability.md W8)
     "foreign_endpoints": ["orders"],
     "loopback_only": True,  # callbacks and webhooks only to loopback addresses
     "max_items": 1000,  # orders and cases kept; the oldest go first
     # iTero read strictly, as a vendor written only from the contract may behave: discovery wants the
     # Bearer like every call after the token; orders pages count from 0; Get Orders lists only the
-    # orders in Completed / Ready for Download or Lab Review (seed 001), so an order that moves on to
+    # orders in Completed / Ready for Download or Lab Review (docs/sources.md source 001), so an order that moves on to
     # iTero Modeling, Scanning, iTero Milling, Ready to Ship or Downloaded is read only by its Rx id.
     "strict": False,
 }
@@ -1119,7 +1119,7 @@ class Medit:
             self.core.courier.post(f"medit {code}", self.webhook["url"], raw, headers)
 
     def flush(self, reverse: bool = False) -> int:
-        """Send the held webhooks, in the order they happened or reversed (out of order, W6)."""
+        """Send the held webhooks, in the order they happened or reversed (out of order, docs/reliability.md W6)."""
         with self.core.lock:
             held, self.held = self.held, []
             for delivery in reversed(held) if reverse else held:

@@ -12,11 +12,11 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.auth.passwords import hash_password
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
-from portal.cases.services import CaseData, ItemData, create_case
+from portal.cases.services import CaseData, ItemData, create_case, remake
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
@@ -24,6 +24,7 @@ from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import (
     Membership, Organization, OrganizationMembership, OrganizationRole, Practice, PracticeClosure, Role, User,
 )
+from portal.cases.risk import closed_days
 
 FIRST = ["Ava", "Liam", "Mia", "Noah", "Emma", "Oliver", "Sophia", "Elijah", "Isabella", "Lucas", "Amelia",
          "Mason", "Harper", "Ethan", "Evelyn", "Logan", "Abigail", "James", "Ella", "Aiden", "Grace", "Jack",
@@ -233,8 +234,6 @@ REMAKES = [  # (reason, payer, what was wrong), drawn for about one case in ten
 def _history(practice: Practice, labs: list[Lab], patients: list[Patient], providers: list[Provider],
              coordinator: Actor, rng: random.Random, today: dt.date, per_month: int) -> int:
     """Finished cases sent over the past six months (the latest three weeks ago); the number made."""
-    from portal.cases.risk import closed_days
-    from portal.cases.services import remake
 
     closed = closed_days(practice.id)
     first = today - dt.timedelta(days=182)

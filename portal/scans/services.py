@@ -4,7 +4,7 @@
 and makes the database agree with it, in the caller's transaction:
 
 1. The scan is keyed by (practice, vendor, order id). The same order reported again with the same
-   content changes nothing; a report older than the one already applied changes nothing (W4, W6).
+   content changes nothing; a report older than the one already applied changes nothing (docs/reliability.md W4, W6).
 2. The scan's fields and file references follow the report. Files that are no longer reported (a
    rescan brought new ones) stay in the history with `replaced_at` set.
 3. The patient is matched by chart number, else by name and date of birth; otherwise the scan
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, or_, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import catalog, lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.cases.models import LabCase
@@ -41,6 +41,7 @@ from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendo
 from portal.labs.models import Lab
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import Practice, utcnow
+from portal.scans import links
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
 
 MESH_FORMATS = frozenset({"STL", "PLY", "OBJ"})
@@ -120,12 +121,10 @@ def inbox_counts(practice_id: int) -> dict[InboxState, int]:
 
 
 def work_order_scans(case_id: int) -> list[dict]:
-    """The `scans` of the work order (contracts/lab-api.md): a reference to every current file of
+    """The `scans` of the work order (docs/lab-api.md): a reference to every current file of
     the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
     export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
     for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
-    from portal.scans import links
-
     rows = db.session.execute(
         select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
         .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)
@@ -265,14 +264,15 @@ def _copy_asset(row: ScanFile, asset: Asset) -> None:
 
 
 def _link_bites(scan: Scan) -> None:
-    """A bite scan belongs to both arches (seed 002): point it at the scan's upper and lower file."""
+    """A bite scan belongs to both arches (docs/sources.md source 002): point it at the scan's upper and lower file."""
     files = scan.current_files
 
     def arch(jaw: Jaw) -> ScanFile | None:
-        # The first of the arch's files, a mesh that was read before a reference to the same scan
-        # (a 3Shape export holds the preparation scan as .stl and as .dcm).
+        # The first of the arch's files, a mesh that was read (or is being read) before a reference
+        # to the same scan (a 3Shape export holds the preparation scan as .stl and as .dcm).
         found = [f for f in files if f.jaw is jaw and f.state is not FileState.REFUSED]
-        return min(found, key=lambda f: f.state is not FileState.OK, default=None)
+        rank = {FileState.OK: 0, FileState.PROCESSING: 1}
+        return min(found, key=lambda f: rank.get(f.state, 2), default=None)
 
     upper, lower = arch(Jaw.UPPER), arch(Jaw.LOWER)
     for f in files:
@@ -509,7 +509,7 @@ def restoration_for(procedure: str) -> str:
 
 
 def _follow_stage(scan: Scan, previous: OrderStage | None, files_changed: bool, actor: Actor) -> None:
-    """What the vendor's new status means for the case (contracts/itero.md, flows 1-5)."""
+    """What the vendor's new status means for the case (docs/vendors/itero.md, flows 1-5)."""
     if previous is scan.stage and not files_changed:
         return
     case = db.session.get(LabCase, scan.case_id)

@@ -1,5 +1,5 @@
 """The document store: where uploaded and exported scan files are kept, so Lab Manager can refer to
-them by path (seed 000: "Document Hub MAY be used to reference or store scan-related documents").
+them by path (docs/sources.md source 000: "Document Hub MAY be used to reference or store scan-related documents").
 
 Layout: ``SCAN_STORE_DIR/<practice id>/<upload id>/<safe name>``. A ScanFile refers to one by
 ``store:<practice id>/<upload id>/<safe name>`` (:func:`ref`); nothing else keeps the bytes (no
