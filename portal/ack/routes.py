@@ -8,7 +8,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
 from portal import logfilter
-from portal.tokens import guesses
 from portal.ack import services
 from portal.ack.forms import DispatchForm, MessageForm, ReasonForm, StatusForm
 from portal.cases import lifecycle
@@ -17,7 +16,8 @@ from portal.cases.status import Status
 from portal.extensions import db, limiter, transaction
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
-from portal.scans.services import work_order_scans
+from portal.scans.queries import work_order_scans
+from portal.tokens import guesses
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
 bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))

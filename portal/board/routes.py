@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from portal.auth.sessions import passive
 from portal.board import services
+from portal.board.responses import board_response
 from portal.board.services import Filters
 from portal.cases import services as cases_services
 from portal.cases.models import LabCase
@@ -96,16 +97,6 @@ def bulk():
             "move": f"moved to {Status(status).label}" if action == "move" else "", "cancel": "cancelled"}[action]
     return board_response(200, result.summary(verb), "error" if result.refused else "success",
                           refused=result.refused)
-
-
-def board_response(code: int, message: str | None = None, level: str = "error", **extra):
-    """The board's columns through the filters of the query string, with a toast: the answer
-    to a change made from the board (a move, a bulk action, an undo)."""
-    filters = Filters.from_args(request.args)
-    columns = services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
-    return render("board/index.html", "columns", code=code, columns=columns, filters=filters,
-                  stamp=services.board_stamp(g.practice.id), phases=services.PHASES, toast=message,
-                  toast_level=level, **extra)
 
 
 @bp.get("/board/column/<status>")

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from portal.audit.actor import Actor
 from portal.board.actions import person_moves
+from portal.board.responses import board_response
 from portal.cases import services, teeth
 from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeForm
 from portal.cases.lifecycle import IllegalMove, allowed_moves
@@ -237,8 +238,6 @@ def _panels(case: LabCase) -> dict:
 
 
 def _board_response(status: int, message: str | None = None, level: str = "error", **extra):
-    from portal.board.routes import board_response
-
     return board_response(status, message, level, **extra)
 
 

@@ -23,7 +23,7 @@ from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
 from portal.practices.models import Practice
 from portal.queue import DELIVER_DUE, DELIVER_WORK_ORDER, enqueue_after_commit, enqueue_now, enqueue_once_after_commit, get_queue, lab_api_job_timeout
-from portal.scans.services import work_order_scans
+from portal.scans.queries import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})

@@ -41,7 +41,6 @@ from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendo
 from portal.labs.models import Lab
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import Practice, utcnow
-from portal.scans import links
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
 
 MESH_FORMATS = frozenset({"STL", "PLY", "OBJ"})
@@ -118,20 +117,6 @@ def inbox_counts(practice_id: int) -> dict[InboxState, int]:
     rows = db.session.execute(select(Scan.inbox, func.count()).where(Scan.practice_id == practice_id)
                               .group_by(Scan.inbox))
     return {state: count for state, count in rows}
-
-
-def work_order_scans(case_id: int) -> list[dict]:
-    """The `scans` of the work order (docs/lab-api.md): a reference to every current file of
-    the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
-    export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
-    for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
-    rows = db.session.execute(
-        select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
-        .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)
-        .order_by(Scan.id, ScanFile.id))
-    return [{"vendor": vendor.value, "order_id": order_id, "kind": f.kind, "file_name": f.file_name,
-             "format": f.format, "jaw": f.jaw.value, "url": f.url or links.file_url(f)}
-            for vendor, order_id, f in rows.tuples()]
 
 
 # -- ingest ------------------------------------------------------------------------------------------
@@ -410,10 +395,14 @@ def _case_with_order(scan: Scan) -> LabCase | None:
 
 
 def _open_cases_without_scan(scan: Scan) -> list[LabCase]:
+    """The patient's cases a new scan may join by itself: one returned for a rescan, or a draft
+    with no scan yet that waits for no particular order (a draft entered with another scanner's,
+    or another order's, id waits for that one: _case_with_order finds it)."""
     has_scan = exists().where(Scan.case_id == LabCase.id)
+    expects_nothing = (LabCase.origin == "manual") | (func.coalesce(LabCase.origin_order_id, "") == "")
     return list(db.session.scalars(select(LabCase).where(
         LabCase.practice_id == scan.practice_id, LabCase.patient_id == scan.patient_id,
-        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan),
+        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan & expects_nothing),
     ).order_by(LabCase.id)))
 
 
@@ -422,7 +411,9 @@ def _origin(vendor: Vendor) -> str:
 
 
 def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None:
-    """Put the scan on `case`. A case entered by hand takes the scanner as its origin."""
+    """Put the scan on `case`. The case's origin agrees with its scans: a case with no other scan
+    (entered by hand, or with another scanner or order id typed in) takes this scan's vendor and
+    order id; a case that has scans keeps the origin of its first."""
     if case.practice_id != scan.practice_id:
         raise ScanError("That case belongs to another practice.")
     if case.status is Status.CANCELLED:
@@ -433,7 +424,9 @@ def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None
     scan.case_id, scan.patient_id = case.id, case.patient_id
     scan.matched_by = scan.matched_by or "person"
     scan.problem = ""
-    if case.origin == "manual" or not case.origin_order_id:
+    others = db.session.scalar(select(func.count()).select_from(Scan).where(
+        Scan.case_id == case.id, Scan.id != scan.id))
+    if case.origin == "manual" or not case.origin_order_id or not others:
         case.origin, case.origin_order_id = _origin(scan.vendor), scan.order_id
     after = {"origin": case.origin, "origin_order_id": case.origin_order_id, "scan_id": scan.id,
              "vendor": scan.vendor.value, "order_id": scan.order_id, "created_from_scan": created}

@@ -245,5 +245,15 @@ def orphans(referenced: set[str], older_than: float) -> list[Path]:
     return found
 
 
+def discard_file(path: Path | None) -> None:
+    """Remove one stored file and what the reader kept about it (a file refused after it was stored)."""
+    if path is None:
+        return
+    info = _info_path(path)
+    path.unlink(missing_ok=True)
+    if info is not None:
+        info.unlink(missing_ok=True)
+
+
 def remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)

@@ -373,6 +373,8 @@ def stage_export(staging: store.Staging, source: Path, *, read_meshes: bool = Tr
         for f in export.files:
             relative = store.unique(store.safe_path(f.path[len(top):]), taken)
             paths[f.path] = relative
+            if f.error:
+                continue  # a refused file of the export is listed with why, and not kept
             digest = hashlib.sha256()
             target = staging.file(relative)
             try:
@@ -465,6 +467,8 @@ def finish(file_id: int, info: MeshInfo | None, error: str, actor: Actor) -> str
     path = store.resolve(row.ref)
     if info is not None and path is not None:
         store.write_info(path, info)
+    elif info is None:
+        store.discard_file(path)  # a refused file is not kept: the row says why
     after = {"file_id": row.id, "file": row.file_name, "state": row.state.value, "vertices": row.vertex_count,
              "triangles": row.triangle_count, "error": row.error}
     if not any(f.state is FileState.PROCESSING for f in scan.current_files if f.id != row.id):
@@ -532,6 +536,7 @@ def fail(file_id: int, message: str, actor: Actor) -> bool:
                               execution_options={"synchronize_session": False})
     if done.rowcount != 1:
         return False
+    store.discard_file(store.resolve(row.ref))
     record("scan.file_checked", "scan", row.scan_id, after={"file_id": row.id, "file": row.file_name,
            "state": FileState.REFUSED.value, "error": message[:300]}, actor=actor,
            practice_id=row.scan.practice_id, outcome="error")

@@ -24,7 +24,7 @@ from portal.extensions import db
 from portal.integrations.vendor import Jaw, Vendor
 from portal.scans import links, store, uploads
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
-from portal.scans.services import work_order_scans
+from portal.scans.queries import work_order_scans
 from tests import factories
 from tests.jobs import drain
 from tests.scans import meshes
@@ -281,6 +281,8 @@ def test_a_broken_large_file_ends_refused_with_the_readers_message(client, login
     row = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "scan.file_checked")).one()
     assert row.outcome == "refused"
     assert [s["file_name"] for s in work_order_scans(f.scan.case_id)] == ["lower.stl"]  # refused: not sent
+    kept = [p.name for p in stored_files(store_dir)]
+    assert not any("upper" in name for name in kept) and "lower.stl" in kept  # the refused copy is not kept
 
 
 def test_a_large_file_that_is_plainly_not_a_mesh_is_refused_at_once(client, login, store_dir, small_threshold):
@@ -309,6 +311,7 @@ def test_a_job_that_fails_refuses_its_file_once(world, store_dir, scan_queue, sm
 
     f = db.session.get(ScanFile, f.id)
     assert f.state is FileState.REFUSED and "could not finish checking this file (RuntimeError)" in f.error
+    assert stored_files(store_dir) == []  # nothing of the refused upload is kept
     assert uploads.inspect_job_id(f.id) in scan_queue.failed_job_registry.get_job_ids()  # not swallowed: RQ saw it
 
 
@@ -519,6 +522,18 @@ def test_the_same_export_again_is_known_before_its_meshes_are_read(client, login
     assert not any(store_dir.rglob(".source"))  # the staged zip is gone too
 
 
+def test_the_refused_files_of_an_export_are_listed_and_not_kept(client, login, world, store_dir, tmp_path):
+    login("coordinator")
+    files = meshes.export_files(ORDER, meshes={**meshes.arch_files(ORDER),
+                                               f"{ORDER}_Scan2.stl": meshes.binary_stl(meshes.corners(*meshes.bite()))[:-7]})
+    post_upload(client, {f"{ORDER}.zip": export_zip(tmp_path, files=files)})
+    broken = by_name(the_scan())[f"{ORDER}_Scan2.stl"]
+    assert broken.state is FileState.REFUSED and "7 bytes short" in broken.error
+    assert not store.resolve(broken.ref).exists()
+    assert f"{ORDER}_Scan2.stl" not in [p.name for p in stored_files(store_dir)]
+    assert all(store.resolve(f.ref).is_file() for f in the_scan().current_files if f.state is not FileState.REFUSED)
+
+
 def test_a_large_export_is_read_by_jobs_with_progress_on_the_scan_page(client, login, world, store_dir, scan_queue,
                                                                        small_threshold, tmp_path, app):
     factories.patient(world.practice, "Jane", "Doe", chart="CH-1042")
@@ -539,6 +554,7 @@ def test_a_large_export_is_read_by_jobs_with_progress_on_the_scan_page(client, l
         f"{ORDER}_BiteScan.stl": FileState.PROCESSING, f"{ORDER}_Scan2.stl": FileState.PROCESSING,
         f"{ORDER}_broken_PreparationScan2.stl": FileState.REFUSED}  # plainly no mesh: refused at once
     assert "it looks like a PDF document" in rows[f"{ORDER}_broken_PreparationScan2.stl"].error
+    assert store.resolve(rows[f"{ORDER}_broken_PreparationScan2.stl"].ref).exists() is False  # refused: not kept
     assert all(f.triangle_count is None for f in meshes_)  # nothing was read in the request
     prep = rows[f"{ORDER}_PreparationScan.stl"]
     assert (prep.jaw, prep.jaw_source) == (Jaw.UPPER, "vendor")  # the order still tells the jaws
