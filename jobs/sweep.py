@@ -1,6 +1,7 @@
 """The outbox sweep: hand RQ every piece of work the database says is due: dispatches to send,
 order events (notices) to send, lab events stored but not yet applied, mail, scanner polls that
-are due, vendor notifications not yet acted on, Rx / rescan requests to a scanner still waiting,
+are due (scanners and the practice's PMS), vendor notifications not yet acted on, lab cases to
+write to the PMS, Rx / rescan requests to a scanner still waiting,
 and large scan files still waiting to be read (with the tidy-up of store folders no scan refers to).
 
 Run it every OUTBOX_SWEEP_SECONDS with RQ's cron scheduler, which loads this module:
@@ -29,6 +30,7 @@ def run() -> dict:
     from portal.dispatch import services as dispatch_services
     from portal.extensions import db
     from portal.integrations import sync as scanner_sync
+    from portal.integrations import writeback as pms_writeback
     from portal.integrations.itero import rx as scanner_rx
     from portal.labapi import services as labapi_services
     from portal.scans import uploads as scan_uploads
@@ -36,7 +38,8 @@ def run() -> dict:
     with _app().app_context():
         result = {"dispatch": dispatch_services.sweep(), "notices": notices.sweep(),
                   "lab_events": labapi_services.sweep(), "scanners": scanner_sync.sweep(),
-                  "scanner_requests": scanner_rx.sweep(), "scan_files": scan_uploads.sweep()}
+                  "scanner_requests": scanner_rx.sweep(), "scan_files": scan_uploads.sweep(),
+                  "pms_writes": pms_writeback.sweep()}
         db.session.rollback()  # these sweeps only read
         mail_sweep = _mail_sweep()
         if mail_sweep is not None:

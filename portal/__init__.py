@@ -34,6 +34,9 @@ def create_app(overrides: Mapping | None = None) -> Flask:
 
     web.init_app(app)
     labcomm.register(app)  # how a lab hears of a change: subscribes to the cases', messages' and dispatches' events
+    from portal.integrations import writeback
+
+    writeback.register(app)  # the practice's PMS hears of a case sent, received, checked in, or due another day
 
     from portal.ack.routes import bp as ack_bp
     from portal.admin.routes import bp as admin_bp
@@ -61,6 +64,11 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     from portal.integrations.itero.routes import bp as scanner_rx_bp
 
     app.register_blueprint(scanner_rx_bp)
+    from portal.integrations.routes import integrations_alias
+    from portal.integrations.writeback import bp as pms_case_bp
+
+    app.register_blueprint(integrations_alias)  # /admin/integrations: the label's own address
+    app.register_blueprint(pms_case_bp)  # a case's lab case in the PMS: Retry
 
     from portal.scans.upload_routes import bp as uploads_bp
     from portal.scans.upload_routes import files_bp as scan_files_bp

@@ -55,6 +55,16 @@ def scanners_demo_connect(sandbox_url: str) -> None:
         click.echo(f"Scanners: {line}")
 
 
+@scanners_cli.command("demo-connect-pms")
+@click.option("--base-url", required=True, help="The Open Dental sandbox's API base URL (.../api/v1).")
+def scanners_demo_connect_pms(base_url: str) -> None:
+    """Create and connect the demo practice's Open Dental integration to the Open Dental sandbox."""
+    from portal.demo.opendental import connect
+
+    for line in connect(base_url):
+        click.echo(f"Open Dental: {line}")
+
+
 @audit_cli.command("verify")
 @click.option("--head", "head_text", default=None, metavar="ROWS:HASH",
               help="An exported head (`flask audit head`): the chain must still reach it, unchanged.")

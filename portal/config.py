@@ -105,7 +105,6 @@ class Config:
         self.SESSION_MAX_HOURS = float(os.environ.get("SESSION_MAX_HOURS", "12"))
         self.WTF_CSRF_TIME_LIMIT = None  # tied to the session, which expires on its own
         self.PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000")
-        self.SEAT_RISK_BUFFER_DAYS = int(os.environ.get("SEAT_RISK_BUFFER_DAYS", "2"))
         self.BOARD_COLUMN_LIMIT = int(os.environ.get("BOARD_COLUMN_LIMIT", "25"))
         self.BOARD_POLL_SECONDS = int(os.environ.get("BOARD_POLL_SECONDS", "3"))
         # Mail: "smtp" in production; "devmailbox" captures mail to a page in the portal.
@@ -138,10 +137,12 @@ class Config:
         self.SCANNER_CREDENTIALS_KEYS = os.environ.get("SCANNER_CREDENTIALS_KEYS") or (
             _dev_credentials_key() if self.DEVELOPMENT else "")
         self.SCANNER_POLL_SECONDS = int(os.environ.get("SCANNER_POLL_SECONDS", "120"))
+        # How often the sweep syncs a practice management system (PMS) integration, in seconds.
+        self.PMS_SYNC_SECONDS = int(os.environ.get("PMS_SYNC_SECONDS", "300"))
         # Hosts a vendor's discovery may point us at (RELIABILITY W8), comma separated; a leading
         # dot allows subdomains. Development adds loopback for the vendor sandbox.
         default_hosts = ".itero.com,.aligntech.com,openapi-auth.meditlink.com,openapi-resources.meditlink.com," \
-                        "stage-openapi-auth.meditlink.com,stage-openapi-resources.meditlink.com"
+                        "stage-openapi-auth.meditlink.com,stage-openapi-resources.meditlink.com,api.opendental.com"
         if self.DEVELOPMENT:
             default_hosts += ",127.0.0.1,localhost"
         self.SCANNER_ALLOWED_HOSTS = os.environ.get("SCANNER_ALLOWED_HOSTS", default_hosts)

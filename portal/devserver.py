@@ -20,6 +20,7 @@ BIN = Path(sys.executable).parent
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "5000")
 SANDBOX_PORT = os.environ.get("VENDOR_SANDBOX_PORT", "5056")
+OPENDENTAL_PORT = os.environ.get("OPENDENTAL_SANDBOX_PORT", "5057")
 
 
 def _flask(env: dict, *args: str, capture: bool = False) -> str:
@@ -65,6 +66,7 @@ def main() -> int:
     print(f"  Password: {password}")
     print(f"  Mail is captured at http://{HOST}:{PORT}/dev/mailbox")
     print(f"  Scans arrive from the vendor sandbox (iTero, Medit) at http://127.0.0.1:{SANDBOX_PORT}")
+    print(f"  Patients and appointments come from the Open Dental sandbox at http://127.0.0.1:{OPENDENTAL_PORT}/api/v1")
     print("  Ctrl-C stops the web server, the worker and Redis.")
     print("=" * 64 + "\n", flush=True)
 
@@ -107,6 +109,9 @@ def _extra_processes(env: dict) -> list[subprocess.Popen]:
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
         env=sandbox_env, cwd=ROOT))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port", OPENDENTAL_PORT, "--demo"],
+        env=sandbox_env, cwd=ROOT))
     return procs
 
 
@@ -125,7 +130,25 @@ def _connect_scanners(env: dict) -> None:
     try:
         _flask(env, "scanners", "demo-connect", "--sandbox", url)
     except subprocess.CalledProcessError:
-        print("The demo scanners could not be connected; connect them under Settings → Scanners.")
+        print("The demo scanners could not be connected; connect them under Settings → Integrations.")
+    _connect_pms(env)
+
+
+def _connect_pms(env: dict) -> None:
+    """Connect the demo practice to the Open Dental sandbox on the port it was started on."""
+    import httpx
+
+    base = f"http://127.0.0.1:{OPENDENTAL_PORT}/api/v1"
+    for _ in range(50):
+        try:
+            httpx.get(f"http://127.0.0.1:{OPENDENTAL_PORT}/_sandbox/counters", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    try:
+        _flask(env, "scanners", "demo-connect-pms", "--base-url", base)
+    except subprocess.CalledProcessError:
+        print("The demo Open Dental could not be connected; connect it under Settings → Integrations.")
 
 
 if __name__ == "__main__":

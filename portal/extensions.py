@@ -1,4 +1,8 @@
-"""Every Flask extension lives here, created unbound and wired in create_app with init_app."""
+"""Every Flask extension lives here, created unbound and wired in create_app with init_app; and
+`transaction`, the one way a view commits what it changed."""
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -43,3 +47,35 @@ login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
 htmx = Htmx()
+
+
+class Outcome:
+    """What `transaction` ended with: ``refused`` is the refusal it caught, or None once committed."""
+
+    refused: Exception | None = None
+
+
+@contextmanager
+def transaction(*refusals: type[Exception]) -> Iterator[Outcome]:
+    """The block is one unit of work: committed when it ends, rolled back if it raises.
+
+    A refusal (one of `refusals`: UserError, IllegalMove, a feature's own error) is caught after
+    the rollback and kept on the outcome for the view to show; anything else rolls back and
+    propagates. So a view reads::
+
+        with transaction(UserError) as outcome:
+            services.change(...)
+        if outcome.refused:
+            return page_with(str(outcome.refused))
+    """
+    outcome = Outcome()
+    try:
+        yield outcome
+    except refusals as exc:
+        db.session.rollback()
+        outcome.refused = exc
+        return
+    except BaseException:
+        db.session.rollback()
+        raise
+    db.session.commit()

@@ -146,6 +146,8 @@ INSPECT_SCAN_FILE = _spec("scanners.inspect_file", "jobs.scanners.inspect_file",
 SEND_RX = _spec("itero.send_rx", "jobs.itero.send_rx", scanner_job_timeout)
 WITHDRAW_RX = _spec("itero.withdraw_rx", "jobs.itero.withdraw_rx", scanner_job_timeout)
 RETURN_TO_DOCTOR = _spec("itero.return_to_doctor", "jobs.itero.return_to_doctor", scanner_job_timeout)
+# A case's lab case in the practice's PMS (portal/integrations/writeback.py): create or update it.
+PMS_WRITE = _spec("pms.write_lab_case", "jobs.pms.write_lab_case", scanner_job_timeout)
 # The outbox sweep, run every OUTBOX_SWEEP_SECONDS by `rq cron` (jobs/sweep.py).
 SWEEP = _spec("sweep", "jobs.sweep.run", 120, result_ttl=600, failure_ttl=DAY)
 

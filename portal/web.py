@@ -54,6 +54,19 @@ def render(template: str, block: str | None = None, *, code: int = 200, **contex
     return response
 
 
+def safe_next(target: str | None, default: str) -> str:
+    """`target` when it is a path on this site, else `default`: the one check for a `next` taken
+    from a form or a query string, so a link can never send someone to another host. Refused:
+    anything with a scheme or a host, a protocol-relative `//host`, and a backslash anywhere
+    (browsers read `/\\host` as `//host`)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
 def go_to(target: str, code: int = 303):
     """After a change: htmx follows HX-Redirect (a 204 it does not swap), a plain form the redirect."""
     if request.htmx:
@@ -61,15 +74,6 @@ def go_to(target: str, code: int = 303):
         response.headers["HX-Redirect"] = target
         return response
     return redirect(target, code)
-
-
-def safe_next(default: str) -> str:
-    """The form's `next` when it is a path on this site, else `default` (no open redirect)."""
-    target = request.form.get("next") or ""
-    parts = urlsplit(target)
-    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
-        return default
-    return target
 
 
 def current_practice() -> Practice:

@@ -12,11 +12,12 @@ iTero (contracts/itero.md "Wire shapes", the flows of seed 001), under /itero:
   POST /itero/oauth/revoke    form token
   GET  /itero/discovery       {"region", "endpoints": {...}}: the URLs below, on the host the request
                               came to; the endpoint "return_to_doctor" (POST {"reason"}) is ours, not
-                              the contract's. Discovery needs no token (it comes before a refresh).
+                              the contract's. Discovery needs no token (it comes before a refresh),
+                              unless strict: then a Bearer token it issued (expired or not).
   GET  /itero/api/accounts, POST /itero/api/pair, POST /itero/api/unpair,
   GET  /itero/api/practice-configuration, POST /itero/api/scan-requests,
   DELETE /itero/api/scan-requests/{rx_id}, GET /itero/api/orders?updated_since&page (pages count from
-  1; updated_since is inclusive; oldest first), GET /itero/api/orders/by-rx/{rx_id},
+  1, from 0 when strict; updated_since is inclusive; oldest first), GET /itero/api/orders/by-rx/{rx_id},
   GET /itero/api/download/{order_id}/{ide|thumbnails}, POST /itero/api/orders/{order_id}/return-to-doctor
   Tokens from the authorization code reach accounts and pair; pair returns tokens bound to the account,
   and only those reach the practice's orders (403 otherwise). Unpair ends the pairing and its tokens.
@@ -163,7 +164,13 @@ DEFAULT_CONFIG = {
     "foreign_endpoints": ["orders"],
     "loopback_only": True,  # callbacks and webhooks only to loopback addresses
     "max_items": 1000,  # orders and cases kept; the oldest go first
+    # iTero read strictly, as a vendor written only from the contract may behave: discovery wants the
+    # Bearer like every call after the token; orders pages count from 0; Get Orders lists only the
+    # orders in Completed / Ready for Download or Lab Review (seed 001), so an order that moves on to
+    # iTero Modeling, Scanning, iTero Milling, Ready to Ship or Downloaded is read only by its Rx id.
+    "strict": False,
 }
+ITERO_LISTED = {"Completed", "Ready for Download", "Lab Review"}  # what a strict Get Orders lists
 MAX_TOKENS = 10_000
 MAX_HELD = 1000  # held webhooks (and queued deliveries) kept at most; the oldest go first
 CODE_TTL = 600
@@ -351,7 +358,7 @@ class Core:
 
     def configure(self, changes: dict) -> dict:
         kinds = {"token_ttl": int, "page_size": int, "callbacks": bool, "foreign_host": str,
-                 "foreign_endpoints": list, "loopback_only": bool, "max_items": int}
+                 "foreign_endpoints": list, "loopback_only": bool, "max_items": int, "strict": bool}
         for key, value in changes.items():
             if key not in kinds:
                 raise ApiError(400, f"unknown setting {key!r}; known: {', '.join(sorted(kinds))}")
@@ -511,6 +518,17 @@ class Core:
                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
             return dict(grant)
 
+    def issued(self, vendor: str, request: Request) -> dict:
+        """The grant of a Bearer token we issued and nobody revoked, expired or not (strict iTero's
+        discovery: it comes before a refresh, so an expired token still reaches it)."""
+        token = bearer_token(request)
+        with self.lock:
+            grant = self.access.get(token)
+            if grant is None or grant["vendor"] != vendor:
+                raise ApiError(401, "discovery needs the Bearer access token",
+                               headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return dict(grant)
+
     def expire_tokens(self, vendor: str | None = None) -> int:
         with self.lock:
             grants = [g for g in self.access.values() if vendor in (None, g["vendor"])]
@@ -579,6 +597,8 @@ class Itero:
         return json_response({})
 
     def discovery(self, request: Request) -> Response:
+        if self.core.config["strict"]:
+            self.core.issued("itero", request)
         api = request.host_url.rstrip("/") + "/itero/api"
         endpoints = {
             "accounts": f"{api}/accounts",
@@ -685,13 +705,17 @@ class Itero:
             since_ms = parse_iso(since) if since else 0
         except ValueError:
             raise ApiError(400, f"updated_since must be ISO 8601, not {since!r}") from None
-        page = int_arg(request, "page", 1, 1)
+        strict = self.core.config["strict"]
+        first = 0 if strict else 1  # which number the first page has
+        page = int_arg(request, "page", first, first)
         with self.core.lock:
             size = self.core.config["page_size"]
-            found = sorted((o for o in self.orders.values() if o["_account"] == account_id and o["_t"] >= since_ms),
+            found = sorted((o for o in self.orders.values() if o["_account"] == account_id and o["_t"] >= since_ms
+                            and (not strict or o["status"] in ITERO_LISTED)),
                            key=lambda o: (o["_t"], o["order_id"]))
-            chunk = [public(o) for o in found[(page - 1) * size:page * size]]
-            return json_response({"orders": chunk, "page": page, "has_more": len(found) > page * size})
+            start = (page - first) * size
+            chunk = [public(o) for o in found[start:start + size]]
+            return json_response({"orders": chunk, "page": page, "has_more": len(found) > start + size})
 
     def order_by_rx(self, request: Request, rx_id: str) -> Response:
         account_id = self._account(self.core.bearer("itero", request))

@@ -13,7 +13,7 @@ from portal.ack.forms import DispatchForm, MessageForm, ReasonForm, StatusForm
 from portal.cases import lifecycle
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.status import Status
-from portal.extensions import db, limiter
+from portal.extensions import db, limiter, transaction
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
 from portal.scans.services import work_order_scans
@@ -144,14 +144,12 @@ def status(token: str):
     if key == "dispatch":
         detail = {"carrier": form.carrier.data, "tracking_number": form.tracking_number.data,
                   "eta": form.eta.data.isoformat()}
-    try:
+    with transaction(IllegalMove) as outcome:
         services.lab_move(link, Status(wanted), reason=form.reason.data.strip() if key == "reason" else "",
                           detail=detail)
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(f"Nothing changed: {exc}", "error")
+    if outcome.refused:
+        flash(f"Nothing changed: {outcome.refused}", "error")
         return _page(link, token, code=409)
-    db.session.commit()
     flash(f"Thank you. {link.case.number} is now {link.case.status.label}; the practice sees it now.", "success")
     return _back(token)
 
@@ -167,12 +165,10 @@ def message(token: str):
     form = MessageForm()
     if not form.validate():
         return _page(link, token, code=422, forms={"message": form}, open_action="message")
-    try:
+    with transaction(MessageError) as outcome:
         services.lab_message(link, form.text.data)
-    except MessageError as exc:
-        db.session.rollback()
-        form.text.errors = [str(exc)]
+    if outcome.refused:
+        form.text.errors = [str(outcome.refused)]
         return _page(link, token, code=422, forms={"message": form}, open_action="message")
-    db.session.commit()
     flash("Message sent to the practice.", "success")
     return _back(token)

@@ -6,7 +6,7 @@
 - `resolve(token)`: the link behind a token, or why there is none (unknown, expired, revoked).
 - `lab_move` / `lab_message`: what the lab does on its page, as `Actor.lab`, audited.
 - `notify_lab(case, kind, detail)`: tell an email lab that the practice changed the due date,
-  cancelled the case or wrote to it (called by portal.dispatch.notices.tell_lab, which tells an
+  cancelled the case or wrote to it (called by portal.labcomm.services.tell_lab, which tells an
   API lab through its API instead).
 
 Tokens are `secrets.token_urlsafe(32)` (256 bits); only their SHA-256 is stored. The token is
@@ -127,7 +127,7 @@ def resend_link(case: LabCase, actor: Actor) -> AckLink:
 
 def on_case_cancelled(case: LabCase, actor: Actor | None = None) -> None:
     """The practice cancelled: the lab's links stop working. (The lab is told through its channel
-    by portal.dispatch.notices.tell_lab.)"""
+    by portal.labcomm.services.tell_lab.)"""
     revoke_links(case, "cancelled", actor=actor)
 
 

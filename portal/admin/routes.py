@@ -4,7 +4,7 @@ from flask import Blueprint, flash, g, redirect, request, url_for
 
 from portal.admin import services
 from portal.admin.forms import ClosureForm, PracticeForm
-from portal.extensions import db
+from portal.extensions import db, transaction
 from portal.practices.models import PracticeClosure, Role
 from portal.web import get_or_404, render, requires
 
@@ -36,13 +36,11 @@ def add_closure():
     closure_form = ClosureForm()
     if not closure_form.validate():
         return _page(PracticeForm(obj=g.practice, formdata=None), closure_form, 422)
-    try:
+    with transaction(services.DuplicateClosure) as outcome:
         services.add_closure(g.practice, closure_form.day.data, closure_form.reason.data or "")
-    except services.DuplicateClosure as exc:
-        db.session.rollback()
-        closure_form.day.errors = [str(exc)]
+    if outcome.refused:
+        closure_form.day.errors = [str(outcome.refused)]
         return _page(PracticeForm(obj=g.practice, formdata=None), closure_form, 422)
-    db.session.commit()
     flash(f"Closed on {closure_form.day.data:%a %d %b %Y}. Due dates computed from now on skip it.", "success")
     return redirect(url_for("admin.practice"), 303)
 

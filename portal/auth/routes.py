@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
@@ -11,15 +10,9 @@ from portal.auth import sessions
 from portal.auth.forms import LoginForm, SignOutEverywhereForm
 from portal.auth.services import authenticate
 from portal.extensions import db, limiter
-from portal.web import render
+from portal.web import render, safe_next
 
 bp = Blueprint("auth", __name__)
-
-
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
-        return target
-    return url_for("board.index")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -37,7 +30,7 @@ def login():
             sessions.start(user)
             db.session.commit()
             login_user(user)
-            return redirect(_safe_next(request.args.get("next")))
+            return redirect(safe_next(request.args.get("next"), url_for("board.index")))
         form.password.errors.append("That email and password do not match an active account.")
         status = 422
     elif request.method == "POST":

@@ -64,7 +64,7 @@ def card_select(ids: FromClause | None = None) -> Select:
     (joined first, so the database fetches only those cases)."""
     stmt = select(LabCase.id, LabCase.number, LabCase.status, LabCase.status_reason, LabCase.held_from,
                   LabCase.due_date, LabCase.lab_eta, LabCase.seat_risk, LabCase.origin, LabCase.remake_of_id,
-                  LabCase.dispatch_error, _failed_notice(OrderNotice.type).label("notice_type"),
+                  LabCase.dispatch_error, LabCase.created_at, _failed_notice(OrderNotice.type).label("notice_type"),
                   _failed_notice(OrderNotice.last_error).label("notice_error"),
                   _retrying(Dispatch.next_attempt_at).label("retrying_at"),
                   _retrying(Dispatch.last_error).label("retrying_error"), Patient.first_name,

@@ -5,6 +5,7 @@ from sqlalchemy import select
 
 from portal.board import services
 from portal.board.services import Filters
+from portal.cases import services as cases_services
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
@@ -39,8 +40,13 @@ def index():
         return response
     columns = services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
     choices = _filter_choices() if not request.htmx else {}
+    # Nothing matches: say so, and when the search is the number of a case the board does not show
+    # (cancelled, fitted weeks ago), where it is. One more statement, only on an empty board.
+    nothing = filters.active and not any(c.count for c in columns)
+    elsewhere = cases_services.find_by_number(g.practice.id, filters.q) if nothing and filters.q else None
     return render("board/index.html", "columns", columns=columns, filters=filters, stamp=stamp,
-                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, **choices)
+                  phases=services.PHASES, due_windows=services.DUE_WINDOWS, sorts=services.SORTS, nothing=nothing,
+                  elsewhere=elsewhere, **choices)
 
 
 @bp.get("/board/column/<status>")

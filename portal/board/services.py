@@ -17,7 +17,7 @@ from portal.cases.lifecycle import TRANSITIONS
 from portal.cases.models import LabCase
 from portal.cases.status import Status
 from portal.extensions import db
-from portal.people.models import Patient
+from portal.people.models import Appointment, Patient
 
 COLUMNS = [
     Status.DRAFT, Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION, Status.DISPATCHED,
@@ -36,34 +36,42 @@ NEEDS_REASON = frozenset(
 )
 FITTED_SHOWN_DAYS = 14
 DUE_WINDOWS = {"overdue": "Overdue", "today": "Due today", "week": "Due in 7 days", "fortnight": "Due in 14 days"}
+# How the cards of each column are ordered ("" is the default: due date).
+SORTS = {"": "Due date", "seat": "Seat date", "age": "Oldest first"}
+NO_LAB = "none"  # lab=none: the cases no lab has been chosen for yet
 
 
 @dataclass
 class Filters:
     lab_id: int | None = None
+    no_lab: bool = False
     provider_id: int | None = None
     due: str = ""
     origin: str = ""
     risk: bool = False
     q: str = ""
+    sort: str = ""
 
     @classmethod
     def from_args(cls, args) -> Filters:
         return cls(
-            lab_id=args.get("lab", type=int), provider_id=args.get("provider", type=int),
+            lab_id=args.get("lab", type=int), no_lab=args.get("lab") == NO_LAB,
+            provider_id=args.get("provider", type=int),
             due=args.get("due", "") if args.get("due", "") in DUE_WINDOWS else "",
             origin=args.get("origin", "")[:20], risk=args.get("risk") in ("1", "on", "true"),
             q=args.get("q", "").strip()[:100],
+            sort=args.get("sort", "") if args.get("sort", "") in SORTS else "",
         )
 
     def as_args(self) -> dict:
-        args = {"lab": self.lab_id, "provider": self.provider_id, "due": self.due, "origin": self.origin,
-                "risk": "1" if self.risk else None, "q": self.q}
+        args = {"lab": NO_LAB if self.no_lab else self.lab_id, "provider": self.provider_id, "due": self.due,
+                "origin": self.origin, "risk": "1" if self.risk else None, "q": self.q, "sort": self.sort}
         return {k: v for k, v in args.items() if v}
 
     @property
     def active(self) -> bool:
-        return bool(self.as_args())
+        """Whether the filters leave cases out (the order alone does not)."""
+        return any(k != "sort" for k in self.as_args())
 
 
 @dataclass
@@ -91,10 +99,11 @@ def _statuses(f: Filters) -> tuple[Status, ...]:
     return tuple(COLUMNS)
 
 
-def _shape(f: Filters) -> tuple[frozenset[str], str]:
-    """Which filters are set, and the due window: what the board's statements differ by."""
-    on = {"lab": f.lab_id, "provider": f.provider_id, "origin": f.origin, "risk": f.risk, "q": f.q}
-    return frozenset(name for name, value in on.items() if value), f.due
+def _shape(f: Filters) -> tuple[frozenset[str], str, str]:
+    """Which filters are set, the due window and the order: what the board's statements differ by."""
+    on = {"lab": f.lab_id, "no_lab": f.no_lab, "provider": f.provider_id, "origin": f.origin, "risk": f.risk,
+          "q": f.q}
+    return frozenset(name for name, value in on.items() if value), f.due, f.sort
 
 
 def _params(practice_id: int, f: Filters, today: dt.date) -> dict:
@@ -121,6 +130,8 @@ def _conditions(on: frozenset[str], due: str) -> list:
     conds = [LabCase.practice_id == bindparam("practice_id")]
     if "lab" in on:
         conds.append(LabCase.lab_id == bindparam("lab_id"))
+    if "no_lab" in on:
+        conds.append(LabCase.lab_id.is_(None))
     if "provider" in on:
         conds.append(LabCase.provider_id == bindparam("provider_id"))
     if "origin" in on:
@@ -160,15 +171,44 @@ def _in_column(status: Status) -> list:
     return [LabCase.status == status]
 
 
-def _order():
-    """A column's order: due date, cases without one last, then the case id; deterministic. (The
+def _order(sort: str = ""):
+    """A column's order (see SORTS), deterministic: ties go by due date, then by case id.
+
+    "seat": the seat appointment, cases without one last (the cases' ids must be selected with
+    _ids(), which joins the appointment). "age": the oldest case first. Both sort the column's
+    cases (a few hundred at most); the default order reads an index:
+
+    Due date, cases without one last, then the case id. (The
     same order as `due_date IS NULL, due_date, id`, which no index can serve.) Within one status
     it is the order of the index ix_lab_case_board (practice_id, status, due_date) on SQLite and
     PostgreSQL alike, so `ORDER BY ... LIMIT n` reads about n index entries instead of sorting
     the column: SQLite keeps the rowid, the id, after due_date in the index and reads NULLS LAST
     from it in two passes; PostgreSQL's index puts NULLs last and it sorts only the cases that
     share the last due date read (an incremental sort)."""
-    return (LabCase.due_date.asc().nulls_last(), LabCase.id)
+    due = (LabCase.due_date.asc().nulls_last(), LabCase.id)
+    if sort == "seat":
+        return (Appointment.starts_at.asc().nulls_last(), *due)
+    if sort == "age":
+        return (LabCase.created_at, LabCase.id)
+    return due
+
+
+def _ids(sort: str):
+    """SELECT the cases' ids, joined to what their order needs."""
+    stmt = select(LabCase.id)
+    if sort == "seat":
+        stmt = stmt.outerjoin(Appointment, Appointment.id == LabCase.seat_appointment_id)
+    return stmt
+
+
+def _shown_order(shown, sort: str):
+    """_order() over the columns of card_select() rows (PostgreSQL's union of the columns' cards)."""
+    due = (shown.c.due_date.asc().nulls_last(), shown.c.id)
+    if sort == "seat":
+        return (shown.c.seat_at.asc().nulls_last(), *due)
+    if sort == "age":
+        return (shown.c.created_at, shown.c.id)
+    return due
 
 
 def card_query():
@@ -179,7 +219,7 @@ def card_query():
 
 
 @functools.lru_cache(maxsize=256)
-def _board_statements(dialect: str, on: frozenset[str], due: str):
+def _board_statements(dialect: str, on: frozenset[str], due: str, sort: str = ""):
     """The board's two statements for one shape of filters (see _shape), built once and kept: a
     request only binds its values (see _params). Building and keying a statement this size costs
     more than running it on a small board.
@@ -206,31 +246,32 @@ def _board_statements(dialect: str, on: frozenset[str], due: str):
     if dialect == "postgresql":
         board_columns = values(column("status", LabCase.status.type), name="board_columns").data(
             [(s,) for s in plain])
-        first = (select(LabCase.id).where(*conds, LabCase.status == board_columns.c.status).order_by(*_order())
+        first = (_ids(sort).where(*conds, LabCase.status == board_columns.c.status).order_by(*_order(sort))
                  .limit(per_column).correlate(board_columns).lateral("first"))
         # OFFSET 0 keeps the planner from merging the subquery into the outer query: it joins
         # each column's few cases by primary key, whatever its estimate of the table.
         column_cards = card_select(first).offset(0).correlate(board_columns).lateral("column_cards")
         parts = [select(*column_cards.c).select_from(board_columns).join(column_cards, true())]
         if Status.FITTED in statuses:  # planned on its own: its two weeks are a condition of their own
-            parts.append(card_select(select(LabCase.id).where(*conds, *_in_column(Status.FITTED))
-                                     .order_by(*_order()).limit(per_column).subquery("first_fitted")))
+            parts.append(card_select(_ids(sort).where(*conds, *_in_column(Status.FITTED))
+                                     .order_by(*_order(sort)).limit(per_column).subquery("first_fitted")))
         shown = union_all(*parts).subquery("shown")
-        cards = select(*shown.c).order_by(shown.c.due_date.asc().nulls_last(), shown.c.id)
+        cards = select(*shown.c).order_by(*_shown_order(shown, sort))
     else:
-        firsts = [select(LabCase.id).where(*conds, *_in_column(status)).order_by(*_order()).limit(per_column)
+        firsts = [_ids(sort).where(*conds, *_in_column(status)).order_by(*_order(sort)).limit(per_column)
                   .subquery(f"first_{status.value}") for status in statuses]
         shown = union_all(*(select(first.c.id) for first in firsts)).subquery("shown")
-        cards = card_select(shown).order_by(*_order())
+        cards = card_select(shown).order_by(*_order(sort))
     return counts, cards
 
 
 @functools.lru_cache(maxsize=256)
-def _column_statement(on: frozenset[str], due: str, status: Status):
-    """A page of one column, in the board's order: the index serves `ORDER BY ... OFFSET LIMIT`."""
-    page = (select(LabCase.id).where(*_conditions(on, due), *_in_column(status)).order_by(*_order())
+def _column_statement(on: frozenset[str], due: str, sort: str, status: Status):
+    """A page of one column, in the board's order: the index serves `ORDER BY ... OFFSET LIMIT`
+    (the default order)."""
+    page = (_ids(sort).where(*_conditions(on, due), *_in_column(status)).order_by(*_order(sort))
             .offset(bindparam("offset", type_=Integer)).limit(bindparam("limit", type_=Integer)).subquery("page"))
-    return card_select(page).order_by(*_order())
+    return card_select(page).order_by(*_order(sort))
 
 
 def load_board(practice_id: int, f: Filters, per_column: int, today: dt.date | None = None) -> list[Column]:

@@ -29,3 +29,13 @@ class CaseEdited:
     @property
     def previous_due_date(self) -> dt.date | None:
         return self.before.get("due_date")
+
+
+@dataclass(frozen=True)
+class CaseMoved:
+    """The case changed status (portal/cases/lifecycle.py `move`, every move): ``previous`` is
+    where it was; the case holds the new status and its time stamps."""
+
+    case: LabCase
+    previous: object
+    actor: Actor

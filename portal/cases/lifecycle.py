@@ -178,4 +178,8 @@ def move(
         f"case.{rule.action}", "lab_case", case.id, before=before, after=after,
         actor=actor, practice_id=case.practice_id,
     )
+    from portal import events
+    from portal.cases.events import CaseMoved
+
+    events.publish(CaseMoved(case, Status(before["status"]), actor))
     return rule

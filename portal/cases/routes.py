@@ -4,9 +4,7 @@ import datetime as dt
 import io
 
 import segno
-from flask import (
-    Blueprint, current_app, flash, g, make_response, redirect, render_template, request, url_for,
-)
+from flask import Blueprint, current_app, flash, g, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -19,13 +17,15 @@ from portal.cases.lifecycle import IllegalMove, allowed_moves
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, ItemData
+from portal.dispatch import queries as dispatch_queries
 from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
-from portal.extensions import db
+from portal.extensions import db, transaction
+from portal.labcomm import services as labcomm
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
 
@@ -109,21 +109,18 @@ def _save(form: CaseForm, case: LabCase | None):
         return _form_response(form, case, 200)
     if not _validated(form):
         return _form_response(form, case)
-    try:
+    with transaction(UserError, IllegalMove) as outcome:
         data = _case_data(form)
         if case is None:
             case = services.create_case(g.practice, data, Actor.user(current_user))
         else:
             services.update_case(case, data, Actor.user(current_user))
-    except UserError as exc:
-        db.session.rollback()
-        getattr(form, exc.field or "patient_id", form.patient_id).errors = [str(exc)]
+    if isinstance(outcome.refused, UserError):
+        getattr(form, outcome.refused.field or "patient_id", form.patient_id).errors = [str(outcome.refused)]
         return _form_response(form, case)
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return _form_response(form, case, 409)
-    db.session.commit()
     flash(f"{case.number} saved.", "success")
     target = url_for("cases.show", case_id=case.id)
     return go_to(target, 302)
@@ -211,6 +208,9 @@ def show(case_id: int):
     case = get_or_404(LabCase, case_id)
     return render(
         "cases/show.html", case=case, moves=allowed_moves(case), events=services.timeline(case),
+        # The panels, each with its data from the feature that owns it:
+        dispatch_panel=dispatch_queries.dispatch_panel(case),  # Sending to the lab (portal/dispatch)
+        messages_panel=labcomm.messages_panel(case),  # Messages with the lab (portal/labcomm)
         risk=risk_of(case), move_form=MoveForm(), remake_form=RemakeForm(), checkin_form=CheckInForm(),
         remakes=db.session.scalars(select(LabCase).where(LabCase.remake_of_id == case.id)).all(),
         next_stages=db.session.scalars(select(LabCase).where(LabCase.previous_stage_id == case.id)).all(),
@@ -230,9 +230,7 @@ def _board_response(status: int, message: str | None = None, level: str = "error
 def menu(case_id: int):
     """A board card's Move menu, fetched when the menu is opened."""
     case = get_or_404(LabCase, case_id)
-    response = make_response(render_template("board/_card_menu.html", case=case, moves=allowed_moves(case)))
-    response.vary.add("HX-Request")
-    return response
+    return render("board/_card_menu.html", case=case, moves=allowed_moves(case))
 
 
 @bp.post("/<int:case_id>/move")
@@ -247,27 +245,23 @@ def move(case_id: int):
     on_behalf = f"lab:{case.lab_id}" if case.lab_id and form.status.data in {
         "acknowledged", "in_production", "dispatched", "on_hold", "rescan"} else ""
     actor = Actor.user(current_user, on_behalf_of=on_behalf)
-    try:
+    with transaction(IllegalMove) as outcome:
         target = services.status_of(form.status.data, case)
         if services.is_send(case, target):
             # A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
             dispatch_services.approve_and_send(case, actor, confirm_risk=False)
         else:
             services.move_case(case, target, actor, reason=form.reason.data or "")
-    except IllegalMove as exc:
-        db.session.rollback()
-        return _board_response(409, str(exc)) if from_board else _back(case, str(exc), "error", 409)
-    db.session.commit()
+    if outcome.refused:
+        refused = str(outcome.refused)
+        return _board_response(409, refused) if from_board else _back(case, refused, "error", 409)
     message = f"{case.number} moved to {case.status.label}."
     return _board_response(200, message, "success") if from_board else _back(case, message, "success")
 
 
 def _back(case: LabCase, message: str, level: str, status: int = 303):
     flash(message, level)
-    target = request.form.get("next") or url_for("cases.show", case_id=case.id)
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("cases.show", case_id=case.id)
-    return go_to(target)
+    return go_to(safe_next(request.form.get("next"), url_for("cases.show", case_id=case.id)))
 
 
 @bp.post("/<int:case_id>/check-in")
@@ -277,12 +271,10 @@ def check_in(case_id: int):
     form = CheckInForm()
     if not form.validate():
         return _back(case, "The check-in form was incomplete.", "error")
-    try:
+    with transaction(IllegalMove) as outcome:
         services.check_in(case, Actor.user(current_user), form.quality_checked.data, form.quality_note.data or "")
-    except IllegalMove as exc:
-        db.session.rollback()
-        return _back(case, str(exc), "error")
-    db.session.commit()
+    if outcome.refused:
+        return _back(case, str(outcome.refused), "error")
     return _back(case, f"{case.number} checked in{' and quality checked' if case.quality_checked else ''}.",
                  "success")
 
@@ -295,12 +287,10 @@ def remake(case_id: int):
     if not form.validate():
         errors = "; ".join(e for errs in form.errors.values() for e in errs)
         return _back(case, f"Remake not created: {errors}", "error")
-    try:
+    with transaction(IllegalMove) as outcome:
         new = services.remake(case, Actor.user(current_user), form.reason.data, form.payer.data, form.notes.data)
-    except IllegalMove as exc:
-        db.session.rollback()
-        return _back(case, str(exc), "error")
-    db.session.commit()
+    if outcome.refused:
+        return _back(case, str(outcome.refused), "error")
     flash(f"Remake {new.number} created from {case.number}. Check the prescription, then send it.", "success")
     return redirect(url_for("cases.edit", case_id=new.id), 303)
 
@@ -325,12 +315,13 @@ def slip(case_id: int):
 @bp.get("/find")
 @requires(*ANY_ROLE)
 def find():
-    """The 'find case' box: a barcode scanner types the case number and presses Enter."""
-    text = request.args.get("number", "")
+    """The top bar's "find case" box. A case number (a barcode scanner types it from the box label
+    and presses Enter) opens that case; anything else is the board's own search, so both boxes
+    find the same cases and say so the same way when nothing matches."""
+    text = request.args.get("number", "").strip()[:100]
     case = services.find_by_number(g.practice.id, text)
-    if case is None:
-        flash(f"No case numbered “{text.strip()[:30]}” in this practice." if text.strip()
-              else "Type or scan a case number.", "error")
-        return redirect(request.referrer if request.referrer and request.referrer.startswith(request.host_url)
-                        else url_for("board.index"))
-    return redirect(url_for("cases.show", case_id=case.id))
+    if case is not None:
+        return redirect(url_for("cases.show", case_id=case.id))
+    if not text:
+        flash("Type a patient's name, a chart number or a case number.", "error")
+    return redirect(url_for("board.index", **({"q": text} if text else {})))

@@ -10,11 +10,12 @@ from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
 from portal.dispatch import notices, services
 from portal.dispatch.forms import RetryForm, SendForm
-from portal.dispatch.models import Dispatch, OrderNotice
+from portal.dispatch.models import RETRYING_AFTER, Dispatch, DispatchState, OrderNotice
 from portal.dispatch.validation import check_case
-from portal.extensions import db
+from portal.clock import utcnow
+from portal.extensions import db, transaction
 from portal.labcomm import services as labcomm
-from portal.web import CAN_EDIT, get_or_404, go_to, render, requires
+from portal.web import CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("dispatch", __name__)
 
@@ -23,8 +24,6 @@ bp = Blueprint("dispatch", __name__)
 def next_attempt(when) -> str:
     """When a retry is due, for people: "14:05 UTC" today, "Fri 04 Dec 02:05 UTC" another day.
     (Practices keep no time zone yet, so the time says UTC.)"""
-    from portal.practices.models import utcnow
-
     if when.date() == utcnow().date():
         return when.strftime("%H:%M UTC")
     return when.strftime("%a %d %b %H:%M UTC")
@@ -33,34 +32,7 @@ def next_attempt(when) -> str:
 @bp.app_template_filter("retrying")
 def retrying(row) -> bool:
     """A work order or order event waiting for its next attempt after two or more failures."""
-    from portal.dispatch.models import RETRYING_AFTER, DispatchState
-
     return row.state is DispatchState.PENDING and row.attempts >= RETRYING_AFTER and row.next_attempt_at is not None
-
-
-@bp.app_template_global("case_dispatch")
-def case_dispatch(case_id: int) -> Dispatch | None:
-    """The newest dispatch of a case, for the dispatch panel on the case page."""
-    return services.latest_dispatch(case_id)
-
-
-@bp.app_template_global("retry_form")
-def retry_form() -> RetryForm:
-    return RetryForm()
-
-
-@bp.app_template_global("order_notices")
-def order_notices(dispatch_id: str) -> list[OrderNotice]:
-    """What the lab's API has been told about the order since, for the dispatch panel."""
-    return notices.notices_of(dispatch_id)
-
-
-@bp.app_template_global("api_order")
-def api_order(case) -> Dispatch | None:
-    """The case's live order at an API lab, or None (another channel, or never sent)."""
-    if case.lab is None or case.lab.channel.value != "api":
-        return None
-    return notices.current_order(case)
 
 
 def _page(case: LabCase, form: SendForm, check, code: int = 200, error: str = ""):
@@ -82,12 +54,10 @@ def send(case_id: int):
         form.confirm_risk.errors = ["Tick this to send the case although the work may come back late."]
     if check.problems or form.confirm_risk.errors:
         return _page(case, form, check, 422)
-    try:
+    with transaction(IllegalMove) as outcome:
         dispatch = services.approve_and_send(case, Actor.user(current_user), confirm_risk=form.confirm_risk.data)
-    except IllegalMove as exc:
-        db.session.rollback()
-        return _page(case, form, check_case(case), 409, str(exc))
-    db.session.commit()
+    if outcome.refused:
+        return _page(case, form, check_case(case), 409, str(outcome.refused))
     how = {"api": "The work order is on its way to", "email": "An email with a private link goes to",
            "manual": "Now phone"}[dispatch.channel.value]
     flash(f"{case.number} approved and sent. {how} {case.lab.name}.", "success")
@@ -116,10 +86,7 @@ def retry_case(case_id: int):
 
 def _target(case: LabCase) -> str:
     """Where to go after a retry: the form's `next` when it is a path on this site, else the case."""
-    target = request.form.get("next") or url_for("cases.show", case_id=case.id)
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("cases.show", case_id=case.id)
-    return target
+    return safe_next(request.form.get("next"), url_for("cases.show", case_id=case.id))
 
 
 def _retry(dispatch: Dispatch):
@@ -128,13 +95,11 @@ def _retry(dispatch: Dispatch):
     if not RetryForm().validate():
         flash("The form expired; reload the page and try again.", "error")
         return go_to(target)
-    try:
+    with transaction(IllegalMove) as outcome:
         labcomm.retry(dispatch, Actor.user(current_user))
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return go_to(target)
-    db.session.commit()
     flash(f"{case.number}: sending to {case.lab.name} again.", "success")
     return go_to(target)
 
@@ -163,14 +128,12 @@ def _retry_notices(case: LabCase, failed: list[OrderNotice]):
     if not failed:
         flash(f"{case.number}: no update to {case.lab.name} is waiting for a retry.", "error")
         return go_to(target)
-    try:
+    with transaction(IllegalMove) as outcome:
         for notice in failed:
             notices.retry(notice, Actor.user(current_user))
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return go_to(target)
-    db.session.commit()
     what = failed[0].type.label.lower() if len(failed) == 1 else f"{len(failed)} updates"
     flash(f"{case.number}: sending the {what} to {case.lab.name} again.", "success")
     return go_to(target)

@@ -76,7 +76,7 @@ def check_case(case, today: dt.date | None = None) -> Check:
         for scanner in _scanners_refusing(case, lab):
             allowed = ", ".join(sorted(lab.name for lab in scanner.labs)) or "no lab yet"
             add(Problem("lab", f"The scan came from {scanner.vendor.label} ({scanner.name}), which may send to "
-                               f"{allowed}; an admin chooses its labs under Settings → Scanners."))
+                               f"{allowed}; an admin chooses its labs under Settings → Integrations."))
     if case.provider is None:
         add(Problem("provider", "Choose the prescribing provider."))
     if case.due_date is None:

@@ -43,7 +43,7 @@ class IntegrationForm(FlaskForm):
             raise ValidationError("Give the integration a name people here will recognise.")
 
     def validate_lab_ids(self, field):
-        if not field.data:
+        if not field.data and self.vendor.kind == "scanner":
             raise ValidationError("Choose at least one lab this scanner may send to.")
 
     @property

@@ -20,18 +20,12 @@ from portal.integrations import sync
 from portal.integrations.base import CallbackRejected
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.registry import adapter_for
-from portal.tokens import TOKEN_SHAPE, hash_token, new_token, public_url
+from portal.integrations.services import HOOKS_PATH
+from portal.tokens import TOKEN_SHAPE, hash_token
 
-bp = Blueprint("scanner_hooks", __name__, url_prefix="/api/scanners")
-bp.record_once(lambda state: logfilter.install(state.app, "/api/scanners/hooks/"))
+bp = Blueprint("scanner_hooks", __name__, url_prefix="/api/scanners")  # /hooks/<key>: HOOKS_PATH
+bp.record_once(lambda state: logfilter.install(state.app, HOOKS_PATH))
 MAX_BODY = 256 * 1024
-
-
-def new_callback_url(integration: ScannerIntegration) -> str:
-    """A fresh notification URL for the integration (the old one stops working); the caller commits."""
-    token, digest = new_token()
-    integration.callback_key_hash = digest
-    return public_url(f"/api/scanners/hooks/{token}")
 
 
 def _error(status: int, message: str):

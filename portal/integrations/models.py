@@ -11,6 +11,7 @@ import json
 from sqlalchemy import Column, DateTime, Enum, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from portal.dispatch.models import Delivery, DispatchState  # noqa: F401 (the outbox columns)
 from portal.extensions import db
 from portal.integrations.vendor import Vendor
 from portal.practices.models import utcnow
@@ -103,3 +104,80 @@ class VendorEvent(db.Model):
     error: Mapped[str] = mapped_column(String(300), default="")
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     handled_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+# -- practice management systems (portal/integrations/pms.py) ------------------------------------------
+
+class PmsLaboratory(db.Model):
+    """A laboratory as the practice's PMS lists it (Open Dental's LaboratoryNum is `ref`), linked
+    once by an admin to one of Lab Manager's labs, so lab cases written back name the right one."""
+
+    __table_args__ = (UniqueConstraint("integration_id", "ref", name="uq_pms_laboratory_integration_ref"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    integration_id: Mapped[int] = mapped_column(ForeignKey("scanner_integration.id", ondelete="CASCADE"))
+    ref: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str] = mapped_column(String(40), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    hidden: Mapped[bool] = mapped_column(default=False)
+    lab_id: Mapped[int | None] = mapped_column(ForeignKey("lab.id"))
+
+    lab = relationship("Lab")
+
+
+class PmsMatch(db.Model):
+    """A PMS patient that matches more than one patient here by name and birth date: it waits for a
+    person to choose (or to say it is a new patient), like a scan in the inbox. `payload` is the
+    row as the PMS sent it (parsed); `candidates` the ids of the patients it could be."""
+
+    __table_args__ = (UniqueConstraint("integration_id", "resource", "ref", name="uq_pms_match_integration_ref"),
+                      Index("ix_pms_match_state", "integration_id", "state"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    integration_id: Mapped[int] = mapped_column(ForeignKey("scanner_integration.id", ondelete="CASCADE"))
+    resource: Mapped[str] = mapped_column(String(20), default="patients")
+    ref: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text, default="{}")
+    candidates: Mapped[str] = mapped_column(String(500), default="")
+    state: Mapped[str] = mapped_column(String(20), default="waiting")  # waiting, linked, created
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    @property
+    def data(self) -> dict:
+        return json.loads(self.payload or "{}")
+
+    @property
+    def candidate_ids(self) -> list[int]:
+        return [int(x) for x in self.candidates.split(",") if x]
+
+
+class PmsLabCase(Delivery, db.Model):
+    """A case's lab case in the practice's PMS, and the outbox of the writes that keep it current.
+
+    One row per case and integration. A change the PMS must hear of (sent, received, checked in,
+    a new due date) sets it pending in the change's own transaction; the job claims it with a
+    lease, writes the case as it is then (`POST /labcases` the first time, `PUT` after), and
+    finishes it with the same claim, backoff and audit as a lab dispatch (portal/dispatch/services.py).
+    `ref` is the PMS's key of the lab case (Open Dental's LabCaseNum) once known; `again` says the
+    case changed while a write was under way, so one more write follows. `unsure` says an earlier
+    create may have been carried out without our hearing of it: before creating, the job looks for
+    it (the marker in the instructions).
+    """
+
+    __table_args__ = (UniqueConstraint("integration_id", "case_id", name="uq_pms_lab_case_integration_case"),
+                      Index("ix_pms_lab_case_due", "state", "next_attempt_at"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    integration_id: Mapped[int] = mapped_column(ForeignKey("scanner_integration.id", ondelete="CASCADE"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("lab_case.id"), index=True)
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practice.id"))
+    ref: Mapped[str] = mapped_column(String(40), default="")
+    again: Mapped[bool] = mapped_column(default=False)
+    unsure: Mapped[bool] = mapped_column(default=False)
+    last_reason: Mapped[str] = mapped_column(String(40), default="")  # what asked for the last write
+
+    integration = relationship("ScannerIntegration")
+
+    @property
+    def job_id(self) -> str:
+        return f"pms-labcase-{self.id}-{self.attempts + 1}"

@@ -29,7 +29,11 @@ from portal.integrations.http import VendorError
 from portal.integrations.models import ScannerIntegration
 from portal.practices.models import utcnow
 
-REFRESH_MARGIN = dt.timedelta(seconds=60)  # refresh a token this long before it expires
+# A token is refreshed once this share of its lifetime is left (6 minutes of iTero's hour; 3 s of a
+# 30 s token, which a fixed minute would refresh on every call). A token stored before its lifetime
+# was kept gets the fixed margin.
+REFRESH_SHARE = 0.1
+REFRESH_MARGIN = dt.timedelta(seconds=60)
 LEASE = dt.timedelta(seconds=30)
 _T = ScannerIntegration.__table__
 
@@ -40,9 +44,16 @@ class Tokens:
     refresh_token: str
     expires_at: dt.datetime | None
     version: int
+    lifetime: int | None = None  # seconds the access token was given to live (expires_in)
+
+    @property
+    def margin(self) -> dt.timedelta:
+        if self.lifetime:
+            return dt.timedelta(seconds=self.lifetime * REFRESH_SHARE)
+        return REFRESH_MARGIN
 
     def fresh(self, now: dt.datetime) -> bool:
-        return bool(self.access_token) and (self.expires_at is None or self.expires_at - REFRESH_MARGIN > now)
+        return bool(self.access_token) and (self.expires_at is None or self.expires_at - self.margin > now)
 
 
 def sealed_tokens(data: dict, previous_refresh: str = "") -> tuple[str, dt.datetime | None]:
@@ -56,7 +67,8 @@ def sealed_tokens(data: dict, previous_refresh: str = "") -> tuple[str, dt.datet
         expires_in = int(data.get("expires_in") or 3600)
     except (TypeError, ValueError):
         expires_in = 3600
-    sealed = crypto.seal({"access_token": access, "refresh_token": refresh or previous_refresh})
+    sealed = crypto.seal({"access_token": access, "refresh_token": refresh or previous_refresh,
+                          "lifetime": max(expires_in, 0)})
     return sealed, utcnow() + dt.timedelta(seconds=max(expires_in, 0))
 
 
@@ -80,8 +92,9 @@ def read(integration_id: int) -> Tokens:
         row = conn.execute(select(_T.c.tokens, _T.c.token_expires_at, _T.c.token_version)
                            .where(_T.c.id == integration_id)).one()
     data = crypto.unseal(row.tokens)
+    lifetime = data.get("lifetime")
     return Tokens(data.get("access_token", ""), data.get("refresh_token", ""), row.token_expires_at,
-                  row.token_version or 0)
+                  row.token_version or 0, lifetime if isinstance(lifetime, int) and lifetime > 0 else None)
 
 
 def access_token(integration_id: int, refresh: Callable[[str], dict], *, stale_version: int | None = None,

@@ -1,4 +1,5 @@
-"""Which adapter speaks for each vendor: one explicit table, so adding a vendor is one line here."""
+"""Which adapter speaks for each vendor, scanner or practice management system: one explicit table,
+so adding a vendor is one line here."""
 from __future__ import annotations
 
 from portal.integrations.base import Adapter
@@ -6,6 +7,7 @@ from portal.integrations.http import VendorError
 from portal.integrations.itero.adapter import IteroAdapter
 from portal.integrations.medit.adapter import MeditAdapter
 from portal.integrations.models import ScannerIntegration
+from portal.integrations.opendental.adapter import OpenDentalAdapter
 from portal.integrations.threeshape.adapter import FolderAdapter
 from portal.integrations.vendor import Vendor
 
@@ -13,6 +15,7 @@ ADAPTERS: dict[Vendor, type[Adapter]] = {
     Vendor.ITERO: IteroAdapter,
     Vendor.MEDIT: MeditAdapter,
     Vendor.THREESHAPE: FolderAdapter,
+    Vendor.OPENDENTAL: OpenDentalAdapter,  # the first PMS; Dentrix, Eaglesoft, Curve would sit here
 }
 
 

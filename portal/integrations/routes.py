@@ -1,4 +1,4 @@
-"""Settings → Scanners (/admin/scanners): a practice's connections to outside systems.
+"""Settings → Integrations (/admin/scanners): a practice's connections to outside systems.
 
 Admins only. Credentials are write-only: the pages say whether each is set, never what it is. The
 vendor steps (connect, pair, test, sync, disconnect) go through the integration's adapter; a
@@ -49,8 +49,22 @@ def _integration_or_404(integration_id: int) -> ScannerIntegration:
 @bp.get("/", endpoint="index")
 @requires(*ADMIN)
 def settings_index():
-    return render("scanners/settings.html", "integrations", integrations=admin.integrations(g.practice.id),
-                  vendors=admin.offered_vendors(), form=ActionForm(), since=admin.since)
+    every = admin.integrations(g.practice.id)
+    vendors = admin.offered_vendors()
+    return render("scanners/settings.html", "integrations", form=ActionForm(), since=admin.since,
+                  integrations=[i for i in every if i.vendor.kind == "scanner"],
+                  pms_integrations=[i for i in every if i.vendor.kind == "pms"],
+                  vendors=[v for v in vendors if v.kind == "scanner"], pms_vendors=[v for v in vendors if v.kind == "pms"])
+
+
+integrations_alias = Blueprint("integration_settings", __name__, url_prefix="/admin/integrations")
+
+
+@integrations_alias.get("/", endpoint="index")
+@requires(*ADMIN)
+def integrations_index():
+    """The label says Integrations; the pages stay under /admin/scanners, whose URLs keep working."""
+    return redirect(url_for("scanner_settings.index"), 301)
 
 
 def _form_page(form, vendor: Vendor, integration: ScannerIntegration | None, code: int = 200):
@@ -153,7 +167,12 @@ def _changed_words(changed: list[str]) -> str:
 
 
 def _show(integration: ScannerIntegration, *, code: int = 200, block: str | None = "integration_main", **extra):
-    response = render("scanners/integration.html", block, code=code, i=integration,
+    pms_view = None
+    if integration.vendor.kind == "pms":
+        from portal.integrations import pms
+
+        pms_view = pms.page_view(integration, g.practice.organization_id)
+    response = render("scanners/integration.html", block, code=code, i=integration, pms=pms_view,
                       caps=admin.capabilities(integration), stored=admin.stored_secrets(integration),
                       settings=admin.SETTINGS.get(integration.vendor, ()), form=ActionForm(), since=admin.since,
                       **{"test_result": None, "test_error": "", "new_url": "", "error": "", **extra})
@@ -198,7 +217,7 @@ def set_active(integration_id: int):
         response.vary.add("HX-Request")
         return response
     flash(note, "success")
-    return redirect(safe_next(url_for("scanner_settings.show", integration_id=integration.id)), 303)
+    return redirect(safe_next(request.form.get("next"), url_for("scanner_settings.show", integration_id=integration.id)), 303)
 
 
 @bp.post("/<int:integration_id>/test")
@@ -210,7 +229,13 @@ def test(integration_id: int):
     except VendorError as exc:
         db.session.rollback()
         answer, problem = None, str(exc)
+        if exc.kind == "host":  # as a sync does (W8): paused, the error recorded and audited
+            problem = admin.stop_for_host(_integration_or_404(integration_id), exc, Actor.user(current_user))
+            db.session.commit()
     integration = _integration_or_404(integration_id)
+    if answer is not None and integration.vendor.kind == "pms" and not integration.connected:
+        admin.mark_connected(integration, Actor.user(current_user))  # a PMS is connected once its keys work
+        db.session.commit()
     return _show(integration, block="test_result", test_result=answer, test_error=problem)
 
 
@@ -236,7 +261,8 @@ def disconnect(integration_id: int):
     except (VendorError, CredentialsError) as exc:
         return _vendor_failed(integration_id, exc, "Not disconnected")
     db.session.commit()
-    flash(f"{integration.name} is disconnected; its tokens are forgotten. Connect it again to resume.", "success")
+    what = "keys" if integration.vendor.kind == "pms" else "tokens"
+    flash(f"{integration.name} is disconnected; its {what} are forgotten. Connect it again to resume.", "success")
     return go_to(url_for("scanner_settings.show", integration_id=integration_id))
 
 
@@ -376,3 +402,50 @@ def pair(integration_id: int):
     flash(f"{integration.name} is paired to {chosen[1]} and connected.", "success")
     return redirect(url_for("scanner_settings.show", integration_id=integration.id), 303)
 
+
+
+# ---- a practice management system: patients waiting for a person, laboratories to link -------------
+
+@bp.post("/<int:integration_id>/matches/<int:match_id>")
+@requires(*ADMIN)
+def resolve_match(integration_id: int, match_id: int):
+    """A person says which patient here the PMS's patient is, or that it is a new one."""
+    from portal.errors import UserError
+    from portal.integrations import pms
+    from portal.integrations.models import PmsMatch
+
+    integration = _checked_action(integration_id)
+    match = db.session.get(PmsMatch, match_id)
+    if match is None or match.integration_id != integration.id:
+        abort(404)
+    choice = request.form.get("patient_id", "")
+    try:
+        patient = pms.resolve_match(match, None if choice == "new" else int(choice), Actor.user(current_user))
+    except (UserError, ValueError) as exc:
+        db.session.rollback()
+        return _show(_integration_or_404(integration_id), code=409, block=None,
+                     error=f"Not matched: {exc if isinstance(exc, UserError) else 'choose a patient from the list.'}")
+    db.session.commit()
+    flash(f"{patient.full_name} ({patient.chart_number}) is now {integration.vendor.label}'s patient {match.ref}.",
+          "success")
+    return go_to(url_for("scanner_settings.show", integration_id=integration_id))
+
+
+@bp.post("/<int:integration_id>/laboratories/<int:row_id>")
+@requires(*ADMIN)
+def link_laboratory(integration_id: int, row_id: int):
+    """Link one of the PMS's laboratories to one of Lab Manager's labs (lab cases written back name it)."""
+    from portal.errors import UserError
+    from portal.integrations import pms
+
+    integration = _checked_action(integration_id)
+    try:
+        lab_id = int(request.form.get("lab_id") or 0) or None
+        row = pms.link_laboratory(integration, row_id, lab_id, g.practice.organization_id, Actor.user(current_user))
+    except (UserError, ValueError) as exc:
+        db.session.rollback()
+        return _show(_integration_or_404(integration_id), code=409, block=None,
+                     error=f"Not linked: {exc if isinstance(exc, UserError) else 'choose a lab from the list.'}")
+    db.session.commit()
+    flash(f"{row.name} is linked to {row.lab.name}." if row.lab else f"{row.name} is no longer linked.", "success")
+    return go_to(url_for("scanner_settings.show", integration_id=integration_id))

@@ -1,5 +1,5 @@
-"""Settings → Scanners: a practice's scanner integrations (Admin Control Plane, seed 000), and the
-steps that talk to the vendor through the integration's adapter.
+"""Settings → Integrations: a practice's scanner and practice management system (PMS) integrations
+(the Admin Control Plane), and the steps that talk to the vendor through the integration's adapter.
 
 What each vendor needs is one table, `SETTINGS`: secrets (client id and secret, a signing secret)
 are sealed into `credentials` (portal/keyring.py) and never shown again, only whether they
@@ -27,13 +27,14 @@ from portal import keyring as crypto
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.extensions import db
-from portal.integrations import hooks, registry, sync
+from portal.integrations import registry, sync
 from portal.integrations.base import Adapter
 from portal.integrations.http import VendorError, check_host
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.vendor import Vendor
 from portal.labs.models import Lab
 from portal.practices.models import Practice, utcnow
+from portal.tokens import new_token, public_url
 
 ENTITY = "scanner_integration"
 
@@ -84,6 +85,17 @@ SETTINGS: dict[Vendor, tuple[Setting, ...]] = {
     Vendor.THREESHAPE: (
         Setting("folder", "Watched import folder", kind="path",
                 hint="An absolute path on the Lab Manager server where TRIOS exports its order folders."),
+    ),
+    Vendor.OPENDENTAL: (
+        Setting("developer_key", "Developer key", secret=True, hint="Lab Manager's key from Open Dental's "
+                "developer portal (the same for every practice)."),
+        Setting("customer_key", "Customer key", secret=True, hint="The practice's key, made in Open Dental under "
+                "Setup → Advanced Setup → API; one per location of a DSO."),
+        Setting("base_url", "Base URL", kind="url", default="https://api.opendental.com/api/v1",
+                hint="Open Dental's cloud service, or the practice's own Local API / API Service "
+                     "(its host must be allowed by whoever runs Lab Manager)."),
+        Setting("clinic_num", "ClinicNum", required=False, kind="number",
+                hint="For a DSO with clinics in one database: the ClinicNum that is this practice. Blank reads all."),
     ),
 }
 
@@ -175,6 +187,13 @@ def setting_problem(setting: Setting, value: str) -> str:
         except VendorError:
             return (f"{parts.hostname} is not on the allowed vendor hosts (SCANNER_ALLOWED_HOSTS); "
                     "ask whoever runs Lab Manager to add it.")
+    if setting.kind == "number" and not value.isdigit():
+        return f"{setting.label} is a whole number, as Open Dental shows it."
+    if setting.kind == "url":
+        from portal.outbound import check_url
+
+        if problem := check_url(value):
+            return problem
     if setting.kind == "path":
         from portal.integrations.threeshape.adapter import validate_settings  # the watched folder's own rules
 
@@ -188,7 +207,7 @@ def check(vendor: Vendor, data: IntegrationData, integration: ScannerIntegration
     problems: dict[str, str] = {}
     if not data.name.strip():
         problems["name"] = "Give the integration a name people here will recognise."
-    if not data.lab_ids:
+    if not data.lab_ids and vendor.kind == "scanner":
         problems["lab_ids"] = "Choose at least one lab this scanner may send to."
     stored = stored_secrets(integration) if integration is not None else {}
     for setting in SETTINGS[vendor]:
@@ -203,8 +222,11 @@ def check(vendor: Vendor, data: IntegrationData, integration: ScannerIntegration
     return problems
 
 
-def _labs(organization_id: int, lab_ids: list[int], integration: ScannerIntegration | None) -> list[Lab]:
+def _labs(organization_id: int, lab_ids: list[int], integration: ScannerIntegration | None,
+          vendor: Vendor | None = None) -> list[Lab]:
     allowed = {lab.id: lab for lab in lab_choices(organization_id, integration)}
+    if not lab_ids and (vendor or integration.vendor).kind == "pms":
+        return []  # a PMS names its laboratories itself (linked on its page)
     if not lab_ids:
         raise IntegrationInputError("lab_ids", "Choose at least one lab this scanner may send to.")
     if any(i not in allowed for i in lab_ids):
@@ -227,7 +249,7 @@ def create_integration(practice: Practice, vendor: Vendor, data: IntegrationData
         field, message = next(iter(problems.items()))
         raise IntegrationInputError(field, message)
     integration = ScannerIntegration(practice_id=practice.id, vendor=vendor, name=data.name.strip()[:100])
-    integration.labs = _labs(practice.organization_id, data.lab_ids, None)
+    integration.labs = _labs(practice.organization_id, data.lab_ids, None, vendor)
     secrets_given = _apply_values(integration, data.values)
     db.session.add(integration)
     db.session.flush()
@@ -297,11 +319,22 @@ def set_active(integration: ScannerIntegration, active: bool, actor: Actor) -> b
     return True
 
 
+HOOKS_PATH = "/api/scanners/hooks/"  # + the key: where vendors notify us (portal/integrations/hooks.py)
+
+
+def new_callback_url(integration: ScannerIntegration) -> str:
+    """A fresh notification URL for the integration (the old one stops working): an unguessable
+    key of which only the hash is stored. The caller commits."""
+    token, digest = new_token()
+    integration.callback_key_hash = digest
+    return public_url(HOOKS_PATH + token)
+
+
 def renew_callback_url(integration: ScannerIntegration, actor: Actor) -> str:
     """A new notification URL (the old one stops working). The URL is the key: it goes to the
     person once and never into the audit row."""
     had = integration.callback_key_hash is not None
-    url = hooks.new_callback_url(integration)
+    url = new_callback_url(integration)
     record("scanner.callback_url_renewed", ENTITY, integration.id, before={"had_url": had},
            after={"had_url": True}, actor=actor, practice_id=integration.practice_id)
     return url
@@ -359,7 +392,7 @@ def pair(integration: ScannerIntegration, account: tuple[str, str], actor: Actor
     while the vendor is called, so a refusal (rolled back by the caller) leaves the old one."""
     _usable(integration)
     adapter = registry.adapter_for(integration)
-    callback_url = hooks.new_callback_url(integration)
+    callback_url = new_callback_url(integration)
     with db.session.no_autoflush:
         adapter.pair(account[0], callback_url)
     mark_connected(integration, actor, account)
@@ -371,6 +404,14 @@ def test_connection(integration: ScannerIntegration) -> str:
         return registry.adapter_for(integration).test_connection()
     except crypto.CredentialsError as exc:
         raise VendorError(str(exc), "refused") from exc
+
+
+def stop_for_host(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> str:
+    """The vendor pointed us off the allowed hosts outside a sync (Test connection): the same as in
+    a sync (RELIABILITY W8): the integration is paused, the error recorded and both audited. Returns
+    the integration's error for the person."""
+    sync.failed(integration, exc, actor)
+    return integration.last_error
 
 
 def request_sync(integration: ScannerIntegration, actor: Actor) -> None:

@@ -80,12 +80,17 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         db.session.rollback()
         return {"skipped": True, "retry_after": round(wait, 1)}
     adapter = adapter_for(integration)
+    if adapter.kind == "pms":
+        from portal.integrations.pms import run_pms_sync
+
+        return run_pms_sync(integration_id, source)
     actor = Actor.vendor(integration, source)
     db.session.commit()  # nothing of ours is open while the vendor is called
     outcomes: Counter[str] = Counter()
     try:
         for order in adapter.poll():
             outcomes[ingest_one(integration_id, order, "poll", actor)] += 1
+        outcomes.update(reread_unfinished(integration_id, adapter, actor))
     except VendorError as exc:
         db.session.rollback()
         failed(db.session.get(ScannerIntegration, integration_id), exc, actor)
@@ -101,6 +106,48 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         outcomes["unreadable"] = len(adapter.skipped)
     db.session.commit()
     return dict(outcomes)
+
+
+REREAD_BATCH = 50  # scans re-read by order ref per sync, in turn (the next sync goes on from there)
+
+
+def reread_unfinished(integration_id: int, adapter, actor: Actor) -> Counter[str]:
+    """Re-read, by order ref, the scans in a stage the vendor may still change without listing the
+    order again (the adapter's `reread_stages`: iTero's Get Orders lists only Ready for Download
+    and Lab Review, so iTero Milling, Ready to Ship and Downloaded would never reach the case),
+    until they reach a final one. A batch per sync, in turn by scan id (where the last batch ended
+    is kept in the integration's settings); scans the poll just brought, dismissed ones and those
+    of a closed case are left out. What changed is counted as "reread_<outcome>"."""
+    from portal.cases.models import LabCase
+    from portal.cases.status import Status
+    from portal.scans.models import InboxState, Scan
+
+    outcomes: Counter[str] = Counter()
+    if not adapter.reread_stages:
+        return outcomes
+    integration = db.session.get(ScannerIntegration, integration_id)
+    after = integration.config.get("reread_after")
+    after = after if isinstance(after, int) else 0
+    stmt = (select(Scan.id, Scan.rx_id, Scan.order_id).outerjoin(LabCase, LabCase.id == Scan.case_id)
+            .where(Scan.integration_id == integration_id, Scan.stage.in_(adapter.reread_stages),
+                   Scan.rx_id != "", Scan.inbox != InboxState.DISMISSED,
+                   LabCase.id.is_(None) | LabCase.status.in_(Status.open())))
+    rows = list(db.session.execute(stmt.where(Scan.id > after).order_by(Scan.id).limit(REREAD_BATCH)))
+    if len(rows) < REREAD_BATCH and after:  # round again from the first
+        rows += list(db.session.execute(stmt.where(Scan.id <= after).order_by(Scan.id)
+                                        .limit(REREAD_BATCH - len(rows))))
+    db.session.commit()  # nothing of ours is open while the vendor is called
+    for scan_id, ref, order_id in rows:
+        if order_id in adapter.polled:
+            continue
+        order = adapter.fetch(ref)
+        outcome = ingest_one(integration_id, order, "poll", actor) if order is not None else "unchanged"
+        if outcome != "unchanged":
+            outcomes[f"reread_{outcome}"] += 1
+    if rows:
+        integration = db.session.get(ScannerIntegration, integration_id)
+        integration.set_config(reread_after=rows[-1][0])
+    return outcomes
 
 
 def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Actor) -> str:
@@ -137,8 +184,10 @@ def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = T
 def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> None:
     now = utcnow()
     message = str(exc)[:500]
+    pauses = exc.kind == "auth" and integration.vendor.kind == "pms"
     if exc.kind == "auth":
-        message = f"{message} Connect the integration again (Settings → Scanners)."[:500]
+        message = (f"Paused: {message} Check the keys under Settings → Integrations, then resume it."
+                   if pauses else f"{message} Connect the integration again (Settings → Integrations).")[:500]
     if exc.kind == "host":
         message = f"Stopped: {message} Check the vendor's addresses, then resume the integration."[:500]
     integration.last_sync_at = now
@@ -149,8 +198,9 @@ def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> N
     integration.last_error, integration.last_error_at = message, now
     if exc.retry_after:
         integration.set_config(retry_not_before=(now + dt.timedelta(seconds=exc.retry_after)).isoformat())
-    if exc.kind == "host" and integration.active:
-        # RELIABILITY W8: nothing was sent to that host; nothing more is tried until a person looks.
+    if (exc.kind == "host" or pauses) and integration.active:
+        # A host off the allow-list (nothing was sent there), or a PMS that refused our keys: nothing
+        # more is tried until a person looks.
         integration.active = False
         record("scanner.stopped", "scanner_integration", integration.id, before={"active": True},
                after={"active": False, "reason": message}, actor=actor, practice_id=integration.practice_id,
@@ -280,13 +330,14 @@ def sweep(grace_seconds: int = 30) -> dict:
 
     queue = get_queue()
     now = utcnow()
-    due = now - dt.timedelta(seconds=current_app.config["SCANNER_POLL_SECONDS"])
+    intervals = {"scanner": current_app.config["SCANNER_POLL_SECONDS"], "pms": current_app.config["PMS_SYNC_SECONDS"]}
     polled = 0
     for integration in db.session.scalars(select(ScannerIntegration).where(ScannerIntegration.active.is_(True))):
         try:
             ready = can_sync(integration) and retry_wait(integration) is None
         except VendorError:
             continue
+        due = now - dt.timedelta(seconds=intervals[integration.vendor.kind])
         if ready and (integration.last_sync_at is None or integration.last_sync_at <= due):
             polled += enqueue_once(queue, sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)
     cutoff = now - dt.timedelta(seconds=grace_seconds)

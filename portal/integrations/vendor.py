@@ -20,11 +20,26 @@ class Vendor(enum.StrEnum):
     MEDIT = "medit"
     THREESHAPE = "3shape"
     UPLOAD = "upload"  # any STL/PLY/OBJ a person uploaded, no vendor integration behind it
+    OPENDENTAL = "opendental"  # a practice management system (PMS), not a scanner
 
     @property
     def label(self) -> str:
         return {"itero": "iTero", "medit": "Medit Link", "3shape": "3Shape TRIOS",
-                "upload": "File upload"}[self.value]
+                "upload": "File upload", "opendental": "Open Dental"}[self.value]
+
+    @property
+    def kind(self) -> str:
+        """"scanner" (scans come in) or "pms" (a practice management system: patients, providers,
+        appointments and laboratories come in, lab cases go back). Dentrix, Eaglesoft and Curve
+        would be "pms" vendors too."""
+        return "pms" if self in PMS_VENDORS else "scanner"
+
+    @classmethod
+    def scanners(cls) -> list["Vendor"]:
+        return [v for v in cls if v.kind == "scanner"]
+
+
+PMS_VENDORS = frozenset({Vendor.OPENDENTAL})
 
 
 class Jaw(enum.StrEnum):
@@ -92,6 +107,7 @@ class Asset:
     size_bytes: int | None = None
     jaw: Jaw = Jaw.UNKNOWN
     jaw_source: str = ""
+    jaw_note: str = ""  # geometry: how sure ("sure: ..." or "not sure: ..."), see portal/scans/mesh/jaws.py
     url: str = ""
     vertex_count: int | None = None
     triangle_count: int | None = None

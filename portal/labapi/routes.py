@@ -20,7 +20,7 @@ from flask import Blueprint, jsonify, make_response, request
 from sqlalchemy.exc import IntegrityError
 
 from portal.dispatch import signing
-from portal.extensions import csrf, db
+from portal.extensions import csrf, transaction
 from portal.labapi import services
 
 bp = Blueprint("labapi", __name__, url_prefix="/api/labs")
@@ -84,13 +84,10 @@ def events(lab_id_text: str):
         return _no_content()
     if body is None:
         return _error(422, "the body is not JSON")
-    try:
+    # An IntegrityError is the same event arriving twice at once (unique per lab): the other
+    # copy was stored, so this one is answered like a repeat.
+    with transaction(services.EventError, IntegrityError) as outcome:
         services.accept_event(lab_id, msg_id, body, raw, seen_event=known.seen_event)
-        db.session.commit()
-    except services.EventError as exc:
-        db.session.rollback()
-        return _error(422, str(exc))
-    except IntegrityError:
-        # The same event arrived twice at once (unique per lab); the other copy was stored.
-        db.session.rollback()
+    if isinstance(outcome.refused, services.EventError):
+        return _error(422, str(outcome.refused))
     return _no_content()

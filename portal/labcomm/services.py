@@ -21,20 +21,23 @@ from flask import Flask
 from sqlalchemy import select
 
 from portal import events
+from portal.ack import queries as ack_queries
 from portal.ack import services as ack
+from portal.ack.models import AckLink
 from portal.audit.actor import Actor
 from portal.audit.service import record
 from portal.cases.events import CaseCancelled, CaseEdited
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
-from portal.clock import utcnow
 from portal.dispatch import notices
+from portal.dispatch import queries as dispatch_queries
 from portal.dispatch import services as dispatch
 from portal.dispatch.events import WorkOrderApproved, WorkOrderDelivered, WorkOrderSuperseded
 from portal.dispatch.models import Dispatch, DispatchState, NoticeType
 from portal.extensions import db
 from portal.labs.models import Channel
 from portal.mail.models import FAILED, SENT, MailMessage
+from portal.messages import services as messages
 from portal.messages.events import MessageToLab
 from portal.messages.models import LabMessage
 
@@ -155,7 +158,29 @@ def on_message_to_lab(event: MessageToLab) -> None:
              message=message)
 
 
-# --- what the messages panel says about each message the practice wrote ----------------------------
+# --- the case page's messages panel: the thread, and how each message reaches the lab -------------
+
+@dataclass(frozen=True)
+class MessagesPanel:
+    thread: list[LabMessage]
+    deliveries: dict[int, MessageDelivery]
+    order: Dispatch | None  # an API lab's live order, which carries messages once delivered
+    link: AckLink | None  # an email lab's newest private link, once the case is sent
+
+    @property
+    def unread(self) -> list[LabMessage]:
+        return [m for m in self.thread if m.incoming and m.read_at is None]
+
+
+def messages_panel(case: LabCase) -> MessagesPanel:
+    thread = messages.thread(case.id)
+    channel = case.lab.channel if case.lab is not None else None
+    return MessagesPanel(
+        thread=thread, deliveries=deliveries(case, thread),
+        order=dispatch_queries.api_order(case) if channel is Channel.API else None,
+        link=ack_queries.latest_link(case.id) if channel is Channel.EMAIL and case.sent_at else None,
+    )
+
 
 @dataclass(frozen=True)
 class MessageDelivery:

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from portal.audit.actor import Actor
-from portal.extensions import db
+from portal.extensions import db, transaction
 from portal.labs import services
 from portal.labs.forms import LabForm, SecretForm
 from portal.labs.models import Channel, Lab
@@ -81,18 +81,16 @@ def _save(form: LabForm, lab: Lab | None):
     if not form.validate():
         return _form_page(form, lab, 422)
     actor = Actor.user(current_user)
-    try:
+    with transaction(LabError) as outcome:
         if lab is None:
             lab = services.create_lab(g.practice.organization_id, _data(form), actor, g.practice.id)
             message = f"{lab.name} added to the lab directory."
         else:
             changed = services.update_lab(lab, _data(form), actor, g.practice.id)
             message = f"{lab.name} saved." if changed else "Nothing changed."
-    except LabError as exc:
-        db.session.rollback()
-        form.form_errors.append(str(exc))
+    if outcome.refused:
+        form.form_errors.append(str(outcome.refused))
         return _form_page(form, lab, 422)
-    db.session.commit()
     flash(message, "success")
     return redirect(url_for("labs.show", lab_id=lab.id), 303)
 
@@ -137,13 +135,11 @@ def generate_secret(lab_id: int):
     lab = _lab_or_404(lab_id)
     if not SecretForm().validate():
         abort(400)
-    try:
+    with transaction(LabError) as outcome:
         _, value = services.generate_secret(lab, Actor.user(current_user), g.practice.id)
-    except LabError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return _show(lab, code=409)
-    db.session.commit()
     return _show(lab, new_secret=value)
 
 
@@ -153,12 +149,10 @@ def revoke_secret(lab_id: int, secret_id: int):
     lab = _lab_or_404(lab_id)
     if not SecretForm().validate():
         abort(400)
-    try:
+    with transaction(LabError) as outcome:
         services.revoke_secret(lab, secret_id, Actor.user(current_user), g.practice.id)
-    except LabError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return redirect(url_for("labs.show", lab_id=lab.id), 303)
-    db.session.commit()
     flash("Secret revoked: the lab's deliveries signed with it are now refused.", "success")
     return redirect(url_for("labs.show", lab_id=lab.id), 303)

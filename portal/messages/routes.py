@@ -1,27 +1,28 @@
 """Messages with the lab on the case page, the practice's unread list, and resending a lab link."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from portal.ack.forms import MessageForm
-from portal.ack.models import AckLink
 from portal.ack.services import LinkError, resend_link
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
-from portal.extensions import db
+from portal.extensions import db, transaction
 from portal.labcomm import services as labcomm
 from portal.messages import services
 from portal.messages.models import IN, LabMessage
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("messages", __name__)
 
 
 @bp.app_context_processor
-def _helpers():
-    """Lazy helpers: nothing is queried unless a template calls them (htmx fragments don't)."""
+def _top_bar():
+    """The top bar's unread count, on every full page (base.html). Lazy: nothing is queried
+    unless the template asks, and htmx fragments don't. The case page's messages panel gets its
+    data from the case view instead (portal/cases/routes.py)."""
 
     def unread_lab_messages() -> int:
         if g.get("practice") is None:
@@ -30,23 +31,13 @@ def _helpers():
             g.unread_lab_messages = services.unread_count(g.practice.id)
         return g.unread_lab_messages
 
-    def lab_thread(case) -> list[LabMessage]:
-        return services.thread(case.id)
-
-    def lab_link_of(case) -> AckLink | None:
-        return db.session.scalar(select(AckLink).where(AckLink.case_id == case.id)
-                                 .order_by(AckLink.id.desc()).limit(1))
-
-    def message_deliveries(case, messages) -> dict[int, labcomm.MessageDelivery]:
-        return labcomm.deliveries(case, messages)
-
-    return {"unread_lab_messages": unread_lab_messages, "lab_thread": lab_thread, "lab_link_of": lab_link_of,
-            "message_deliveries": message_deliveries}
+    return {"unread_lab_messages": unread_lab_messages}
 
 
 def _panel(case: LabCase, form: MessageForm | None = None, code: int = 200):
-    return make_response(render_template("cases/_messages_panel.html", case=case,
-                                         message_form=form or MessageForm(formdata=None)), code)
+    """The case page's messages panel alone (an htmx request), with its data from lab communication."""
+    return render("cases/show.html", "messages_panel", code=code, case=case,
+                  messages_panel=labcomm.messages_panel(case), message_form=form or MessageForm(formdata=None))
 
 
 @bp.post("/cases/<int:case_id>/messages")
@@ -61,13 +52,11 @@ def send(case_id: int):
         if request.htmx:
             return _panel(case, form, 422)
         return _back(case, " ".join(form.text.errors) or "Write a message first.", "error")
-    try:
+    with transaction(services.MessageError) as outcome:
         services.send_to_lab(case, form.text.data, Actor.user(current_user))
-    except services.MessageError as exc:
-        db.session.rollback()
-        form.text.errors = [str(exc)]
-        return _panel(case, form, 422) if request.htmx else _back(case, str(exc), "error")
-    db.session.commit()
+    if outcome.refused:
+        form.text.errors = [str(outcome.refused)]
+        return _panel(case, form, 422) if request.htmx else _back(case, str(outcome.refused), "error")
     if request.htmx:
         return _panel(case)
     return _back(case, f"Message sent to {case.lab.name}.", "success")
@@ -81,19 +70,17 @@ def mark_read(case_id: int):
     services.mark_read(case)
     db.session.commit()
     g.pop("unread_lab_messages", None)
-    return render_template("messages/_unread_badge.html", oob=True)
+    return render("messages/_unread_badge.html", oob=True)
 
 
 @bp.post("/cases/<int:case_id>/lab-link")
 @requires(*CAN_EDIT)
 def resend(case_id: int):
     case = get_or_404(LabCase, case_id)
-    try:
+    with transaction(LinkError) as outcome:
         resend_link(case, Actor.user(current_user))
-    except LinkError as exc:
-        db.session.rollback()
-        return _back(case, str(exc), "error")
-    db.session.commit()
+    if outcome.refused:
+        return _back(case, str(outcome.refused), "error")
     return _back(case, f"A new link is on its way to {case.lab.name}; the old one no longer works.", "success")
 
 
@@ -111,9 +98,4 @@ def inbox():
 
 def _back(case: LabCase, message: str, level: str):
     flash(message, level)
-    target = url_for("cases.show", case_id=case.id) + "#lab-messages"
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(url_for("cases.show", case_id=case.id) + "#lab-messages")

@@ -70,6 +70,9 @@ class Appointment(db.Model):
     )
     external_id: Mapped[str | None] = mapped_column(String(40))  # Open Dental AptNum
     note: Mapped[str] = mapped_column(String(500), default="")
+    # The PMS's own word for the visit (Open Dental's AptStatus: Scheduled, Complete, Broken,
+    # UnschedList...), "" for a visit entered here; portal/integrations/pms.py keeps it.
+    pms_status: Mapped[str] = mapped_column(String(20), default="")
     patient: Mapped["Patient"] = relationship()
     provider: Mapped["Provider | None"] = relationship()
 

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, flash, g, make_response, redirect, request, url_for
+from flask import Blueprint, flash, g, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
 from portal.audit.actor import Actor
 from portal.cases.forms import choices
 from portal.errors import UserError
-from portal.extensions import db
+from portal.extensions import transaction
 from portal.people import services
 from portal.people.forms import AppointmentForm, ImportForm, PatientForm, ProviderForm
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.people.services import (
     AppointmentData, PatientData, ProviderData,
 )
-from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires
+from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires
 
 bp = Blueprint("people", __name__)
 
@@ -25,15 +25,10 @@ bp = Blueprint("people", __name__)
 def _saved(target: str, message: str):
     """After a successful save: a full-page redirect (htmx follows HX-Redirect)."""
     flash(message, "success")
-    if request.htmx:
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = target
-        return response
-    return redirect(target, 303)
+    return go_to(target)
 
 
 def _input_error(form, exc: UserError) -> None:
-    db.session.rollback()
     getattr(form, exc.field).errors = list(getattr(form, exc.field).errors) + [str(exc)]
 
 
@@ -75,12 +70,11 @@ def patient_new():
         return _patient_form(form, None)
     if not _valid_patient(form, None):
         return _patient_form(form, None, 422)
-    try:
+    with transaction(UserError) as outcome:
         patient = services.create_patient(g.practice.id, _patient_data(form), Actor.user(current_user))
-    except UserError as exc:
-        _input_error(form, exc)
+    if outcome.refused:
+        _input_error(form, outcome.refused)
         return _patient_form(form, None, 422)
-    db.session.commit()
     return _saved(url_for("people.patient", patient_id=patient.id), f"{patient.full_name} added.")
 
 
@@ -102,12 +96,11 @@ def patient_edit(patient_id: int):
     form = PatientForm()
     if not _valid_patient(form, patient):
         return _patient_form(form, patient, 422)
-    try:
+    with transaction(UserError) as outcome:
         changed = services.update_patient(patient, _patient_data(form), Actor.user(current_user))
-    except UserError as exc:
-        _input_error(form, exc)
+    if outcome.refused:
+        _input_error(form, outcome.refused)
         return _patient_form(form, patient, 422)
-    db.session.commit()
     return _saved(url_for("people.patient", patient_id=patient.id),
                   f"{patient.full_name} saved." if changed else "Nothing changed.")
 
@@ -146,12 +139,11 @@ def provider_new():
         return _provider_form(form, None)
     if not _valid_provider(form, None):
         return _provider_form(form, None, 422)
-    try:
+    with transaction(UserError) as outcome:
         provider = services.create_provider(g.practice.id, _provider_data(form), Actor.user(current_user))
-    except UserError as exc:
-        _input_error(form, exc)
+    if outcome.refused:
+        _input_error(form, outcome.refused)
         return _provider_form(form, None, 422)
-    db.session.commit()
     return _saved(url_for("people.providers"), f"{provider.name} added.")
 
 
@@ -164,12 +156,11 @@ def provider_edit(provider_id: int):
     form = ProviderForm()
     if not _valid_provider(form, provider):
         return _provider_form(form, provider, 422)
-    try:
+    with transaction(UserError) as outcome:
         changed = services.update_provider(provider, _provider_data(form), Actor.user(current_user))
-    except UserError as exc:
-        _input_error(form, exc)
+    if outcome.refused:
+        _input_error(form, outcome.refused)
         return _provider_form(form, provider, 422)
-    db.session.commit()
     return _saved(url_for("people.providers"), f"{provider.name} saved." if changed else "Nothing changed.")
 
 
@@ -238,12 +229,11 @@ def appointment_new():
         return _appointment_form(form, None)
     if not form.validate():
         return _appointment_form(form, None, 422)
-    try:
+    with transaction(UserError) as outcome:
         appointment = services.create_appointment(g.practice.id, _appointment_data(form), Actor.user(current_user))
-    except UserError as exc:
-        _input_error(form, exc)
+    if outcome.refused:
+        _input_error(form, outcome.refused)
         return _appointment_form(form, None, 422)
-    db.session.commit()
     return _saved(_after_appointment(appointment),
                   f"Appointment on {appointment.starts_at:%a %d %b %Y %H:%M} booked.")
 
@@ -263,12 +253,11 @@ def appointment_edit(appointment_id: int):
     _fill_appointment_choices(form)
     if not form.validate():
         return _appointment_form(form, appointment, 422)
-    try:
+    with transaction(UserError) as outcome:
         changed = services.update_appointment(appointment, _appointment_data(form), Actor.user(current_user))
-    except UserError as exc:
-        _input_error(form, exc)
+    if outcome.refused:
+        _input_error(form, outcome.refused)
         return _appointment_form(form, appointment, 422)
-    db.session.commit()
     message = "Nothing changed."
     if changed:
         message = "Appointment saved."
@@ -292,18 +281,15 @@ def import_csv():
         return render("people/import.html", "import_panel", code=422, form=form, report=None)
     upload = form.file.data
     data = upload.stream.read(services.MAX_IMPORT_BYTES + 1)
-    try:
+    with transaction(UserError, IntegrityError) as outcome:
         report = services.run_import(form.kind.data, g.practice.id, data, Actor.user(current_user),
                                      filename=upload.filename or "")
-    except UserError as exc:
-        db.session.rollback()
-        form.file.errors = [f"{exc} Nothing was imported."]
+    if isinstance(outcome.refused, UserError):
+        form.file.errors = [f"{outcome.refused} Nothing was imported."]
         return render("people/import.html", "import_panel", code=422, form=form, report=None)
-    except IntegrityError:
-        db.session.rollback()
+    if outcome.refused:  # IntegrityError
         form.file.errors = ["Someone else changed the same rows while this file was importing. "
                             "Nothing was imported; upload it again."]
         return render("people/import.html", "import_panel", code=409, form=form, report=None)
-    db.session.commit()
     return render("people/import.html", "import_panel", form=ImportForm(formdata=None, kind=form.kind.data),
                   report=report)

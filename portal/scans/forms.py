@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import MultipleFileField
-from wtforms import HiddenField, IntegerField, StringField
+from wtforms import HiddenField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
+
+from portal.cases.forms import choices
 
 
 class OptionalId(IntegerField):
@@ -64,6 +66,13 @@ class PatientForm(FlaskForm):
 class CaseChoiceForm(FlaskForm):
     case_id = ChoiceId("Case", "Choose one of the patient's open cases.")
     confirm = ConfirmField()
+
+
+class JawForm(FlaskForm):
+    file_id = ChoiceId("File", "Choose one of the scan's files.")
+    jaw = SelectField("Jaw", choices=choices([("upper", "Upper"), ("lower", "Lower"), ("bite", "Bite"),
+                                              ("unknown", "Not known")]),
+                      validators=[InputRequired("Choose upper, lower, bite or not known.")])
 
 
 class DismissForm(FlaskForm):

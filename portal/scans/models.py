@@ -127,6 +127,8 @@ class ScanFile(db.Model):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     jaw: Mapped[Jaw] = mapped_column(Enum(Jaw, native_enum=False, length=10), default=Jaw.UNKNOWN)
     jaw_source: Mapped[str] = mapped_column(String(20), default="")
+    # How sure the shape was ("sure: ..." / "not sure: ..."), or who set the jaw by hand; "" otherwise.
+    jaw_note: Mapped[str] = mapped_column(String(200), default="", server_default="")
     url: Mapped[str] = mapped_column(String(1000), default="")
     vertex_count: Mapped[int | None] = mapped_column(BigInteger)
     triangle_count: Mapped[int | None] = mapped_column(BigInteger)

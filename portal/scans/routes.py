@@ -25,11 +25,11 @@ from portal.audit.actor import Actor
 from portal.cases.models import LabCase
 from portal.cases.services import patient_options
 from portal.extensions import db
-from portal.integrations.vendor import Vendor
+from portal.integrations.vendor import Jaw, Vendor
 from portal.people.models import Patient
 from portal.scans import queries as inbox
 from portal.scans import services
-from portal.scans.forms import ActionForm, CaseChoiceForm, DismissForm, PatientForm
+from portal.scans.forms import ActionForm, CaseChoiceForm, DismissForm, JawForm, PatientForm
 from portal.scans.models import InboxState, Scan
 from portal.scans.services import NeedsConfirmation, ScanError
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, render, requires, safe_next, wants_fragment
@@ -78,7 +78,7 @@ def index():
     cases = inbox.open_cases(g.practice.id, [s.patient_id for s in page.scans
                                              if s.patient_id and s.case_id is None])
     return render("scanners/inbox.html", "inbox_body", tab=tab, vendor=vendor, page=page, open_cases=cases,
-                  counts=inbox.counts(g.practice.id, vendor), vendors=list(Vendor), here=request.full_path)
+                  counts=inbox.counts(g.practice.id, vendor), vendors=Vendor.scanners(), here=request.full_path)
 
 
 @bp.get("/<int:scan_id>")
@@ -142,7 +142,7 @@ def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "
         return _scan_page(scan, code=code, error=error, error_at=error_at, confirm=confirm)
     if note:
         flash(note, "success")
-    return redirect(safe_next(url_for("scans.show", scan_id=scan.id)), 303)
+    return redirect(safe_next(request.form.get("next"), url_for("scans.show", scan_id=scan.id)), 303)
 
 
 def _scan_action(scan_id: int, form, at: str, act):
@@ -217,6 +217,16 @@ def new_case(scan_id: int):
         return f"New draft case {case.number} created from the scan; check it and send it to the lab."
 
     return _scan_action(scan_id, ActionForm(), "case", act)
+
+
+@bp.post("/<int:scan_id>/jaw")
+@requires(*CAN_EDIT)
+def set_jaw(scan_id: int):
+    def act(scan, form, actor):
+        row = services.set_jaw(scan, form.file_id.data, Jaw(form.jaw.data), actor)
+        return f"{row.file_name} is set to {row.jaw.value if row.jaw is not Jaw.UNKNOWN else 'not known'}."
+
+    return _scan_action(scan_id, JawForm(), "jaw", act)
 
 
 @bp.post("/<int:scan_id>/dismiss")

@@ -61,6 +61,9 @@ class ScanError(ValueError):
     """A request about a scan that can't be done; str(exc) is for the person who asked."""
 
 
+SOURCE_PERSON = "person"  # ScanFile.jaw_source of a jaw a person set on the scan page
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One line of "the scanner says / the patient's record says", for the person to compare."""
@@ -248,7 +251,8 @@ def _apply_files(scan: Scan, assets: tuple[Asset, ...]) -> bool:
 def _copy_asset(row: ScanFile, asset: Asset) -> None:
     row.file_name, row.format, row.kind = asset.file_name[:255], asset.format.upper()[:10], asset.kind[:20]
     row.size_bytes, row.url = asset.size_bytes, asset.url[:1000]
-    row.jaw, row.jaw_source = asset.jaw, asset.jaw_source[:20]
+    if row.jaw_source != SOURCE_PERSON:  # a jaw a person set stays until a person changes it
+        row.jaw, row.jaw_source, row.jaw_note = asset.jaw, asset.jaw_source[:20], asset.jaw_note[:200]
     if row.state is FileState.PROCESSING and not (asset.error or asset.triangle_count is not None):
         return  # a job is reading it; it writes the outcome
     row.vertex_count, row.triangle_count, row.error = asset.vertex_count, asset.triangle_count, asset.error[:300]
@@ -570,6 +574,26 @@ def assign_patient(scan: Scan, patient: Patient, actor: Actor, *, confirmed: boo
         _follow_stage(scan, None, True, actor)
     _settle(scan)
     return Ingested(scan, "updated", action)
+
+
+def set_jaw(scan: Scan, file_id: int, jaw: Jaw, actor: Actor) -> ScanFile:
+    """A person says which jaw a scan file holds (the shape was not sure, or was wrong). It stays
+    theirs: later vendor reports and re-reads do not change it. Bites are relinked; audited."""
+    row = next((f for f in scan.current_files if f.id == file_id), None)
+    if row is None or row.kind != "scan":
+        raise ScanError("Choose one of the scan's current mesh files.")
+    if row.jaw is jaw and row.jaw_source == SOURCE_PERSON:
+        raise ScanError(f"{row.file_name} is already set to {jaw.value}.")
+    before = {"file_id": row.id, "file": row.file_name, "jaw": row.jaw.value, "jaw_source": row.jaw_source,
+              "jaw_note": row.jaw_note}
+    row.jaw, row.jaw_source = jaw, SOURCE_PERSON
+    row.jaw_note = f"set by {actor.label or 'a person'}"[:200]
+    db.session.flush()
+    _link_bites(scan)
+    record("scan.jaw_set", "scan", scan.id, before=before, after={
+        "file_id": row.id, "file": row.file_name, "jaw": jaw.value, "jaw_source": SOURCE_PERSON},
+        actor=actor, practice_id=scan.practice_id)
+    return row
 
 
 def assign_case(scan: Scan, case: LabCase, actor: Actor, *, confirmed: bool = False) -> None:

@@ -217,9 +217,9 @@ def _receive_meshes(practice_id, files, staging, actor, patient, case) -> Receiv
     now = utcnow()
     assets = tuple(Asset(
         ref=store.ref(f"{folder}/{s.stored}"), file_name=s.name, format=s.format, kind="scan", size_bytes=s.size,
-        jaw=jaw, jaw_source=how, vertex_count=s.info.vertex_count if s.info else None,
-        triangle_count=s.info.triangle_count if s.info else None,
-    ) for s, (jaw, how) in zip(stored, jaws))
+        jaw=guess.jaw, jaw_source=guess.source, jaw_note=guess.note,
+        vertex_count=s.info.vertex_count if s.info else None, triangle_count=s.info.triangle_count if s.info else None,
+    ) for s, guess in zip(stored, jaws))
     order = VendorOrder(vendor=Vendor.UPLOAD, order_id=upload_id, status="Uploaded", stage=OrderStage.READY,
                         patient=_patient_ref(patient, case), updated_at=now, assets=assets,
                         history=(("Uploaded", now),))
@@ -522,7 +522,8 @@ def fail(file_id: int, message: str, actor: Actor) -> bool:
 def redetect_jaws(scan: Scan) -> dict[str, str]:
     """Tell the jaws of the scan's stored files again, now that every file's shape is known (vendor
     metadata stays as it was); relink the bite. Returns {file name: new jaw} for what changed."""
-    files = [f for f in scan.current_files if f.kind == "scan" and store.is_store_ref(f.ref)]
+    files = [f for f in scan.current_files if f.kind == "scan" and store.is_store_ref(f.ref)
+             and f.jaw_source != services.SOURCE_PERSON]  # a person's jaw stays
     if not files:
         return {}
     infos = []
@@ -532,13 +533,15 @@ def redetect_jaws(scan: Scan) -> dict[str, str]:
     found = mesh.detect_jaws([(f.file_name, f.jaw if f.jaw_source == mesh.SOURCE_VENDOR else None, info)
                               for f, info in zip(files, infos)])
     changed = {}
-    for f, (jaw, how) in zip(files, found):
-        if f.jaw_source == mesh.SOURCE_VENDOR or (f.jaw, f.jaw_source) == (jaw, how):
+    for f, guess in zip(files, found):
+        (jaw, how), note = guess, guess.note
+        if f.jaw_source == mesh.SOURCE_VENDOR or (f.jaw, f.jaw_source, f.jaw_note) == (jaw, how, note):
             continue
         if jaw is Jaw.UNKNOWN and f.jaw is not Jaw.UNKNOWN:
             continue  # a refused neighbour took the geometry away: keep what was known
-        f.jaw, f.jaw_source = jaw, how
-        changed[f.file_name] = jaw.value
+        if (f.jaw, f.jaw_source) != (jaw, how):
+            changed[f.file_name] = jaw.value
+        f.jaw, f.jaw_source, f.jaw_note = jaw, how, note[:200]
     if changed:
         db.session.flush()
         services._link_bites(scan)

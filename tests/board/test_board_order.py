@@ -140,3 +140,59 @@ def test_due_windows_keep_the_order_and_their_columns(client, login, mixed, due)
         first, whole = _walk_column(client, page, status)
         assert first == want[:LIMIT] and whole == want, (due, status)
     assert client.hx(f"/board/column/fitted?offset=0&due={due}").get_data(as_text=True).count("data-case-id") == 0
+
+
+@pytest.fixture()
+def seated(app, world):
+    """Sent and draft cases with seat appointments out of id and due-date order, some without a
+    seat, one without a lab; created at times out of id order."""
+    app.config["BOARD_COLUMN_LIMIT"] = LIMIT
+    today = dt.date.today()
+    seats = [9, None, 3, 12, 3, None, 1, 20, None, 6]
+    dues = [2, 4, None, 1, 8, 3, 3, None, 5, 2]
+    ages = [3, 1, 8, 2, 8, 5, 0, 9, 4, 6]  # days old
+    cases = []
+    for n, (seat, due, age) in enumerate(zip(seats, dues, ages)):
+        patient = factories.patient(world.practice, first=f"P{n}")
+        case = factories.case(world, Status.SENT if n % 3 else Status.DRAFT, patient_obj=patient,
+                              seat=today + dt.timedelta(days=seat) if seat is not None else None, commit=False)
+        case.due_date = today + dt.timedelta(days=due) if due is not None else None
+        case.created_at = dt.datetime.now() - dt.timedelta(days=age, hours=n)
+        cases.append(case)
+    cases[0].lab_id = None
+    _db.session.commit()
+    yield cases
+    app.config["BOARD_COLUMN_LIMIT"] = 25
+
+
+def _by(cases, key) -> dict[Status, list[int]]:
+    by_status: dict[Status, list] = {}
+    for c in cases:
+        by_status.setdefault(c.status, []).append(c)
+    return {s: [c.id for c in sorted(cs, key=key)] for s, cs in by_status.items()}
+
+
+def _due_key(c):
+    return (c.due_date is None, c.due_date or dt.date.min, c.id)
+
+
+@pytest.mark.parametrize("sort", ["seat", "age"])
+def test_columns_sort_by_seat_date_or_age_and_show_more_follows(client, login, seated, sort):
+    key = {"seat": lambda c: (c.seat_date is None, c.seat_date or dt.date.min, *_due_key(c)),
+           "age": lambda c: (c.created_at, c.id)}[sort]
+    expected = _by(seated, key)
+    login()
+    page = client.get(f"/?sort={sort}").get_data(as_text=True)
+    assert f'<option value="{sort}" selected>' in page
+    for status in (Status.DRAFT, Status.SENT):
+        first, whole = _walk_column(client, page, status)
+        assert first == expected[status][:LIMIT] and whole == expected[status], (status, sort)
+        assert whole != _by(seated, _due_key)[status]  # a different order from the default one
+
+
+def test_the_no_lab_filter_shows_only_cases_without_a_lab(client, login, seated):
+    login()
+    body = client.hx("/?lab=none", target="board-columns").get_data(as_text=True)
+    assert [int(i) for i in CARD_ID.findall(body)] == [seated[0].id]
+    page = client.get("/?lab=none").get_data(as_text=True)
+    assert '<option value="none" selected>No lab yet</option>' in page

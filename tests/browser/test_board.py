@@ -247,3 +247,88 @@ def test_the_board_has_a_heading_and_passes_axe(page, signed_in, world, db):
     signed_in(page, world.users["coordinator"])
     expect(page.get_by_role("heading", level=1, name="Board")).to_be_attached()
     assert axe_violations(page) == []
+
+
+def _inside(inner: dict, outer: dict) -> bool:
+    return (inner["x"] >= outer["x"] - 0.5 and inner["y"] >= outer["y"] - 0.5
+            and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5
+            and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5)
+
+
+@pytest.mark.parametrize("width", [1280, 1600])
+def test_the_move_menu_of_the_first_column_opens_on_screen(browser, live_server, world, db, width):
+    """The Draft column is the leftmost: its cards' Move menu opened leftwards, off the screen."""
+    _, number = make_case(world, Status.DRAFT)
+    ctx = browser.new_context(viewport={"width": width, "height": 800})
+    try:
+        page = ctx.new_page()
+        errors = watch_for_script_errors(page)
+        log_in(page, live_server, world.users["coordinator"])
+        menu = card(page, number, "draft").locator("details.card-menu")
+        menu.locator("summary").focus()
+        page.keyboard.press("Enter")
+        expect(menu.locator("select")).to_be_focused()
+        body = menu.locator(".menu-body").bounding_box()
+        board = page.locator("#board-columns").bounding_box()
+        screen = {"x": 0, "y": 0, "width": width, "height": 800}
+        assert _inside(body, screen) and _inside(body, board), (body, board)
+        for control in ("select", "input[name=reason]", "button"):
+            assert _inside(menu.locator(control).bounding_box(), screen)
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def test_tab_alone_reaches_every_control_of_the_board(page, signed_in, world, db):
+    for status in (Status.DRAFT, Status.SENT, Status.ON_HOLD, Status.DISPATCHED):
+        make_case(world, status)
+    signed_in(page, world.users["coordinator"])
+    expect(page.locator("li.card")).to_have_count(4)
+    controls = page.evaluate("""() => {
+        const all = [...document.querySelectorAll('a[href], button, input, select, textarea, summary')];
+        all.forEach((el, n) => el.dataset.tabProbe = n);
+        return all.filter((el) => el.checkVisibility({visibilityProperty: true}) && !el.disabled && !el.closest('dialog, [hidden]'))
+                  .map((el) => el.dataset.tabProbe);
+    }""")
+    reached = set()
+    for _ in range(len(controls) * 2 + 5):
+        page.keyboard.press("Tab")
+        probe = page.evaluate("document.activeElement && document.activeElement.dataset.tabProbe || null")
+        if probe is not None:
+            reached.add(probe)
+        if reached >= set(controls):
+            break
+    missed = page.evaluate("(ids) => ids.map((n) => document.querySelector(`[data-tab-probe='${n}']`).outerHTML.slice(0, 120))",
+                           sorted(set(controls) - reached))
+    assert not missed, "Tab never reached:\n" + "\n".join(missed)
+
+
+def test_both_search_boxes_find_the_same_and_say_when_nothing_matches(page, signed_in, world, db):
+    """The top bar's box only knew case numbers: a name there went back to an unfiltered board."""
+    _, ada = make_case(world, Status.SENT, first="Ada", last="Quintero")
+    _, grace = make_case(world, Status.DRAFT, first="Grace", last="Hopper")
+    closed_id, closed = make_case(world, Status.CANCELLED, first="Old", last="Cancelled")
+    signed_in(page, world.users["coordinator"], "/risk")
+
+    page.fill("#find-number", "quint")
+    page.locator("#find-number").press("Enter")
+    expect(card(page, ada, "sent")).to_be_visible()
+    expect(card(page, grace)).to_have_count(0)
+    expect(page.locator("#q")).to_have_value("quint")  # the board's box shows the same search
+
+    page.fill("#find-number", "Nobody-here")
+    page.locator("#find-number").press("Enter")
+    expect(page.locator("li.card")).to_have_count(0)
+    expect(page.locator(".no-match")).to_contain_text("No case on the board matches “Nobody-here”")
+
+    page.locator("#q").fill("")
+    page.locator("#q").press_sequentially("zzz", delay=30)  # the board's box says the same
+    expect(page.locator(".no-match")).to_contain_text("No case on the board matches “zzz”")
+    page.locator("#q").fill(closed)
+    expect(page.locator(".no-match")).to_contain_text(f"{closed} is Cancelled")
+    page.locator(".no-match a").click()
+    expect(page).to_have_url(re.compile(rf"/cases/{closed_id}$"))
+
+    page.fill("#find-number", grace.lower())  # a case number (a barcode) still opens the case
+    page.locator("#find-number").press("Enter")
+    expect(page.locator("h1")).to_contain_text(grace)

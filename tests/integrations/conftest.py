@@ -139,3 +139,20 @@ def stored_files(root: Path) -> list[Path]:
 
 def counts() -> tuple[int, int, int]:
     return tuple(_db.session.scalar(select(func.count()).select_from(m)) for m in (Scan, ScanFile, AuditEvent))
+
+
+@pytest.fixture(scope="session")
+def opendental_server():
+    from sandbox.opendental import OpenDentalSandbox
+
+    server = OpenDentalSandbox().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def od(opendental_server):
+    """The Open Dental sandbox, empty, with its demo keys accepted."""
+    opendental_server.reset()
+    yield opendental_server
+    opendental_server.reset()

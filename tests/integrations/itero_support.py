@@ -11,9 +11,9 @@ from rq.job import Job
 from portal import keyring as crypto
 from portal.extensions import db as _db
 from portal.integrations import sync
-from portal.integrations.hooks import new_callback_url
 from portal.integrations.models import ScannerIntegration, VendorEvent
 from portal.integrations.registry import adapter_for
+from portal.integrations.services import new_callback_url
 from portal.integrations.vendor import Vendor
 
 CLIENT_ID, CLIENT_SECRET = "lab-manager-test", "itero-test-secret-0001"

@@ -17,11 +17,11 @@ from portal.audit.models import AuditEvent
 from portal.extensions import db
 from portal.integrations import oauth
 from portal.integrations import sync as scanner_sync
-from portal.integrations.hooks import new_callback_url
 from portal.integrations.http import VendorError
 from portal.integrations.itero import wire as itero_wire
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.registry import adapter_for
+from portal.integrations.services import new_callback_url
 from portal.integrations.vendor import Jaw, OrderStage
 from portal.practices.models import utcnow
 from portal.scans.models import Scan
@@ -125,6 +125,7 @@ def test_missing_settings_and_credentials_say_what_to_enter(world, sandbox):
 
 def test_disconnect_unpairs_revokes_and_forgets(itero, sandbox):
     refresh = oauth.read(itero.id).refresh_token
+    revoked_at_pairing = len(sandbox.requests("itero.revoke"))  # the sign-in's tokens
 
     adapter_for(itero).disconnect()
     db.session.commit()
@@ -132,7 +133,7 @@ def test_disconnect_unpairs_revokes_and_forgets(itero, sandbox):
     assert not itero.connected and itero.tokens == "" and itero.callback_key_hash is None
     assert itero.config["account_id"] == "" and itero.last_error == ""
     assert ACCOUNT not in sandbox.itero.snapshot()["pairings"]
-    assert [r["body"]["token"] for r in sandbox.requests("itero.revoke")][0] == refresh
+    assert [r["body"]["token"] for r in sandbox.requests("itero.revoke")][revoked_at_pairing] == refresh
     assert refresh not in sandbox.core.refresh
 
 
@@ -147,14 +148,16 @@ def test_a_poll_pages_through_the_orders_and_the_next_asks_only_for_what_changed
     first = sync_now(itero)
 
     assert first == {"new": 5}
-    assert [r["query"] for r in sandbox.requests("itero.orders")] == [{"page": "1"}, {"page": "2"}, {"page": "3"}]
+    # Page 0 first (the contract does not say how pages count); this vendor counts from 1 and says so.
+    assert [(r["query"], r["status"]) for r in sandbox.requests("itero.orders")] == [
+        ({"page": "0"}, 400), ({"page": "1"}, 200), ({"page": "2"}, 200), ({"page": "3"}, 200)]
     assert itero.sync_cursor == orders[-1]["updated_at"]
     assert len(scans()) == 5 and all(s.case_id for s in scans())
 
     moved = sandbox.move_itero_order(orders[1]["order_id"], "lab_review")
     second = sync_now(itero)
 
-    asked = sandbox.requests("itero.orders")[3:]
+    asked = sandbox.requests("itero.orders")[4:]  # from page 1 now: it learnt how this vendor counts
     assert [r["query"] for r in asked] == [{"page": "1", "updated_since": orders[-1]["updated_at"]}]
     assert second == {"unchanged": 1, "updated": 1}  # updated_since is inclusive: the newest comes again
     assert itero.sync_cursor == moved["updated_at"]
@@ -439,7 +442,8 @@ def test_a_token_about_to_expire_is_refreshed_before_it_does_without_a_refused_c
     assert sync_now(itero) == {"new": 1}
 
     assert sandbox.counters["itero.refresh"] == 1
-    assert [r["status"] for r in sandbox.requests("itero.orders")] == [200]  # no gap: never a 401
+    # No gap: never a 401 (the 400 is page 0, which this vendor, counting from 1, refuses).
+    assert [r["status"] for r in sandbox.requests("itero.orders")] == [400, 200]
     assert oauth.read(itero.id).expires_at > utcnow() + dt.timedelta(minutes=59)
 
 
@@ -458,7 +462,7 @@ def test_a_token_refused_mid_poll_is_refreshed_once_and_the_poll_goes_on(itero, 
 
     assert len([first, *rest]) == 3
     assert sandbox.counters["itero.refresh"] == 1
-    assert [r["status"] for r in sandbox.requests("itero.orders")] == [200, 401, 200, 200]
+    assert [r["status"] for r in sandbox.requests("itero.orders")] == [400, 200, 401, 200, 200]  # 400: page 0
 
 
 def test_a_second_401_right_after_the_refresh_fails_the_sync_with_connect_again(itero, sandbox, monkeypatch):
@@ -473,7 +477,7 @@ def test_a_second_401_right_after_the_refresh_fails_the_sync_with_connect_again(
 
     assert "refused our access token again" in result["error"]
     assert sandbox.counters["itero.refresh"] == 1 and sandbox.counters["itero.orders"] == 2
-    assert itero.last_error.endswith("Connect the integration again (Settings → Scanners).")
+    assert itero.last_error.endswith("Connect the integration again (Settings → Integrations).")
     assert itero.active  # not stopped: a person reconnects it
 
 

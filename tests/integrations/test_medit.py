@@ -28,12 +28,12 @@ from portal.extensions import db
 from portal.integrations import oauth
 from portal.integrations import services as admin
 from portal.integrations.base import CallbackRejected, Notice
-from portal.integrations.hooks import new_callback_url
 from portal.integrations.http import VendorError
 from portal.integrations.medit import adapter as medit
 from portal.integrations.medit import wire
 from portal.integrations.models import ScannerIntegration, VendorEvent
 from portal.integrations.registry import adapter_for
+from portal.integrations.services import new_callback_url
 from portal.integrations.sync import run_sync, store_notices
 from portal.integrations.vendor import Jaw, OrderStage, Vendor
 from portal.practices.models import utcnow
@@ -104,7 +104,7 @@ def values(vendor, **changes) -> dict:
 
 
 def added(world, vendor, **changes) -> ScannerIntegration:
-    """A Medit integration as an admin adds it (Settings → Scanners), for the sandbox."""
+    """A Medit integration as an admin adds it (Settings → Integrations), for the sandbox."""
     integration = admin.create_integration(
         world.practice, Vendor.MEDIT, admin.IntegrationData("Front desk", [world.labs["email"].id],
                                                             values(vendor, **changes)),

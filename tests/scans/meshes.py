@@ -118,14 +118,17 @@ def obj(vertices: np.ndarray, faces: list[list[int]], style: str = "plain") -> b
 
 # Dental arches: a horseshoe band in one coordinate frame (mm), teeth towards the occlusal plane z=0.
 
-def arch(jaw: str, segments: int = 40, across: int = 6, z_gap: float = 12.0) -> tuple[np.ndarray, list[list[int]]]:
+def arch(jaw: str, segments: int = 40, across: int = 6, z_gap: float = 12.0,
+         scale: float | None = None) -> tuple[np.ndarray, list[list[int]]]:
     """An arch-like surface: 50 mm wide, 40 mm deep, a 10 mm ridge of 12 mm height. The upper sits
-    above z=0 with its ridge pointing down, the lower below with its ridge pointing up."""
+    above z=0 with its ridge pointing down, the lower below with its ridge pointing up, and is 6%
+    narrower (`scale` 0.94: the maxilla overlaps the mandible)."""
     sign = 1.0 if jaw == "upper" else -1.0
+    scale = scale if scale is not None else (1.0 if jaw == "upper" else 0.94)
     verts = []
     for i in range(segments + 1):
         t = math.pi * i / segments
-        cx, cy = 25 * math.cos(t), 40 * math.sin(t)
+        cx, cy = 25 * scale * math.cos(t), 40 * scale * math.sin(t)
         nx, ny = math.cos(t), math.sin(t) * 25 / 40
         norm = math.hypot(nx, ny)
         nx, ny = nx / norm, ny / norm

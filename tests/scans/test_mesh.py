@@ -574,6 +574,55 @@ def test_geometry_stays_honest_when_nothing_tells(arches):
     assert detect_jaws([("a", None, arches["upper"]), ("b", None, arches["bite"])]) == [(Jaw.UNKNOWN, "")] * 2
 
 
+def _frame(mesh_, transform):
+    vertices, faces = mesh_
+    return info((transform(np.asarray(vertices)), faces))
+
+
+def test_geometry_with_minus_z_up_is_not_sure_instead_of_swapping_the_jaws():
+    flip = lambda v: v * np.array([1, 1, -1])  # noqa: E731  -- the same scan, exported with -z up
+    upper, lower = _frame(M.arch("upper"), flip), _frame(M.arch("lower"), flip)
+    jaws = detect_jaws([("a.stl", None, upper), ("b.stl", None, lower)])
+    assert jaws == [(Jaw.UNKNOWN, "")] * 2
+    assert all("not sure" in j.note and "upside down" in j.note for j in jaws)
+
+
+def test_geometry_in_a_y_up_frame_tells_upper_and_lower():
+    y_up = lambda v: v[:, [0, 2, 1]] * np.array([1, 1, -1])  # noqa: E731  -- (x, y, z) -> (x, z, -y): +z becomes +y
+    upper, lower = _frame(M.arch("upper"), y_up), _frame(M.arch("lower"), y_up)
+    bite = _frame(M.bite(), y_up)
+    jaws = detect_jaws([("a.stl", None, lower), ("b.stl", None, bite), ("c.stl", None, upper)])
+    assert jaws == [(Jaw.LOWER, "geometry"), (Jaw.BITE, "geometry"), (Jaw.UPPER, "geometry")]
+    assert jaws[2].note == "sure: it lies above the other along +y and is 5% wider"  # 6% narrower centre line, the same ridge
+    assert jaws[0].note.startswith("sure: it lies below the other along +y")
+
+
+def test_geometry_says_how_sure_and_gives_a_jaw_only_when_both_clues_agree(arches):
+    jaws = detect_jaws([("a.stl", None, arches["upper"]), ("b.stl", None, arches["lower"]),
+                        ("c.stl", None, arches["bite"])])
+    assert [j.note.split(":")[0] for j in jaws] == ["sure"] * 3
+    # Stacked but as wide as each other: which is above depends on the frame's up, so no jaw.
+    same = detect_jaws([("a.stl", None, info(M.arch("upper"))), ("b.stl", None, info(M.arch("lower", scale=1.0)))])
+    assert same == [(Jaw.UNKNOWN, "")] * 2 and "both are as wide" in same[0].note
+    # Each on its own origin: one is wider, but nothing says which way is up in a shared frame.
+    upper, lower = M.arch("upper"), M.arch("lower")
+    centred = [info((m[0] - m[0].mean(axis=0), m[1])) for m in (upper, lower)]
+    alone = detect_jaws([("a.stl", None, centred[0]), ("b.stl", None, centred[1])])
+    assert alone == [(Jaw.UNKNOWN, "")] * 2 and "5% wider (an upper?) but they are not stacked" in alone[0].note
+    assert detect_jaws([("UpperJaw.stl", None, arches["upper"])])[0].note == ""
+
+
+@pytest.mark.parametrize("name,jaw", [
+    ("20240611_Doe_u.stl", Jaw.UPPER), ("20240611_Doe_l.stl", Jaw.LOWER), ("Doe-U.ply", Jaw.UPPER),
+    ("Doe_OK.stl", Jaw.UPPER), ("Doe_UK.stl", Jaw.LOWER), ("OK_Scan.stl", Jaw.UPPER), ("Mueller UK 2.stl", Jaw.LOWER),
+    ("superior.stl", Jaw.UPPER), ("arch_inferior.obj", Jaw.LOWER), ("SuperiorArch.stl", Jaw.UPPER),
+    ("Doe_u_bite.stl", Jaw.BITE), ("look_ok.stl", None), ("uk_lab.stl", None), ("u.stl", None), ("scan_l2.stl", None),
+    ("Doe_OK_UK.stl", None),
+])
+def test_jaw_from_short_and_german_names(name, jaw):
+    assert jaw_from_name(name) == jaw
+
+
 def test_bite_links():
     assert bite_links([Jaw.UPPER, Jaw.BITE, Jaw.LOWER, Jaw.BITE]) == {1: (0, 2), 3: (0, 2)}
     assert bite_links([(Jaw.BITE, "file name"), (Jaw.LOWER, "vendor")]) == {0: (None, 1)}

@@ -1,5 +1,5 @@
 """The pages a person uses: the scan inbox (/scans), a scan's page, the case page's Scans panel,
-and Settings → Scanners (/admin/scanners). Full page and htmx fragment, roles, another practice's
+and Settings → Integrations (/admin/scanners). Full page and htmx fragment, roles, another practice's
 ids (404), CSRF, credentials encrypted and never rendered, and an audit row for every action.
 
 The vendor round trips (connect, pair, test, sync, disconnect against a vendor) belong to the
@@ -9,6 +9,7 @@ involved (the refusals, and a vendor without an adapter)."""
 from __future__ import annotations
 
 import datetime as dt
+import html as html_module
 import json
 import re
 
@@ -353,6 +354,59 @@ def test_the_scan_page_shows_files_earlier_files_bites_history_and_audit(client,
     assert "<html" not in fragment and fragment.lstrip().startswith('<div id="scan-main"')
 
 
+def test_a_person_sets_the_jaw_on_the_scan_page_and_it_is_audited_and_kept(client, login, world, scanner):
+    note = "not sure: one arch lies above the other along +z but both are as wide; set the jaw by hand"
+    assets = (Asset("a-1", "scan-1.stl", "STL", jaw=Jaw.UNKNOWN, jaw_note=note),
+              Asset("a-2", "scan-2.stl", "STL", jaw=Jaw.UNKNOWN, jaw_note=note),
+              Asset("a-3", "scan-3.stl", "STL", jaw=Jaw.BITE, jaw_source="geometry",
+                    jaw_note="sure: 40% as wide as the narrower arch, a bite scan's few teeth"))
+    scan = unknown(world, scanner, assets=assets)
+    login()
+    html = client.get(f"/scans/{scan.id}").get_data(as_text=True)
+    assert html.count('class="jaw-form"') == 3 and note in html and "sure: 40% as wide" in html
+    assert 'class="small jaw-unsure"' in html  # the unsure note stands out
+    first, second, bite = scan.current_files
+    before = rows()
+
+    done = client.post(f"/scans/{scan.id}/jaw", {"file_id": first.id, "jaw": "upper"})
+    assert done.status_code == 303
+    client.post(f"/scans/{scan.id}/jaw", {"file_id": second.id, "jaw": "lower"})
+    db.session.refresh(first)
+    db.session.refresh(bite)
+    assert (first.jaw, first.jaw_source) == (Jaw.UPPER, "person") and first.jaw_note.startswith("set by ")
+    assert (bite.upper_file_id, bite.lower_file_id) == (first.id, second.id)  # the bite relinked
+    events = audit("scan.jaw_set", scan.id)
+    assert rows() == before + 2 and len(events) == 2
+    assert json.loads(events[0].before)["jaw"] == "unknown" and json.loads(events[0].after) == {
+        "file_id": first.id, "file": "scan-1.stl", "jaw": "upper", "jaw_source": "person"}
+    page = client.get(f"/scans/{scan.id}").get_data(as_text=True)
+    assert "set by hand" in page and "scan-1.stl is set to upper." in page
+
+    # A later report of the vendor does not take the person's jaw away.
+    ingest(world, scanner, vendor_order(PatientRef("Nora", "Nobody", "X-999", dt.date(1970, 1, 1)),
+                                        at=T0 + dt.timedelta(hours=1), assets=assets))
+    db.session.refresh(first)
+    assert (first.jaw, first.jaw_source) == (Jaw.UPPER, "person")
+    before = rows()
+
+    # Refusals: another file, the same jaw again, a jaw that is none; nothing changes, no audit row.
+    for form, message in [({"file_id": 999999, "jaw": "upper"}, "Choose one of the scan's current mesh files."),
+                          ({"file_id": first.id, "jaw": "upper"}, "scan-1.stl is already set to upper."),
+                          ({"file_id": first.id, "jaw": "left"}, "Not a valid choice")]:
+        refused = client.post(f"/scans/{scan.id}/jaw", form)
+        assert refused.status_code == 422 and message in html_module.unescape(refused.get_data(as_text=True))
+    assert rows() == before
+
+
+def test_a_manager_can_not_set_a_jaw(client, login, world, scanner):
+    scan = unknown(world, scanner)
+    login("manager")
+    assert 'class="jaw-form"' not in client.get(f"/scans/{scan.id}").get_data(as_text=True)
+    assert client.post(f"/scans/{scan.id}/jaw", {"file_id": scan.current_files[0].id, "jaw": "lower"}).status_code == 403
+    db.session.refresh(scan.current_files[0])
+    assert scan.current_files[0].jaw is Jaw.UPPER
+
+
 def test_the_case_page_lists_its_scans_and_the_board_card_shows_the_scanner(client, login, world, scanner):
     patient = factories.patient(world.practice)
     db.session.commit()
@@ -369,7 +423,7 @@ def test_the_case_page_lists_its_scans_and_the_board_card_shows_the_scanner(clie
     assert 'id="scans"' not in client.get(f"/cases/{manual.id}").get_data(as_text=True)
 
 
-# ==== Settings → Scanners ==========================================================================
+# ==== Settings → Integrations ==========================================================================
 
 @pytest.fixture()
 def offered(monkeypatch):
@@ -398,7 +452,7 @@ def test_scanner_settings_are_for_admins_only(client, login, world, scanner):
     login("admin")
     page = client.get("/admin/scanners/")
     html = page.get_data(as_text=True)
-    assert page.status_code == 200 and "<html" in html and 'aria-current="page">Scanners</a>' in html
+    assert page.status_code == 200 and "<html" in html and 'aria-current="page">Integrations</a>' in html
     assert f'id="integration-{scanner.id}"' in html and "Front desk" in html and "Email Lab" in html
     fragment = client.hx("/admin/scanners/", target="integrations").get_data(as_text=True)
     assert fragment.lstrip().startswith('<div id="integrations"') and "<html" not in fragment

@@ -6,7 +6,7 @@ the row). Another practice's user id is not found (404).
 """
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
@@ -15,7 +15,7 @@ from portal.admin.users import services
 from portal.admin.users.forms import AddUserForm, RoleForm, SetPasswordForm
 from portal.admin.users.services import LastAdmin
 from portal.errors import UserError
-from portal.extensions import db, limiter
+from portal.extensions import db, limiter, transaction
 from portal.practices.models import Membership, Role, User
 from portal.web import go_to, render, requires, wants_fragment
 
@@ -53,18 +53,15 @@ def add():
             ok = False
     if not ok:
         return _page(form, code=422)
-    try:
+    with transaction(UserError, IntegrityError) as outcome:
         added = services.add_member(g.practice, form.name.data, form.email.data, Role(form.role.data))
-    except UserError as exc:
-        db.session.rollback()
-        getattr(form, exc.field or "email").errors = [str(exc)]
+        user, role = added.membership.user, added.membership.role.value
+    if isinstance(outcome.refused, UserError):
+        getattr(form, outcome.refused.field or "email").errors = [str(outcome.refused)]
         return _page(form, code=422)
-    except IntegrityError:  # the same email added by someone else a moment ago
-        db.session.rollback()
+    if outcome.refused:  # IntegrityError: the same email added by someone else a moment ago
         form.email.errors = ["Someone just added this email. Reload the list to see them."]
         return _page(form, code=422)
-    user, role = added.membership.user, added.membership.role.value
-    db.session.commit()
     if added.new_account:
         hours = current_app.config.get("PASSWORD_LINK_TTL_HOURS", services.DEFAULT_TTL_HOURS)
         flash(f"{user.name} added as {role}. An email with a link to set their password is on its way "
@@ -82,10 +79,7 @@ def add():
 def _row(member: Membership, *, code: int = 200, note: str = "", error: str = "", at: str = ""):
     """The row for htmx; otherwise the page (with the error beside the row) or a redirect."""
     if wants_fragment():
-        response = make_response(render_template(
-            "admin/users_row.html", m=member, note=note, error=error, error_at=at), code)
-        response.vary.add("HX-Request")
-        return response
+        return render("admin/users_row.html", code=code, m=member, note=note, error=error, error_at=at)
     if error:
         return _page(AddUserForm(formdata=None), code=code,
                      problem={"user_id": member.user_id, "message": error, "at": at})
@@ -105,7 +99,7 @@ def _done(member: Membership, note: str):
 
 
 def _refused(user_id: int, exc: UserError, at: str):
-    db.session.rollback()
+    """The row again, with why the change was refused (the transaction has rolled back)."""
     return _row(_member_or_404(user_id), code=409, error=str(exc), at=at)
 
 
@@ -116,11 +110,10 @@ def change_role(user_id: int):
     form = RoleForm()
     if not form.validate():
         return _row(member, code=422, error=" ".join(form.role.errors), at="role")
-    try:
+    with transaction(LastAdmin) as outcome:
         changed = services.change_role(g.practice, member, Role(form.role.data), by=current_user)
-    except LastAdmin as exc:
-        return _refused(user_id, exc, "role")
-    db.session.commit()
+    if outcome.refused:
+        return _refused(user_id, outcome.refused, "role")
     name, role = member.user.name, member.role.value
     return _done(member, f"{name} is now {role}." if changed else f"{name} was already {role}.")
 
@@ -129,11 +122,10 @@ def change_role(user_id: int):
 @requires(Role.ADMIN)
 def deactivate(user_id: int):
     member = _member_or_404(user_id)
-    try:
+    with transaction(LastAdmin) as outcome:
         changed = services.deactivate(g.practice, member, by=current_user)
-    except LastAdmin as exc:
-        return _refused(user_id, exc, "actions")
-    db.session.commit()
+    if outcome.refused:
+        return _refused(user_id, outcome.refused, "actions")
     name = member.user.name
     return _done(member, f"{name} is deactivated here and can no longer open {g.practice.name}."
                  if changed else f"{name} was already deactivated.")
@@ -154,11 +146,10 @@ def reactivate(user_id: int):
 @requires(Role.ADMIN)
 def password_link(user_id: int):
     member = _member_or_404(user_id)
-    try:
+    with transaction(UserError) as outcome:
         link = services.send_password_link(g.practice, member)
-    except UserError as exc:
-        return _refused(user_id, exc, "actions")
-    db.session.commit()
+    if outcome.refused:
+        return _refused(user_id, outcome.refused, "actions")
     return _done(member, f"A set-password link is on its way to {member.user.email} "
                  f"(works once, until {link.expires_at:%d %b %H:%M} UTC); older links no longer work.")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
@@ -33,19 +34,25 @@ from sqlalchemy import select, update
 from portal import keyring as crypto
 from portal.extensions import db
 from portal.integrations import oauth
-from portal.integrations.base import Adapter, CallbackRejected, Notice
+from portal.integrations.base import CallbackRejected, Notice, ScannerAdapter
 from portal.integrations.http import VendorError, call, check_host, json_body
 from portal.integrations.itero import wire
 from portal.integrations.models import ScannerIntegration
-from portal.integrations.vendor import Vendor, VendorOrder
+from portal.integrations.vendor import OrderStage, Vendor, VendorOrder
 from portal.practices.models import utcnow
 
+log = logging.getLogger(__name__)
 MAX_PAGES = 1000
 _T = ScannerIntegration.__table__
 
 
-class IteroAdapter(Adapter):
+class IteroAdapter(ScannerAdapter):
     vendor = Vendor.ITERO
+    # Get Orders lists only the orders in Ready for Download (Completed) and Lab Review (seed 001),
+    # and the callback fires only on entering those: an order that moves on to iTero Modeling,
+    # Scanning, iTero Milling or Ready to Ship leaves the list silently. So the orders in any stage
+    # but the final ones are re-read by their Rx id on every sync (portal/integrations/sync.py).
+    reread_stages = frozenset(OrderStage) - {OrderStage.DOWNLOADED, OrderStage.DELETED}
 
     def __init__(self, integration: ScannerIntegration):
         super().__init__(integration)
@@ -74,10 +81,16 @@ class IteroAdapter(Adapter):
         return wire.url(self._required("oauth_base", "OAuth base URL"), path)
 
     # -- discovery (W8) ----------------------------------------------------------------------------------
-    def discover(self) -> dict[str, str]:
-        """The regional endpoint URLs, each checked against the allow-list before it is kept."""
+    def discover(self, token: str | None = None) -> dict[str, str]:
+        """The regional endpoint URLs, each checked against the allow-list before it is kept.
+
+        Discovery comes after the token, so it carries the Bearer like every call after the token
+        (contracts/itero.md): `token`, else the access token we hold (which may be the one about to
+        be refreshed: discovery comes before a refresh)."""
         base = self._required("base_url", "discovery base URL")
-        data = json_body(call("GET", wire.url(base, wire.DISCOVERY_PATH), vendor=wire.VENDOR), wire.VENDOR)
+        token = token or oauth.read(self.integration.id).access_token
+        data = json_body(call("GET", wire.url(base, wire.DISCOVERY_PATH), vendor=wire.VENDOR, token=token or None),
+                         wire.VENDOR)
         found = wire.endpoints(data)
         for name, address in found.items():
             try:
@@ -88,13 +101,17 @@ class IteroAdapter(Adapter):
         self._endpoints, self._region = found, wire.region(data)
         return found
 
-    def endpoints(self) -> dict[str, str]:
+    def _stored_endpoints(self) -> dict[str, str] | None:
+        stored = self.integration.config.get("endpoints")
+        return stored if isinstance(stored, dict) and all(stored.get(n) for n in wire.REQUIRED_ENDPOINTS) else None
+
+    def endpoints(self, token: str | None = None) -> dict[str, str]:
         if self._endpoints is None:
-            stored = self.integration.config.get("endpoints")
-            if isinstance(stored, dict) and all(stored.get(n) for n in wire.REQUIRED_ENDPOINTS):
+            stored = self._stored_endpoints()
+            if stored is not None:
                 self._endpoints = stored
             else:
-                self.discover()
+                self.discover(token)
         return self._endpoints
 
     def _remember_endpoints(self) -> None:
@@ -121,7 +138,14 @@ class IteroAdapter(Adapter):
         return wire.token_answer(json_body(response, wire.VENDOR))
 
     def _refresh(self, refresh_token: str) -> dict:
-        self.discover()  # the contract: discovery before a token refresh
+        try:
+            self.discover()  # the contract: discovery before a token refresh
+        except VendorError as exc:
+            # A vendor that no longer takes the old token for discovery: refresh with the endpoints
+            # discovery gave last time (the next discovery, with the new token, checks them again).
+            if exc.kind != "auth" or not self._stored_endpoints():
+                raise
+            self._endpoints = self._stored_endpoints()
         self._store_endpoints_now()
         try:
             return self._token_call(wire.refresh_form(refresh_token))
@@ -162,7 +186,9 @@ class IteroAdapter(Adapter):
         self.integration.connected_at = None  # paired (and so connected) only once an account is chosen
 
     def accounts(self) -> list[tuple[str, str]]:
-        self.discover()  # the contract: discovery before listing accounts for pairing
+        # The contract: discovery before listing accounts for pairing (with the sign-in's token).
+        self._required("base_url", "discovery base URL")
+        self.discover(oauth.access_token(self.integration.id, self._refresh).access_token)
         rows = wire.accounts(json_body(self._api("GET", self._endpoints["accounts"]), wire.VENDOR))
         self._remember_endpoints()
         return rows
@@ -174,11 +200,11 @@ class IteroAdapter(Adapter):
         just written the new callback key on this row, and a refresh on a connection of its own
         would wait for that write (SQLite's one writer, PostgreSQL's row lock). A sign-in older
         than its hour means signing in again."""
-        endpoints = self.endpoints()
         token = oauth.read(self.integration.id)
         if not token.access_token or (token.expires_at is not None and token.expires_at <= utcnow()):
             raise VendorError("The iTero sign-in has expired; connect again.", "auth")
         try:
+            endpoints = self.endpoints(token.access_token)
             offered = dict(wire.accounts(json_body(
                 call("GET", endpoints["accounts"], vendor=wire.VENDOR, token=token.access_token), wire.VENDOR)))
             if account_id not in offered:
@@ -192,11 +218,25 @@ class IteroAdapter(Adapter):
         tokens = wire.token_answer(json_body(answer, wire.VENDOR))
         doctors = self._doctors_with(tokens["access_token"], endpoints)
         oauth.set_tokens(self.integration, tokens)
+        self._revoke_sign_in(token)
         if self._setting("account_id") != account_id:
             self.integration.sync_cursor = ""  # another account: read its orders from the start
         self.integration.set_config(account_id=account_id, account_name=offered[account_id], doctors=doctors)
         self._remember_endpoints()
         self.integration.connected_at = utcnow()
+
+    def _revoke_sign_in(self, sign_in: oauth.Tokens) -> None:
+        """Pairing handed out a new token set: the sign-in's tokens are of no more use to us, so they
+        are revoked rather than left alive at iTero. A refusal is logged and changes nothing here
+        (the pairing stands; those tokens expire on their own)."""
+        for token in (sign_in.refresh_token, sign_in.access_token):
+            if not token:
+                continue
+            try:
+                call("POST", self._oauth_url(wire.REVOKE_PATH), vendor=wire.VENDOR, data=wire.revoke_form(token),
+                     auth=self._client())
+            except VendorError as exc:
+                log.warning("integration %s: iTero did not revoke the sign-in's token: %s", self.integration.id, exc)
 
     def _doctors_with(self, access_token: str, endpoints: dict) -> list[list[str]] | None:
         """The practice's doctors with a token not stored yet (right after pairing); None if iTero
@@ -237,7 +277,8 @@ class IteroAdapter(Adapter):
         self.integration.last_error_at = utcnow() if problems else None
 
     def test_connection(self) -> str:
-        self.discover()
+        self._required("base_url", "discovery base URL")
+        self.discover(oauth.access_token(self.integration.id, self._refresh).access_token)
         answer = self._api("GET", self._endpoints["practice_configuration"])
         config = wire.practice_configuration(json_body(answer, wire.VENDOR))
         self._remember_endpoints()
@@ -249,14 +290,34 @@ class IteroAdapter(Adapter):
     # -- orders --------------------------------------------------------------------------------------------
     def poll(self) -> Iterator[VendorOrder]:
         """Orders updated since the cursor, page by page; the cursor becomes the newest updated_at
-        seen. An order that can't be read goes to `skipped` and the others come through."""
+        seen. An order that can't be read goes to `skipped` and the others come through.
+
+        The contract does not say whether pages count from 0 or from 1, so no order may be
+        skipped either way: the first page asked for is 0 (a vendor that counts from 1 and refuses
+        0 is asked for 1 instead, and from then on starts at 1), the next is the page the vendor says it sent plus one, and an
+        order seen twice in one poll (a vendor that read 0 as 1 and says nothing) is taken once."""
         endpoints = self.endpoints()
         since = self.integration.sync_cursor or ""
         newest = None
-        for page in range(1, MAX_PAGES + 1):
-            answer = self._api("GET", endpoints["orders"], params=wire.orders_query(since, page))
-            raws, more = wire.orders_page(json_body(answer, wire.VENDOR))
+        seen: set[tuple[str, str]] = set()
+        page, idle = (1 if self.integration.config.get("orders_first_page") == 1 else 0), 0
+        for _ in range(MAX_PAGES):
+            try:
+                answer = self._api("GET", endpoints["orders"], params=wire.orders_query(since, page))
+            except VendorError as exc:
+                if page == 0 and exc.kind == "refused" and exc.status_code == 400:
+                    page = 1  # pages count from 1 here: remembered, so the next poll starts there
+                    self.integration.set_config(orders_first_page=1)
+                    continue
+                raise
+            raws, more, echoed = wire.orders_page(json_body(answer, wire.VENDOR))
+            fresh = 0
             for raw in raws:
+                key = (wire.order_ref(raw), str(raw.get("updated_at")) if isinstance(raw, dict) else "")
+                if key in seen:
+                    continue
+                seen.add(key)
+                fresh += 1
                 moment = wire.order_time(raw)
                 if moment is not None and (newest is None or moment > newest):
                     newest = moment
@@ -265,9 +326,12 @@ class IteroAdapter(Adapter):
                 except VendorError as exc:
                     self.skipped.append((wire.order_ref(raw), str(exc)))
                     continue
+                self.polled.add(order.order_id)
                 yield order
-            if not more:
+            idle = 0 if fresh else idle + 1
+            if not more or idle >= 2:  # two pages in a row with nothing new: it is repeating itself
                 break
+            page = (echoed if echoed is not None else page) + 1
         else:
             raise VendorError(f"iTero still had more pages of orders after {MAX_PAGES}; we will try again.",
                               "transient")

@@ -177,7 +177,7 @@ def request_rx(case: LabCase, actor: Actor) -> ScanRequest:
 
     integration = itero_integration(case.practice_id, case.lab_id)
     if integration is None:
-        raise RxError("The practice has no connected iTero integration; connect one in Settings → Scanners.")
+        raise RxError("The practice has no connected iTero integration; connect one in Settings → Integrations.")
     if case.status not in WAITING_FOR_SCAN:
         raise RxError(f"{case.number} is {case.status.label}; an Rx goes to the scanner for a draft or a case "
                       "returned for rescan.")

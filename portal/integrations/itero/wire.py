@@ -242,13 +242,15 @@ def rx_id(data: dict) -> str:
     return value
 
 
-def orders_page(data: dict) -> tuple[list, bool]:
-    """(the raw orders of one page, whether there is another page)."""
+def orders_page(data: dict) -> tuple[list, bool, int | None]:
+    """(the raw orders of one page, whether there is another page, the page number the vendor
+    says this is, or None when it does not say)."""
     orders = data.get("orders")
     if not isinstance(orders, list):
         raise VendorError("iTero's orders answer holds no list of orders.", "refused")
     more = data.get("has_more", False)
-    return orders, more is True
+    page = data.get("page")
+    return orders, more is True, page if isinstance(page, int) and not isinstance(page, bool) and page >= 0 else None
 
 
 def callback(raw: bytes) -> tuple[str, str]:

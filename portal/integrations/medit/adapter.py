@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 
 from portal import keyring as crypto
 from portal.integrations import oauth
-from portal.integrations.base import Adapter, CallbackRejected, Notice
+from portal.integrations.base import CallbackRejected, Notice, ScannerAdapter
 from portal.integrations.http import VendorError, call, check_host, json_body
 from portal.integrations.medit import wire
 from portal.integrations.vendor import Vendor, VendorOrder
@@ -50,7 +50,7 @@ FIRST_SYNC = dt.timedelta(days=7)
 MAX_PAGES = 1000  # a runaway guard: 100,000 changed cases in one window is not a clinic
 
 
-class MeditAdapter(Adapter):
+class MeditAdapter(ScannerAdapter):
     vendor = Vendor.MEDIT
     deletes_when_missing = True  # the order ref is the case uuid: a 404 on re-reading it is a deletion
 

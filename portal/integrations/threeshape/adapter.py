@@ -2,7 +2,7 @@
 
 TRIOS (or a person) drops order exports, each a folder or a .zip named after the order id, into a
 folder on the Lab Manager server; the practice's 3Shape integration names it (setting
-`watch_folder`; the Settings → Scanners form stores it as `folder`, and both are read). The sync job
+`watch_folder`; the Settings → Integrations form stores it as `folder`, and both are read). The sync job
 polls it like any vendor (`polls=True`, `uses_oauth=False`: there is nothing to sign in to):
 
 1. An entry is ready when nothing in it was modified for `settle_seconds` (default 60): TRIOS
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from portal.integrations.base import Adapter
+from portal.integrations.base import ScannerAdapter
 from portal.integrations.http import VendorError
 from portal.integrations.threeshape.export import ExportError, Limits
 from portal.integrations.vendor import Vendor, VendorOrder
@@ -91,7 +91,7 @@ def validate_settings(config: dict) -> list[str]:
     return problems
 
 
-class FolderAdapter(Adapter):
+class FolderAdapter(ScannerAdapter):
     vendor = Vendor.THREESHAPE
     uses_oauth = False
     polls = True

@@ -115,6 +115,7 @@ class ExportFile:
     scan_id: str = ""
     jaw: Jaw = Jaw.UNKNOWN
     jaw_source: str = ""
+    jaw_note: str = ""
 
     @property
     def file_name(self) -> str:
@@ -163,7 +164,7 @@ class ThreeShapeExport:
     def to_vendor_order(self, ref_prefix: str) -> VendorOrder:
         assets = tuple(Asset(
             ref=ref_prefix + f.path, file_name=f.file_name, format=f.format, kind=f.kind, size_bytes=f.size_bytes,
-            jaw=f.jaw, jaw_source=f.jaw_source,
+            jaw=f.jaw, jaw_source=f.jaw_source, jaw_note=f.jaw_note,
             vertex_count=f.mesh.vertex_count if f.mesh else None,
             triangle_count=f.mesh.triangle_count if f.mesh else None, error=f.error,
         ) for f in self.files)
@@ -708,9 +709,10 @@ def _assign_jaws(files: list[ExportFile], scans: list[Scan], prep_jaw: Jaw) -> t
     detected = mesh.detect_jaws([
         (files[i].file_name, vendor[i][1] if i in vendor else None, files[i].mesh) for i in scan_at])
     out = list(files)
-    for i, (jaw, how) in zip(scan_at, detected):
+    for i, guess in zip(scan_at, detected):
+        (jaw, how), note = guess, guess.note
         if how in ("", mesh.SOURCE_GEOMETRY) and named_kind.get(i, Jaw.UNKNOWN) != Jaw.UNKNOWN:
-            jaw, how = named_kind[i], mesh.SOURCE_FILE_NAME
+            jaw, how, note = named_kind[i], mesh.SOURCE_FILE_NAME, ""
         scan_id = vendor[i][0].scan_id if i in vendor else ""
-        out[i] = dataclasses.replace(files[i], scan_id=scan_id, jaw=jaw, jaw_source=how)
+        out[i] = dataclasses.replace(files[i], scan_id=scan_id, jaw=jaw, jaw_source=how, jaw_note=note)
     return tuple(out)

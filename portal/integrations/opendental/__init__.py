@@ -1,0 +1,1 @@
+"""Open Dental, the first practice management system (PMS) behind portal/integrations/base.py."""
