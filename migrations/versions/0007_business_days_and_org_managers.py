@@ -82,11 +82,6 @@ def upgrade():
         batch_op.add_column(sa.Column('sent_to_dispatched_bdays', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('sent_to_received_bdays', sa.Integer(), nullable=True))
     _backfill()
-    with op.batch_alter_table('lab_case', schema=None) as batch_op:
-        batch_op.drop_index('ix_lab_case_practice_sent')
-        batch_op.create_index('ix_lab_case_report', ['practice_id', 'sent_at', 'status', 'lab_id',
-                                                     'sent_to_dispatched_bdays', 'sent_to_received_bdays', 'due_date',
-                                                     'received_at', 'seat_appointment_id', 'fee'], unique=False)
 
     op.create_table('organization_membership',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -111,7 +106,5 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_organization_membership_organization_id'))
     op.drop_table('organization_membership')
     with op.batch_alter_table('lab_case', schema=None) as batch_op:
-        batch_op.drop_index('ix_lab_case_report')
-        batch_op.create_index('ix_lab_case_practice_sent', ['practice_id', 'sent_at'], unique=False)
         batch_op.drop_column('sent_to_received_bdays')
         batch_op.drop_column('sent_to_dispatched_bdays')
