@@ -356,7 +356,30 @@ def measure(app, seeded: dict[str, dict], targets: list[tuple[str, str, str]], r
             for key, t in timings.items()}
 
 
-def run(label: str, url: str, shapes: dict, targets: list, runs: int, reuse: bool) -> dict:
+def compare_paths(app, seeded: dict, runs: int) -> None:
+    """The two percentile paths of portal/reports/sql.py on the same data, function calls timed
+    (PostgreSQL: the counts-and-window default against percentile_cont over every case)."""
+    from portal.extensions import db
+    from portal.reports import services
+    from portal.reports.services import OrganisationFilters
+
+    filters = OrganisationFilters(START, TODAY)
+    with app.app_context():
+        for label, ids in seeded.items():
+            practices = services.practice_choices(ids["organization_id"])
+            for path in ("window", "cont"):
+                took = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    services.build_organisation_report(ids["organization_id"], practices, filters, TODAY,
+                                                       percentiles=path)
+                    took.append((time.perf_counter() - start) * 1000)
+                    db.session.rollback()
+                print(f"  {label:<8} organisation figures, {path:<6} path: median {statistics.median(took):8.1f} ms "
+                      f"(min {min(took):.1f}, {runs} runs, load average {os.getloadavg()[0]:.1f})")
+
+
+def run(label: str, url: str, shapes: dict, targets: list, runs: int, reuse: bool, paths: bool = False) -> dict:
     from portal.extensions import db
 
     app = make_app(url)
@@ -365,6 +388,8 @@ def run(label: str, url: str, shapes: dict, targets: list, runs: int, reuse: boo
     print(f"{label}: measuring {runs} rounds...", file=sys.stderr)
     try:
         results = measure(app, seeded, targets, runs)
+        if paths:
+            compare_paths(app, seeded, max(runs // 2, 2))
     finally:
         with app.app_context():
             db.session.remove()
@@ -414,6 +439,8 @@ def main() -> int:
     parser.add_argument("--dso-cases", type=int, default=1_000_000, help="cases of the 50-practice organisation")
     parser.add_argument("--reuse", action="store_true", help="keep the rows an earlier run seeded (same sizes)")
     parser.add_argument("--sqlite-file", metavar="PATH", help="SQLite in this file (kept; with --reuse, reused)")
+    parser.add_argument("--compare-paths", action="store_true",
+                        help="PostgreSQL: also time percentile_cont against the default path")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (a quick try: 0.01)")
     args = parser.parse_args()
     SHAPES.update({k: (p, max(int(c * args.scale), p)) for k, (p, c) in SHAPES.items()})
@@ -424,7 +451,7 @@ def main() -> int:
                    ("small", "cases", "small"), ("single", "cases", "single"), ("single", "dso", "single"),
                    ("dso", "bare", "dso"), ("dso", "dso", "dso"), ("single", "bare", "single")]
         outcome = run("postgresql", args.pg.replace("postgresql://", "postgresql+psycopg://", 1), shapes, targets,
-                      args.runs, args.reuse)
+                      args.runs, args.reuse, args.compare_paths)
         return 0 if report("postgresql", shapes, targets, outcome) else 1
     shapes = {"small": SHAPES["small"], "single": SHAPES["single"]}
     targets = [("small", "bare", "small"), ("small", "report", "small"), ("single", "report", "single"),

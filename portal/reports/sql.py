@@ -1,25 +1,27 @@
 """The report's figures computed in the database, for one practice or across an organisation.
 
 Every figure of :mod:`portal.reports.services` (its docstring has the definitions) comes from one
-statement, plus one for the percentiles on SQLite, whatever the number of cases, labs, months or
-practices:
+statement whatever the number of cases, labs, months or practices:
 
 - ``facts`` (a common table expression): one row per case of the report with what the figures
   are made of. The turnaround is the case's stored business days (``sent_to_dispatched_bdays``,
   ``sent_to_received_bdays``, kept by ``lifecycle.move()`` and by the practice's closed days
   changing), so nothing is counted per case in Python.
-- ``expanded``: the facts once per grouping they count in (all, lab, month, service, remake and,
-  across an organisation, practice and practice x lab), as (kind, part, key) rows; a case with
-  several services appears once under each.
-- One ``GROUP BY kind, part, key`` gives every count, rate and fee of every table.
-- Median and 90th percentile (Hyndman-Fan type 7, as :mod:`portal.reports.stats`):
-  ``percentile_cont`` on PostgreSQL, in the same statement. SQLite has no ordered-set
-  aggregates; its path counts the cases per business-day value of each group and runs a
-  window (a running ``SUM`` of those counts) to find the values at ranks floor(h) and floor(h)+1
-  of h = (n - 1) q; the two values are interpolated exactly as stats.percentile does. Business
-  days are whole numbers, so a handful of rows per group carry the whole distribution. The same
-  window path runs on PostgreSQL too (``percentiles="window"``), which is how the tests hold the
-  two paths to the same figures.
+- ``fine``: the cases counted per finest key (practice, lab, month, both spans, the first
+  remake's reason and payer), and ``fine_service`` per service and both spans (a case with
+  several services once under each): a few thousand rows however many cases there are.
+- ``expanded``: those rows once per grouping they count in (all, lab, month, service, remake and,
+  across an organisation, practice and practice x lab) as (kind, part, key) rows; one
+  ``GROUP BY kind, part, key`` sums every count, rate and fee of every table.
+- Median and 90th percentile (Hyndman-Fan type 7, as :mod:`portal.reports.stats`): the cases per
+  business-day value of each group, a window (a running ``SUM`` of those counts) to find the
+  values at ranks floor(h) and floor(h) + 1 of h = (n - 1) q, interpolated exactly as
+  stats.percentile does (business days are whole numbers, so the counts carry the whole
+  distribution). The totals and the ranks come back as the two halves of one ``UNION ALL``.
+
+``percentile_cont`` over one row per case and grouping is the other path on PostgreSQL
+(``percentiles="cont"``); tests/reports/test_sql_figures.py holds both to a Python reference, and
+bench/reports.py times both (the counts are quicker, so they are the default on both databases).
 """
 from __future__ import annotations
 
