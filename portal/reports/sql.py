@@ -243,19 +243,6 @@ def _services(base, filters):
     return query.subquery("case_service")
 
 
-def service_facts(practice_ids, filters, today: dt.date):
-    """facts() once per service of each case (its first item of each restoration: two crowns are
-    one crown case), straight from the tables, so that the planner knows how many rows it joins."""
-    item, earlier = aliased(CaseItem, name="item"), aliased(CaseItem, name="earlier")
-    query = facts(practice_ids, filters, today).add_columns(item.restoration.label("restoration")).join(
-        item, item.case_id == LabCase.id).where(~exists().where(
-            earlier.case_id == item.case_id, earlier.restoration == item.restoration,
-            earlier.position < item.position))
-    if filters.service:
-        query = query.where(item.restoration == filters.service)
-    return query.subquery("service_facts")
-
-
 def _figures_by_percentile_cont(practice_ids, filters, today, across) -> dict[Key, Group]:
     """One row per case and grouping, aggregated with percentile_cont (PostgreSQL only)."""
     base = facts(practice_ids, filters, today).cte("facts")
@@ -323,11 +310,10 @@ def _figures_by_counts(practice_ids, filters, today, across) -> dict[Key, Group]
     keys = [base.c.practice_id, base.c.lab_id, base.c.month, base.c.d_dispatch, base.c.d_receive,
             base.c.remake_reason, base.c.remake_payer]
     fine = select(*keys, *measures(base)).group_by(*keys).cte("fine")
-    per_service = service_facts(practice_ids, filters, today)
-    by_service = (select(per_service.c.restoration, per_service.c.d_dispatch, per_service.c.d_receive,
-                         *measures(per_service))
-                  .group_by(per_service.c.restoration, per_service.c.d_dispatch, per_service.c.d_receive)
-                  .cte("fine_service"))
+    services = _services(base, filters)
+    by_service = (select(services.c.restoration, base.c.d_dispatch, base.c.d_receive, *measures(base))
+                  .select_from(base).join(services, services.c.case_id == base.c.case_id)
+                  .group_by(services.c.restoration, base.c.d_dispatch, base.c.d_receive).cte("fine_service"))
     sums = ("n", "due_on_time", "due_known", "seat_on_time", "seat_known", "remade", "fee_cents", "fees_count")
 
     def part(kind, part_, key, source=fine, where=None):
