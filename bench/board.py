@@ -63,7 +63,7 @@ def seed(open_cases: int, rng: random.Random) -> dict:
     from sqlalchemy import insert, text
 
     from portal.audit.actor import Actor
-    from portal.audit.service import record
+    from portal.audit.record import record
     from portal.auth.passwords import hash_password
     from portal.cases.lifecycle import Status
     from portal.cases.models import CaseItem, LabCase

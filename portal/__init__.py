@@ -65,7 +65,7 @@ def create_app(overrides: Mapping | None = None) -> Flask:
 
     app.register_blueprint(scanner_rx_bp)
     from portal.integrations.routes import integrations_alias
-    from portal.integrations.writeback import bp as pms_case_bp
+    from portal.integrations.pms_routes import bp as pms_case_bp
 
     app.register_blueprint(integrations_alias)  # /admin/integrations: the label's own address
     app.register_blueprint(pms_case_bp)  # a case's lab case in the PMS: Retry

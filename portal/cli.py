@@ -9,8 +9,16 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from portal import keyring as crypto
+from portal.audit.actor import Actor
+from portal.audit.models import AuditHead
+from portal.audit.record import Walk, head, parse_head, record, verify_chain
+from portal.auth.passwords import hash_password
 from portal.config import INSTANCE
 from portal.extensions import db
+from portal.integrations.models import ScannerIntegration
+from portal.labs.models import LabSecret
+from portal.practices.models import Membership, Organization, OrganizationMembership, OrganizationRole, Practice, Role, User
 
 audit_cli = AppGroup("audit", help="The audit trail.")
 scanners_cli = AppGroup("scanners", help="Scanner integrations.")
@@ -18,13 +26,9 @@ scanners_cli = AppGroup("scanners", help="Scanner integrations.")
 
 @scanners_cli.command("rotate-keys")
 def scanners_rotate_keys() -> None:
-    """Re-encrypt every integration's credentials and tokens with the first SCANNER_CREDENTIALS_KEYS key."""
-    from sqlalchemy import select
-
-    from portal import keyring as crypto
-    from portal.audit.actor import Actor
-    from portal.audit.service import record
-    from portal.integrations.models import ScannerIntegration
+    """Re-encrypt everything the SCANNER_CREDENTIALS_KEYS ring holds (every integration's
+    credentials and tokens, every lab's signing secrets) with its first key."""
+    from sqlalchemy import select, update
 
     count = 0
     for integration in db.session.scalars(select(ScannerIntegration)):
@@ -33,14 +37,24 @@ def scanners_rotate_keys() -> None:
         record("scanner.keys_rotated", "scanner_integration", integration.id, after={"encrypted_with": "first key"},
                actor=Actor.system("cli"), practice_id=integration.practice_id)
         count += 1
+    secrets_by_lab: dict[int, list[int]] = {}
+    for row in db.session.execute(select(LabSecret.id, LabSecret.lab_id, LabSecret.secret)).all():
+        # Read with any key of the ring, written back with the first (the column type encrypts).
+        db.session.execute(update(LabSecret).where(LabSecret.id == row.id).values(secret=row.secret),
+                           execution_options={"synchronize_session": False})
+        secrets_by_lab.setdefault(row.lab_id, []).append(row.id)
+    for lab_id, ids in secrets_by_lab.items():
+        record("lab.secrets_rotated", "lab", lab_id, after={"encrypted_with": "first key", "secret_ids": ids},
+               actor=Actor.system("cli"))
     db.session.commit()
-    click.echo(f"Re-encrypted the credentials of {count} integration(s) with the first key.")
+    click.echo(f"Re-encrypted the credentials of {count} integration(s) and "
+               f"{sum(map(len, secrets_by_lab.values()))} lab signing secret(s) with the first key.")
 
 
 @scanners_cli.command("demo-patients")
 def scanners_demo_patients() -> None:
     """Print the demo scanner patients (First,Last,Chart,Date of birth; ...) for the vendor sandbox."""
-    from portal.demo.scanners import demo_patients
+    from portal.demo.scanners import demo_patients  # demo code loads only for the demo commands
 
     click.echo(";".join(demo_patients()))
 
@@ -72,8 +86,6 @@ def scanners_demo_connect_pms(base_url: str) -> None:
               help="A file holding an exported head.")
 def audit_verify(head_text: str | None, head_file: str | None) -> None:
     """Check the whole chain's keyed hashes; exit 1 and say where if it is broken."""
-    from portal.audit.service import Walk, parse_head, verify_chain
-
     expected = None
     if head_file:
         with open(head_file, encoding="utf-8") as fh:
@@ -91,8 +103,6 @@ def audit_verify(head_text: str | None, head_file: str | None) -> None:
         if len(problems) > 50:
             click.echo(f"... and {len(problems) - 50} more", err=True)
         sys.exit(1)
-    from portal.audit.models import AuditHead
-
     head = db.session.get(AuditHead, 1)
     click.echo(f"Audit chain intact: {head.seq if head else 0} rows verified.")
     if walk.legacy_rows:
@@ -105,8 +115,6 @@ def audit_verify(head_text: str | None, head_file: str | None) -> None:
 @audit_cli.command("head")
 def audit_head() -> None:
     """Print the chain's head as ROWS:HASH, to keep outside the database (for verify --head)."""
-    from portal.audit.service import head
-
     count, digest = head()
     click.echo(f"{count}:{digest}")
 
@@ -114,11 +122,18 @@ def audit_head() -> None:
 @click.command("seed-demo")
 @click.option("--password", envvar="DEMO_PASSWORD", default=None,
               help="Password for the demo users (default: generated and kept in instance/demo-password).")
-def seed_demo(password: str | None) -> None:
-    """Load the demo data once; running it again changes nothing."""
-    from portal.demo.seed import already_seeded, seed
+@click.option("--lab-url", envvar="DEMO_LAB_URL", default=None,
+              help="Where the demo lab's API listens (make run passes the port it started it on); "
+                   "an existing demo's API lab is pointed there.")
+def seed_demo(password: str | None, lab_url: str | None) -> None:
+    """Load the demo data once; running it again changes nothing (but the demo lab's address)."""
+    from portal.demo.seed import DEMO_LAB_URL, already_seeded, point_demo_lab, seed
 
     if already_seeded():
+        if lab_url and point_demo_lab(lab_url):
+            db.session.commit()
+            click.echo(f"Demo data already loaded; the demo lab's API is now {lab_url}.")
+            return
         click.echo("Demo data already loaded; nothing changed.")
         return
     if password is None:
@@ -128,7 +143,7 @@ def seed_demo(password: str | None) -> None:
             path.write_text(secrets.token_urlsafe(9))
             path.chmod(0o600)
         password = path.read_text().strip()
-    summary = seed(password)
+    summary = seed(password, lab_url=lab_url or DEMO_LAB_URL)
     db.session.commit()
     click.echo(f"Demo data loaded: {summary['cases']} cases, {summary['patients']} patients.")
 
@@ -141,10 +156,6 @@ def seed_demo(password: str | None) -> None:
 @click.password_option()
 def create_user(email: str, name: str, practice_id: tuple[int, ...], role: str, password: str) -> None:
     """Create a user with a role in one or more practices."""
-    from portal.audit.actor import Actor
-    from portal.audit.service import record
-    from portal.auth.passwords import hash_password
-    from portal.practices.models import Membership, Practice, Role, User
 
     for pid in practice_id:
         if db.session.get(Practice, pid) is None:
@@ -167,9 +178,6 @@ def organisation_manager(email: str, organization_id: int, revoke: bool) -> None
     """Make a user an organisation manager (the DSO view of every practice), or --revoke it."""
     from sqlalchemy import select
 
-    from portal.audit.actor import Actor
-    from portal.audit.service import record
-    from portal.practices.models import Organization, OrganizationMembership, OrganizationRole, User
 
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:

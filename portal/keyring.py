@@ -1,17 +1,22 @@
-"""Scanner credentials and tokens encrypted at rest (PRODUCT 4: "its credentials (encrypted at rest)").
+"""Secrets encrypted at rest: scanner credentials and tokens (PRODUCT 4: "its credentials
+(encrypted at rest)") and the labs' webhook signing secrets (the `Encrypted` column type).
 
 Fernet (AES-128-CBC with HMAC-SHA256, from `cryptography`) keyed by SCANNER_CREDENTIALS_KEYS: a
 comma-separated list of Fernet keys, the first one encrypting, every one decrypting, so a key can
-be rotated (add the new key first, run `flask scanners rotate-keys`, then drop the old one).
+be rotated (add the new key first, run `flask scanners rotate-keys`, which re-encrypts the scanner
+credentials and the lab signing secrets, then drop the old one).
 Development generates a key into instance/ the way it does the session secret; production must set
 it. What is stored is `gAAAA...` text; a row read with none of the keys raises CredentialsError.
 """
 from __future__ import annotations
 
+import functools
 import json
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
+from sqlalchemy import String
+from sqlalchemy.types import TypeDecorator
 
 
 class CredentialsError(RuntimeError):
@@ -19,7 +24,12 @@ class CredentialsError(RuntimeError):
 
 
 def _fernet() -> MultiFernet:
-    keys = [k.strip() for k in (current_app.config.get("SCANNER_CREDENTIALS_KEYS") or "").split(",") if k.strip()]
+    return _ring(current_app.config.get("SCANNER_CREDENTIALS_KEYS") or "")
+
+
+@functools.lru_cache(maxsize=8)
+def _ring(setting: str) -> MultiFernet:
+    keys = [k.strip() for k in setting.split(",") if k.strip()]
     if not keys:
         raise CredentialsError("SCANNER_CREDENTIALS_KEYS is not set: scanner credentials can't be stored.")
     try:
@@ -52,3 +62,32 @@ def rotate(text: str) -> str:
 
 def new_key() -> str:
     return Fernet.generate_key().decode()
+
+
+FERNET_PREFIX = "gAAAAA"  # every Fernet token starts so (version byte 0x80, then the timestamp)
+
+
+def encrypt_text(text: str) -> str:
+    return _fernet().encrypt(text.encode()).decode()
+
+
+def decrypt_text(token: str) -> str:
+    try:
+        return _fernet().decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise CredentialsError("A secret was encrypted with a key that is no longer configured "
+                               "(SCANNER_CREDENTIALS_KEYS).") from exc
+
+
+class Encrypted(TypeDecorator):
+    """A text column stored as a Fernet token and read back as the text: the database (and a copy
+    of it) holds only ciphertext; the application reads and writes plain strings."""
+
+    impl = String(500)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else encrypt_text(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else decrypt_text(value)

@@ -1,4 +1,4 @@
-"""Keep secret tokens in URL paths out of every log line (RELIABILITY.md M3).
+"""Keep secret tokens in URL paths out of every log line (docs/reliability.md M3).
 
 werkzeug's request log, gunicorn's access log and Flask's "Exception on <path>" all print the
 path, and some paths are secrets: a lab's page (`/lab/<token>`) and a set-password link

@@ -215,13 +215,18 @@ def _claim_key(key: str) -> str:
     return f"labmanager:once:{key}"
 
 
-def enqueue_now(queue: Queue, spec: JobSpec | str, *args, job_id: str, **options) -> bool:
+def enqueue_now(queue: Queue, spec: JobSpec | str, *args, job_id: str, due_at: dt.datetime | None = None,
+                **options) -> bool:
     """Enqueue, tolerating a job id that is already queued and a Redis that is down.
     Returns False when Redis could not be reached (the sweep will try again).
 
     A job id that is new (the usual case, straight after a commit) costs no look-up first:
     `unique=True` refuses an existing one, and only then is its status checked. A job still
-    queued, scheduled or running is left alone; a finished or failed one is replaced.
+    queued or running is left alone; a finished or failed one is replaced. A scheduled one is
+    left alone too, unless it is overdue by more than OUTBOX_GRACE_SECONDS, by the database's
+    time of the row's next attempt (`due_at`, naive UTC) or by RQ's own schedule: then the
+    scheduler that should have moved it is gone (it dies when Redis goes away; jobs/worker.py),
+    and the job is put on the queue now. The database is the record, not Redis.
     """
     from rq.exceptions import DuplicateJobError
     from rq.job import Job, JobStatus
@@ -236,8 +241,10 @@ def enqueue_now(queue: Queue, spec: JobSpec | str, *args, job_id: str, **options
         except DuplicateJobError:
             pass
         existing = Job.fetch(job_id, connection=queue.connection) if _job_exists(queue, job_id) else None
-        if existing is not None and existing.get_status(refresh=True) in (
-                JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        status = existing.get_status(refresh=True) if existing is not None else None
+        if status == JobStatus.SCHEDULED and _overdue(queue, existing, due_at):
+            log.warning("%s was due long ago and is still waiting for RQ's scheduler; enqueued now", job_id)
+        elif status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
             return True
         if existing is not None:
             existing.delete()
@@ -248,6 +255,25 @@ def enqueue_now(queue: Queue, spec: JobSpec | str, *args, job_id: str, **options
     except redis.RedisError as exc:
         log.warning("could not enqueue %s (%s); the outbox sweep will retry", job_id, exc.__class__.__name__)
         return False
+
+
+def grace_seconds() -> float:
+    """How late a scheduled job may be before the sweep stops waiting for RQ's scheduler."""
+    return float(current_app.config.get("OUTBOX_GRACE_SECONDS", 60))
+
+
+def _overdue(queue: Queue, job, due_at: dt.datetime | None) -> bool:
+    from rq.exceptions import NoSuchJobError
+
+    now = dt.datetime.now(dt.UTC)
+    cutoff = now - dt.timedelta(seconds=grace_seconds())
+    if due_at is not None and due_at.replace(tzinfo=dt.UTC) <= cutoff:
+        return True
+    try:
+        when = queue.scheduled_job_registry.get_scheduled_time(job)
+    except NoSuchJobError:
+        return True  # "scheduled", yet in no schedule: nothing will ever move it
+    return when.replace(tzinfo=when.tzinfo or dt.UTC) <= cutoff
 
 
 def schedule(spec: JobSpec, *args, job_id: str, delay: float, **overrides) -> bool:

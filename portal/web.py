@@ -15,6 +15,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from portal.auth import sessions
 from portal.cases import teeth
 from portal.cases.lifecycle import allowed_moves
 from portal.cases.status import LABELS, Status
@@ -131,15 +132,11 @@ def get_or_404(model, ident, practice_field: str = "practice_id"):
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
     """The user of the live session whose key the cookie carries (portal/auth/sessions.py)."""
-    from portal.auth import sessions
-
     return sessions.load(user_id)
 
 
 @login_manager.unauthorized_handler
 def unauthorized():
-    from portal.auth import sessions
-
     target = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
     message = sessions.end_message(g.get("session_end_reason", "")) or "Please sign in to continue."
     if request.htmx:

@@ -5,7 +5,7 @@ It plays the outside world, so it imports nothing of the portal. One server, one
   python -m sandbox.vendors --port 5056 --demo   (make run starts it)
   Sandbox().start()                                          (tests: a free port, in a thread)
 
-iTero (contracts/itero.md "Wire shapes", the flows of seed 001), under /itero:
+iTero (docs/vendors/itero.md "Wire shapes", the flows of docs/sources.md source 001), under /itero:
   GET  /itero/oauth/authorize?client_id&redirect_uri&state   the "login page": approves at once and
                                                                redirects to redirect_uri?code&state
   POST /itero/oauth/token     form grant_type=authorization_code|refresh_token, HTTP Basic client auth
@@ -27,7 +27,7 @@ iTero (contracts/itero.md "Wire shapes", the flows of seed 001), under /itero:
   The download is a real zip: small binary STL meshes (closed prisms) and metadata.json for "ide",
   small PNG images (iTero sends JPG) for "thumbnails".
 
-Medit Link (contracts/medit.md), under /medit (auth host and resources host are both {url}/medit):
+Medit Link (docs/vendors/medit.md), under /medit (auth host and resources host are both {url}/medit):
   GET  /medit/oauth/authorize?client_id&response_type=code&redirect_uri&scope&state   (approves at once)
   POST /medit/oauth/token     HTTP Basic (32-character client id and secret); a refresh token only
                               when the scope holds offline_access
@@ -57,9 +57,10 @@ Control API (JSON) for tests and the demo, under /_sandbox (not counted, not log
 `Sandbox` below wraps all of it in Python for pytest fixtures.
 
 Demo mode registers the DEMO_* clients below and, every VENDOR_DEMO_STEP_SECONDS (default 30), takes
-one step: a new iTero order or Medit case (alternately) for one of the demo patients
-(--patient "First,Last,Chart,YYYY-MM-DD", repeatable, or VENDOR_DEMO_PATIENTS with ";" between them),
-and the next move of the oldest order still in a flow. Callbacks and webhooks only go to loopback
+one step: the next move of the oldest order still in a flow, and every VENDOR_DEMO_NEW_EVERY steps
+(10), up to VENDOR_DEMO_MAX_SCANS (12) in a run, a new iTero order or Medit case (alternately) for
+one of the demo patients (--patient "First,Last,Chart,YYYY-MM-DD", repeatable, or
+VENDOR_DEMO_PATIENTS with ";" between them; see Demo for the first three). Callbacks and webhooks only go to loopback
 addresses unless the config says otherwise.
 """
 from __future__ import annotations
@@ -137,7 +138,7 @@ ITERO_STATUS = {
 }
 ITERO_NOTIFY = {"Completed", "Ready for Download", "Lab Review"}  # a callback fires on entering these
 ITERO_RETURNABLE = ITERO_NOTIFY  # the lab can send these back to the doctor
-# The flows of seed 001, as the moves that follow a first scan ("Completed").
+# The flows of docs/sources.md source 001, as the moves that follow a first scan ("Completed").
 ITERO_FLOWS = {
     "direct": [],
     "modelling": ["modeling", "lab_review"],
@@ -160,13 +161,13 @@ DEFAULT_CONFIG = {
     "token_ttl": 3600,  # seconds an access token lives
     "page_size": 20,  # iTero orders per page
     "callbacks": True,  # iTero scan callbacks on or off (off: the adapter must poll)
-    "foreign_host": "",  # when set, discovery puts the endpoints below on this host (RELIABILITY W8)
+    "foreign_host": "",  # when set, discovery puts the endpoints below on this host (docs/reliability.md W8)
     "foreign_endpoints": ["orders"],
     "loopback_only": True,  # callbacks and webhooks only to loopback addresses
     "max_items": 1000,  # orders and cases kept; the oldest go first
     # iTero read strictly, as a vendor written only from the contract may behave: discovery wants the
     # Bearer like every call after the token; orders pages count from 0; Get Orders lists only the
-    # orders in Completed / Ready for Download or Lab Review (seed 001), so an order that moves on to
+    # orders in Completed / Ready for Download or Lab Review (docs/sources.md source 001), so an order that moves on to
     # iTero Modeling, Scanning, iTero Milling, Ready to Ship or Downloaded is read only by its Rx id.
     "strict": False,
 }
@@ -1119,7 +1120,7 @@ class Medit:
             self.core.courier.post(f"medit {code}", self.webhook["url"], raw, headers)
 
     def flush(self, reverse: bool = False) -> int:
-        """Send the held webhooks, in the order they happened or reversed (out of order, W6)."""
+        """Send the held webhooks, in the order they happened or reversed (out of order, docs/reliability.md W6)."""
         with self.core.lock:
             held, self.held = self.held, []
             for delivery in reversed(held) if reverse else held:
@@ -1302,6 +1303,8 @@ DEMO_PROCEDURES = [("Crown", ["36"]), ("Bridge", ["14", "15", "16"]), ("Implant 
                    ("Veneer", ["11", "21"]), ("Inlay / onlay", ["26"]), ("Crown", ["11"])]
 DEMO_PATIENTS = ["Ava,Thompson,DEMO-1001,1984-03-12", "Liam,Patel,DEMO-1002,1979-11-02",
                  "Sofia,Garcia,DEMO-1003,1992-07-25"]
+NEW_EVERY = int(os.environ.get("VENDOR_DEMO_NEW_EVERY", "10"))  # steps between two new scans
+CEILING = int(os.environ.get("VENDOR_DEMO_MAX_SCANS", "12"))  # new scans in one run at most
 
 
 def parse_patient(text: str) -> dict:
@@ -1316,13 +1319,30 @@ def parse_patient(text: str) -> dict:
 
 
 class Demo:
-    """Fills the demo inbox over time: one step every `step` seconds (see the module's docstring)."""
+    """Fills the demo inbox over time at a practice's pace (see the module's docstring).
 
-    def __init__(self, itero: Itero, medit: Medit, patients: list[dict], step: float):
+    Every `step` seconds the oldest order still in a flow takes its next move; a new scan comes
+    only every `new_every` steps (every 5 minutes at the default 30 s step: a busy practice's
+    chairs, not a scan every half minute), and no more than `ceiling` new scans in one run, so the
+    Draft column holds what a coordinator would see in a day, not sixty drafts an hour. The first
+    scans show what the tour needs: an iTero scan of the last patient given (make run gives
+    someone the practice knows only under another birth date: matching asks to confirm), then a
+    Medit case, then an iTero milling flow (Lab Review, iTero Milling, Ready to Ship, Downloaded,
+    which a strict vendor never lists: the portal re-reads it by Rx id).
+    """
+
+    def __init__(self, itero: Itero, medit: Medit, patients: list[dict], step: float,
+                 new_every: int = NEW_EVERY, ceiling: int = CEILING):
         self.itero, self.medit, self.patients, self.step = itero, medit, patients, step
+        self.new_every, self.ceiling = max(new_every, 1), ceiling
         self.flows: collections.deque[tuple[str, str, list[str]]] = collections.deque()  # vendor, id, moves left
-        self.turn = itertools.cycle(["itero", "medit"])
+        self.turn = itertools.cycle(["medit", "itero"])  # after the opening's iTero, Medit, iTero
         self.random = random.Random()
+        self.steps = 0
+        self.made = 0
+        # (vendor, patient, iTero flow) of the first scans; then chosen at random.
+        self.opening = collections.deque([("itero", patients[-1], "direct"), ("medit", patients[0], ""),
+                                          ("itero", patients[0], "milling")])
 
     def run(self, stopping: threading.Event) -> None:
         """A first step at once (the inbox is not empty for long), then one every `step` seconds."""
@@ -1334,6 +1354,7 @@ class Demo:
             stopping.wait(self.step)
 
     def tick(self) -> None:
+        self.steps += 1
         if self.flows:
             vendor, item_id, moves = self.flows[0]
             move = moves.pop(0)
@@ -1345,10 +1366,16 @@ class Demo:
                 log.info("demo: Medit case %s is now %s", case["name"], case["status"])
             if not moves:
                 self.flows.popleft()
-        patient = self.random.choice(self.patients)
+        if self.made >= self.ceiling or (self.steps - 1) % self.new_every:
+            return
+        self.made += 1
         procedure, teeth = self.random.choice(DEMO_PROCEDURES)
-        if next(self.turn) == "itero":
+        if self.opening:
+            vendor, patient, flow = self.opening.popleft()
+        else:
+            vendor, patient = next(self.turn), self.random.choice(self.patients)
             flow = self.random.choice(list(ITERO_FLOWS))
+        if vendor == "itero":
             order = self.itero.add_order({"patient": patient, "procedure": procedure, "teeth": teeth,
                                           "doctor": self.random.choice(ITERO_DOCTORS)})
             log.info("demo: new iTero order %s for %s %s (%s, flow %s)", order["order_id"], patient["first_name"],
@@ -1387,13 +1414,14 @@ class Sandbox:
             thread.start()
         return self
 
-    def start_demo(self, patients: list[dict], step: float = STEP, medit_webhook_url: str = "") -> Demo:
+    def start_demo(self, patients: list[dict], step: float = STEP, medit_webhook_url: str = "",
+                   new_every: int = NEW_EVERY, ceiling: int = CEILING) -> Demo:
         """Demo mode: the demo clients, the Medit webhook (if a URL is given) and the steps."""
         self.add_client("itero", ITERO_DEMO_CLIENT_ID, ITERO_DEMO_CLIENT_SECRET)
         self.add_client("medit", MEDIT_DEMO_CLIENT_ID, MEDIT_DEMO_CLIENT_SECRET)
         if medit_webhook_url:
             self.medit.set_webhook(medit_webhook_url, MEDIT_DEMO_WEBHOOK_SECRET)
-        demo = Demo(self.itero, self.medit, patients, step)
+        demo = Demo(self.itero, self.medit, patients, step, new_every, ceiling)
         thread = threading.Thread(target=demo.run, args=(self.stopping,), daemon=True, name="vendor-sandbox-demo")
         thread.start()
         self.threads.append(thread)
@@ -1500,6 +1528,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patient", action="append", default=[], metavar="FIRST,LAST,CHART,YYYY-MM-DD",
                         help="a demo patient (repeatable; else VENDOR_DEMO_PATIENTS, ';' between patients)")
     parser.add_argument("--step", type=float, default=STEP, help="seconds between demo steps")
+    parser.add_argument("--new-every", type=int, default=NEW_EVERY, help="demo steps between two new scans")
+    parser.add_argument("--max-scans", type=int, default=CEILING, help="new demo scans in one run at most")
+    parser.add_argument("--strict", action="store_true",
+                        help="iTero read strictly: Bearer on discovery, pages from 0, Get Orders lists only "
+                             "Completed / Ready for Download and Lab Review")
     parser.add_argument("--medit-webhook", default=os.environ.get("VENDOR_DEMO_MEDIT_WEBHOOK_URL", ""),
                         help="where demo Medit webhooks go (signed with MEDIT_DEMO_WEBHOOK_SECRET)")
     args = parser.parse_args(argv)
@@ -1511,8 +1544,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     sandbox = Sandbox(args.host, args.port).start()
+    if args.strict:
+        sandbox.configure(strict=True)
     if args.demo:
-        sandbox.start_demo(patients, args.step, args.medit_webhook)
+        sandbox.start_demo(patients, args.step, args.medit_webhook, args.new_every, args.max_scans)
     log.info("iTero at %s (OAuth %s), Medit Link at %s, control at %s/_sandbox%s", sandbox.itero_url,
              sandbox.itero_oauth, sandbox.medit_url, sandbox.url,
              f"; demo step every {args.step}s for {len(patients)} patient(s)" if args.demo else "")

@@ -218,6 +218,46 @@
     if (el) el.focus();
   });
 
+  // ---- Selected cards (the bulk bar) --------------------------------------------------------
+  // The selection outlives the board's swaps (a poll, a filter, a move): the ids are kept here
+  // and the boxes of the cards still shown are ticked again after each swap.
+  var picked = new Set();
+  function showPicked() {
+    var bar = document.getElementById("bulk");
+    if (!bar) return;
+    var shown = new Set();
+    document.querySelectorAll("#board-columns .card .pick").forEach(function (box) {
+      var id = box.value;
+      box.checked = picked.has(id);
+      box.closest(".card").classList.toggle("picked", box.checked);
+      shown.add(id);
+    });
+    picked.forEach(function (id) { if (!shown.has(id)) picked.delete(id); });
+    bar.hidden = picked.size === 0;
+    bar.querySelector("[data-bulk-count]").textContent = String(picked.size);
+  }
+  document.addEventListener("change", function (e) {
+    if (!e.target.matches(".card .pick")) return;
+    if (e.target.checked) picked.add(e.target.value); else picked.delete(e.target.value);
+    showPicked();
+  });
+  document.addEventListener("click", function (e) {
+    if (!e.target.closest("[data-bulk-clear]")) return;
+    picked.clear();
+    showPicked();
+  });
+  document.addEventListener("htmx:afterSettle", function (e) {
+    if (!e.detail.target || e.detail.target.id !== "board-columns") return;
+    var board = document.getElementById("board-columns");  // the new one (an outerHTML swap)
+    // After a bulk action the cards it refused stay selected (to act on them again); the rest are done.
+    if (board && board.hasAttribute("data-bulk-done")) {
+      picked = new Set(board.getAttribute("data-bulk-done").split(" ").filter(Boolean));
+      board.removeAttribute("data-bulk-done");
+      if (!picked.size) document.getElementById("bulk-reason").value = "";
+    }
+    showPicked();
+  });
+
   htmx.onLoad(function (root) {
     armToasts(document);
     setupSortable(root.querySelectorAll ? root : document);

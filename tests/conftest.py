@@ -18,6 +18,8 @@ from tests import factories
 # One audit-chain key for the test process and every worker or server it starts, so rows any of
 # them write verify here (without it each would generate its own into its instance/ folder).
 os.environ.setdefault("AUDIT_CHAIN_KEYS", "test-audit-chain-key-0123456789abcdef0123456789")
+# Likewise the key ring that encrypts scanner credentials and lab signing secrets (a Fernet key).
+os.environ.setdefault("SCANNER_CREDENTIALS_KEYS", "dGVzdC1rZXktcmluZy10ZXN0LWtleS1yaW5nLTAxMjM=")
 
 
 @pytest.fixture(scope="session")

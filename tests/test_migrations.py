@@ -1,5 +1,5 @@
 """The Alembic migrations build exactly the schema the models describe, on SQLite and PostgreSQL;
-the append-only triggers on audit_event refuse UPDATE and DELETE (A3); downgrade to base works.
+the append-only triggers on audit_event refuse UPDATE and DELETE (docs/reliability.md A3); downgrade to base works.
 
 The rest of the suite uses create_all, so this file is the only check that `flask db upgrade`
 (what production runs) gives the same schema. When it fails after a model change, the message
@@ -107,7 +107,7 @@ def _check_database(url: str) -> None:
 
 
 def _check_audit_is_append_only() -> None:
-    from portal.audit.service import record, verify_chain
+    from portal.audit.record import record, verify_chain
 
     record("test.migrated", "probe", 1, after={"ok": True}, actor=Actor.system("test"))
     record("test.migrated", "probe", 2, after={"ok": True}, actor=Actor.system("test"))

@@ -26,7 +26,7 @@ from tests import factories
 # scan-file download and a person's set-password link (their tokens are the credential) and the
 # signed lab API (HMAC, no session, no CSRF).
 PUBLIC = ("/static/", "/login", "/lab/", "/scan-files/", "/set-password/", "/api/")
-CSRF_EXEMPT = ("/api/",)  # authenticated by a signature over the body instead (W1)
+CSRF_EXEMPT = ("/api/",)  # authenticated by a signature over the body instead (docs/reliability.md W1)
 
 
 def _rules(app, method: str, public: bool | None = None):
@@ -59,7 +59,7 @@ def request_ctx(app):
         yield
 
 
-# -- F1 / login everywhere ---------------------------------------------------------------------
+# -- docs/reliability.md F1 / login everywhere ---------------------------------------------------------------------
 
 def test_the_route_walk_finds_the_routes(app):
     gets = {r.endpoint for r in _rules(app, "GET", public=False)}
@@ -118,7 +118,7 @@ def test_no_get_changes_anything(app, client, login, world, request_ctx):
     assert all(code < 500 for code in seen.values()), {u: c for u, c in seen.items() if c >= 500}
 
 
-# -- F1 / CSRF --------------------------------------------------------------------------------------
+# -- docs/reliability.md F1 / CSRF --------------------------------------------------------------------------------------
 
 def test_every_post_without_csrf_is_400_and_writes_nothing(app, client, login, world, request_ctx):
     ids = _world_ids(world)
@@ -158,7 +158,7 @@ def test_the_csrf_error_page_says_what_to_do(client, login):
     assert "Reload the page and try again." in response.get_data(as_text=True)
 
 
-# -- F2 session cookie ------------------------------------------------------------------------------
+# -- docs/reliability.md F2 session cookie ------------------------------------------------------------------------------
 
 def _session_cookie(response) -> str:
     cookies = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
@@ -196,7 +196,7 @@ def test_production_config_defaults_are_secure(monkeypatch):
         Config()
 
 
-# -- F3 headers -------------------------------------------------------------------------------------
+# -- docs/reliability.md F3 headers -------------------------------------------------------------------------------------
 
 def _responses(client, login, world):
     """A spread of responses: page, partial, redirect, 404, 403, 405, static file, error from htmx."""
@@ -255,7 +255,7 @@ def test_templates_have_no_inline_scripts_styles_or_handlers():
     assert problems == []
 
 
-# -- F4 htmx configuration -------------------------------------------------------------------------
+# -- docs/reliability.md F4 htmx configuration -------------------------------------------------------------------------
 
 def _htmx_config(page_html: str) -> dict:
     match = re.search(r'<meta name="htmx-config" content=\'([^\']*)\'', page_html) or re.search(

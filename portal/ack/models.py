@@ -10,7 +10,7 @@ from portal.extensions import db
 
 
 class AckLink(db.Model):
-    """A lab's private link to one case (RELIABILITY.md M1): only the token's SHA-256 is kept,
+    """A lab's private link to one case (docs/reliability.md M1): only the token's SHA-256 is kept,
     bound to one dispatch, case and lab; it expires and can be revoked."""
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -1,4 +1,4 @@
-"""The lab's private page: /lab/<token>. No login; the token is the key (RELIABILITY.md M1-M5).
+"""The lab's private page: /lab/<token>. No login; the token is the key (docs/reliability.md M1-M5).
 
 GET shows the case and changes nothing (mail scanners open links). Every change is a POST from
 the page with its CSRF token, made by a person, and goes through the lifecycle as the lab.
@@ -16,7 +16,8 @@ from portal.cases.status import Status
 from portal.extensions import db, limiter, transaction
 from portal.messages.services import MessageError, thread
 from portal.practices.models import Practice
-from portal.scans.services import work_order_scans
+from portal.scans.queries import work_order_scans
+from portal.tokens import guesses
 
 bp = Blueprint("ack", __name__, url_prefix="/lab")
 bp.record_once(lambda state: logfilter.install(state.app, "/lab/"))
@@ -37,16 +38,7 @@ def _link_limit() -> str:
     return current_app.config.get("LAB_LINK_RATE_LIMIT", "30 per minute")
 
 
-def _guess_limit() -> str:
-    return current_app.config.get("LAB_LINK_GUESS_LIMIT", "10 per minute")
-
-
-def _is_guess(response) -> bool:
-    return response.status_code == 404
-
-
 per_ip = limiter.shared_limit(_link_limit, scope="lab-link")
-guesses = limiter.shared_limit(_guess_limit, scope="lab-link-guess", deduct_when=_is_guess)
 
 
 @bp.after_app_request

@@ -1,4 +1,4 @@
-"""Private links for labs without an API (RELIABILITY.md M1-M5), and the mail that carries them.
+"""Private links for labs without an API (docs/reliability.md M1-M5), and the mail that carries them.
 
 - `prepare_email_dispatch(dispatch)`: part of "Approve and send" for an email lab. In the
   caller's transaction: revoke the case's older links, issue a new one bound to this dispatch,
@@ -24,7 +24,7 @@ from sqlalchemy import select
 from portal import tokens
 from portal.ack.models import AckLink
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.models import LabCase
 from portal.cases.status import Status
@@ -33,6 +33,7 @@ from portal.extensions import db
 from portal.labs.models import Channel, Lab
 from portal.mail.models import MailMessage
 from portal.mail.services import queue_mail
+from portal.messages.services import record_lab_message
 from portal.practices.models import Practice
 
 
@@ -160,8 +161,6 @@ def lab_move(link: AckLink, to: Status, *, reason: str = "", detail: dict | None
 
 
 def lab_message(link: AckLink, text: str):
-    from portal.messages.services import record_lab_message
-
     message = record_lab_message(link.case, link.lab, text, actor_for(link), direction="in")
     link.last_action_at = utcnow()
     return message

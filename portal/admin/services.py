@@ -5,7 +5,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.models import LabCase
 from portal.cases.risk import refresh_risk
 from portal.cases.status import Status

@@ -1,4 +1,4 @@
-"""The audit chain's keys (RELIABILITY A3, keyed): each row's hash is an HMAC-SHA256 with a key
+"""The audit chain's keys (docs/reliability.md A3, keyed): each row's hash is an HMAC-SHA256 with a key
 from the environment (`AUDIT_CHAIN_KEYS`), never stored in the database, so someone who can
 write to the database cannot rewrite a row and recompute the hashes after it.
 
@@ -9,7 +9,7 @@ keep the old ones in the ring for as long as rows signed with them exist (rows a
 so that is for good): `flask audit verify` names a row whose key is missing from the ring.
 
 Rows written before the chain was keyed have an empty `key_id` and a plain SHA-256 hash
-(migrations/versions/0006); see portal/audit/service.py for how verify treats them.
+(migrations/versions/0006); see portal/audit/record.py for how verify treats them.
 """
 from __future__ import annotations
 

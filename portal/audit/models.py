@@ -9,7 +9,7 @@ from portal.extensions import db
 
 
 class AuditEvent(db.Model):
-    """Append-only: never updated or deleted. Each row carries the previous row's hash (A3)."""
+    """Append-only: never updated or deleted. Each row carries the previous row's hash (docs/reliability.md A3)."""
 
     __table_args__ = (
         Index("ix_audit_event_practice_seq", "practice_id", "seq"),

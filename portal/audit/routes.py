@@ -4,8 +4,8 @@ import datetime as dt
 
 from flask import Blueprint, Response, g, request, stream_with_context
 
-from portal.audit import services
-from portal.audit.services import AuditFilters
+from portal.audit import queries
+from portal.audit.queries import AuditFilters
 from portal.practices.models import Role
 from portal.web import render, requires
 
@@ -17,7 +17,7 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 def index():
     filters = AuditFilters.from_args(request.args)
     before = request.args.get("before", type=int)
-    rows = services.page(g.practice.id, filters, before)
+    rows = queries.page(g.practice.id, filters, before)
     return render("audit/index.html", "rows", rows=rows, filters=filters,
                   next_before=rows[-1].seq if len(rows) == 100 else None)
 
@@ -27,5 +27,5 @@ def index():
 def export():
     filters = AuditFilters.from_args(request.args)
     name = f"audit-{g.practice.id}-{dt.date.today().isoformat()}.csv"
-    return Response(stream_with_context(services.export_csv(g.practice.id, filters)), mimetype="text/csv",
+    return Response(stream_with_context(queries.export_csv(g.practice.id, filters)), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

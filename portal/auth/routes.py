@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, flash, redirect, request, session, url
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.auth import sessions
 from portal.auth.forms import LoginForm, SignOutEverywhereForm
 from portal.auth.services import authenticate

@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.auth.passwords import DUMMY_HASH, check_password
 from portal.clock import utcnow
 from portal.extensions import db

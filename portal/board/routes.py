@@ -1,17 +1,22 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, make_response, request
+from flask_login import current_user
 from sqlalchemy import select
 
+from portal.auth.sessions import passive
 from portal.board import services
+from portal.board.responses import board_response
 from portal.board.services import Filters
 from portal.cases import services as cases_services
+from portal.cases.models import LabCase
+from portal.cases.risk import risk_of
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Provider
-from portal.auth.sessions import passive
-from portal.web import ANY_ROLE, render, requires, wants_fragment
+from portal.reports.services import next_appointments
+from portal.web import ANY_ROLE, CAN_EDIT, render, requires, wants_fragment
 
 bp = Blueprint("board", __name__)
 
@@ -49,6 +54,51 @@ def index():
                   elsewhere=elsewhere, **choices)
 
 
+BULK_ACTIONS = ("assign_lab", "move", "cancel")
+BULK_MAX = 200
+
+
+@bp.post("/board/bulk")
+@requires(*CAN_EDIT)
+def bulk():
+    """The selected cards: choose their lab, move them or cancel them with a reason; each case as
+    one card would be, each with its audit row, the refused ones named with the reason."""
+    from portal.board.actions import bulk as apply_bulk
+
+    action = request.form.get("action", "")
+    ids = sorted({int(i) for i in request.form.getlist("case") if i.isdigit()})
+    reason = (request.form.get("reason") or "").strip()[:500]
+    problem = None
+    if action not in BULK_ACTIONS:
+        problem = "Choose what to do with the selected cases."
+    elif not ids:
+        problem = "Select one or more cases first (the box on each card)."
+    elif len(ids) > BULK_MAX:
+        problem = f"Select at most {BULK_MAX} cases at a time."
+    elif action == "cancel" and not reason:
+        problem = "Cancelling needs a reason: the lab and your colleagues will see it."
+    lab_id, lab = request.form.get("lab", type=int), None
+    if problem is None and action == "assign_lab":
+        lab = db.session.get(Lab, lab_id) if lab_id else None
+        if lab is None or lab.organization_id != g.practice.organization_id or not lab.active:
+            problem = "Choose one of your labs."
+    status = request.form.get("status", "")
+    if problem is None and action == "move" and status not in {s.value for s in services.COLUMNS}:
+        problem = "Choose the column to move the cases to."
+    if problem:
+        return board_response(422, problem)
+    cases = db.session.scalars(select(LabCase).where(LabCase.practice_id == g.practice.id, LabCase.id.in_(ids))
+                               .order_by(LabCase.id)).all()
+    if len(cases) != len(ids):
+        return board_response(404, "Some of the selected cases are not in this practice any more; reload the board.")
+    result = apply_bulk(list(cases), action, current_user, lab_id=lab_id, status=status, reason=reason)
+    db.session.commit()
+    verb = {"assign_lab": f"now with {lab.name}" if action == "assign_lab" else "",
+            "move": f"moved to {Status(status).label}" if action == "move" else "", "cancel": "cancelled"}[action]
+    return board_response(200, result.summary(verb), "error" if result.refused else "success",
+                          refused=result.refused)
+
+
 @bp.get("/board/column/<status>")
 @requires(*ANY_ROLE)
 def column(status: str):
@@ -71,9 +121,6 @@ def column(status: str):
 @bp.get("/risk")
 @requires(*ANY_ROLE)
 def risk():
-    from portal.cases.risk import risk_of
-    from portal.reports.services import next_appointments
-
     cases = services.risk_list(g.practice.id)
     return render("board/risk.html", cases=cases, why={c.id: risk_of(c)[1] for c in cases},
                   next_visit=next_appointments(g.practice.id, {c.patient_id for c in cases}))

@@ -297,7 +297,7 @@ def load_column(practice_id: int, status: Status, f: Filters, offset: int, limit
 
 def board_stamp(practice_id: int) -> int:
     """Changes whenever anything on the practice's board may have changed: every change writes
-    an audit row (A1), so the newest audit sequence number is the board's version."""
+    an audit row (docs/reliability.md A1), so the newest audit sequence number is the board's version."""
     return db.session.scalar(
         select(func.max(AuditEvent.seq)).where(AuditEvent.practice_id == practice_id)
     ) or 0
@@ -327,8 +327,6 @@ class DayView:
 def day_view(practice_id: int, day: dt.date) -> DayView:
     """Dentrix Ascend's outstanding and received lists: what is due in on `day`, grouped by lab;
     what arrived; and whose work is being seated."""
-    from portal.people.models import Appointment
-
     expected = func.coalesce(LabCase.lab_eta, LabCase.due_date)
     start, end = dt.datetime.combine(day, dt.time()), dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
     due = db.session.scalars(card_query().where(

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.models import business_day_spans
 from portal.cases.risk import closed_days, refresh_risk
 from portal.cases.status import LABELS, MAIN_LINE, PHASE, Status

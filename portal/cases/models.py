@@ -13,6 +13,7 @@ from portal.cases.status import Status
 from portal.clock import utcnow
 from portal.extensions import db
 from portal.practices.models import PracticeClosure
+from portal.reports.stats import business_days_between
 
 
 class Counter(db.Model):
@@ -74,7 +75,7 @@ class LabCase(CaseDates, db.Model):
     lab_eta: Mapped[dt.date | None] = mapped_column(Date)
     seat_risk: Mapped[bool] = mapped_column(default=False)
     # Kept by portal.dispatch.services: why the latest dispatch to the lab failed, "" when it did not
-    # (the board's badge reads it without another query; RELIABILITY.md D4).
+    # (the board's badge reads it without another query; docs/reliability.md D4).
     dispatch_error: Mapped[str] = mapped_column(String(300), default="")
     fee: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     invoice_number: Mapped[str] = mapped_column(String(60), default="")
@@ -119,8 +120,6 @@ class LabCase(CaseDates, db.Model):
 
 def business_day_spans(case: LabCase, closed) -> None:
     """Set the case's stored business-day spans from its own dates and the practice's `closed` days."""
-    from portal.reports.stats import business_days_between
-
     sent = case.sent_at.date() if case.sent_at else None
     case.sent_to_dispatched_bdays = (
         business_days_between(sent, case.dispatched_at.date(), closed) if sent and case.dispatched_at else None)

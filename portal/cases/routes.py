@@ -4,13 +4,13 @@ import datetime as dt
 import io
 
 import segno
-from flask import Blueprint, current_app, flash, g, redirect, request, url_for
+from flask import Blueprint, flash, g, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from portal.audit.actor import Actor
-from portal.board import services as board_services
-from portal.board.services import Filters
+from portal.board.actions import person_moves
+from portal.board.responses import board_response
 from portal.cases import services, teeth
 from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeForm
 from portal.cases.lifecycle import IllegalMove, allowed_moves
@@ -18,13 +18,16 @@ from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, ItemData
 from portal.dispatch import queries as dispatch_queries
-from portal.dispatch import services as dispatch_services
 from portal.errors import UserError
 from portal.extensions import db, transaction
+from portal.integrations.itero import rx as itero_rx
+from portal.integrations import writeback
+from portal.integrations.itero.forms import RescanForm, RxForm
 from portal.labcomm import services as labcomm
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Provider
 from portal.reports import turnaround
+from portal.scans import queries as scans_queries
 from portal.web import ANY_ROLE, CAN_EDIT, get_or_404, go_to, render, requires, safe_next
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
@@ -208,21 +211,34 @@ def show(case_id: int):
     case = get_or_404(LabCase, case_id)
     return render(
         "cases/show.html", case=case, moves=allowed_moves(case), events=services.timeline(case),
-        # The panels, each with its data from the feature that owns it:
-        dispatch_panel=dispatch_queries.dispatch_panel(case),  # Sending to the lab (portal/dispatch)
-        messages_panel=labcomm.messages_panel(case),  # Messages with the lab (portal/labcomm)
         risk=risk_of(case), move_form=MoveForm(), remake_form=RemakeForm(), checkin_form=CheckInForm(),
         remakes=db.session.scalars(select(LabCase).where(LabCase.remake_of_id == case.id)).all(),
         next_stages=db.session.scalars(select(LabCase).where(LabCase.previous_stage_id == case.id)).all(),
+        **_panels(case),
     )
 
 
-def _board_response(status: int, message: str | None = None, level: str = "error"):
-    filters = Filters.from_args(request.args)
-    columns = board_services.load_board(g.practice.id, filters, current_app.config["BOARD_COLUMN_LIMIT"])
-    stamp = board_services.board_stamp(g.practice.id)
-    return render("board/index.html", "columns", code=status, columns=columns, filters=filters,
-                  stamp=stamp, phases=board_services.PHASES, toast=message, toast_level=level)
+def _panels(case: LabCase) -> dict:
+    """The case page's panels, each a named block of cases/show.html, each with its data from the
+    feature that owns it (a panel's own actions post to that feature's routes)."""
+    return {
+        # Approve and send, and how sending went: the newest dispatch and its order events.
+        "dispatch_panel": dispatch_queries.dispatch_panel(case),
+        # The Rx sent to iTero, withdrawing it, asking iTero for a rescan (None: nothing to show).
+        "itero_panel": itero_rx.panel(case),
+        "rx_form": RxForm(),
+        "rescan_form": RescanForm(reason=case.status_reason),
+        # The case's lab case in the practice management system and its last write (None: no PMS).
+        "pms_panel": writeback.case_row(case),
+        # What each scanner sent for this case.
+        "scans_panel": scans_queries.scans_with_files(case.id),
+        # Messages with the lab, and how each reaches it (email, its API, a phone call).
+        "messages_panel": labcomm.messages_panel(case),
+    }
+
+
+def _board_response(status: int, message: str | None = None, level: str = "error", **extra):
+    return board_response(status, message, level, **extra)
 
 
 @bp.get("/<int:case_id>/menu")
@@ -242,16 +258,9 @@ def move(case_id: int):
     if not form.validate():
         message = "Choose where to move the case."
         return _board_response(422, message) if from_board else _back(case, message, "error")
-    on_behalf = f"lab:{case.lab_id}" if case.lab_id and form.status.data in {
-        "acknowledged", "in_production", "dispatched", "on_hold", "rescan"} else ""
-    actor = Actor.user(current_user, on_behalf_of=on_behalf)
     with transaction(IllegalMove) as outcome:
-        target = services.status_of(form.status.data, case)
-        if services.is_send(case, target):
-            # A problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
-            dispatch_services.approve_and_send(case, actor, confirm_risk=False)
-        else:
-            services.move_case(case, target, actor, reason=form.reason.data or "")
+        # A send's problem (or an unconfirmed seat risk) raises IllegalMove saying what is wrong.
+        person_moves(case, form.status.data, current_user, form.reason.data or "")
     if outcome.refused:
         refused = str(outcome.refused)
         return _board_response(409, refused) if from_board else _back(case, refused, "error", 409)

@@ -9,7 +9,8 @@ from sqlalchemy import func, or_, select, update
 
 from portal import events
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.models import AuditEvent
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
 from portal.cases.events import CaseCancelled, CaseEdited
@@ -23,6 +24,7 @@ from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient, Provider
 from portal.practices.models import Practice
+from portal.scans.models import Scan
 
 
 @dataclass
@@ -183,6 +185,28 @@ def update_case(case: LabCase, data: CaseData, actor: Actor) -> dict:
     return {k: (before[k], after[k]) for k in changed}
 
 
+def assign_lab(case: LabCase, lab_id: int, actor: Actor) -> bool:
+    """Choose the lab of a draft (the board's bulk action): the same edit as the case form's,
+    through update_case, so the checks, the due date from the lab's turnaround (unless set by
+    hand), the seat risk and the audit row are the form's. False when it already has that lab."""
+    if case.lab_id == lab_id:
+        return False
+    if case.status is not Status.DRAFT:
+        raise IllegalMove(f"{case.number} is {case.status.label}: only a draft's lab can be chosen here; "
+                          "cancel it or make a remake to change labs.")
+    data = CaseData(
+        patient_id=case.patient_id, provider_id=case.provider_id, lab_id=lab_id,
+        seat_appointment_id=case.seat_appointment_id,
+        due_date=case.due_date if case.due_date_overridden else None, instructions=case.instructions,
+        fee=case.fee, invoice_number=case.invoice_number, origin=case.origin,
+        origin_order_id=case.origin_order_id, stage=case.stage, previous_stage_id=case.previous_stage_id,
+        items=[ItemData(teeth=i.teeth.split() if i.teeth else [], restoration=i.restoration, material=i.material,
+                        shade=i.shade, margin=i.margin, notes=i.notes) for i in case.items],
+    )
+    update_case(case, data, actor)
+    return True
+
+
 def status_of(to: str, case: LabCase) -> Status:
     """The status a person asked to move `case` to, or IllegalMove for a word that is not one."""
     try:
@@ -265,8 +289,6 @@ def refresh_cases_for_appointment(appointment_id: int) -> None:
 
 def timeline(case: LabCase):
     """The case's own audit rows and those of the scans on it (received, updated by the vendor...)."""
-    from portal.audit.models import AuditEvent
-    from portal.scans.models import Scan
 
     scan_ids = [str(i) for i in db.session.scalars(select(Scan.id).where(Scan.case_id == case.id))]
     of_case = (AuditEvent.entity_type == "lab_case") & (AuditEvent.entity_id == str(case.id))

@@ -48,7 +48,7 @@ LABELS = {
     Status.CANCELLED: "Cancelled",
 }
 
-# Seed 000's coarse lifecycle: request -> in progress -> delivery -> fit.
+# The coarse lifecycle every case follows (docs/sources.md source 000): request -> in progress -> delivery -> fit.
 PHASE = {
     Status.DRAFT: "request",
     Status.SENT: "request",

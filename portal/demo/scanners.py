@@ -26,7 +26,9 @@ from portal.practices.models import Practice
 from portal.tokens import public_url
 
 PRACTICE = "Bright Smiles Downtown"
-# Scanner patients the demo practice does not know: their scans wait in the inbox for a person.
+# Scanner patients the demo practice does not know for sure: their scans wait in the inbox for a
+# person. The practice has a Priya Raman born 02 Sep 1990 (portal/demo/seed.py): matching this scan
+# to her asks to confirm the birth date. She comes last: the sandbox's first scan is hers.
 STRANGERS = ["Jordan,Ellison,X-7781,1983-06-14", "Priya,Raman,,1990-02-09"]
 
 

@@ -12,11 +12,11 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.auth.passwords import hash_password
 from portal.cases import lifecycle
 from portal.cases.duedates import add_business_days
-from portal.cases.services import CaseData, ItemData, create_case
+from portal.cases.services import CaseData, ItemData, create_case, remake
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
@@ -24,6 +24,7 @@ from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import (
     Membership, Organization, OrganizationMembership, OrganizationRole, Practice, PracticeClosure, Role, User,
 )
+from portal.cases.risk import closed_days
 
 FIRST = ["Ava", "Liam", "Mia", "Noah", "Emma", "Oliver", "Sophia", "Elijah", "Isabella", "Lucas", "Amelia",
          "Mason", "Harper", "Ethan", "Evelyn", "Logan", "Abigail", "James", "Ella", "Aiden", "Grace", "Jack",
@@ -87,15 +88,41 @@ REASONS = {
 }
 
 
+DEMO_LAB_URL = "http://127.0.0.1:5055"  # sandbox/lab.py's default; make run passes the port it used
+
+
+def point_demo_lab(url: str) -> bool:
+    """Point the demo's API lab at `url` (the port `make run` started the demo lab on this time),
+    audited; False when it is there already. Only the demo organisation's API labs that point at
+    this machine are moved: a lab an admin pointed elsewhere is left alone."""
+    from urllib.parse import urlsplit
+
+    org = db.session.scalar(select(Organization).where(Organization.name == DEMO_ORGANIZATION))
+    if org is None:
+        return False
+    moved = False
+    for lab in db.session.scalars(select(Lab).where(Lab.organization_id == org.id, Lab.channel == Channel.API)):
+        if lab.api_url == url or urlsplit(lab.api_url or "").hostname not in ("127.0.0.1", "localhost"):
+            continue
+        record("lab.update", "lab", lab.id, before={"api_url": lab.api_url}, after={"api_url": url},
+               actor=Actor.system("demo set-up"))
+        lab.api_url, moved = url, True
+    db.session.flush()
+    return moved
+
+
 def already_seeded() -> bool:
     return db.session.scalar(select(User).where(User.email == "coordinator@demo.test")) is not None
 
 
-def seed(password: str, today: dt.date | None = None) -> dict:
+DEMO_ORGANIZATION = "Bright Smiles Dental Group"
+
+
+def seed(password: str, today: dt.date | None = None, lab_url: str = DEMO_LAB_URL) -> dict:
     rng = random.Random(2026)
     today = today or dt.date.today()
     system = Actor.system("seed-demo")
-    org = Organization(name="Bright Smiles Dental Group")
+    org = Organization(name=DEMO_ORGANIZATION)
     main = Practice(organization=org, name="Bright Smiles Downtown", phone="+1 555 0110",
                     address="120 Main Street, Springfield", tooth_numbering="universal")
     second = Practice(organization=org, name="Bright Smiles Riverside", phone="+1 555 0120",
@@ -127,7 +154,7 @@ def seed(password: str, today: dt.date | None = None) -> dict:
     labs = []
     for name, channel, contact, email, phone, services in LABS:
         lab = Lab(organization_id=org.id, name=name, channel=channel, contact_name=contact, email=email,
-                  phone=phone, api_url="http://127.0.0.1:5055" if channel is Channel.API else "")
+                  phone=phone, api_url=lab_url if channel is Channel.API else "")
         lab.services = [LabService(restoration=r, materials=m, turnaround_days=d, fee=Decimal(f))
                         for r, m, d, f in services]
         if channel is Channel.API:
@@ -183,7 +210,9 @@ def seed(password: str, today: dt.date | None = None) -> dict:
                     due_date=due, fee=lab.service_for(restoration).fee,
                     items=[ItemData(teeth=fdi, restoration=restoration, material=material, shade=shade,
                                     margin=margin)],
-                    origin=rng.choice(["manual", "manual", "itero", "medit", "3shape"]),
+                    # A draft waits for its scan, which sets its origin when it comes (a scanner's
+                    # origin with no scan of it would contradict the scans the demo brings).
+                    origin=_origin(rng.choice(["manual", "manual", "itero", "medit", "3shape"]), status),
                 ), coordinator)
                 if case.origin != "manual":
                     case.origin_order_id = f"{case.origin.upper()}-{rng.randrange(10**6, 10**7)}"
@@ -207,9 +236,18 @@ def seed(password: str, today: dt.date | None = None) -> dict:
                 counts[status] = counts.get(status, 0) + 1
         history += _history(practice, labs, patients, providers, coordinator, rng, today,
                             per_month=HISTORY_PER_MONTH[index])
+    # The scanner sandbox's "Priya Raman, 09 Feb 1990" (portal/demo/scanners.py) is this patient only
+    # under another birth date: her scan waits in the inbox, and matching it to her asks to confirm.
+    patient_no += 1
+    db.session.add(Patient(practice_id=main.id, chart_number="D1099", first_name="Priya", last_name="Raman",
+                           sex="F", date_of_birth=dt.date(1990, 9, 2), phone="+1 555 2099"))
     db.session.flush()
     return {"cases": sum(counts.values()) + history, "patients": patient_no, "by_status": counts,
             "history": history}
+
+
+def _origin(drawn: str, status: Status) -> str:
+    return "manual" if status is Status.DRAFT else drawn
 
 
 # Six months of finished work, so the managers' reports have history to read: cases sent, made,
@@ -233,8 +271,6 @@ REMAKES = [  # (reason, payer, what was wrong), drawn for about one case in ten
 def _history(practice: Practice, labs: list[Lab], patients: list[Patient], providers: list[Provider],
              coordinator: Actor, rng: random.Random, today: dt.date, per_month: int) -> int:
     """Finished cases sent over the past six months (the latest three weeks ago); the number made."""
-    from portal.cases.risk import closed_days
-    from portal.cases.services import remake
 
     closed = closed_days(practice.id)
     first = today - dt.timedelta(days=182)

@@ -52,7 +52,7 @@ class Delivery:
 
 
 class Dispatch(Delivery, db.Model):
-    """One approved sending of a case to its lab: the outbox row (RELIABILITY.md D1-D4).
+    """One approved sending of a case to its lab: the outbox row (docs/reliability.md D1-D4).
 
     `id` is the work order's `order_id` and its `Idempotency-Key`; `webhook_id` is the signed
     message id. Both stay the same on every retry. `payload` is the work order as approved.
@@ -81,7 +81,7 @@ class Dispatch(Delivery, db.Model):
 
 
 class LabEvent(db.Model):
-    """A status event a lab posted, kept so a repeat (same event id or webhook id) has no effect (W4).
+    """A status event a lab posted, kept so a repeat (same event id or webhook id) has no effect (docs/reliability.md W4).
 
     The endpoint stores it "pending" (the inbox) with its verified body, and a job applies it to
     the case after the commit; the outbox sweep re-enqueues any still pending.
@@ -107,7 +107,7 @@ class LabEvent(db.Model):
 
 
 class NoticeType(enum.StrEnum):
-    """What the practice changed on a case its lab already has (contracts/lab-api.md, order events)."""
+    """What the practice changed on a case its lab already has (docs/lab-api.md, order events)."""
 
     CANCELLED = "cancelled"
     DUE_DATE_CHANGED = "due_date_changed"

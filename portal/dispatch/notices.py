@@ -1,9 +1,9 @@
-"""Telling a lab about changes to a case it has been sent (contracts/lab-api.md, "order events").
+"""Telling a lab about changes to a case it has been sent (docs/lab-api.md, "order events").
 
 The practice cancels a case, moves its due date, edits its prescription or writes to the lab.
 portal.labcomm decides how the lab hears of it; for an API lab it calls `queue_notice` here.
 
-An order event is an outbox row, an OrderNotice, delivered like a work order (RELIABILITY.md D1-D3)
+An order event is an outbox row, an OrderNotice, delivered like a work order (docs/reliability.md D1-D3)
 with the dispatch machinery: it commits with the change, a job is relayed to RQ after the commit
 (deterministic job id), the job claims the row with a lease, posts the signed event and records the
 outcome; 5xx, 408, 409, 429 and network errors are retried with capped backoff and jitter, any
@@ -34,12 +34,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from flask import current_app
 from sqlalchemy import bindparam, exists, select, update
 
 from portal import retries
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
 from portal.clock import utcnow
@@ -47,7 +46,7 @@ from portal.dispatch import services
 from portal.dispatch.models import Dispatch, DispatchState, NoticeType, OrderNotice, new_id
 from portal.extensions import db
 from portal.labs.models import Channel
-from portal.queue import DELIVER_NOTICE
+from portal.queue import DELIVER_NOTICE, enqueue_after_commit, enqueue_now, get_queue
 
 SCHEMA = "labmanager.order_event/1"
 ENTITY = "order_notice"
@@ -101,7 +100,7 @@ def queue_notice(case: LabCase, kind: NoticeType, data: dict, actor: Actor, mess
 
 
 def order_event(notice: OrderNotice, case: LabCase, data: dict, occurred_at: dt.datetime) -> dict:
-    """The JSON body of contracts/lab-api.md's order event."""
+    """The JSON body of docs/lab-api.md's order event."""
     return {
         "schema": SCHEMA, "event_id": notice.event_id, "order_id": notice.dispatch_id,
         "case_number": case.number, "type": notice.type.value,
@@ -144,8 +143,6 @@ def supersede_for(dispatch_id: str, actor: Actor | None) -> None:
 # --- relaying, the chain and the sweep ---------------------------------------------------------------
 
 def enqueue_attempt(notice: OrderNotice) -> None:
-    from portal.queue import enqueue_after_commit
-
     enqueue_after_commit(DELIVER_NOTICE, notice.id, job_id=notice.job_id)
 
 
@@ -206,11 +203,9 @@ def due_for_sweep(now: dt.datetime | None = None, limit: int = 500) -> list[Orde
 
 def sweep(now: dt.datetime | None = None) -> int:
     """Re-enqueue every due notice that has no live RQ job; returns how many were handed over."""
-    from portal.queue import enqueue_now, get_queue
-
     queue = get_queue()
     return sum(1 for notice in due_for_sweep(now)
-               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id))
+               if enqueue_now(queue, DELIVER_NOTICE, notice.id, job_id=notice.job_id, due_at=notice.next_attempt_at))
 
 
 # --- the delivery job's outcomes (portal/dispatch/delivery.py does the HTTP between them) ------------

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select, update
 
 from portal import events, retries
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase
@@ -22,8 +22,8 @@ from portal.dispatch.validation import Check, check_case
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret
 from portal.practices.models import Practice
-from portal.queue import DELIVER_DUE, DELIVER_WORK_ORDER, lab_api_job_timeout
-from portal.scans.services import work_order_scans
+from portal.queue import DELIVER_DUE, DELIVER_WORK_ORDER, enqueue_after_commit, enqueue_now, enqueue_once_after_commit, get_queue, lab_api_job_timeout
+from portal.scans.queries import work_order_scans
 
 SENDABLE = frozenset({Status.DRAFT, Status.RESCAN})
 LIVE = frozenset({DispatchState.PENDING, DispatchState.SENDING, DispatchState.FAILED, DispatchState.DELIVERED})
@@ -78,7 +78,7 @@ def latest_dispatch(case_id: int) -> Dispatch | None:
 
 
 def work_order(case: LabCase, dispatch_id: str) -> dict:
-    """The JSON body of contracts/lab-api.md, as the coordinator approved it."""
+    """The JSON body of docs/lab-api.md, as the coordinator approved it."""
     practice = db.session.get(Practice, case.practice_id)
     patient, provider = case.patient, case.provider
     base = current_app.config["PUBLIC_BASE_URL"].rstrip("/")
@@ -156,7 +156,7 @@ def approve_and_send(case: LabCase, actor: Actor, confirm_risk: bool) -> Dispatc
 
 def email_outcome(case_id: int, sent: bool, error: str, actor: Actor) -> None:
     """The work-order email of an email lab's dispatch was sent, or failed for good: the dispatch
-    (and, on failure, the board's card) say so, as they do for an API lab (D4)."""
+    (and, on failure, the board's card) say so, as they do for an API lab (docs/reliability.md D4)."""
     dispatch = db.session.scalar(
         select(Dispatch).where(Dispatch.case_id == case_id, Dispatch.channel == Channel.EMAIL,
                                Dispatch.state != DispatchState.SUPERSEDED)
@@ -181,8 +181,6 @@ def email_outcome(case_id: int, sent: bool, error: str, actor: Actor) -> None:
 
 def enqueue_attempt(dispatch: Dispatch) -> None:
     """Hand the next attempt of this dispatch to RQ after the commit (the outbox relay)."""
-    from portal.queue import enqueue_after_commit
-
     enqueue_after_commit(DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id)
 
 
@@ -190,8 +188,6 @@ def enqueue_drain(lab_id: int) -> None:
     """After the commit, make sure a drain job for the lab is waiting (the outbox relay of a new
     dispatch): the first send of a burst enqueues the lab's drain job, the others find it
     waiting, and that one job makes the first attempt of each (portal/queue.py, SET NX)."""
-    from portal.queue import enqueue_once_after_commit
-
     enqueue_once_after_commit(drain_key(lab_id), DELIVER_DUE, lab_id)
 
 
@@ -381,11 +377,9 @@ def sweep(now: dt.datetime | None = None) -> int:
     Job ids are deterministic (`dispatch-<id>-<attempt>`), so a job already queued, scheduled or
     running is left alone; when Redis is down nothing is lost and the next sweep tries again.
     """
-    from portal.queue import enqueue_now, get_queue
-
     queue = get_queue()
     handed = 0
     for dispatch in due_for_sweep(now):
-        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id):
+        if enqueue_now(queue, DELIVER_WORK_ORDER, dispatch.id, job_id=dispatch.job_id, due_at=dispatch.next_attempt_at):
             handed += 1
     return handed

@@ -1,4 +1,4 @@
-"""Standard Webhooks signing, both directions (contracts/lab-api.md "Signing").
+"""Standard Webhooks signing, both directions (docs/lab-api.md "Signing").
 
 The signed content is "{webhook-id}.{webhook-timestamp}.{raw body}", HMAC-SHA256 keyed with the
 decoded bytes of a `whsec_<base64>` secret; the header holds `v1,<base64 signature>` for every

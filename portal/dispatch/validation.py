@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 from portal.cases import catalog
 from portal.cases.risk import risk_of
+from portal.extensions import db
+from portal.integrations.models import ScannerIntegration
 from portal.labs.models import Channel
+from portal.scans.models import Scan
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,10 @@ def _plural(restoration: str) -> str:
 
 
 def _scanners_refusing(case, lab) -> list:
-    """The integrations that brought this case's scans and may not send to `lab` (seed 000: the
+    """The integrations that brought this case's scans and may not send to `lab` (docs/sources.md source 000: the
     practice chooses which labs each scanner integration may send to)."""
     from sqlalchemy import select
 
-    from portal.extensions import db
-    from portal.integrations.models import ScannerIntegration
-    from portal.scans.models import Scan
 
     if case.id is None:
         return []

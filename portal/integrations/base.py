@@ -54,7 +54,7 @@ class CallbackRejected(Exception):
 @dataclass(frozen=True)
 class Notice:
     """One thing a verified notification asks us to re-read: `key` makes a repeat delivery a no-op
-    (W4), `order_ref` is what to fetch (iTero's Rx id, Medit's case uuid).
+    (docs/reliability.md W4), `order_ref` is what to fetch (iTero's Rx id, Medit's case uuid).
 
     `coalesce` is for vendors that send no event id (iTero's callback carries only the Rx id): the
     notice is stored unless a re-read of the same `order_ref` is still waiting, so a repeat while

@@ -7,6 +7,7 @@ from wtforms.widgets import CheckboxInput, ListWidget
 
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.services import SETTINGS
+from portal.integrations.services import stored_secrets
 from portal.integrations.vendor import Vendor
 
 
@@ -59,8 +60,6 @@ def integration_form(vendor: Vendor, integration: ScannerIntegration | None = No
     never filled back in (left blank on an edit, the stored secret is kept)."""
     stored = {}
     if integration is not None:
-        from portal.integrations.services import stored_secrets
-
         stored = stored_secrets(integration) or {}
 
     class Form(IntegrationForm):

@@ -4,8 +4,8 @@ webhooks).
 The URL's last part is an unguessable per-integration key (only its hash is stored), so a forged
 notification needs it first; then the vendor's adapter verifies what it can (Medit signs its
 bodies) and names the orders to re-read. The request stores them and answers at once; a job
-re-reads each order through the vendor's authenticated API (W5, W6), so a notification can
-change nothing by itself. A repeated delivery is answered 2xx and stored once (W4). JSON errors
+re-reads each order through the vendor's authenticated API (docs/reliability.md W5, W6), so a notification can
+change nothing by itself. A repeated delivery is answered 2xx and stored once (docs/reliability.md W4). JSON errors
 only; no CSRF token here (the key and the signature are the authentication).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from portal.integrations.base import CallbackRejected
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.registry import adapter_for
 from portal.integrations.services import HOOKS_PATH
-from portal.tokens import TOKEN_SHAPE, hash_token
+from portal.tokens import TOKEN_SHAPE, guesses, hash_token
 
 bp = Blueprint("scanner_hooks", __name__, url_prefix="/api/scanners")  # /hooks/<key>: HOOKS_PATH
 bp.record_once(lambda state: logfilter.install(state.app, HOOKS_PATH))
@@ -44,6 +44,7 @@ def _integration(key: str) -> ScannerIntegration | None:
 @bp.post("/hooks/<key>")
 @csrf.exempt
 @limiter.limit(lambda: "600 per minute")
+@guesses  # an unknown key answers 404 and spends the address's guesses, like every token URL
 def hook(key: str):
     if (request.content_length or 0) > MAX_BODY:
         return _error(413, "the body is larger than 256 KiB")

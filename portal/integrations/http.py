@@ -29,7 +29,7 @@ def allowed_hosts() -> list[str]:
 
 def check_host(url: str, hosts: list[str] | None = None) -> None:
     """Refuse a URL whose host is not on the allow-list (".example.com" allows its subdomains too),
-    or that is not http(s). Raises VendorError(kind="host") before anything is sent (W8)."""
+    or that is not http(s). Raises VendorError(kind="host") before anything is sent (docs/reliability.md W8)."""
     hosts = allowed_hosts() if hosts is None else hosts
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()

@@ -25,13 +25,13 @@ integration_lab = Table(
 
 
 class ScannerIntegration(db.Model):
-    """One connection of a practice to a scanner vendor (Admin Control Plane, seed 000).
+    """One connection of a practice to a scanner vendor (Admin Control Plane, docs/sources.md source 000).
 
     `credentials` and `tokens` hold encrypted JSON (the client id and secret, a webhook signing
     secret; the access and refresh tokens). `settings` is plain JSON for what is not secret: hosts,
     the paired account, the discovered endpoints, a watched folder. `token_version` and
     `refresh_lease_until` let two jobs that find an expired token make exactly one refresh call
-    (RELIABILITY W7). `callback_key_hash` is the hash of the unguessable part of the URL the vendor
+    (docs/reliability.md W7). `callback_key_hash` is the hash of the unguessable part of the URL the vendor
     calls us on.
     """
 
@@ -86,8 +86,8 @@ class ScannerIntegration(db.Model):
 class VendorEvent(db.Model):
     """A vendor's notification (iTero's scan callback, a Medit webhook), stored before it is acted on.
 
-    The request verifies, stores and enqueues (W5); a job re-reads the order through the vendor's
-    API (W6). `event_key` makes a repeat delivery a no-op (W4): the vendor's event id where there is
+    The request verifies, stores and enqueues (docs/reliability.md W5); a job re-reads the order through the vendor's
+    API (docs/reliability.md W6). `event_key` makes a repeat delivery a no-op (W4): the vendor's event id where there is
     one, else a digest of the body.
     """
 

@@ -1,5 +1,5 @@
 """OAuth 2 tokens of a scanner integration: stored encrypted, refreshed before they expire, and
-refreshed exactly once when several jobs find them expired at the same moment (RELIABILITY W7).
+refreshed exactly once when several jobs find them expired at the same moment (docs/reliability.md W7).
 
 iTero and Medit both rotate refresh tokens: a refresh returns a new refresh token and the old one
 stops working. Two workers refreshing at once would leave one of them holding a dead token, so a

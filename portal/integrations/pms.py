@@ -37,11 +37,12 @@ from flask import current_app
 from sqlalchemy import func, insert, select, update
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.models import LabCase
 from portal.cases.risk import refresh_risk
 from portal.cases.status import Status
 from portal.extensions import db
+from portal.integrations import outcomes
 from portal.integrations.http import VendorError
 from portal.integrations.models import PmsLaboratory, PmsMatch, ScannerIntegration
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
@@ -62,14 +63,13 @@ def cursors(integration: ScannerIntegration) -> dict:
 
 def run_pms_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     """Read every resource of one PMS integration and apply what changed; the caller owns the app context."""
-    from portal.integrations import sync
     from portal.integrations.registry import adapter_for
 
     integration = db.session.get(ScannerIntegration, integration_id)
     if integration is None or not integration.active:
         db.session.rollback()
         return {"skipped": True}
-    wait = sync.retry_wait(integration)
+    wait = outcomes.retry_wait(integration)
     if wait is not None:
         db.session.rollback()
         return {"skipped": True, "retry_after": round(wait, 1)}
@@ -98,7 +98,7 @@ def run_pms_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         db.session.rollback()
         integration = db.session.get(ScannerIntegration, integration_id)
         integration.set_config(progress={"state": "failed", "error": str(exc)[:200]})
-        sync.failed(integration, exc, actor)
+        outcomes.failed(integration, exc, actor)
         db.session.commit()
         return {"error": str(exc), **{r: dict(c) for r, c in totals.items()}}
     integration = db.session.get(ScannerIntegration, integration_id)
@@ -108,9 +108,9 @@ def run_pms_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     integration.set_config(progress={"state": "done", "finished": utcnow().isoformat(timespec="seconds"),
                                      "requests": adapter.requests,
                                      **{r: sum(c.values()) for r, c in totals.items()}})
-    sync.succeeded(integration, actor, recovered=not skipped)
+    outcomes.succeeded(integration, actor, recovered=not skipped)
     if skipped:
-        sync.unreadable(integration, skipped, actor, previous_error)
+        outcomes.unreadable(integration, skipped, actor, previous_error)
     db.session.commit()
     return {"requests": adapter.requests, **{r: dict(c) for r, c in totals.items()}}
 

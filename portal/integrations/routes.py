@@ -14,9 +14,7 @@ from flask import (
     abort,
     flash,
     g,
-    make_response,
     redirect,
-    render_template,
     request,
     session,
     url_for,
@@ -24,12 +22,13 @@ from flask import (
 from flask_login import current_user
 
 from portal.audit.actor import Actor
-from portal.extensions import db
+from portal.errors import UserError
+from portal.extensions import db, transaction
 from portal.integrations import services as admin
 from portal.integrations.forms import ActionForm, FinishSignInForm, PairForm, integration_form
 from portal.integrations.http import VendorError
 from portal.integrations.models import ScannerIntegration
-from portal.integrations.services import IntegrationData, IntegrationInputError
+from portal.integrations.services import IntegrationData
 from portal.integrations.vendor import Vendor
 from portal.keyring import CredentialsError
 from portal.practices.models import Role
@@ -106,13 +105,11 @@ def new():
     _problems_beside_fields(form, problems)
     if not ok or problems:
         return _form_page(form, vendor, None, 422)
-    try:
+    with transaction(UserError, CredentialsError) as outcome:
         integration = admin.create_integration(g.practice, vendor, data, Actor.user(current_user))
-    except (IntegrationInputError, CredentialsError) as exc:
-        db.session.rollback()
-        _problems_beside_fields(form, {getattr(exc, "field", "name"): str(exc)})
+    if outcome.refused:
+        _problems_beside_fields(form, {getattr(outcome.refused, "field", None) or "name": str(outcome.refused)})
         return _form_page(form, vendor, None, 422)
-    db.session.commit()
     flash(f"{integration.name} added. {_next_step(integration)}", "success")
     return go_to(url_for("scanner_settings.show", integration_id=integration.id))
 
@@ -149,13 +146,11 @@ def edit(integration_id: int):
     _problems_beside_fields(form, problems)
     if not ok or problems:
         return _form_page(form, vendor, integration, 422)
-    try:
+    with transaction(UserError, CredentialsError) as outcome:
         changed = admin.update_integration(integration, data, Actor.user(current_user))
-    except (IntegrationInputError, CredentialsError) as exc:
-        db.session.rollback()
-        _problems_beside_fields(form, {getattr(exc, "field", "name"): str(exc)})
+    if outcome.refused:
+        _problems_beside_fields(form, {getattr(outcome.refused, "field", None) or "name": str(outcome.refused)})
         return _form_page(form, vendor, integration, 422)
-    db.session.commit()
     flash(f"{integration.name} saved ({_changed_words(changed)})." if changed else "Nothing changed.", "success")
     return go_to(url_for("scanner_settings.show", integration_id=integration.id))
 
@@ -198,7 +193,7 @@ def _vendor_failed(integration_id: int, exc: Exception, what: str):
     """A vendor step failed: keep nothing of it and say why on the integration's page."""
     db.session.rollback()
     integration = _integration_or_404(integration_id)
-    return _show(integration, code=409 if isinstance(exc, IntegrationInputError) else 502, block=None,
+    return _show(integration, code=409 if isinstance(exc, UserError) else 502, block=None,
                  error=f"{what}: {exc}")
 
 
@@ -212,10 +207,8 @@ def set_active(integration_id: int):
     note = (f"{integration.name} is {'active again' if active else 'paused: nothing is fetched or accepted from it'}."
             if changed else f"{integration.name} was already {'active' if active else 'paused'}.")
     if wants_fragment() and (request.htmx.target or "") == f"integration-{integration.id}":
-        response = make_response(render_template("scanners/_integration_row.html", i=integration, note=note,
-                                                 form=ActionForm(), since=admin.since))
-        response.vary.add("HX-Request")
-        return response
+        return render("scanners/_integration_row.html", i=integration, note=note, form=ActionForm(),
+                      since=admin.since)
     flash(note, "success")
     return redirect(safe_next(request.form.get("next"), url_for("scanner_settings.show", integration_id=integration.id)), 303)
 
@@ -229,7 +222,7 @@ def test(integration_id: int):
     except VendorError as exc:
         db.session.rollback()
         answer, problem = None, str(exc)
-        if exc.kind == "host":  # as a sync does (W8): paused, the error recorded and audited
+        if exc.kind == "host":  # as a sync does (docs/reliability.md W8): paused, the error recorded and audited
             problem = admin.stop_for_host(_integration_or_404(integration_id), exc, Actor.user(current_user))
             db.session.commit()
     integration = _integration_or_404(integration_id)
@@ -243,11 +236,10 @@ def test(integration_id: int):
 @requires(*ADMIN)
 def sync_now(integration_id: int):
     integration = _checked_action(integration_id)
-    try:
+    with transaction(UserError, VendorError) as outcome:
         admin.request_sync(integration, Actor.user(current_user))
-    except (IntegrationInputError, VendorError) as exc:
-        return _vendor_failed(integration_id, exc, "Sync not started")
-    db.session.commit()
+    if outcome.refused:
+        return _vendor_failed(integration_id, outcome.refused, "Sync not started")
     flash("A sync is queued. Last sync and last error below show how it went; reload in a minute.", "success")
     return go_to(url_for("scanner_settings.show", integration_id=integration_id))
 
@@ -300,7 +292,7 @@ def connect(integration_id: int):
 @requires(*ADMIN)
 def oauth_callback():
     """Where the vendor sends the person back after signing in. Nothing is stored on this GET
-    (F1): the page checks the state this session started and asks the person to finish, with a
+    (docs/reliability.md F1): the page checks the state this session started and asks the person to finish, with a
     POST carrying the code (and the CSRF token)."""
     started, state = session.get(OAUTH_STATE) or {}, request.args.get("state", "")
     integration, refusal = _sign_in_started(started, state)
@@ -391,13 +383,11 @@ def pair(integration_id: int):
     if chosen is None:
         form.account_id.errors = ["Choose one of the accounts listed."]
         return _pair_page(integration, form, accounts, 422)
-    try:
+    with transaction(VendorError, CredentialsError) as outcome:
         admin.pair(integration, chosen, Actor.user(current_user))
-    except (VendorError, CredentialsError) as exc:
-        db.session.rollback()
-        form.account_id.errors = [f"{integration.vendor.label} did not pair: {exc}"]
+    if outcome.refused:
+        form.account_id.errors = [f"{integration.vendor.label} did not pair: {outcome.refused}"]
         return _pair_page(_integration_or_404(integration_id), form, accounts, 502)
-    db.session.commit()
     session.pop(PAIRING, None)
     flash(f"{integration.name} is paired to {chosen[1]} and connected.", "success")
     return redirect(url_for("scanner_settings.show", integration_id=integration.id), 303)

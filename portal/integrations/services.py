@@ -25,12 +25,15 @@ from sqlalchemy.orm import selectinload
 
 from portal import keyring as crypto
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
+from portal.errors import UserError
 from portal.extensions import db
 from portal.integrations import registry, sync
 from portal.integrations.base import Adapter
 from portal.integrations.http import VendorError, check_host
 from portal.integrations.models import ScannerIntegration
+from portal.integrations.oauth import clear_tokens
+from portal.integrations.threeshape.adapter import validate_settings
 from portal.integrations.vendor import Vendor
 from portal.labs.models import Lab
 from portal.practices.models import Practice, utcnow
@@ -47,7 +50,7 @@ class Setting:
     "text". `length` is an exact length (Medit's 32-character client id and secret). A `rotates`
     secret (a webhook signing secret) keeps the value it replaces as `previous_<key>`, with
     `previous_<key>_until` in settings, for ROTATION_OVERLAP: deliveries signed with either verify
-    while the vendor switches (RELIABILITY W3)."""
+    while the vendor switches (docs/reliability.md W3)."""
 
     key: str
     label: str
@@ -98,14 +101,6 @@ SETTINGS: dict[Vendor, tuple[Setting, ...]] = {
                 hint="For a DSO with clinics in one database: the ClinicNum that is this practice. Blank reads all."),
     ),
 }
-
-
-class IntegrationInputError(ValueError):
-    """Input that can't be saved; `field` names the form field it belongs beside."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -195,9 +190,7 @@ def setting_problem(setting: Setting, value: str) -> str:
         if problem := check_url(value):
             return problem
     if setting.kind == "path":
-        from portal.integrations.threeshape.adapter import validate_settings  # the watched folder's own rules
-
-        problems = validate_settings({setting.key: value})
+        problems = validate_settings({setting.key: value})  # the watched folder's own rules
         return problems[0] if problems else ""
     return ""
 
@@ -228,9 +221,9 @@ def _labs(organization_id: int, lab_ids: list[int], integration: ScannerIntegrat
     if not lab_ids and (vendor or integration.vendor).kind == "pms":
         return []  # a PMS names its laboratories itself (linked on its page)
     if not lab_ids:
-        raise IntegrationInputError("lab_ids", "Choose at least one lab this scanner may send to.")
+        raise UserError("Choose at least one lab this scanner may send to.", field="lab_ids")
     if any(i not in allowed for i in lab_ids):
-        raise IntegrationInputError("lab_ids", "Choose labs from the list.")
+        raise UserError("Choose labs from the list.", field="lab_ids")
     return sorted((allowed[i] for i in set(lab_ids)), key=lambda lab: lab.name)
 
 
@@ -244,10 +237,10 @@ def _public(integration: ScannerIntegration) -> dict:
 
 def create_integration(practice: Practice, vendor: Vendor, data: IntegrationData, actor: Actor) -> ScannerIntegration:
     if vendor not in offered_vendors():
-        raise IntegrationInputError("vendor", f"{vendor.label} can't be added in this version.")
+        raise UserError(f"{vendor.label} can't be added in this version.", field="vendor")
     if problems := check(vendor, data):
         field, message = next(iter(problems.items()))
-        raise IntegrationInputError(field, message)
+        raise UserError(message, field=field)
     integration = ScannerIntegration(practice_id=practice.id, vendor=vendor, name=data.name.strip()[:100])
     integration.labs = _labs(practice.organization_id, data.lab_ids, None, vendor)
     secrets_given = _apply_values(integration, data.values)
@@ -262,7 +255,7 @@ def update_integration(integration: ScannerIntegration, data: IntegrationData, a
     """Save an edit; returns the names of the fields that changed (secrets by name only)."""
     if problems := check(integration.vendor, data, integration):
         field, message = next(iter(problems.items()))
-        raise IntegrationInputError(field, message)
+        raise UserError(message, field=field)
     practice = db.session.get(Practice, integration.practice_id)
     before = _public(integration)
     integration.name = data.name.strip()[:100]
@@ -379,8 +372,6 @@ def mark_connected(integration: ScannerIntegration, actor: Actor, account: tuple
 
 def forget_sign_in(integration: ScannerIntegration, actor: Actor, why: str) -> None:
     """Undo a sign-in whose next step failed, so no half-connected integration is left."""
-    from portal.integrations.oauth import clear_tokens
-
     clear_tokens(integration)
     integration.connected_at = None
     record("scanner.sign_in_undone", ENTITY, integration.id, after={"tokens": "cleared", "why": why[:200]},
@@ -408,7 +399,7 @@ def test_connection(integration: ScannerIntegration) -> str:
 
 def stop_for_host(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> str:
     """The vendor pointed us off the allowed hosts outside a sync (Test connection): the same as in
-    a sync (RELIABILITY W8): the integration is paused, the error recorded and both audited. Returns
+    a sync (docs/reliability.md W8): the integration is paused, the error recorded and both audited. Returns
     the integration's error for the person."""
     sync.failed(integration, exc, actor)
     return integration.last_error
@@ -417,15 +408,15 @@ def stop_for_host(integration: ScannerIntegration, exc: VendorError, actor: Acto
 def request_sync(integration: ScannerIntegration, actor: Actor) -> None:
     """A poll now, after the commit (sync.sync_now), unless it can't run; then say why."""
     if not integration.active:
-        raise IntegrationInputError("sync", "The integration is paused; resume it first.")
+        raise UserError("The integration is paused; resume it first.", field="sync")
     caps = capabilities(integration)
     if not caps.supported:
-        raise IntegrationInputError("sync", f"This version has no {integration.vendor.label} adapter.")
+        raise UserError(f"This version has no {integration.vendor.label} adapter.", field="sync")
     if not caps.polls:
-        raise IntegrationInputError("sync", f"{integration.vendor.label} is not polled: its scans arrive by "
-                                            "notification or export.")
+        raise UserError(f"{integration.vendor.label} is not polled: its scans arrive by "
+                                            "notification or export.", field="sync")
     if not sync.can_sync(integration):
-        raise IntegrationInputError("sync", "Connect the integration first.")
+        raise UserError("Connect the integration first.", field="sync")
     sync.sync_now(integration)
     record("scanner.sync_requested", ENTITY, integration.id, after={"queued": True}, actor=actor,
            practice_id=integration.practice_id)

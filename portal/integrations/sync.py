@@ -10,11 +10,11 @@ An order the adapter could not read (a malformed ORDER) is skipped and recorded 
 integration's last error) and the others are ingested; the cursor moves on, so it is read again
 when the vendor changes it. A vendor that asks us to wait (429 with Retry-After) is not polled
 again before that time, by the sweep or by "Sync now"; the job does not sleep. A vendor that
-points us at a host off the allow-list (W8) stops the integration: it is paused with the reason.
+points us at a host off the allow-list (docs/reliability.md W8) stops the integration: it is paused with the reason.
 
 A notification (iTero's scan callback, a Medit webhook) is verified and stored as a VendorEvent in
-the request (W5); a job re-reads each order through the vendor's API (W6) and ingests it. A
-repeat delivery has the same key and is not stored twice (W4); for a vendor without event ids
+the request (docs/reliability.md W5); a job re-reads each order through the vendor's API (W6) and ingests it. A
+repeat delivery has the same key and is not stored twice (docs/reliability.md W4); for a vendor without event ids
 (iTero), a repeat while a re-read of that order still waits is not stored either, and a callback
 that repeats the same order id after the re-read started (a rescan) is a new event. An event is
 "reading" while its job calls the vendor; a job that dies there leaves it for the sweep.
@@ -30,15 +30,16 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
 from portal.extensions import db
 from portal.integrations.base import Notice
 from portal.integrations.http import VendorError
 from portal.integrations.models import ScannerIntegration, VendorEvent
+from portal.integrations.pms import run_pms_sync
+from portal.integrations.outcomes import failed, retry_wait, succeeded, unreadable  # noqa: F401 (sync.retry_wait)
 from portal.integrations.registry import adapter_for
 from portal.integrations.vendor import VendorOrder
 from portal.practices.models import utcnow
-from portal.queue import SCANNER_EVENTS, SCANNER_SYNC
+from portal.queue import SCANNER_EVENTS, SCANNER_SYNC, enqueue_now, enqueue_once, enqueue_once_after_commit, get_queue
 from portal.scans import services
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,6 @@ def can_sync(integration: ScannerIntegration) -> bool:
     return integration.active and adapter.polls and (integration.connected or not adapter.uses_oauth)
 
 
-def retry_wait(integration: ScannerIntegration) -> float | None:
-    """Seconds the vendor asked us to wait before the next call (its Retry-After), or None."""
-    value = integration.config.get("retry_not_before")
-    if not value:
-        return None
-    try:
-        left = (dt.datetime.fromisoformat(value) - utcnow()).total_seconds()
-    except (TypeError, ValueError):
-        return None
-    return left if left > 0 else None
-
-
 def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     """Poll one integration and ingest what changed; the caller owns the app context."""
     integration = db.session.get(ScannerIntegration, integration_id)
@@ -81,8 +70,6 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         return {"skipped": True, "retry_after": round(wait, 1)}
     adapter = adapter_for(integration)
     if adapter.kind == "pms":
-        from portal.integrations.pms import run_pms_sync
-
         return run_pms_sync(integration_id, source)
     actor = Actor.vendor(integration, source)
     db.session.commit()  # nothing of ours is open while the vendor is called
@@ -167,71 +154,12 @@ def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Acto
     raise AssertionError("unreachable")
 
 
-def succeeded(integration: ScannerIntegration, actor: Actor, recovered: bool = True) -> None:
-    """The vendor answered. `recovered=False`: it did, but something of its answer is recorded as
-    the integration's error instead (orders that could not be read)."""
-    now = utcnow()
-    integration.last_sync_at = integration.last_success_at = now
-    if integration.config.get("retry_not_before"):
-        integration.set_config(retry_not_before=None)
-    if integration.last_error and recovered:
-        record("scanner.sync_recovered", "scanner_integration", integration.id,
-               before={"last_error": integration.last_error}, after={"last_error": ""}, actor=actor,
-               practice_id=integration.practice_id)
-        integration.last_error, integration.last_error_at = "", None
-
-
-def failed(integration: ScannerIntegration, exc: VendorError, actor: Actor) -> None:
-    now = utcnow()
-    message = str(exc)[:500]
-    pauses = exc.kind == "auth" and integration.vendor.kind == "pms"
-    if exc.kind == "auth":
-        message = (f"Paused: {message} Check the keys under Settings → Integrations, then resume it."
-                   if pauses else f"{message} Connect the integration again (Settings → Integrations).")[:500]
-    if exc.kind == "host":
-        message = f"Stopped: {message} Check the vendor's addresses, then resume the integration."[:500]
-    integration.last_sync_at = now
-    if integration.last_error != message:
-        record("scanner.sync_failed", "scanner_integration", integration.id,
-               before={"last_error": integration.last_error}, after={"last_error": message, "kind": exc.kind},
-               actor=actor, practice_id=integration.practice_id, outcome="error")
-    integration.last_error, integration.last_error_at = message, now
-    if exc.retry_after:
-        integration.set_config(retry_not_before=(now + dt.timedelta(seconds=exc.retry_after)).isoformat())
-    if (exc.kind == "host" or pauses) and integration.active:
-        # A host off the allow-list (nothing was sent there), or a PMS that refused our keys: nothing
-        # more is tried until a person looks.
-        integration.active = False
-        record("scanner.stopped", "scanner_integration", integration.id, before={"active": True},
-               after={"active": False, "reason": message}, actor=actor, practice_id=integration.practice_id,
-               outcome="error")
-
-
-def unreadable(integration: ScannerIntegration, skipped: list[tuple[str, str]], actor: Actor,
-               previous_error: str) -> None:
-    """Orders of a poll the adapter could not read: each logged and audited, the first named in the
-    integration's last error (not audited again while the same error stands)."""
-    first_ref, first_why = skipped[0]
-    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-    message = f"{len(skipped)} order(s) could not be read and were skipped{more}: {first_why}"[:500]
-    for ref, why in skipped:
-        log.warning("integration %s: order %s skipped: %s", integration.id, ref or "?", why)
-    if message != previous_error:
-        for ref, why in skipped:
-            record("scanner.order_unreadable", "scanner_integration", integration.id,
-                   after={"order": ref, "error": why[:300]}, actor=actor, practice_id=integration.practice_id,
-                   outcome="error")
-    integration.last_error, integration.last_error_at = message, utcnow()
-
-
 # -- notifications ------------------------------------------------------------------------------------
 
 def store_notices(integration: ScannerIntegration, notices: list[Notice]) -> int:
-    """Store what a verified notification asks for; a key already stored is a repeat (W4). After the
+    """Store what a verified notification asks for; a key already stored is a repeat (docs/reliability.md W4). After the
     commit, the integration's event job is enqueued unless one is already waiting. Returns how
     many were new."""
-    from portal.queue import enqueue_once_after_commit
-
     new = 0
     for notice in notices:
         key = notice.key[:100]
@@ -326,8 +254,6 @@ def gone(integration_id: int, order_id: str, actor: Actor) -> str:
 def sweep(grace_seconds: int = 30) -> dict:
     """Enqueue a poll of every integration due one, and the event job of every integration whose
     notifications wait longer than `grace_seconds`. Fixed job ids and claims: sweeps don't pile up."""
-    from portal.queue import enqueue_now, enqueue_once, get_queue
-
     queue = get_queue()
     now = utcnow()
     intervals = {"scanner": current_app.config["SCANNER_POLL_SECONDS"], "pms": current_app.config["PMS_SYNC_SECONDS"]}
@@ -350,6 +276,4 @@ def sweep(grace_seconds: int = 30) -> dict:
 
 def sync_now(integration: ScannerIntegration) -> None:
     """A person asked for a poll now: after the commit, unless one is already waiting."""
-    from portal.queue import enqueue_once_after_commit
-
     enqueue_once_after_commit(sync_key(integration.id), SCANNER_SYNC, integration.id, window=300)

@@ -4,7 +4,7 @@ An adapter (iTero's API, Medit Link's API, a 3Shape TRIOS export, a plain mesh u
 vendor's own shapes in its own mapping module and produces a :class:`VendorOrder`. The scan inbox
 (`portal/scans/services.py: ingest`) only ever sees these: it matches the patient, records the
 scan and its file references, and creates or updates the lab case. Lab Manager keeps references to
-scan files (vendor artifact ids, URLs, a document store path), never the files (seed 000).
+scan files (vendor artifact ids, URLs, a document store path), never the files (docs/sources.md source 000).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ class VendorOrder:
 
     def content_key(self) -> str:
         """A digest of everything that matters to the case. The same order delivered again with the
-        same content has the same key (a no-op); a rescan with new files does not (RELIABILITY W4:
+        same content has the same key (a no-op); a rescan with new files does not (docs/reliability.md W4:
         the order id alone is not enough)."""
         data = asdict(self)
         data.pop("extra", None)

@@ -17,20 +17,18 @@ one, and nothing is created twice. The key of the lab case is stored as soon as 
 answers, before the update.
 
 A refusal (4xx) fails the row: the case page shows why, with Retry. A 401 also pauses the
-integration (portal/integrations/sync.py `failed`), as a sync would.
+integration (portal/integrations/outcomes.py `failed`), as a sync would.
 """
 from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, abort, flash, url_for
-from flask_login import current_user
-from flask_wtf import FlaskForm
 from sqlalchemy import bindparam, case as sql_case, literal, select, update
 
 from portal import events
+from portal import retries
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.events import CaseEdited, CaseMoved
 from portal.cases.models import LabCase
 from portal.cases.status import Status
@@ -38,12 +36,11 @@ from portal.clock import utcnow
 from portal.dispatch import services as outbox
 from portal.dispatch.models import DispatchState
 from portal.extensions import db
+from portal.integrations import outcomes
 from portal.integrations.http import VendorError
 from portal.integrations.models import PmsLabCase, PmsLaboratory, ScannerIntegration
 from portal.integrations.vendor import PMS_VENDORS
 from portal.queue import PMS_WRITE
-from portal import retries
-from portal.web import CAN_EDIT, get_or_404, go_to, requires
 
 ENTITY = "pms_lab_case"
 ACTOR = PMS_WRITE.func
@@ -177,7 +174,6 @@ def bodies(case: LabCase, integration: ScannerIntegration) -> tuple[str, dict, d
 
 def deliver(row_id: int) -> str:
     """One write of a case to its PMS; the caller owns the app context."""
-    from portal.integrations import sync
     from portal.integrations.opendental import wire
     from portal.integrations.registry import adapter_for
 
@@ -212,7 +208,7 @@ def deliver(row_id: int) -> str:
         db.session.rollback()
         row = db.session.get(PmsLabCase, row_id)
         if exc.kind == "auth":
-            sync.failed(db.session.get(ScannerIntegration, row.integration_id), exc, actor)
+            outcomes.failed(db.session.get(ScannerIntegration, row.integration_id), exc, actor)
         if exc.transient:
             return _transient(row, str(exc), exc.status_code, exc.retry_after, actor)
         return _failed(row, str(exc), exc.status_code, actor)
@@ -300,38 +296,7 @@ def sweep(now: dt.datetime | None = None) -> int:
     return handed
 
 
-# -- the case page ------------------------------------------------------------------------------------
-
-bp = Blueprint("pms_case", __name__, url_prefix="/cases")
-
-
 def case_row(case: LabCase) -> PmsLabCase | None:
+    """The case's newest lab case row in the PMS, for the case page's PMS panel (None: no PMS)."""
     return db.session.scalar(select(PmsLabCase).where(PmsLabCase.case_id == case.id).order_by(PmsLabCase.id.desc())
                              .limit(1))
-
-
-@bp.app_template_global("pms_panel")
-def pms_panel(case: LabCase) -> PmsLabCase | None:
-    return case_row(case)
-
-
-@bp.post("/<int:case_id>/pms/retry")
-@requires(*CAN_EDIT)
-def retry_write(case_id: int):
-    from portal.cases.lifecycle import IllegalMove
-
-    case = get_or_404(LabCase, case_id)
-    if not FlaskForm().validate():
-        abort(400)
-    row = case_row(case)
-    if row is None:
-        abort(404)
-    try:
-        retry(row, Actor.user(current_user))
-    except IllegalMove as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
-        return go_to(url_for("cases.show", case_id=case.id))
-    db.session.commit()
-    flash(f"Writing {case.number} to {row.integration.vendor.label} again.", "success")
-    return go_to(url_for("cases.show", case_id=case.id))

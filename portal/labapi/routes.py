@@ -1,6 +1,6 @@
 """POST /api/labs/<lab_id>/events: a lab's signed status events (openapi/lab-api.yaml).
 
-Verify (signature over the raw body, fresh timestamp), check, store, commit, answer 204 (W5); a job
+Verify (signature over the raw body, fresh timestamp), check, store, commit, answer 204 (docs/reliability.md W5); a job
 enqueued after the commit applies the event to the case. JSON errors only (every /api/ answer,
 404, 405 and 413 included: portal/web.py).
 No CSRF token here: the Standard Webhooks signature is the authentication.
@@ -80,7 +80,7 @@ def events(lab_id_text: str):
         return _error(401, "no valid signature")
     if len(msg_id) > 100:
         return _error(422, "webhook-id is longer than 100 characters")
-    if known.seen_webhook:  # a delivery already handled: 2xx whatever it holds (W4)
+    if known.seen_webhook:  # a delivery already handled: 2xx whatever it holds (docs/reliability.md W4)
         return _no_content()
     if body is None:
         return _error(422, "the body is not JSON")

@@ -1,12 +1,12 @@
-"""A lab's status events (contracts/lab-api.md "Lab -> Lab Manager"): accepted in the request,
+"""A lab's status events (docs/lab-api.md "Lab -> Lab Manager"): accepted in the request,
 applied by a job.
 
-In the request (W5), `accept_event` checks the event, refuses with EventError (422) what can't
+In the request (docs/reliability.md W5), `accept_event` checks the event, refuses with EventError (422) what can't
 be applied (a bad body, an unknown order, a move the case can't make now: a read-only check),
-and stores it as a "pending" LabEvent, unique per lab by event id and by webhook id (W4). After
+and stores it as a "pending" LabEvent, unique per lab by event id and by webhook id (docs/reliability.md W4). After
 the commit the lab's drain job (jobs/labapi.py `apply_pending`) is enqueued unless one is already
 waiting, so a burst of events costs one job; it applies the lab's pending events in the order
-they arrived, each in its own transaction. `apply_stored` re-reads the case (W6), applies the
+they arrived, each in its own transaction. `apply_stored` re-reads the case (docs/reliability.md W6), applies the
 event through the lifecycle with the audit rows, and marks it applied, noop or ignored. An event older than the newest one applied for the same order, one that would
 move the case back along the main line, or a move that became impossible meanwhile is kept as
 "ignored" with an audit row and changes nothing. The outbox sweep enqueues a drain job for
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, insert, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import lifecycle
 from portal.cases.lifecycle import LAB, IllegalMove
 from portal.cases.models import LabCase
@@ -33,6 +33,8 @@ from portal.dispatch.models import Dispatch, DispatchState, LabEvent
 from portal.dispatch.notices import release_next
 from portal.extensions import db
 from portal.labs.models import Lab, LabSecret
+from portal.messages.services import record_lab_message
+from portal.queue import APPLY_LAB_EVENTS, enqueue_now, enqueue_once_after_commit, get_queue
 
 REQUIRED = {
     "acknowledged": (), "in_production": (), "resumed": (),
@@ -74,7 +76,7 @@ _STORE = insert(LabEvent.__table__).returning(LabEvent.__table__.c.id)
 @dataclass(frozen=True)
 class Inbound:
     """What the endpoint knows before it trusts a delivery: the secrets to verify it with, and
-    whether its webhook id or its event id was stored before (W4)."""
+    whether its webhook id or its event id was stored before (docs/reliability.md W4)."""
 
     secrets: list[str]
     seen_webhook: bool
@@ -190,8 +192,6 @@ def accept_event(lab_id: int, webhook_id: str, body: object, raw: bytes, *, seen
         "type": event["type"], "occurred_at": event["occurred_at"], "outcome": PENDING,
         "payload_sha256": hashlib.sha256(raw).hexdigest(), "payload": json.dumps(body, separators=(",", ":")),
         "received_at": utcnow()})
-    from portal.queue import APPLY_LAB_EVENTS, enqueue_once_after_commit
-
     enqueue_once_after_commit(drain_key(lab_id), APPLY_LAB_EVENTS, lab_id)
     return PENDING
 
@@ -220,7 +220,7 @@ def apply_stored(lab_event_id: int) -> str:
         return "nothing to do"
     lab = db.session.get(Lab, row.lab_id)
     dispatch = db.session.get(Dispatch, row.dispatch_id)
-    # Re-read the case as it is now (W6), locked so two events of one case apply one after the other.
+    # Re-read the case as it is now (docs/reliability.md W6), locked so two events of one case apply one after the other.
     case = db.session.get(LabCase, dispatch.case_id, with_for_update=True, populate_existing=True)
     event = parse(json.loads(row.payload))
     actor = Actor.lab(lab, source=f"POST /api/labs/{lab.id}/events")
@@ -247,8 +247,6 @@ def sweep(grace_seconds: int = 30) -> int:
     (younger ones have their job waiting). Returns how many labs. The job id is fixed per lab, so
     sweeps don't pile up jobs, and it doesn't depend on the requests' claim, which may have
     outlived a lost job."""
-    from portal.queue import APPLY_LAB_EVENTS, enqueue_now, get_queue
-
     queue = get_queue()
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
     labs = db.session.scalars(select(LabEvent.lab_id).where(
@@ -317,8 +315,6 @@ def _apply(case: LabCase, lab: Lab, dispatch: Dispatch, event: dict, actor: Acto
     kind = event["type"]
     detail = {"event_id": event["event_id"], "order_id": dispatch.id}
     if kind == "message":
-        from portal.messages.services import record_lab_message
-
         record_lab_message(case, lab, event["text"], actor, direction="in")
     elif kind in FORWARD:
         if kind == "dispatched":

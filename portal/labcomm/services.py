@@ -25,7 +25,7 @@ from portal.ack import queries as ack_queries
 from portal.ack import services as ack
 from portal.ack.models import AckLink
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.events import CaseCancelled, CaseEdited
 from portal.cases.lifecycle import IllegalMove
 from portal.cases.models import LabCase

@@ -11,6 +11,7 @@ from wtforms import (
 )
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
+from portal import outbound
 from portal.cases import catalog
 from portal.cases.forms import choices
 from portal.labs.models import Channel
@@ -32,8 +33,6 @@ def api_url_problem(url: str) -> str:
     """"" when `url` may receive work orders: https anywhere, plain http only on this machine;
     and outside development only at an address Lab Manager connects to (portal/outbound.py:
     checked again on every connection, this is for a clear message now)."""
-    from portal import outbound
-
     parts = urlsplit(url)
     if not ((parts.scheme == "https" and parts.hostname) or (parts.scheme == "http" and parts.hostname == "127.0.0.1")):
         return "Use an https:// address (plain http only for http://127.0.0.1 in testing)."

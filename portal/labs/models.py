@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.clock import utcnow
 from portal.extensions import db
+from portal.keyring import Encrypted
 
 
 class Channel(enum.StrEnum):
@@ -61,11 +62,12 @@ class LabService(db.Model):
 
 
 class LabSecret(db.Model):
-    """A shared signing secret (whsec_...); two may be active during a rotation."""
+    """A shared signing secret (whsec_...); two may be active during a rotation. Encrypted at rest
+    with SCANNER_CREDENTIALS_KEYS (portal/keyring.py), read as the whsec_ text."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lab_id: Mapped[int] = mapped_column(ForeignKey("lab.id"), index=True)
-    secret: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(Encrypted())
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     lab: Mapped[Lab] = relationship(back_populates="secrets")

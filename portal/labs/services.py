@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.clock import utcnow
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
@@ -122,7 +122,7 @@ def active_secrets(lab: Lab) -> list[LabSecret]:
 
 
 def generate_secret(lab: Lab, actor: Actor, practice_id: int | None) -> tuple[LabSecret, str]:
-    """A new signing secret; the old one stays valid until revoked (W3). Returns the row and the
+    """A new signing secret; the old one stays valid until revoked (docs/reliability.md W3). Returns the row and the
     value, which is shown once to the admin."""
     if len(active_secrets(lab)) >= MAX_ACTIVE_SECRETS:
         raise LabError("Two secrets are already active. Revoke the old one once the lab uses the new one, "

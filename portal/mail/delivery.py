@@ -12,7 +12,8 @@ import logging
 from flask import current_app
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
+from portal.dispatch.services import email_outcome
 from portal.extensions import db
 from portal.mail.models import FAILED, PENDING, SENT, MailMessage
 from portal.mail.services import PermanentMailError, TransientMailError, deliver_smtp
@@ -94,8 +95,6 @@ WORK_ORDER_KINDS = ("work_order", "new_link")
 def _dispatch_follows(mail: MailMessage, sent: bool, error: str = "") -> None:
     """A work order's email is the email lab's dispatch: its outcome is the dispatch's."""
     if mail.kind in WORK_ORDER_KINDS and mail.case_id:
-        from portal.dispatch.services import email_outcome
-
         email_outcome(mail.case_id, sent, error, ACTOR)
 
 

@@ -1,4 +1,4 @@
-"""The mail outbox: every email is a row first, then a job (RELIABILITY.md D1 for mail)."""
+"""The mail outbox: every email is a row first, then a job (docs/reliability.md D1 for mail)."""
 from __future__ import annotations
 
 import datetime as dt

@@ -6,7 +6,7 @@ from sqlalchemy import func, select, update
 
 from portal import events
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.clock import utcnow
 from portal.extensions import db
 from portal.messages.events import MessageToLab
@@ -78,7 +78,7 @@ def unread_by_case(practice_id: int, case_ids: list[int]) -> dict[int, int]:
 
 def mark_read(case) -> int:
     """Mark the case's incoming messages read; returns how many changed. It changes stored state,
-    so it is audited (A1) — once per time something actually became read."""
+    so it is audited (docs/reliability.md A1) — once per time something actually became read."""
     result = db.session.execute(
         update(LabMessage).where(LabMessage.case_id == case.id, LabMessage.direction == IN,
                                  LabMessage.read_at.is_(None)).values(read_at=utcnow())

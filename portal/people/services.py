@@ -19,8 +19,9 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, or_, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.models import LabCase
+from portal.cases.services import refresh_cases_for_appointment
 from portal.errors import UserError
 from portal.extensions import db
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
@@ -183,8 +184,6 @@ def _update_appointment(appointment: Appointment, values: dict, actor: Actor) ->
     record("appointment.update", "appointment", appointment.id, before=before, after=after, actor=actor,
            practice_id=appointment.practice_id)
     if "starts_at" in after:
-        from portal.cases.services import refresh_cases_for_appointment
-
         refresh_cases_for_appointment(appointment.id)
     return after
 

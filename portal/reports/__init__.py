@@ -1,1 +1,1 @@
-"""Reports for managers (PRODUCT.md section 6): lab performance per lab, service and month."""
+"""Reports for managers: lab performance per lab, service and month (the analytics of docs/sources.md source 003)."""

@@ -33,12 +33,14 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from portal.audit.services import csv_safe
+from portal.audit.queries import csv_safe
 from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS, RESTORATIONS
 from portal.cases.status import Status
 from portal.extensions import db
 from portal.labs.models import Lab
 from portal.people.models import Appointment
+from portal.practices.models import Practice
+from portal.reports import sql
 from portal.reports.stats import median, percentile
 
 DEFAULT_MONTHS = 6
@@ -300,8 +302,6 @@ def load_cases(practice_id, filters: ReportFilters, today: dt.date | None = None
 def load_page(practice_id, filters: ReportFilters, today: dt.date | None = None, drill: Drill | None = None, *,
               limit: int | None = None, offset: int = 0) -> tuple[list[CaseFacts], int]:
     """(the cases, how many there are in all): see load_cases."""
-    from portal.reports import sql
-
     today = today or dt.date.today()
     rows, total = sql.case_rows(practice_id, filters, drill or Drill(), today, limit=limit, offset=offset)
     services = sql.services_of(row["case_id"] for row in rows)
@@ -440,8 +440,6 @@ def build_report(practice_id, filters: ReportFilters, today: dt.date | None = No
                  lab_names: Mapping[int, str] | None = None, *, percentiles: str | None = None) -> Report:
     """The report, its figures computed in the database (portal/reports/sql.py): one statement
     (two on SQLite), plus one for the labs' names when `lab_names` is not given."""
-    from portal.reports import sql
-
     groups = sql.figures(practice_id, filters, today or dt.date.today(), percentiles=percentiles)
     return _report(groups, filters, lab_names)
 
@@ -473,8 +471,6 @@ def build_organisation_report(organization_id: int, practices: list, filters: Re
                               *, percentiles: str | None = None) -> OrganisationReport:
     """The DSO view's figures for `practices` (the organisation's, by name): one statement (two on
     SQLite) whatever the number of practices, labs or cases."""
-    from portal.reports import sql
-
     # The practices' ids as a list, not a subquery: the planner then knows which rows it reads.
     groups = sql.figures([p.id for p in practices], filters, today or dt.date.today(),
                          across=True, percentiles=percentiles)
@@ -578,8 +574,6 @@ def select_cases(cases: Iterable[CaseFacts], drill: Drill) -> list[CaseFacts]:
 
 
 def practice_choices(organization_id: int) -> list:
-    from portal.practices.models import Practice
-
     return list(db.session.scalars(select(Practice).where(Practice.organization_id == organization_id)
                                    .order_by(Practice.name, Practice.id)))
 

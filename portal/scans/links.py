@@ -1,4 +1,4 @@
-"""Download links for scan files kept in the document store, for labs (contracts/lab-api.md `scans`).
+"""Download links for scan files kept in the document store, for labs (docs/lab-api.md `scans`).
 
 An uploaded or exported file has no vendor URL, so the work order and the email lab's page carry a
 signed link to Lab Manager instead: ``/scan-files/<token>``. The token is an itsdangerous

@@ -52,6 +52,9 @@ class Scan(db.Model):
     vendor_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     scanned_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     content_key: Mapped[str] = mapped_column(String(64), default="")
+    # An uploaded export's entries (portal/integrations/threeshape/export.py export_digest): the same
+    # zip again is "unchanged" before anything is unpacked.
+    source_digest: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     patient_first_name: Mapped[str] = mapped_column(String(100), default="")
     patient_last_name: Mapped[str] = mapped_column(String(100), default="")
     patient_chart_number: Mapped[str] = mapped_column(String(40), default="")

@@ -1,5 +1,6 @@
-"""Reading the scan inbox for its pages: the tabs, the badge in the top bar, the open cases a scan
-may join, and a scan's own audit rows. What a person does to a scan is in services.py."""
+"""Reading scans, for the inbox's pages and for other features: the tabs, the badge in the top
+bar, the open cases a scan may join, a scan's own audit rows, the case page's Scans panel and the
+work order's scan references. What a person does to a scan is in services.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.extensions import db
 from portal.integrations.vendor import Vendor
-from portal.scans.models import InboxState, Scan, ScanFile
+from portal.scans import links
+from portal.scans.models import FileState, InboxState, Scan, ScanFile
 
 PAGE_SIZE = 50
 
@@ -78,3 +80,17 @@ def scans_with_files(case_id: int) -> list[Scan]:
 def bite_partners(scan: Scan) -> dict[int, ScanFile]:
     """The scan's files by id, so a bite's upper and lower arch can be named."""
     return {f.id: f for f in scan.files}
+
+
+def work_order_scans(case_id: int) -> list[dict]:
+    """The `scans` of the work order (docs/lab-api.md): a reference to every current file of
+    the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
+    export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
+    for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
+    rows = db.session.execute(
+        select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
+        .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)
+        .order_by(Scan.id, ScanFile.id))
+    return [{"vendor": vendor.value, "order_id": order_id, "kind": f.kind, "file_name": f.file_name,
+             "format": f.format, "jaw": f.jaw.value, "url": f.url or links.file_url(f)}
+            for vendor, order_id, f in rows.tuples()]

@@ -13,9 +13,7 @@ from flask import (
     abort,
     flash,
     g,
-    make_response,
     redirect,
-    render_template,
     request,
     url_for,
 )
@@ -24,7 +22,7 @@ from flask_login import current_user
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
 from portal.cases.services import patient_options
-from portal.extensions import db
+from portal.extensions import db, transaction
 from portal.integrations.vendor import Jaw, Vendor
 from portal.people.models import Patient
 from portal.scans import queries as inbox
@@ -38,8 +36,10 @@ bp = Blueprint("scans", __name__, url_prefix="/scans")
 
 
 @bp.app_context_processor
-def _helpers():
-    """Lazy: nothing is queried unless a template asks (the board's htmx poll never does)."""
+def _top_bar():
+    """The top bar's count of scans that need a person, on every full page (base.html). Lazy:
+    nothing is queried unless the template asks (the board's htmx poll never does). The case
+    page's Scans panel gets its data from the case view instead (portal/cases/routes.py)."""
 
     def pending_scans() -> int:
         if g.get("practice") is None:
@@ -48,10 +48,7 @@ def _helpers():
             g.pending_scans = inbox.pending_count(g.practice.id)
         return g.pending_scans
 
-    def case_scans(case) -> list[Scan]:
-        return inbox.scans_with_files(case.id)
-
-    return {"pending_scans": pending_scans, "case_scans": case_scans, "InboxState": InboxState}
+    return {"pending_scans": pending_scans, "InboxState": InboxState}
 
 
 # ==== the inbox ===================================================================================
@@ -119,10 +116,7 @@ def patients(scan_id: int):
     """The match-patient choices for what was typed (htmx active search, and the row's menu)."""
     scan = get_or_404(Scan, scan_id)
     q = request.args.get("q", scan.patient_last_name)[:100]
-    response = make_response(render_template("scanners/_patient_options.html", s=scan,
-                                             patients=patient_options(g.practice.id, q, None)))
-    response.vary.add("HX-Request")
-    return response
+    return render("scanners/_patient_options.html", s=scan, patients=patient_options(g.practice.id, q, None))
 
 
 def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "", error_at: str = "",
@@ -133,11 +127,8 @@ def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "
     if wants_fragment() and (request.htmx.target or "") == f"scan-{scan.id}":
         cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
         g.pop("pending_scans", None)
-        body = render_template("scanners/_row.html", s=scan, cases=cases.get(scan.patient_id, []), note=note,
-                               error=error, error_at=error_at, tab=_tab(), oob_badge=True, confirm=confirm)
-        response = make_response(body, code)
-        response.vary.add("HX-Request")
-        return response
+        return render("scanners/_row.html", code=code, s=scan, cases=cases.get(scan.patient_id, []), note=note,
+                      error=error, error_at=error_at, tab=_tab(), oob_badge=True, confirm=confirm)
     if error or confirm is not None:
         return _scan_page(scan, code=code, error=error, error_at=error_at, confirm=confirm)
     if note:
@@ -153,16 +144,12 @@ def _scan_action(scan_id: int, form, at: str, act):
         if "csrf_token" in form.errors:
             abort(400)
         return _row_response(scan, code=422, error=message, error_at=at)
-    try:
+    with transaction(NeedsConfirmation, ScanError) as outcome:
         note = act(scan, form, Actor.user(current_user))
-    except NeedsConfirmation as exc:
-        db.session.rollback()  # nothing was changed; the person is asked first
-        return _row_response(db.session.get(Scan, scan_id), confirm=exc)
-    except ScanError as exc:
-        db.session.rollback()
-        scan = db.session.get(Scan, scan_id)
-        return _row_response(scan, code=422, error=str(exc), error_at=at)
-    db.session.commit()
+    if isinstance(outcome.refused, NeedsConfirmation):  # nothing was changed; the person is asked first
+        return _row_response(db.session.get(Scan, scan_id), confirm=outcome.refused)
+    if outcome.refused:
+        return _row_response(db.session.get(Scan, scan_id), code=422, error=str(outcome.refused), error_at=at)
     return _row_response(scan, note=note)
 
 

@@ -4,7 +4,7 @@
 and makes the database agree with it, in the caller's transaction:
 
 1. The scan is keyed by (practice, vendor, order id). The same order reported again with the same
-   content changes nothing; a report older than the one already applied changes nothing (W4, W6).
+   content changes nothing; a report older than the one already applied changes nothing (docs/reliability.md W4, W6).
 2. The scan's fields and file references follow the report. Files that are no longer reported (a
    rescan brought new ones) stay in the history with `replaced_at` set.
 3. The patient is matched by chart number, else by name and date of birth; otherwise the scan
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, or_, select
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases import catalog, lifecycle
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.cases.models import LabCase
@@ -117,22 +117,6 @@ def inbox_counts(practice_id: int) -> dict[InboxState, int]:
     rows = db.session.execute(select(Scan.inbox, func.count()).where(Scan.practice_id == practice_id)
                               .group_by(Scan.inbox))
     return {state: count for state, count in rows}
-
-
-def work_order_scans(case_id: int) -> list[dict]:
-    """The `scans` of the work order (contracts/lab-api.md): a reference to every current file of
-    the case's scans that was not refused. A file kept in the document store (an upload, a 3Shape
-    export) has no vendor URL: its `url` is a signed download link to Lab Manager (links.py), good
-    for LAB_LINK_TTL_DAYS, so a lab can fetch it for as long as its work order is current."""
-    from portal.scans import links
-
-    rows = db.session.execute(
-        select(Scan.vendor, Scan.order_id, ScanFile).join(ScanFile, ScanFile.scan_id == Scan.id)
-        .where(Scan.case_id == case_id, ScanFile.replaced_at.is_(None), ScanFile.state != FileState.REFUSED)
-        .order_by(Scan.id, ScanFile.id))
-    return [{"vendor": vendor.value, "order_id": order_id, "kind": f.kind, "file_name": f.file_name,
-             "format": f.format, "jaw": f.jaw.value, "url": f.url or links.file_url(f)}
-            for vendor, order_id, f in rows.tuples()]
 
 
 # -- ingest ------------------------------------------------------------------------------------------
@@ -265,14 +249,15 @@ def _copy_asset(row: ScanFile, asset: Asset) -> None:
 
 
 def _link_bites(scan: Scan) -> None:
-    """A bite scan belongs to both arches (seed 002): point it at the scan's upper and lower file."""
+    """A bite scan belongs to both arches (docs/sources.md source 002): point it at the scan's upper and lower file."""
     files = scan.current_files
 
     def arch(jaw: Jaw) -> ScanFile | None:
-        # The first of the arch's files, a mesh that was read before a reference to the same scan
-        # (a 3Shape export holds the preparation scan as .stl and as .dcm).
+        # The first of the arch's files, a mesh that was read (or is being read) before a reference
+        # to the same scan (a 3Shape export holds the preparation scan as .stl and as .dcm).
         found = [f for f in files if f.jaw is jaw and f.state is not FileState.REFUSED]
-        return min(found, key=lambda f: f.state is not FileState.OK, default=None)
+        rank = {FileState.OK: 0, FileState.PROCESSING: 1}
+        return min(found, key=lambda f: rank.get(f.state, 2), default=None)
 
     upper, lower = arch(Jaw.UPPER), arch(Jaw.LOWER)
     for f in files:
@@ -410,10 +395,14 @@ def _case_with_order(scan: Scan) -> LabCase | None:
 
 
 def _open_cases_without_scan(scan: Scan) -> list[LabCase]:
+    """The patient's cases a new scan may join by itself: one returned for a rescan, or a draft
+    with no scan yet that waits for no particular order (a draft entered with another scanner's,
+    or another order's, id waits for that one: _case_with_order finds it)."""
     has_scan = exists().where(Scan.case_id == LabCase.id)
+    expects_nothing = (LabCase.origin == "manual") | (func.coalesce(LabCase.origin_order_id, "") == "")
     return list(db.session.scalars(select(LabCase).where(
         LabCase.practice_id == scan.practice_id, LabCase.patient_id == scan.patient_id,
-        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan),
+        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan & expects_nothing),
     ).order_by(LabCase.id)))
 
 
@@ -422,7 +411,9 @@ def _origin(vendor: Vendor) -> str:
 
 
 def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None:
-    """Put the scan on `case`. A case entered by hand takes the scanner as its origin."""
+    """Put the scan on `case`. The case's origin agrees with its scans: a case with no other scan
+    (entered by hand, or with another scanner or order id typed in) takes this scan's vendor and
+    order id; a case that has scans keeps the origin of its first."""
     if case.practice_id != scan.practice_id:
         raise ScanError("That case belongs to another practice.")
     if case.status is Status.CANCELLED:
@@ -433,7 +424,9 @@ def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None
     scan.case_id, scan.patient_id = case.id, case.patient_id
     scan.matched_by = scan.matched_by or "person"
     scan.problem = ""
-    if case.origin == "manual" or not case.origin_order_id:
+    others = db.session.scalar(select(func.count()).select_from(Scan).where(
+        Scan.case_id == case.id, Scan.id != scan.id))
+    if case.origin == "manual" or not case.origin_order_id or not others:
         case.origin, case.origin_order_id = _origin(scan.vendor), scan.order_id
     after = {"origin": case.origin, "origin_order_id": case.origin_order_id, "scan_id": scan.id,
              "vendor": scan.vendor.value, "order_id": scan.order_id, "created_from_scan": created}
@@ -509,7 +502,7 @@ def restoration_for(procedure: str) -> str:
 
 
 def _follow_stage(scan: Scan, previous: OrderStage | None, files_changed: bool, actor: Actor) -> None:
-    """What the vendor's new status means for the case (contracts/itero.md, flows 1-5)."""
+    """What the vendor's new status means for the case (docs/vendors/itero.md, flows 1-5)."""
     if previous is scan.stage and not files_changed:
         return
     case = db.session.get(LabCase, scan.case_id)

@@ -1,5 +1,5 @@
 """The document store: where uploaded and exported scan files are kept, so Lab Manager can refer to
-them by path (seed 000: "Document Hub MAY be used to reference or store scan-related documents").
+them by path (docs/sources.md source 000: "Document Hub MAY be used to reference or store scan-related documents").
 
 Layout: ``SCAN_STORE_DIR/<practice id>/<upload id>/<safe name>``. A ScanFile refers to one by
 ``store:<practice id>/<upload id>/<safe name>`` (:func:`ref`); nothing else keeps the bytes (no
@@ -243,6 +243,16 @@ def orphans(referenced: set[str], older_than: float) -> list[Path]:
             except OSError:
                 continue
     return found
+
+
+def discard_file(path: Path | None) -> None:
+    """Remove one stored file and what the reader kept about it (a file refused after it was stored)."""
+    if path is None:
+        return
+    info = _info_path(path)
+    path.unlink(missing_ok=True)
+    if info is not None:
+        info.unlink(missing_ok=True)
 
 
 def remove(folder: Path) -> None:

@@ -17,7 +17,6 @@ from flask import (
     current_app,
     flash,
     g,
-    make_response,
     redirect,
     render_template,
     request,
@@ -28,6 +27,7 @@ from flask_login import current_user
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal import logfilter
+from portal.tokens import guesses
 from portal.audit.actor import Actor
 from portal.auth.sessions import passive
 from portal.cases.lifecycle import Status
@@ -92,10 +92,8 @@ def upload_patients():
     """The patient choices for what was typed (htmx active search)."""
     q = request.args.get("patient_q", "")[:100]
     selected = request.args.get("patient_id", type=int)
-    response = make_response(render_template("scanners/_upload_patients.html",
-                                             patients=patient_options(g.practice.id, q, selected), selected=selected))
-    response.vary.add("HX-Request")
-    return response
+    return render("scanners/_upload_patients.html", patients=patient_options(g.practice.id, q, selected),
+                  selected=selected)
 
 
 @bp.get("/upload/cases")
@@ -103,10 +101,7 @@ def upload_patients():
 def upload_cases():
     """The chosen patient's open cases (htmx, when the patient changes)."""
     patient, _ = _chosen(request.args.get("patient_id", type=int), None)
-    response = make_response(render_template("scanners/_upload_cases.html", patient=patient, case=None,
-                                             cases=_open_cases(patient)))
-    response.vary.add("HX-Request")
-    return response
+    return render("scanners/_upload_cases.html", patient=patient, case=None, cases=_open_cases(patient))
 
 
 @bp.post("/upload")
@@ -165,7 +160,7 @@ def _too_large(error):
     message = (f"That is more than the {current_app.config['SCAN_UPLOAD_MAX_MB']} MB one upload may be; nothing was "
                "uploaded. Upload fewer or smaller files at a time.")
     if request.headers.get("HX-Request"):
-        response = make_response(render_template("_toast.html", message=message, level="error"), 413)
+        response = render("_toast.html", code=413, message=message, level="error")
         response.headers["HX-Retarget"] = "#toasts"
         response.headers["HX-Reswap"] = "beforeend"
         return response
@@ -184,8 +179,7 @@ def processing(scan_id: int):
     if not request.htmx:
         return redirect(url_for("scans.show", scan_id=scan.id), 303)
     busy = [f for f in scan.current_files if f.state is FileState.PROCESSING]
-    response = make_response(render_template("scanners/_processing.html", s=scan, busy=busy, polled=True))
-    response.vary.add("HX-Request")
+    response = render("scanners/_processing.html", s=scan, busy=busy, polled=True)
     response.headers["Cache-Control"] = "no-store"
     if not busy:
         response.headers["HX-Refresh"] = "true"
@@ -218,12 +212,7 @@ def _link_limit() -> str:
     return current_app.config.get("LAB_LINK_RATE_LIMIT", "30 per minute")
 
 
-def _guess_limit() -> str:
-    return current_app.config.get("LAB_LINK_GUESS_LIMIT", "10 per minute")
-
-
 per_ip = limiter.shared_limit(_link_limit, scope="scan-file-link")
-guesses = limiter.shared_limit(_guess_limit, scope="scan-file-guess", deduct_when=lambda r: r.status_code == 404)
 
 
 @files_bp.after_app_request
@@ -256,7 +245,7 @@ def lab_download(token: str):
 
 def lab_file_name(row: ScanFile) -> str:
     """The name a lab's download gets: the case number, the jaw and the format, not the name the
-    file had at the practice (TRIOS puts the patient's name in it; RELIABILITY M5)."""
+    file had at the practice (TRIOS puts the patient's name in it; docs/reliability.md M5)."""
     ext = os.path.splitext(row.file_name)[1].lower() or f".{row.format.lower()}"
     case = row.scan.case
     label = row.jaw.value if row.jaw.value != "unknown" else row.kind

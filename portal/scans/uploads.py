@@ -43,7 +43,7 @@ from flask import current_app
 from sqlalchemy import select, update
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.extensions import db
@@ -52,6 +52,7 @@ from portal.integrations.threeshape import export as threeshape
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendor, VendorOrder
 from portal.people.models import Patient
 from portal.practices.models import utcnow
+from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit, enqueue_now, get_queue
 from portal.scans import mesh, services, store
 from portal.scans.mesh import MeshError, MeshInfo
 from portal.scans.models import FileState, Scan, ScanFile
@@ -242,6 +243,10 @@ def _patient_ref(patient: Patient | None, case: LabCase | None, fallback: Patien
 
 
 def _receive_export(practice_id, incoming: Incoming, staging, actor, patient, case) -> Received:
+    """An uploaded 3Shape export zip. The same export brought again (the same entries: names, sizes,
+    CRC-32s) is told apart from its zip's directory before anything is unpacked: "unchanged". One whose
+    meshes together exceed SCAN_BACKGROUND_MB has them only sniffed here and read by the same job,
+    with the same progress on the scan page, as a large single file."""
     name = display_name(incoming.name)
     source = staging.file(f"{SOURCE_DIR}/{store.safe_name(name)}")
     try:
@@ -249,14 +254,33 @@ def _receive_export(practice_id, incoming: Incoming, staging, actor, patient, ca
     except store.TooLarge:
         raise UploadRefused(f"“{name}” is larger than the {upload_limit() // MB} MB an upload may be.",
                             file_name=name) from None
+    digest = threeshape.export_digest(source)
+    known = _known_export(practice_id, digest)
+    if known is not None and patient in (None, known.patient) and case in (None, known.case):
+        staging.discard()
+        return Received(known, "unchanged", "", _file_summary(known), None)
+    background = threeshape.mesh_bytes(source) > background_threshold()
     try:
-        staged = stage_export(staging, source)
+        staged = stage_export(staging, source, read_meshes=not background)
     except threeshape.ExportError as exc:
         raise UploadRefused(f"“{name}” was refused: {exc}", file_name=name) from None
     order = staged.order()
     order = dataclasses.replace(order, patient=_patient_ref(patient, case, order.patient))
-    return _ingest(practice_id, order, staging, actor, patient, case, threeshape_integration(practice_id), set(),
-                   staged.folder)
+    processing = {a.ref for a in order.assets if background and a.kind == "scan" and not a.error
+                  and a.format in mesh.MESH_FORMATS.values()}
+    received = _ingest(practice_id, order, staging, actor, patient, case, threeshape_integration(practice_id),
+                       processing, staged.folder)
+    if digest and received.scan.source_digest != digest:
+        received.scan.source_digest = digest
+    return received
+
+
+def _known_export(practice_id: int, digest: str) -> Scan | None:
+    if not digest:
+        return None
+    return db.session.scalar(select(Scan).where(
+        Scan.practice_id == practice_id, Scan.vendor == Vendor.THREESHAPE, Scan.source_digest == digest)
+        .order_by(Scan.id).limit(1))
 
 
 def threeshape_integration(practice_id: int) -> ScannerIntegration | None:
@@ -294,8 +318,6 @@ def _ingest(practice_id, order: VendorOrder, staging, actor, patient, case, inte
         if row.ref in processing and row.state is not FileState.PROCESSING and row.triangle_count is None:
             row.state, row.progress, row.error = FileState.PROCESSING, 0, ""
     db.session.flush()
-    from portal.queue import INSPECT_SCAN_FILE, enqueue_after_commit
-
     for row in scan.current_files:
         if row.state is FileState.PROCESSING:
             enqueue_after_commit(INSPECT_SCAN_FILE, row.id, job_id=inspect_job_id(row.id),
@@ -336,11 +358,12 @@ class StagedExport:
         return dataclasses.replace(order, assets=assets, extra=extra)
 
 
-def stage_export(staging: store.Staging, source: Path) -> StagedExport:
+def stage_export(staging: store.Staging, source: Path, *, read_meshes: bool = True) -> StagedExport:
     """Read the export at `source` (a folder or zip inside `staging`), copy its files to their safe
     paths in `staging` and publish them under the export's content id (the same export read twice
-    gets the same folder). Raises threeshape.ExportError."""
-    export = threeshape.read_export(source)
+    gets the same folder). With `read_meshes` False the meshes are only sniffed (a job reads them).
+    Raises threeshape.ExportError."""
+    export = threeshape.read_export(source, read_meshes=read_meshes)
     top = _single_top(export)
     paths: dict[str, str] = {}
     taken: set[str] = set()
@@ -350,6 +373,8 @@ def stage_export(staging: store.Staging, source: Path) -> StagedExport:
         for f in export.files:
             relative = store.unique(store.safe_path(f.path[len(top):]), taken)
             paths[f.path] = relative
+            if f.error:
+                continue  # a refused file of the export is listed with why, and not kept
             digest = hashlib.sha256()
             target = staging.file(relative)
             try:
@@ -442,6 +467,8 @@ def finish(file_id: int, info: MeshInfo | None, error: str, actor: Actor) -> str
     path = store.resolve(row.ref)
     if info is not None and path is not None:
         store.write_info(path, info)
+    elif info is None:
+        store.discard_file(path)  # a refused file is not kept: the row says why
     after = {"file_id": row.id, "file": row.file_name, "state": row.state.value, "vertices": row.vertex_count,
              "triangles": row.triangle_count, "error": row.error}
     if not any(f.state is FileState.PROCESSING for f in scan.current_files if f.id != row.id):
@@ -474,8 +501,6 @@ def inspect_in_background(file_id: int) -> str:
     its counts, or REFUSED with the reader's message. State-guarded: a rerun (the sweep, a second
     enqueue) finds the file no longer PROCESSING and does nothing; the outcome is written once (an
     UPDATE ... WHERE state = 'processing'). Deterministic job id: inspect_job_id."""
-    from portal.queue import INSPECT_SCAN_FILE
-
     target = claim(file_id)
     db.session.rollback()  # no transaction stays open while the file is read
     if target is None:
@@ -491,8 +516,6 @@ def background_failed(file_id: int, exc_type, time_limit: int | None) -> None:
     does not look busy for ever. If the database is away too, the file stays PROCESSING and the
     sweep gives it its job again."""
     from rq.timeouts import JobTimeoutException
-
-    from portal.queue import INSPECT_SCAN_FILE
 
     if issubclass(exc_type, JobTimeoutException):
         message = (f"Reading this file took longer than {time_limit} seconds and was stopped. Check that it is "
@@ -513,6 +536,7 @@ def fail(file_id: int, message: str, actor: Actor) -> bool:
                               execution_options={"synchronize_session": False})
     if done.rowcount != 1:
         return False
+    store.discard_file(store.resolve(row.ref))
     record("scan.file_checked", "scan", row.scan_id, after={"file_id": row.id, "file": row.file_name,
            "state": FileState.REFUSED.value, "error": message[:300]}, actor=actor,
            practice_id=row.scan.practice_id, outcome="error")
@@ -542,9 +566,8 @@ def redetect_jaws(scan: Scan) -> dict[str, str]:
         if (f.jaw, f.jaw_source) != (jaw, how):
             changed[f.file_name] = jaw.value
         f.jaw, f.jaw_source, f.jaw_note = jaw, how, note[:200]
-    if changed:
-        db.session.flush()
-        services._link_bites(scan)
+    db.session.flush()
+    services._link_bites(scan)  # a file refused by its job is no arch to link any more
     return changed
 
 
@@ -556,8 +579,6 @@ def sweep(now: dt.datetime | None = None, tidy: bool | None = None) -> dict:
     folders no row refers to: a crash between writing an upload's files and its commit, or an
     export read but never ingested."""
     import redis
-
-    from portal.queue import INSPECT_SCAN_FILE, enqueue_now, get_queue
 
     now = now or utcnow()
     queue = get_queue()

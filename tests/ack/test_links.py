@@ -1,4 +1,4 @@
-"""The lab's private link (RELIABILITY.md M1-M5, F1)."""
+"""The lab's private link (docs/reliability.md M1-M5, F1)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -29,7 +29,7 @@ def _private_headers(response):
     assert response.headers["Cache-Control"] == "no-store"
 
 
-# ---- M1: the token -------------------------------------------------------------------------------
+# ---- docs/reliability.md M1: the token -------------------------------------------------------------------------------
 
 def test_token_is_long_random_and_stored_only_as_a_hash(app, sent):
     assert len(sent.token) == 43  # 32 bytes from secrets.token_urlsafe
@@ -66,7 +66,7 @@ def test_a_new_link_revokes_the_old_one(client, world, sent):
     assert revoked.revoked_reason == "superseded"
 
 
-# ---- M2: opening the link changes nothing ---------------------------------------------------------
+# ---- docs/reliability.md M2: opening the link changes nothing ---------------------------------------------------------
 
 def test_get_changes_nothing(client, sent):
     before_audit, before_status = audit_count(), sent.case.status
@@ -92,7 +92,7 @@ def test_page_shows_minimum_patient_data_and_the_prescription(client, world):
     assert world.practice.name in body
 
 
-# ---- M3: headers -------------------------------------------------------------------------------------
+# ---- docs/reliability.md M3: headers -------------------------------------------------------------------------------------
 
 def test_private_headers_on_every_answer(client, sent, lab_post, app, monkeypatch):
     _private_headers(client.get(sent.url))
@@ -231,7 +231,7 @@ def test_unknown_and_malformed_tokens_are_404_without_case_data(client, sent):
 
 
 def test_repeated_guesses_get_429(client, app, sent, monkeypatch):
-    monkeypatch.setitem(app.config, "LAB_LINK_GUESS_LIMIT", "5 per minute")
+    monkeypatch.setitem(app.config, "TOKEN_GUESS_LIMIT", "5 per minute")
     codes = [client.get(f"/lab/{secrets.token_urlsafe(32)}").status_code for _ in range(8)]
     assert codes[:5] == [404] * 5 and set(codes[5:]) == {429}
     # The guessing address is now held back on every link page.
@@ -239,11 +239,11 @@ def test_repeated_guesses_get_429(client, app, sent, monkeypatch):
 
 
 def test_real_links_do_not_count_as_guesses(client, app, sent, monkeypatch):
-    monkeypatch.setitem(app.config, "LAB_LINK_GUESS_LIMIT", "3 per minute")
+    monkeypatch.setitem(app.config, "TOKEN_GUESS_LIMIT", "3 per minute")
     assert {client.get(sent.url).status_code for _ in range(6)} == {200}
 
 
-# ---- F1: CSRF --------------------------------------------------------------------------------------------
+# ---- docs/reliability.md F1: CSRF --------------------------------------------------------------------------------------------
 
 def test_post_without_csrf_is_refused_and_changes_nothing(client, sent):
     client.get(sent.url)

@@ -1,6 +1,6 @@
 """The users page (/admin/users): the list, adding people (a new account with a set-password link,
 or a membership for an existing account), role changes, deactivation, the last-admin guard,
-access (F6: admins only, another practice's user is 404), audit rows (A1) and bad input."""
+access (docs/reliability.md F6: admins only, another practice's user is 404), audit rows (A1) and bad input."""
 from __future__ import annotations
 
 import re
@@ -490,7 +490,7 @@ def test_an_expired_link_is_gone(client, login, world):
 
 
 def test_guessing_tokens_is_rate_limited(app, client, world, monkeypatch):
-    monkeypatch.setitem(app.config, "PASSWORD_LINK_GUESS_LIMIT", "3 per minute")
+    monkeypatch.setitem(app.config, "TOKEN_GUESS_LIMIT", "3 per minute")
     codes = [client.get(f"/set-password/{'A' * 43}").status_code for _ in range(4)]
     assert codes == [404, 404, 404, 429]
     assert client.get("/set-password/nonsense").status_code == 429

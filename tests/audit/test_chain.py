@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent, AuditHead
-from portal.audit.service import GENESIS, record, row_hash, verify_chain
+from portal.audit.record import GENESIS, record, row_hash, verify_chain
 from portal.cases.lifecycle import Status
 from tests import factories
 

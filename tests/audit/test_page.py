@@ -1,4 +1,4 @@
-"""The audit page and its CSV export: filters, roles, the htmx partial, practice isolation (F6)
+"""The audit page and its CSV export: filters, roles, the htmx partial, practice isolation (docs/reliability.md F6)
 and formula injection in the export."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import time_machine
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
-from portal.audit.services import csv_safe
+from portal.audit.queries import csv_safe
+from portal.audit.record import record
 from portal.extensions import db
 
 DAY1 = dt.datetime(2031, 5, 5, 9, 0, tzinfo=dt.UTC)

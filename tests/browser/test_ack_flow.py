@@ -73,6 +73,6 @@ def test_lab_acknowledges_and_dispatches_from_the_emailed_link(browser, live_ser
     actions = db.session.scalars(select(AuditEvent.action).where(
         AuditEvent.entity_id == str(case_id), AuditEvent.actor_type == "lab").order_by(AuditEvent.seq)).all()
     assert actions == ["case.acknowledge", "case.dispatch"]
-    # M3 against the real server's request log.
+    # docs/reliability.md M3 against the real server's request log.
     assert sent.token not in live_server.output()
     assert "/lab/[redacted]" in live_server.output()

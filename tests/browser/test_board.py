@@ -332,3 +332,37 @@ def test_both_search_boxes_find_the_same_and_say_when_nothing_matches(page, sign
     page.fill("#find-number", grace.lower())  # a case number (a barcode) still opens the case
     page.locator("#find-number").press("Enter")
     expect(page.locator("h1")).to_contain_text(grace)
+
+
+def test_bulk_move_of_selected_cards_refuses_the_illegal_one_and_keeps_it_selected(page, signed_in, world, db):
+    a_id, a = make_case(world, Status.SENT, last="Alpha")
+    b_id, b = make_case(world, Status.SENT, last="Bravo")
+    d_id, d = make_case(world, Status.DRAFT, last="Delta")
+    signed_in(page, world.users["coordinator"])
+    bar = page.locator("#bulk")
+    expect(bar).to_be_hidden()
+    for number in (a, b, d):
+        card(page, number).get_by_label(f"Select {number}").check()
+    expect(bar).to_be_visible()
+    expect(bar.locator("[data-bulk-count]")).to_have_text("3")
+
+    page.wait_for_timeout(1200)  # a live poll swaps the board: the selection stays
+    expect(card(page, a).get_by_label(f"Select {a}")).to_be_checked()
+    bar.get_by_label("Column to move the selected cases to").select_option("acknowledged")
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/board/bulk") as response:
+        bar.get_by_role("button", name="Move", exact=True).click()
+    assert response.value.status == 200
+    expect(card(page, a, "acknowledged")).to_be_visible()
+    expect(card(page, b, "acknowledged")).to_be_visible()
+    refused = card(page, d, "draft")
+    expect(refused.locator(".refused-why")).to_contain_text("can't go from Draft to Acknowledged")
+    expect(page.locator("#toasts .toast.error")).to_contain_text("2 cases moved to Acknowledged.")
+    expect(refused.get_by_label(f"Select {d}")).to_be_checked()  # still selected, to act on again
+    expect(bar.locator("[data-bulk-count]")).to_have_text("1")
+    assert (fresh(a_id).status, fresh(b_id).status, fresh(d_id).status) == (
+        Status.ACKNOWLEDGED, Status.ACKNOWLEDGED, Status.DRAFT)
+
+    bar.get_by_role("button", name="Clear selection").click()
+    expect(bar).to_be_hidden()
+    expect(refused.get_by_label(f"Select {d}")).not_to_be_checked()
+    page.screenshot(path="/tmp/ui/bulk_after.png")

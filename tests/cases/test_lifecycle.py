@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from portal.audit.actor import Actor
 from portal.audit.models import AuditEvent, AuditHead
-from portal.audit.service import verify_chain
+from portal.audit.record import verify_chain
 from portal.cases import lifecycle, services
 from portal.cases.lifecycle import IllegalMove, Status
 from portal.cases.models import LabCase

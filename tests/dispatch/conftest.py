@@ -45,7 +45,7 @@ def _clean(q) -> None:
         for job_id in registry.get_job_ids():
             try:
                 Job.fetch(job_id, connection=q.connection).delete()
-            except NoSuchJobError:
+            except (NoSuchJobError, ValueError):  # ValueError: RQ lost track of one of its executions
                 registry.remove(job_id)
 
 
@@ -79,9 +79,12 @@ def run_jobs(queue) -> list:
     return results
 
 
-def start_redis(port: int) -> subprocess.Popen:
+def start_redis(port: int, data_dir=None) -> subprocess.Popen:
+    """A redis-server of the test's own on `port`. With `data_dir` it keeps its data there across a
+    restart when stopped with `stop_redis(port, save=True)`, as a production Redis with persistence does."""
+    keep = ["--dir", str(data_dir), "--dbfilename", "dump.rdb"] if data_dir is not None else []
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                             "--appendonly", "no", *keep], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -93,4 +96,14 @@ def start_redis(port: int) -> subprocess.Popen:
     raise AssertionError("redis-server did not start")
 
 
-__all__ = ["drain", "run_jobs", "free_port", "start_redis", "services", "SECRET"]
+def stop_redis(proc: subprocess.Popen, port: int, save: bool = False) -> None:
+    import redis
+
+    try:
+        redis.Redis(port=port, socket_timeout=5).shutdown(save=save, nosave=not save)
+    except redis.ConnectionError:
+        pass  # it closes the connection as it goes
+    proc.wait(10)
+
+
+__all__ = ["drain", "run_jobs", "free_port", "start_redis", "stop_redis", "services", "SECRET"]

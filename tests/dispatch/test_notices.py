@@ -1,4 +1,4 @@
-"""Order events to an API lab (contracts/lab-api.md): a cancelled case, a new due date, a changed
+"""Order events to an API lab (docs/lab-api.md): a cancelled case, a new due date, a changed
 prescription or a message reach the lab's API, signed, once, in order, after the work order, with
 failures shown and retried. Everything goes over HTTP to the real lab stub; nothing is mocked."""
 import datetime as dt

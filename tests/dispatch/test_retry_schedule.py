@@ -9,7 +9,6 @@ from portal.dispatch.models import DispatchState, OrderNotice
 from portal.extensions import db
 from portal.messages.services import send_to_lab
 from portal.practices.models import utcnow
-from tests.dispatch.conftest import drain
 from tests.dispatch.test_delivery import _send
 from tests.dispatch.test_notices import _actor, _delivered
 
@@ -88,4 +87,3 @@ def test_order_events_follow_the_same_schedule(client, login, world, api_lab, st
     page = client.get(f"/cases/{dispatch.case_id}").get_data(as_text=True)
     assert f"Retrying, next attempt at {notice.next_attempt_at.strftime('%H:%M')}" in page \
         or "Retrying, next attempt at " + notice.next_attempt_at.strftime("%a %d %b %H:%M") in page
-    drain(queue, wait_for_scheduled=False)

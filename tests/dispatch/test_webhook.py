@@ -404,7 +404,7 @@ def test_an_event_posted_while_redis_is_down_is_stored_and_applied_once_it_is_ba
     server.terminate()
     server.wait(10)
     try:
-        assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204  # W5 still
+        assert post(client, lab.id, _event(dispatch, "acknowledged"), run=False).status_code == 204  # docs/reliability.md W5 still
         row = db.session.scalars(select(LabEvent)).one()
         assert row.outcome == "pending"
         row.received_at -= dt.timedelta(minutes=1)

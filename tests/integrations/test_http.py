@@ -1,4 +1,4 @@
-"""Vendor URLs are checked against the allow-list before anything is sent (RELIABILITY W8)."""
+"""Vendor URLs are checked against the allow-list before anything is sent (docs/reliability.md W8)."""
 from __future__ import annotations
 
 import pytest

@@ -1,7 +1,7 @@
-"""The iTero adapter over real HTTP against the vendor sandbox (contracts/itero.md): sign-in and
-pairing, test connection, polling with pages and updated_since, the callback endpoint (W1, W4),
-tokens refreshed once across workers (W7), the allow-list (W8), 429/500/401, malformed orders.
-The seed-001 flows end to end are in test_itero_flows.py; the Rx in test_itero_rx.py."""
+"""The iTero adapter over real HTTP against the vendor sandbox (docs/vendors/itero.md): sign-in and
+pairing, test connection, polling with pages and updated_since, the callback endpoint (docs/reliability.md W1, W4),
+tokens refreshed once across workers (docs/reliability.md W7), the allow-list (W8), 429/500/401, malformed orders.
+The docs/sources.md source 001 flows end to end are in test_itero_flows.py; the Rx in test_itero_rx.py."""
 from __future__ import annotations
 
 import datetime as dt
@@ -276,7 +276,7 @@ def test_statuses_map_to_stages_and_an_unknown_word_is_kept():
     assert [(a.kind, a.jaw, a.size_bytes, a.url) for a in order.assets] == [("viewer", Jaw.UNKNOWN, None, "")]
 
 
-# -- the callback endpoint (W1, W4, W5) -----------------------------------------------------------------------
+# -- the callback endpoint (docs/reliability.md W1, W4, W5) -----------------------------------------------------------------------
 
 def test_a_callback_is_stored_once_and_re_read_through_the_api(itero, sandbox, world, queue):
     patient = factories.patient(world.practice)
@@ -379,7 +379,7 @@ def test_an_rx_id_that_tries_to_leave_its_path_is_quoted(itero, queue, client):
         "https://a.itero.com/o/..%2Fx%3Fy"
 
 
-# -- tokens (W7) -------------------------------------------------------------------------------------------
+# -- tokens (docs/reliability.md W7) -------------------------------------------------------------------------------------------
 
 def test_two_jobs_finding_the_token_expired_make_one_refresh_and_the_old_refresh_token_dies(
         app, world, sandbox, live):
@@ -493,7 +493,7 @@ def test_a_refresh_token_iTero_refuses_means_connect_again(itero, sandbox):
     assert itero.refresh_lease_until is None  # the next try may refresh at once
 
 
-# -- the allow-list (W8) -------------------------------------------------------------------------------------
+# -- the allow-list (docs/reliability.md W8) -------------------------------------------------------------------------------------
 
 @pytest.fixture()
 def foreign():

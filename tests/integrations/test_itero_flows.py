@@ -1,4 +1,4 @@
-"""Every iTero flow of seed 001 end to end (contracts/itero.md "Flows the adapter must get right"):
+"""Every iTero flow of docs/sources.md source 001 end to end (docs/vendors/itero.md "Flows the adapter must get right"):
 the sandbox moves the order, its callback reaches our real /api/scanners/hooks/<key> over HTTP, the
 event job re-reads the order through the API (tests/jobs.py `drain`), or a poll brings the statuses
 iTero sends no callback for; then the case is checked. No flow creates a second case."""
@@ -213,7 +213,7 @@ def test_a_report_that_arrives_late_never_moves_anything_back(itero, sandbox, qu
 
 
 def test_callbacks_out_of_order_still_leave_the_case_right(itero, sandbox, queue, patient):
-    """Two notifications handled after both moves: each re-reads the order as it is now (W6)."""
+    """Two notifications handled after both moves: each re-reads the order as it is now (docs/reliability.md W6)."""
     sandbox.configure(callbacks=False)
     order = sandbox.add_itero_order(patient=patient_body(patient))
     sandbox.move_itero_order(order["order_id"], "scanning")

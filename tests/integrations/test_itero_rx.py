@@ -256,7 +256,7 @@ def test_bad_requests_change_nothing(itero, chen, world, client, login, sandbox,
     assert len(requests_of(case)) == 1
     early = client.post(f"/scan-requests/{requests_of(case)[0].id}/withdraw", follow_redirects=True)
     assert "still being sent to iTero" in early.get_data(as_text=True)
-    assert client.post(f"/cases/{case.id}/itero/rx", csrf=False).status_code == 400  # F1
+    assert client.post(f"/cases/{case.id}/itero/rx", csrf=False).status_code == 400  # docs/reliability.md F1
     assert len(requests_of(case)) == 1
 
 
@@ -269,7 +269,7 @@ def test_roles_and_other_practices(itero, chen, world, client, login, queue):
     client.post(f"/cases/{case.id}/itero/rx")
     [request] = requests_of(case)
     login("outsider")
-    assert client.post(f"/scan-requests/{request.id}/withdraw").status_code == 404  # F6
+    assert client.post(f"/scan-requests/{request.id}/withdraw").status_code == 404  # docs/reliability.md F6
     assert client.post(f"/cases/{case.id}/itero/rx").status_code == 404
     assert requests_of(case)[0].state is RxState.PENDING
 

@@ -1,4 +1,4 @@
-"""iTero read strictly (issue 10): a vendor written only from contracts/itero.md and seed 001, which
+"""iTero read strictly (issue 10): a vendor written only from docs/vendors/itero.md and docs/sources.md source 001, which
 the sandbox plays with `strict=True` over real HTTP: discovery wants the Bearer like every call
 after the token, orders pages count from 0, and Get Orders lists only the orders in Completed /
 Ready for Download or Lab Review. Also: Test connection meeting a discovery off the allowed hosts

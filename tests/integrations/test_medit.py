@@ -1,6 +1,6 @@
-"""Medit Link (contracts/medit.md) over real HTTP: the adapter against the vendor sandbox
+"""Medit Link (docs/vendors/medit.md) over real HTTP: the adapter against the vendor sandbox
 (sandbox/vendors.py) in this process, and the sandbox's signed webhooks delivered to
-the portal served on loopback. RELIABILITY W1, W3, W4, W6, W7 and W8 are asserted here."""
+the portal served on loopback. docs/reliability.md W1, W3, W4, W6, W7 and W8 are asserted here."""
 from __future__ import annotations
 
 import datetime as dt
@@ -533,7 +533,7 @@ def test_a_signed_webhook_is_stored_then_a_job_reads_the_case_and_updates_it(wor
     stored = events()
     assert [(e.kind, e.order_ref, e.outcome) for e in stored] == [
         ("case.created", made["uuid"], "pending"), ("files.created", made["uuid"], "pending")]
-    assert scan_of(made["uuid"]) is None  # the request only stored them (W5)
+    assert scan_of(made["uuid"]) is None  # the request only stored them (docs/reliability.md W5)
     drain(queue)
     assert scan_of(made["uuid"]).stage is OrderStage.IN_PROGRESS
     assert [e.outcome for e in events()] == ["done", "done"]

@@ -1,5 +1,5 @@
 """Vendor tokens: refreshed before they expire, and exactly once when several workers find them
-expired together (RELIABILITY W7). The vendor's side of this is tested over HTTP against the
+expired together (docs/reliability.md W7). The vendor's side of this is tested over HTTP against the
 sandbox in the adapters' tests; here the refresh is a function that counts its calls."""
 from __future__ import annotations
 

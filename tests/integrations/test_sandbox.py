@@ -678,7 +678,7 @@ def test_callbacks_go_only_to_loopback_unless_allowed(sandbox):
 
 def test_demo_steps_fill_the_inbox_and_move_older_orders(sandbox):
     patients = [vs.parse_patient("Ava,Thompson,C-1,1984-03-12"), vs.parse_patient("Liam,Patel")]
-    demo = vs.Demo(sandbox.itero, sandbox.medit, patients, step=3600)
+    demo = vs.Demo(sandbox.itero, sandbox.medit, patients, step=3600, new_every=1)  # a new scan every step
     for _ in range(12):
         demo.tick()
     orders, cases = sandbox.itero.snapshot()["orders"], list(sandbox.medit.cases.values())

@@ -104,6 +104,60 @@ def test_to_vendor_order(tmp_path):
     assert again.content_key() == order.content_key()
 
 
+def test_order_numbers_client_patient_guid_and_scan_source_are_read(tmp_path):
+    export = export_with(tmp_path, extra_order={"PatientGuid": "7f0c2a8e-1b2d-4c55-9a0e-3d1f2e4b5a60"})
+    assert (export.num_order_id, export.client_id, export.scan_source) == ("1792912845684", "17929", "ss3SE4")
+    assert export.patient_guid == "7f0c2a8e-1b2d-4c55-9a0e-3d1f2e4b5a60"
+    extra = export.to_vendor_order("x/").extra
+    assert (extra["num_order_id"], extra["client_id"], extra["scan_source"]) == ("1792912845684", "17929", "ss3SE4")
+    assert extra["patient_guid"] == export.patient_guid
+
+
+@pytest.mark.parametrize("first,last,expected", [
+    ("", "Doe, Jane", ("Jane", "Doe")), ("", "Jane Doe", ("Jane", "Doe")), ("", "Mary Ann van Dyke", ("Mary Ann van", "Dyke")),
+    ("Jane", "Jane Doe", ("Jane", "Doe")), ("Jane", "Doe", ("Jane", "Doe")), ("", "Doe", ("", "Doe")),
+    ("Jane", "Doe, Jane", ("Jane", "Doe, Jane")),
+])
+def test_a_full_name_in_patient_last_name_is_split(tmp_path, first, last, expected):
+    export = export_with(tmp_path, first=first, last=last)
+    assert (export.patient.first_name, export.patient.last_name) == expected
+
+
+def test_a_3ox_order_file_beside_the_xml_adds_its_fields(tmp_path):
+    files = M.export_files(ORDER)
+    files[f"{ORDER}.3ox"] = M.order_3ox(ORDER, PatientGuid="guid-42", ScanSource="ssTrios5")
+    export = read_export(M.write_export(tmp_path, ORDER, files))
+    assert export.threeshape_order_no == ORDER and export.order_3ox_path == f"{ORDER}.3ox"
+    assert export.patient_guid == "guid-42"
+    assert export.scan_source == "ss3SE4"  # the order XML's own value wins
+    assert by_name(export)[f"{ORDER}.3ox"].kind == "other" and export.warnings == ()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-8"])  # with a byte-order mark, without, UTF-8
+def test_an_export_with_only_a_3ox_order_file(tmp_path, encoding):
+    files = M.export_files(ORDER)
+    del files[f"{ORDER}.xml"]
+    data = M.order_3ox("TS-9912", encoding=encoding, NumOrderID="555", ClientID="C-7", PatientGuid="g-1",
+                       ScanSource="ssTrios5", Patient_LastName="Doe, Jane", Patient_RefNo="CH-1042",
+                       Items="Anatomy crown 22")
+    files[f"{ORDER}.3ox"] = data
+    export = read_export(M.write_export(tmp_path, ORDER, files))
+    assert export.order_id == "TS-9912" and export.threeshape_order_no == "TS-9912"
+    assert (export.num_order_id, export.client_id, export.patient_guid, export.scan_source) == ("555", "C-7", "g-1", "ssTrios5")
+    assert (export.patient.first_name, export.patient.last_name, export.patient.chart_number) == ("Jane", "Doe", "CH-1042")
+    assert export.items_text == "Anatomy crown 22" and export.xml_path == f"{ORDER}.3ox"
+    assert len([f for f in export.files if f.kind == "scan" and f.mesh is not None]) == 3
+
+
+def test_a_3ox_with_entities_is_refused(tmp_path):
+    files = M.export_files(ORDER)
+    del files[f"{ORDER}.xml"]
+    files[f"{ORDER}.3ox"] = ('<?xml version="1.0" encoding="utf-16"?><!DOCTYPE x [<!ENTITY a "b">]>'
+                             f'<ThreeShapeOrder xmlns="{M.OX_NS}"><ThreeShapeOrderNo>&a;</ThreeShapeOrderNo>'
+                             "</ThreeShapeOrder>").encode("utf-16")
+    assert "declares entities" in refused(M.write_export(tmp_path, ORDER, files))
+
+
 def test_progress_follows_the_meshes(tmp_path):
     seen = []
     read_export(M.write_export_zip(tmp_path / f"{ORDER}.zip"), progress=lambda done, total: seen.append((done, total)))

@@ -1,4 +1,4 @@
-"""The lab directory: admins edit, coordinators read, labs belong to the organisation (F6)."""
+"""The lab directory: admins edit, coordinators read, labs belong to the organisation (docs/reliability.md F6)."""
 from __future__ import annotations
 
 import base64

@@ -7,7 +7,7 @@ import datetime as dt
 import time_machine
 from sqlalchemy import select
 
-from portal.audit.service import verify_chain
+from portal.audit.record import verify_chain
 from portal.demo.seed import seed
 from portal.practices.models import Practice
 from portal.reports.services import ReportFilters, build_report

@@ -9,7 +9,7 @@ import math
 import struct
 import zipfile
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
@@ -276,6 +276,20 @@ def order_xml(order_id: str = "20240611_1432_Tech01_Doe", *, first: str = "Jane"
         + "</Object></DentalContainer>"
     )
     return (prolog + body).encode()
+
+
+OX_NS = "http://schemas.3shape.com/3OX/OrderInterface/2011/01"
+
+
+def order_3ox(order_no: str = "20240611_1432_Tech01_Doe", *, encoding: str = "utf-16", **fields: str) -> bytes:
+    """A .3ox order file as 3Shape writes it: UTF-16 with a byte-order mark, namespaced elements that
+    hold their values as text. `fields` become elements (ThreeShapeOrderNo is always there)."""
+    values = {"ThreeShapeOrderNo": order_no, **fields}
+    body = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in values.items())
+    text = (f'<?xml version="1.0" encoding="{encoding}"?>\n<ThreeShapeOrder xmlns="{OX_NS}"><Order>{body}'
+            '<ModelElements><ModelElement displayName="Crown 22"><ModelElementIndex>1</ModelElementIndex>'
+            "</ModelElement></ModelElements></Order></ThreeShapeOrder>")
+    return text.encode(encoding)
 
 
 def arch_files(order_id: str, fmt: str = "stl") -> dict[str, bytes]:

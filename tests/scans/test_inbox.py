@@ -1,5 +1,5 @@
-"""The scan inbox: matching, joining or creating cases, and every iTero flow of seed 001 by order id,
-status and history (contracts/itero.md "Flows the adapter must get right"), with the vendor-neutral
+"""The scan inbox: matching, joining or creating cases, and every iTero flow of docs/sources.md source 001 by order id,
+status and history (docs/vendors/itero.md "Flows the adapter must get right"), with the vendor-neutral
 VendorOrder an adapter produces. The adapters' own tests drive the same code over HTTP."""
 from __future__ import annotations
 

@@ -667,7 +667,7 @@ def test_the_sign_in_callback_needs_the_state_this_session_started(client, login
     assert again.status_code == 400
     with client.raw.session_transaction() as s:
         s["scanner_oauth"] = {"state": "expected", "integration_id": scanner.id, "practice_id": world.practice.id}
-    back = client.get("/admin/scanners/oauth/callback?state=expected&code=abc")  # GET stores nothing (F1)
+    back = client.get("/admin/scanners/oauth/callback?state=expected&code=abc")  # GET stores nothing (docs/reliability.md F1)
     assert back.status_code == 200 and 'name="code" type="hidden" value="abc"' in back.get_data(as_text=True)
     forged = client.post("/admin/scanners/oauth/callback", {"code": "abc", "state": "forged"})
     assert forged.status_code == 400 and "was not started here" in forged.get_data(as_text=True)

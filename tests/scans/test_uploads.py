@@ -1,4 +1,4 @@
-"""Scan files uploaded through the page (PRODUCT.md section 4, seed 002): each format read with its
+"""Scan files uploaded through the page (docs/sources.md source 002): each format read with its
 counts, broken and non-mesh files refused with the reader's message and nothing kept, 3Shape's
 .dcm kept as a reference, large files read by a job with progress, jaws and the bite's arches, the
 patient and case the scan lands on, a 3Shape export .zip, the size limit, CSRF, roles and other
@@ -24,7 +24,7 @@ from portal.extensions import db
 from portal.integrations.vendor import Jaw, Vendor
 from portal.scans import links, store, uploads
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
-from portal.scans.services import work_order_scans
+from portal.scans.queries import work_order_scans
 from tests import factories
 from tests.jobs import drain
 from tests.scans import meshes
@@ -281,6 +281,8 @@ def test_a_broken_large_file_ends_refused_with_the_readers_message(client, login
     row = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "scan.file_checked")).one()
     assert row.outcome == "refused"
     assert [s["file_name"] for s in work_order_scans(f.scan.case_id)] == ["lower.stl"]  # refused: not sent
+    kept = [p.name for p in stored_files(store_dir)]
+    assert not any("upper" in name for name in kept) and "lower.stl" in kept  # the refused copy is not kept
 
 
 def test_a_large_file_that_is_plainly_not_a_mesh_is_refused_at_once(client, login, store_dir, small_threshold):
@@ -309,6 +311,7 @@ def test_a_job_that_fails_refuses_its_file_once(world, store_dir, scan_queue, sm
 
     f = db.session.get(ScanFile, f.id)
     assert f.state is FileState.REFUSED and "could not finish checking this file (RuntimeError)" in f.error
+    assert stored_files(store_dir) == []  # nothing of the refused upload is kept
     assert uploads.inspect_job_id(f.id) in scan_queue.failed_job_registry.get_job_ids()  # not swallowed: RQ saw it
 
 
@@ -493,6 +496,83 @@ def test_the_same_export_brought_again_changes_nothing(client, login, world, sto
     assert again.status_code == 303
     assert counts() == before and stored_files(store_dir) == files
     assert "brought in before with the same files; nothing changed" in flash_of(client)
+
+
+def test_the_same_export_again_is_known_before_its_meshes_are_read(client, login, world, store_dir, tmp_path,
+                                                                    monkeypatch):
+    factories.patient(world.practice, "Jane", "Doe", chart="CH-1042")
+    db.session.commit()
+    login("coordinator")
+    post_upload(client, {f"{ORDER}.zip": export_zip(tmp_path)})
+    scan = the_scan()
+    assert len(scan.source_digest) == 64
+    before, files = counts(), stored_files(store_dir)
+    read: list[str] = []
+    real_inspect, real_head = uploads.mesh.inspect, uploads.mesh.check_head
+    monkeypatch.setattr(uploads.mesh, "inspect", lambda *a, **k: read.append("inspect") or real_inspect(*a, **k))
+    monkeypatch.setattr(uploads.mesh, "check_head", lambda *a, **k: read.append("head") or real_head(*a, **k))
+
+    # zipped anew (stored, not deflated; entries at the root): the same entries, the same export
+    again = post_upload(client, {"copy.zip": export_zip(tmp_path, name="copy.zip", top_folder=False,
+                                                        compression=zipfile.ZIP_STORED)})
+
+    assert again.status_code == 303 and read == []  # not one mesh opened
+    assert counts() == before and stored_files(store_dir) == files
+    assert "brought in before with the same files; nothing changed" in flash_of(client)
+    assert not any(store_dir.rglob(".source"))  # the staged zip is gone too
+
+
+def test_the_refused_files_of_an_export_are_listed_and_not_kept(client, login, world, store_dir, tmp_path):
+    login("coordinator")
+    files = meshes.export_files(ORDER, meshes={**meshes.arch_files(ORDER),
+                                               f"{ORDER}_Scan2.stl": meshes.binary_stl(meshes.corners(*meshes.bite()))[:-7]})
+    post_upload(client, {f"{ORDER}.zip": export_zip(tmp_path, files=files)})
+    broken = by_name(the_scan())[f"{ORDER}_Scan2.stl"]
+    assert broken.state is FileState.REFUSED and "7 bytes short" in broken.error
+    assert not store.resolve(broken.ref).exists()
+    assert f"{ORDER}_Scan2.stl" not in [p.name for p in stored_files(store_dir)]
+    assert all(store.resolve(f.ref).is_file() for f in the_scan().current_files if f.state is not FileState.REFUSED)
+
+
+def test_a_large_export_is_read_by_jobs_with_progress_on_the_scan_page(client, login, world, store_dir, scan_queue,
+                                                                       small_threshold, tmp_path, app):
+    factories.patient(world.practice, "Jane", "Doe", chart="CH-1042")
+    db.session.commit()
+    login("coordinator")
+    big = meshes.big_binary_stl(tmp_path / "big.stl", 20_000).read_bytes()  # 1 MB of meshes: over 52 KB
+    files = meshes.export_files(ORDER, meshes={**meshes.arch_files(ORDER), f"{ORDER}_Scan2.stl": big,
+                                               f"{ORDER}_broken_PreparationScan2.stl": b"%PDF-1.7 not a mesh"})
+
+    response = post_upload(client, {f"{ORDER}.zip": export_zip(tmp_path, files=files)})
+
+    assert response.status_code == 303, response.get_data(as_text=True)
+    scan = the_scan()
+    rows = by_name(scan)
+    meshes_ = [f for f in scan.current_files if f.format == "STL"]
+    assert {f.file_name: f.state for f in meshes_} == {
+        f"{ORDER}_PreparationScan.stl": FileState.PROCESSING, f"{ORDER}_AntagonistScan.stl": FileState.PROCESSING,
+        f"{ORDER}_BiteScan.stl": FileState.PROCESSING, f"{ORDER}_Scan2.stl": FileState.PROCESSING,
+        f"{ORDER}_broken_PreparationScan2.stl": FileState.REFUSED}  # plainly no mesh: refused at once
+    assert "it looks like a PDF document" in rows[f"{ORDER}_broken_PreparationScan2.stl"].error
+    assert store.resolve(rows[f"{ORDER}_broken_PreparationScan2.stl"].ref).exists() is False  # refused: not kept
+    assert all(f.triangle_count is None for f in meshes_)  # nothing was read in the request
+    prep = rows[f"{ORDER}_PreparationScan.stl"]
+    assert (prep.jaw, prep.jaw_source) == (Jaw.UPPER, "vendor")  # the order still tells the jaws
+    assert all(uploads.inspect_job_id(f.id) in scan_queue.get_job_ids() for f in meshes_
+               if f.state is FileState.PROCESSING)
+    assert "being checked in the background" in flash_of(client)
+    page = client.get(f"/scans/{scan.id}").get_data(as_text=True)
+    assert 'id="scan-processing"' in page and "Checking 4 large files" in page
+
+    drain(scan_queue)
+
+    rows = by_name(db.session.get(Scan, scan.id))
+    assert rows[f"{ORDER}_Scan2.stl"].triangle_count == 20_000 and rows[f"{ORDER}_Scan2.stl"].state is FileState.OK
+    assert rows[f"{ORDER}_PreparationScan.stl"].triangle_count == 480
+    bite = rows[f"{ORDER}_BiteScan.stl"]
+    assert (bite.jaw, bite.upper_file_id, bite.lower_file_id) == (
+        Jaw.BITE, rows[f"{ORDER}_PreparationScan.stl"].id, rows[f"{ORDER}_AntagonistScan.stl"].id)
+    assert 'id="scan-processing"' not in client.get(f"/scans/{scan.id}").get_data(as_text=True)
 
 
 @pytest.mark.parametrize("case", ["zip slip", "absolute path", "no order XML", "damaged zip", "XXE"])
@@ -725,7 +805,7 @@ def test_the_email_labs_page_lists_the_scan_files_with_their_links(client, world
     hrefs = re.findall(r'<a href="(http://localhost/scan-files/[^"]+)" rel="noreferrer nofollow">(Upper arch|Lower arch)</a>',
                        page)
     assert sorted(label for _, label in hrefs) == ["Lower arch", "Upper arch"]
-    assert "upper.stl" not in page  # M5: the lab sees what each file is, not the practice's file names
+    assert "upper.stl" not in page  # docs/reliability.md M5: the lab sees what each file is, not the practice's file names
     assert fetch(client, hrefs[0][0].removeprefix("http://localhost")).status_code == 200
 
 

@@ -11,11 +11,12 @@ from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
 from portal import logfilter
+from portal.tokens import guesses
 from portal.admin.users import services
 from portal.admin.users.forms import AddUserForm, RoleForm, SetPasswordForm
 from portal.admin.users.services import LastAdmin
 from portal.errors import UserError
-from portal.extensions import db, limiter, transaction
+from portal.extensions import db, transaction
 from portal.practices.models import Membership, Role, User
 from portal.web import go_to, render, requires, wants_fragment
 
@@ -157,17 +158,9 @@ def password_link(user_id: int):
 # ---- the set-password page ------------------------------------------------------------------------
 
 
-def _guess_limit() -> str:
-    return current_app.config.get("PASSWORD_LINK_GUESS_LIMIT", "10 per minute")
-
-
-guesses = limiter.shared_limit(_guess_limit, scope="password-link-guess",
-                               deduct_when=lambda response: response.status_code == 404)
-
-
 @password_bp.after_request
 def _private(response):
-    """As for lab links (M3): the token is the key, so no Referer carries it away and nothing
+    """As for lab links (docs/reliability.md M3): the token is the key, so no Referer carries it away and nothing
     caches the page."""
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"

@@ -24,7 +24,7 @@ from sqlalchemy.orm import contains_eager, lazyload
 from portal import tokens
 from portal.admin.users.models import PasswordLink
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.auth import sessions
 from portal.auth.passwords import hash_password
 from portal.clock import utcnow

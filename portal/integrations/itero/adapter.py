@@ -1,4 +1,4 @@
-"""iTero (Align's DPMS API, contracts/itero.md): sign-in, pairing, polling, the scan callback,
+"""iTero (Align's DPMS API, docs/vendors/itero.md): sign-in, pairing, polling, the scan callback,
 reading one order, and the Rx calls (Scan Request, Delete Rx, Return to doctor).
 
 Every iTero field name and path is in `itero_wire.py`; this module does the calls:
@@ -9,9 +9,9 @@ Every iTero field name and path is in `itero_wire.py`; this module does the call
   practice's iTero `doctors` (for the Rx).
 - Discovery runs before listing accounts, before every token refresh (the contract asks both) and
   on "Test connection"; its URLs are kept and every one is checked against the allow-list before
-  it is called (W8), so a discovery that points elsewhere stops the integration with the reason.
+  it is called (docs/reliability.md W8), so a discovery that points elsewhere stops the integration with the reason.
 - Every API call takes its token from `oauth.access_token` (refreshed a minute before the hour is
-  up, exactly once across workers, W7). A 401 refreshes once and retries once; a second 401 is an
+  up, exactly once across workers, docs/reliability.md W7). A 401 refreshes once and retries once; a second 401 is an
   "auth" error: the sync fails with "connect again". 429 and 5xx are transient: the sync records
   them and the sweep tries later (after Retry-After); nothing sleeps here. A refresh writes on a
   connection of its own, so callers call `accounts`, `test_connection`, `disconnect`, `poll` and
@@ -48,7 +48,7 @@ _T = ScannerIntegration.__table__
 
 class IteroAdapter(ScannerAdapter):
     vendor = Vendor.ITERO
-    # Get Orders lists only the orders in Ready for Download (Completed) and Lab Review (seed 001),
+    # Get Orders lists only the orders in Ready for Download (Completed) and Lab Review (docs/sources.md source 001),
     # and the callback fires only on entering those: an order that moves on to iTero Modeling,
     # Scanning, iTero Milling or Ready to Ship leaves the list silently. So the orders in any stage
     # but the final ones are re-read by their Rx id on every sync (portal/integrations/sync.py).
@@ -80,12 +80,12 @@ class IteroAdapter(ScannerAdapter):
     def _oauth_url(self, path: str) -> str:
         return wire.url(self._required("oauth_base", "OAuth base URL"), path)
 
-    # -- discovery (W8) ----------------------------------------------------------------------------------
+    # -- discovery (docs/reliability.md W8) ----------------------------------------------------------------------------------
     def discover(self, token: str | None = None) -> dict[str, str]:
         """The regional endpoint URLs, each checked against the allow-list before it is kept.
 
         Discovery comes after the token, so it carries the Bearer like every call after the token
-        (contracts/itero.md): `token`, else the access token we hold (which may be the one about to
+        (docs/vendors/itero.md): `token`, else the access token we hold (which may be the one about to
         be refreshed: discovery comes before a refresh)."""
         base = self._required("base_url", "discovery base URL")
         token = token or oauth.read(self.integration.id).access_token

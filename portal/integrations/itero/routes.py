@@ -1,43 +1,21 @@
-"""The case page's iTero panel: send the case's Rx to the scanner, withdraw it, and ask iTero for a
-rescan (portal/integrations/itero/rx.py does the work; jobs/itero.py calls iTero after the commit)."""
+"""The case page's iTero panel's actions: send the case's Rx to the scanner, withdraw it, and ask
+iTero for a rescan (portal/integrations/itero/rx.py does the work and gathers the panel's data for
+the case view; jobs/itero.py calls iTero after the commit)."""
 from __future__ import annotations
 
 from flask import Blueprint, flash, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import StringField
 
 from portal.audit.actor import Actor
 from portal.cases.models import LabCase
-from portal.extensions import db
+from portal.extensions import transaction
 from portal.integrations.itero import rx
+from portal.integrations.itero.forms import RescanForm, RxForm
 from portal.integrations.itero.models import ScanRequest
 from portal.web import CAN_EDIT, get_or_404, go_to, requires
 
 bp = Blueprint("scanner_rx", __name__)
-
-
-class RxForm(FlaskForm):
-    pass
-
-
-class RescanForm(FlaskForm):
-    reason = StringField("What should the doctor rescan?")
-
-
-@bp.app_template_global("itero_panel")
-def itero_panel(case: LabCase) -> rx.Panel | None:
-    return rx.panel(case)
-
-
-@bp.app_template_global("rx_form")
-def rx_form() -> RxForm:
-    return RxForm()
-
-
-@bp.app_template_global("rescan_form")
-def rescan_form(case: LabCase) -> RescanForm:
-    return RescanForm(reason=case.status_reason)
 
 
 def _back(case: LabCase):
@@ -49,13 +27,11 @@ def _do(case: LabCase, form: FlaskForm, action, success: str):
     if not form.validate():
         flash("The form expired; reload the page and try again.", "error")
         return _back(case)
-    try:
+    with transaction(rx.RxError) as outcome:
         action()
-    except rx.RxError as exc:
-        db.session.rollback()
-        flash(str(exc), "error")
+    if outcome.refused:
+        flash(str(outcome.refused), "error")
         return _back(case)
-    db.session.commit()
     flash(success, "success")
     return _back(case)
 

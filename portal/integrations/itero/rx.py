@@ -1,5 +1,5 @@
 """An Rx from a case to the scanner, withdrawing it, and asking for a rescan (iTero's Scan Request,
-Delete Rx and Return to doctor; contracts/itero.md).
+Delete Rx and Return to doctor; docs/vendors/itero.md).
 
 Outbox style, as sending work to labs (portal/dispatch): a person's click writes the row and its
 audit row in the request's transaction, and the job that calls the vendor is enqueued after the
@@ -20,16 +20,17 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 
 from portal.audit.actor import Actor
-from portal.audit.service import record
+from portal.audit.record import record
 from portal.cases.lifecycle import Status
 from portal.cases.models import LabCase
 from portal.extensions import db
 from portal.integrations.http import VendorError
 from portal.integrations.itero.models import RescanRequest, RescanState, RxState, ScanRequest
 from portal.integrations.models import ScannerIntegration
+from portal.integrations.registry import adapter_for
 from portal.integrations.vendor import OrderStage, Vendor
 from portal.practices.models import utcnow
-from portal.queue import RETURN_TO_DOCTOR, SEND_RX, WITHDRAW_RX, enqueue_after_commit, scanner_job_timeout
+from portal.queue import RETURN_TO_DOCTOR, SEND_RX, WITHDRAW_RX, enqueue_after_commit, enqueue_now, get_queue, scanner_job_timeout
 from portal.scans.models import Scan
 
 LIVE = frozenset({RxState.PENDING, RxState.CREATED, RxState.DELETE_PENDING})
@@ -281,8 +282,6 @@ def _claim(model, row_id: int, state) -> bool:
 
 def send(request_id: int, actor: Actor) -> str:
     """The job: create the Rx at iTero (the doctor matched by name in its practice configuration)."""
-    from portal.integrations.registry import adapter_for
-
     if not _claim(ScanRequest, request_id, RxState.PENDING):
         return "nothing to do"
     request = db.session.get(ScanRequest, request_id)
@@ -325,8 +324,6 @@ def send(request_id: int, actor: Actor) -> str:
 
 def withdraw(request_id: int, actor: Actor) -> str:
     """The job: delete the Rx at iTero. 409 (it has a scan) leaves it waiting, with the reason."""
-    from portal.integrations.registry import adapter_for
-
     if not _claim(ScanRequest, request_id, RxState.DELETE_PENDING):
         return "nothing to do"
     request = db.session.get(ScanRequest, request_id)
@@ -373,8 +370,6 @@ def _failed_attempt(request: ScanRequest, exc: VendorError, actor: Actor, final:
 
 def return_scan(rescan_id: int, actor: Actor) -> str:
     """The job: iTero's Return to doctor for the scan's order, with the reason."""
-    from portal.integrations.registry import adapter_for
-
     if not _claim(RescanRequest, rescan_id, RescanState.PENDING):
         return "nothing to do"
     row = db.session.get(RescanRequest, rescan_id)
@@ -416,8 +411,6 @@ def _rescan_outcome(row: RescanRequest, state: RescanState, error: str, actor: A
 def sweep() -> dict:
     """Enqueue the job of every Rx or rescan request still waiting whose last attempt (if any) is
     older than the lease: a job lost to a Redis outage or a killed worker is not lost work."""
-    from portal.queue import enqueue_now, get_queue
-
     queue = get_queue()
     cutoff = utcnow() - lease()
     waiting = or_(ScanRequest.attempts == 0, ScanRequest.updated_at <= cutoff)

@@ -1,4 +1,4 @@
-"""Every iTero field name, path and status word, in one module (contracts/itero.md).
+"""Every iTero field name, path and status word, in one module (docs/vendors/itero.md).
 
 The contract's "Wire shapes the adapter targets" are our assumption until Align's partner
 specification is in hand; when it is, this file is what changes. Nothing outside it names an iTero
@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from portal.integrations.http import VendorError
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
+from portal.scans.services import restoration_for
 
 VENDOR = "iTero"
 
@@ -28,8 +29,8 @@ TOKEN_PATH = "token"
 REVOKE_PATH = "revoke"
 DISCOVERY_PATH = "discovery"
 
-# The endpoints discovery must name (contracts/itero.md), and ours that it may name: "return to
-# doctor" is in Align's Lab Connector overview (seed 004) but not in the contract's discovery list;
+# The endpoints discovery must name (docs/vendors/itero.md), and ours that it may name: "return to
+# doctor" is in Align's Lab Connector overview (docs/sources.md source 004) but not in the contract's discovery list;
 # its path and body are our assumption (the sandbox implements them).
 REQUIRED_ENDPOINTS = ("accounts", "pair", "unpair", "practice_configuration", "scan_request", "orders",
                       "order_by_rx", "download")
@@ -37,7 +38,7 @@ OPTIONAL_ENDPOINTS = ("return_to_doctor",)
 
 # -- statuses -------------------------------------------------------------------------------------------
 # Practice side (Completed, iTero Modeling, Lab Review, Scanning, iTero Milling) and lab side (Ready for
-# Download, Lab Review, iTero Milling, Ready to Ship, Downloaded), seed 001. Keys are compared
+# Download, Lab Review, iTero Milling, Ready to Ship, Downloaded), docs/sources.md source 001. Keys are compared
 # case-insensitively with runs of spaces collapsed; an unknown word is IN_PROGRESS, kept as it came.
 STAGES = {
     "completed": OrderStage.READY,
@@ -340,8 +341,6 @@ def _order(raw, endpoints: dict) -> VendorOrder:
 
 
 def _item(procedure: str, teeth: tuple[str, ...]) -> RxItem:
-    from portal.scans.services import restoration_for
-
     restoration = restoration_for(procedure)
     return RxItem(teeth, restoration, notes=procedure if restoration == "other" else "")
 

@@ -1,12 +1,12 @@
-"""Medit Link through its OAuth 2 API (contracts/medit.md): sign-in, polling the clinic's cases,
+"""Medit Link through its OAuth 2 API (docs/vendors/medit.md): sign-in, polling the clinic's cases,
 reading one case, and the signed webhooks. Field names, paths and headers are in medit_wire.py.
 
 The integration row holds, sealed (`credentials`): `client_id` and `client_secret` (32 characters
 each, from Medit's developer console) and `webhook_secret` (the webhook signing secret, optional:
 without it only polling brings scans in), with `previous_webhook_secret` for a day after it was
-replaced (W3). In plain settings: `auth_host` and `resource_host` (production by default; Medit's
+replaced (docs/reliability.md W3). In plain settings: `auth_host` and `resource_host` (production by default; Medit's
 stage hosts, or the vendor sandbox, by configuration, each checked against SCANNER_ALLOWED_HOSTS
-before any call: W8), `scopes` (USER GROUP CASE FILE ORDER offline_access unless set), and what
+before any call: docs/reliability.md W8), `scopes` (USER GROUP CASE FILE ORDER offline_access unless set), and what
 sign-in learnt from /v1/me: `group_uuid` (the clinic's group, sent as x-meditlink-group-uuid on every
 group call), `group_name`, `user`, `email`. The admin pages store and check the typed values
 (portal/integrations/services.py SETTINGS: the 32-character length, the hosts on the allow-list, the
@@ -14,7 +14,7 @@ previous webhook secret kept on a change).
 
 Every resource call sends `Authorization: Bearer`, `x-meditlink-client-id`, and the group header on
 group calls. The access token comes from portal/integrations/oauth.py (refreshed before it expires,
-exactly once across workers: W7); a 401 refreshes once (`stale_version`) and tries again, and a
+exactly once across workers: docs/reliability.md W7); a 401 refreshes once (`stale_version`) and tries again, and a
 second 401 is an "auth" VendorError: the integration must be connected again.
 
 Polling (`poll`): /v1/cases/search over the window [cursor - OVERLAP, now] in epoch milliseconds,
@@ -195,15 +195,15 @@ class MeditAdapter(ScannerAdapter):
 
     def verify_callback(self, headers, raw_body: bytes) -> list[Notice]:
         """A Medit webhook: `x-meditlink-signature` must be the hex HMAC-SHA256 of the raw body with
-        the webhook secret (or, during a switch, the one it replaced: W3), compared in constant
-        time; anything else is a 401 and nothing is stored (W1). Only then is the body read.
+        the webhook secret (or, during a switch, the one it replaced: docs/reliability.md W3), compared in constant
+        time; anything else is a 401 and nothing is stored (docs/reliability.md W1). Only then is the body read.
 
-        Each case the body names becomes a Notice to re-read that case through the API (W6: the
+        Each case the body names becomes a Notice to re-read that case through the API (docs/reliability.md W6: the
         body itself is never applied). Its key is the SHA-256 of the raw body: Medit sends a
-        repeated delivery byte for byte, so it is stored once (W4), while a later event about the
+        repeated delivery byte for byte, so it is stored once (docs/reliability.md W4), while a later event about the
         same case differs (its dateIssued, its content) and is a new one.
 
-        Freshness (W2): Medit signs no delivery timestamp (dateIssued is in the signed body, but a
+        Freshness (docs/reliability.md W2): Medit signs no delivery timestamp (dateIssued is in the signed body, but a
         retry repeats it, so an age limit would drop Medit's own late retries). A replayed body is
         harmless instead: if we stored it, it is a repeat; if not, handling it only re-reads the
         case as Medit has it now, with our credentials, so it can't bring back an old state.
@@ -244,7 +244,7 @@ class MeditAdapter(ScannerAdapter):
     def _get(self, path: str, *, group: bool = True, params: dict | None = None) -> dict:
         """GET a resource path with a valid token: a 401 refreshes once and tries again."""
         url = self._resource_host() + path
-        check_host(url)  # before any token work: nothing is sent anywhere for a host off the list (W8)
+        check_host(url)  # before any token work: nothing is sent anywhere for a host off the list (docs/reliability.md W8)
         client_id, _ = self._client()
         heads = wire.headers(client_id, self._group() if group else None)
         tokens = oauth.access_token(self._id, self._refresh)

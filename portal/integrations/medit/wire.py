@@ -1,4 +1,4 @@
-"""Medit Link's wire shapes (contracts/medit.md), and what they mean as a VendorOrder.
+"""Medit Link's wire shapes (docs/vendors/medit.md), and what they mean as a VendorOrder.
 
 Every Medit field name, path and header lives here; portal/integrations/medit/adapter.py only calls these.
 
@@ -23,7 +23,7 @@ What a Medit CASE becomes, and why:
   not the download link it answers with: that link expires after minutes and is different on every
   read, so storing it would make every poll look like a change (the content key would move) and
   hand labs dead links. The adapter resolves the download link when someone needs the file
-  (`MeditAdapter.download_link`). Lab Manager keeps the reference, not the file (seed 000).
+  (`MeditAdapter.download_link`). Lab Manager keeps the reference, not the file (docs/sources.md source 000).
 - jaw: from the scan file's name (`...-UpperJawScan...`, `...-LowerJawScan...`, `...-BiteScan...`,
   occlusion), by portal/scans/mesh/__init__.py's name detection.
 - patient: Medit gives one `name`; `split_name` makes first and last name of it. The patient

@@ -1,4 +1,4 @@
-"""3Shape TRIOS by export: a watched import folder (contracts/threeshape.md, seed 002).
+"""3Shape TRIOS by export: a watched import folder (docs/vendors/threeshape.md, docs/sources.md source 002).
 
 TRIOS (or a person) drops order exports, each a folder or a .zip named after the order id, into a
 folder on the Lab Manager server; the practice's 3Shape integration names it (setting

@@ -1,4 +1,4 @@
-"""3Shape TRIOS / Dental System order exports (contracts/threeshape.md), read without trusting them.
+"""3Shape TRIOS / Dental System order exports (docs/vendors/threeshape.md), read without trusting them.
 
 An export is a folder, or a zip of it, named after the order id: `<OrderID>.xml` (a
 `<DentalContainer>` of `<Object type="TDM_...">` with `<Property name= value=>` children), the scan
@@ -14,8 +14,10 @@ ratio) and their members are read as streams, never written to disk.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import re
 import stat
@@ -147,6 +149,12 @@ class ThreeShapeExport:
     items: tuple[RxItem, ...]
     xml_path: str
     warnings: tuple[str, ...] = field(default=())
+    num_order_id: str = ""  # NumOrderID: 3Shape's numeric order number
+    client_id: str = ""  # ClientID: the clinic's id at the lab
+    patient_guid: str = ""  # PatientGuid
+    scan_source: str = ""  # ScanSource: which scanner (ss3SE4 ...)
+    threeshape_order_no: str = ""  # ThreeShapeOrderNo of the .3ox order file
+    order_3ox_path: str = ""  # the .3ox order file, when the export has one
 
     @property
     def due_date(self) -> dt.date | None:
@@ -180,6 +188,9 @@ class ThreeShapeExport:
                    "client_order_no": self.client_order_no, "customer": self.customer, "operator": self.operator,
                    "material": self.material, "shade": self.shade, "container_version": self.container_version,
                    "tooth_numbering": self.tooth_numbering, "order_xml": ref_prefix + self.xml_path,
+                   "num_order_id": self.num_order_id, "client_id": self.client_id,
+                   "patient_guid": self.patient_guid, "scan_source": self.scan_source,
+                   "threeshape_order_no": self.threeshape_order_no,
                    "bite_links": links, "warnings": list(self.warnings)},
         )
 
@@ -300,6 +311,9 @@ def _find_order_xml(source: _Source) -> _Member:
     if named:
         return min(named, key=lambda m: m.path.count("/"))
     if not candidates:
+        ox = _find_3ox(source)
+        if ox is not None:
+            return ox  # an export with only the .3ox order file
         raise ExportError(f"The export has no order XML ({source.name}.xml): it is not a 3Shape order export, "
                           "or the XML was left out.")
     shallow = min(m.path.count("/") for m in candidates)
@@ -310,12 +324,92 @@ def _find_order_xml(source: _Source) -> _Member:
                       f"named after it ({source.name}.xml): which one is the order cannot be told.")
 
 
+def _find_3ox(source: _Source) -> _Member | None:
+    """The .3ox order file 3Shape writes beside (or instead of) the order XML: the shallowest one."""
+    found = [m for m in source.members if m.path.lower().endswith(".3ox")]
+    return min(found, key=lambda m: (m.path.count("/"), m.path)) if found else None
+
+
+# The .3ox order file: UTF-16 (or UTF-8) XML in the namespace
+# http://schemas.3shape.com/3OX/OrderInterface/2011/01 whose elements hold their values as text
+# (<ThreeShapeOrderNo>, <ModelElement displayName=...>). Read by local name, namespace or not; the
+# fields Lab Manager uses are listed in OX_FIELDS (any other is ignored).
+
+OX_FIELDS = {
+    "threeshapeorderno": "ThreeShapeOrderNo", "intorderid": "IntOrderID", "orderid": "IntOrderID",
+    "extorderid": "ExtOrderID", "numorderid": "NumOrderID", "clientid": "ClientID",
+    "clientorderno": "ClientOrderNo", "patientguid": "PatientGuid", "patientid": "PatientGuid",
+    "scansource": "ScanSource", "patient_firstname": "Patient_FirstName", "patientfirstname": "Patient_FirstName",
+    "firstname": "Patient_FirstName", "patient_lastname": "Patient_LastName", "patientlastname": "Patient_LastName",
+    "lastname": "Patient_LastName", "patientname": "PatientName", "patient_refno": "Patient_RefNo",
+    "patientrefno": "Patient_RefNo", "items": "Items", "ordercomments": "OrderComments", "comments": "OrderComments",
+    "customer": "Customer", "clientcontactperson": "ClientContactPerson", "manufname": "ManufName",
+    "operatorname": "OperatorName", "cachemaxscandate": "CacheMaxScanDate",
+}
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def read_3ox(data: bytes, what: str = "The .3ox order file") -> dict[str, str]:
+    """The order fields of a .3ox (see OX_FIELDS), by the names of the order XML's TDM_Item_Order. The
+    encoding comes from the byte-order mark or the XML declaration (3Shape writes UTF-16)."""
+    root = parse_xml(data, what)
+    found: dict[str, str] = {}
+    for element in root.iter():
+        key = OX_FIELDS.get(_local(element.tag).lower())
+        if key is None or key in found:
+            continue
+        value = (element.text or element.get("value") or "").strip()
+        if value and len(element) == 0:
+            found[key] = value[:500]
+    # <Property name="NumOrderID" value="..."/> in the 3OX namespace, as the order XML writes them
+    for element in root.iter():
+        if _local(element.tag) == "Property":
+            key = OX_FIELDS.get((element.get("name") or "").lower())
+            value = (element.get("value") or "").strip()
+            if key and value and key not in found:
+                found[key] = value[:500]
+    return found
+
+
+def split_patient_name(first: str, last: str) -> tuple[str, str]:
+    """3Shape's Patient_LastName often holds the whole name ("Doe, Jane", "Jane Doe") with
+    Patient_FirstName empty, or repeats the first name ("Jane Doe" with first name "Jane")."""
+    first, last = first.strip(), " ".join(last.split())
+    if first and last.lower().startswith(first.lower() + " "):
+        return first, last[len(first) + 1:].strip()
+    if first or not last:
+        return first, last
+    if "," in last:
+        surname, given = (p.strip() for p in last.split(",", 1))
+        return (given, surname) if given and surname else (first, last.replace(",", "").strip())
+    words = last.split(" ")
+    if len(words) >= 2:
+        return " ".join(words[:-1]), words[-1]
+    return first, last
+
+
 # XML
+
+def _xml_text(data: bytes, what: str) -> bytes | str:
+    """UTF-16 XML (3Shape's .3ox) decoded here: expat reads UTF-16 only with a byte-order mark and
+    refuses a declared "utf-16-le"; a str is parsed whatever its declaration says."""
+    codec = ("utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+             else "utf-16-le" if data[:2] == b"<\x00" else "utf-16-be" if data[:2] == b"\x00<" else "")
+    if not codec:
+        return data
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        raise ExportError(f"{what} cannot be read: it is not valid UTF-16 text.") from None
+
 
 def parse_xml(data: bytes, what: str = "The order XML") -> Element:
     """Parse untrusted XML: entity declarations and external references are refused."""
     try:
-        return SafeET.fromstring(data)
+        return SafeET.fromstring(_xml_text(data, what))
     except defusedxml.EntitiesForbidden:
         raise ExportError(f"{what} declares entities, which Lab Manager refuses (they can read files on the "
                           "server or expand without end).") from None
@@ -325,6 +419,8 @@ def parse_xml(data: bytes, what: str = "The order XML") -> Element:
         raise ExportError(f"{what} uses an XML feature Lab Manager refuses ({exc}).") from None
     except ParseError as exc:
         raise ExportError(f"{what} cannot be read: it is not well-formed XML ({exc}).") from None
+    except ValueError as exc:  # an encoding expat does not know
+        raise ExportError(f"{what} cannot be read: {exc}.") from None
 
 
 def _props(obj: Element) -> dict[str, str]:
@@ -523,27 +619,76 @@ def _tokens(name: str) -> set[str]:
 
 # Reading an export
 
-def read_export(path: str | os.PathLike, *, limits: Limits = Limits(), progress: Progress | None = None) -> ThreeShapeExport:
-    """Read an export folder or zip. `progress(bytes_read, total)` follows the meshes being read."""
+def read_export(path: str | os.PathLike, *, limits: Limits = Limits(), progress: Progress | None = None,
+                read_meshes: bool = True) -> ThreeShapeExport:
+    """Read an export folder or zip. `progress(bytes_read, total)` follows the meshes being read.
+    With `read_meshes` False the meshes are only sniffed (their first megabyte: a PDF renamed .stl
+    is that file's error at once) and left with ``mesh`` None for a background job to read; their
+    jaws then come from the order and the names, the shape's say comes after the job."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
-        return _read(_folder_source(path, limits), limits, progress)
+        return _read(_folder_source(path, limits), limits, progress, read_meshes)
     if path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
         source, archive = _zip_source(path, limits)
         with archive:
-            return _read(source, limits, progress)
+            return _read(source, limits, progress, read_meshes)
     if path.is_file():
         raise ExportError(f"{path.name} is neither a folder nor a zip of a 3Shape order export.")
     raise ExportError(f"{path.name} does not exist.")
 
 
-def _read(source: _Source, limits: Limits, progress: Progress | None) -> ThreeShapeExport:
+def export_digest(path: str | os.PathLike) -> str:
+    """A digest of a zip export's entries (name, size and CRC-32 of each, from the zip's directory:
+    nothing is unpacked), so the same export uploaded again is known before its meshes are read, even
+    zipped anew. "" when `path` is not a readable zip (read_export then says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = sorted((i.filename.replace("\\", "/"), i.file_size, i.CRC) for i in archive.infolist()
+                             if not i.is_dir())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return ""
+    tops = {name.split("/", 1)[0] for name, _, _ in entries}
+    if len(tops) == 1 and all("/" in name for name, _, _ in entries):  # zipped with its folder or without
+        entries = [(name.split("/", 1)[1], size, crc) for name, size, crc in entries]
+    h = hashlib.sha256()
+    for name, size, crc in entries:
+        h.update(f"{name}\0{size}\0{crc:08x}\n".encode())
+    return h.hexdigest()
+
+
+def mesh_bytes(path: str | os.PathLike) -> int:
+    """The unpacked size of a zip export's mesh files (STL, PLY, OBJ), from the zip's directory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(i.file_size for i in archive.infolist()
+                       if PurePosixPath(i.filename).suffix.lower() in MESH_EXTENSIONS)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
+
+
+def _read(source: _Source, limits: Limits, progress: Progress | None, read_meshes: bool = True) -> ThreeShapeExport:
     xml_member = _find_order_xml(source)
     try:
         data = source.read(xml_member, limits.max_xml_bytes)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise ExportError(f"The order XML {xml_member.path} is damaged and cannot be read ({exc}).") from None
-    root = parse_xml(data)
+    ox_member = xml_member if xml_member.path.lower().endswith(".3ox") else _find_3ox(source)
+    ox: dict[str, str] = {}
+    if ox_member is not None:
+        try:
+            ox = read_3ox(source.read(ox_member, limits.max_xml_bytes), ox_member.path)
+        except ExportError:
+            if ox_member is xml_member:
+                raise
+            ox = {}
+    if ox_member is xml_member:  # no DentalContainer XML: the .3ox is the order
+        root = Element("DentalContainer")
+        order_obj = Element("Object", {"type": "TDM_Item_Order"})
+        for key, value in ox.items():
+            order_obj.append(Element("Property", {"name": key, "value": value}))
+        root.append(order_obj)
+    else:
+        root = parse_xml(data)
     if root.tag != "DentalContainer":
         raise ExportError(f"{xml_member.path} is not a 3Shape order: its root element is <{root.tag}>, "
                           "not <DentalContainer>.")
@@ -553,8 +698,9 @@ def _read(source: _Source, limits: Limits, progress: Progress | None) -> ThreeSh
     warnings: list[str] = []
     if len(orders) > 1:
         warnings.append(f"The order XML holds {len(orders)} orders; the first was read.")
-    order = orders[0]
-    order_id = order.get("IntOrderID") or source.name
+    order = {**{k: v for k, v in ox.items() if k != "IntOrderID" or not orders[0].get("IntOrderID")},
+             **{k: v for k, v in orders[0].items() if v}}
+    order_id = order.get("IntOrderID") or order.get("ThreeShapeOrderNo") or source.name
     if order_id.lower() != source.name.lower() and PurePosixPath(xml_member.path).stem.lower() != order_id.lower():
         warnings.append(f"The export is named {source.name} but its XML is for order {order_id}.")
     scanned_at = _unix(order.get("CacheMaxScanDate", ""))
@@ -616,9 +762,10 @@ def _read(source: _Source, limits: Limits, progress: Progress | None) -> ThreeSh
         warnings.append("The prepared teeth are on both arches: which arch each scan shows is not told by "
                         "the order.")
 
-    files = _read_files(source, xml_member, models, scans, prep_arch({}), progress)
-    patient = PatientRef(first_name=order.get("Patient_FirstName", ""), last_name=order.get("Patient_LastName", ""),
-                         chart_number=order.get("Patient_RefNo", ""))
+    files = _read_files(source, xml_member, models, scans, prep_arch({}), progress, read_meshes)
+    first, last = split_patient_name(order.get("Patient_FirstName", ""),
+                                     order.get("Patient_LastName", "") or order.get("PatientName", ""))
+    patient = PatientRef(first_name=first, last_name=last, chart_number=order.get("Patient_RefNo", ""))
     return ThreeShapeExport(
         name=source.name, order_id=order_id, ext_order_id=order.get("ExtOrderID", ""),
         client_order_no=order.get("ClientOrderNo", ""), patient=patient, comments=order.get("OrderComments", ""),
@@ -627,7 +774,10 @@ def _read(source: _Source, limits: Limits, progress: Progress | None) -> ThreeSh
         material=order.get("CacheMaterialName", ""), shade=order.get("CacheColor", ""), scanned_at=scanned_at,
         container_version=root.get("version", ""), tooth_numbering=system if raw_teeth else "",
         tooth_elements=tuple(elements), model_elements=models, scans=tuple(scans), files=files, items=items,
-        xml_path=xml_member.path, warnings=tuple(warnings),
+        xml_path=xml_member.path, warnings=tuple(warnings), num_order_id=order.get("NumOrderID", ""),
+        client_id=order.get("ClientID", ""), patient_guid=order.get("PatientGuid", ""),
+        scan_source=order.get("ScanSource", ""), threeshape_order_no=order.get("ThreeShapeOrderNo", ""),
+        order_3ox_path=ox_member.path if ox_member is not None else "",
     )
 
 
@@ -651,7 +801,7 @@ def _material_names(source: _Source, warnings: list[str]) -> dict[str, str]:
 
 
 def _read_files(source: _Source, xml_member: _Member, models: tuple[ModelElement, ...], scans: list[Scan],
-                prep_jaw: Jaw, progress: Progress | None) -> tuple[ExportFile, ...]:
+                prep_jaw: Jaw, progress: Progress | None, read_meshes: bool = True) -> tuple[ExportFile, ...]:
     model_files = {PurePosixPath(m.file_name.replace("\\", "/")).name.lower() for m in models if m.file_name}
     meshes = [m for m in source.members if PurePosixPath(m.path).suffix.lower() in MESH_EXTENSIONS]
     total, done = sum(m.size for m in meshes), 0
@@ -670,8 +820,11 @@ def _read_files(source: _Source, xml_member: _Member, models: tuple[ModelElement
 
             try:
                 with source.open(member) as f:
-                    info = mesh.inspect(f, name=member.path, size=member.size, progress=step)
-                fmt = info.format
+                    if read_meshes:
+                        info = mesh.inspect(f, name=member.path, size=member.size, progress=step)
+                        fmt = info.format
+                    else:
+                        fmt = mesh.check_head(f.read(mesh.CHUNK_SIZE), member.size, member.path)
             except MeshError as exc:
                 error = str(exc)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:

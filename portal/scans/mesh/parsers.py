@@ -1,4 +1,4 @@
-"""Mesh files of intraoral scans: what they hold, read without trusting them (contracts/threeshape.md).
+"""Mesh files of intraoral scans: what they hold, read without trusting them (docs/vendors/threeshape.md).
 
 :func:`inspect` reads an STL (binary or ASCII), a PLY (ascii, binary_little_endian,
 binary_big_endian) or an OBJ and returns a :class:`MeshInfo`, or raises :class:`MeshError` whose

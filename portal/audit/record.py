@@ -1,4 +1,4 @@
-"""The one helper that writes audit rows (A1-A3), and the chain check.
+"""The one helper that writes audit rows (docs/reliability.md A1-A3), and the chain check.
 
 Each row's hash is an HMAC-SHA256 (portal/audit/keys.py) over its fields, the id of the key
 that signed it and the previous row's hash. Rows written before the chain was keyed keep their
