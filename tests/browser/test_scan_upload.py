@@ -104,3 +104,24 @@ def test_a_large_files_progress_is_followed_live_until_it_is_read(page, signed_i
     expect(row).to_contain_text("60,000")
     assert db.session.get(Scan, scan_id).current_files[0].state is FileState.OK
     shot(page, tmp_path, "scan-page-processed.png")
+
+
+def test_the_upload_button_is_disabled_while_uploading_and_a_fixed_field_loses_its_error(page, signed_in, world, db,
+                                                                                        tmp_path):
+    """hx-disabled-elt found the first submit button of the form, the patient search's Find."""
+    patient = factories.patient(world.practice, "Ana", "Silva")
+    db.session.commit()
+    signed_in(page, world.users["coordinator"], "/scans/upload")
+    page.fill("#patient_q", "silva")
+    page.locator(f'#upload-patients input[value="{patient.id}"]').check()
+    page.set_input_files("#files", str(meshes.write(tmp_path / "broken.stl", b"%PDF-1.7 not a mesh" * 10)))
+    upload = page.get_by_role("button", name="Upload", exact=True)
+    page.evaluate("""(button) => { window.uploadDisabled = false;
+        new MutationObserver(() => { if (button.disabled) window.uploadDisabled = true; })
+            .observe(button, {attributes: true}); }""", upload.element_handle())
+    upload.click()
+    error = page.locator("#files-error")
+    expect(error).to_contain_text("was refused")
+    assert page.evaluate("window.uploadDisabled") is True
+    page.set_input_files("#files", [str(p) for p in mesh_files(tmp_path)])  # the field is fixed
+    expect(error).to_be_hidden()
