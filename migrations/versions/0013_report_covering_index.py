@@ -1,7 +1,7 @@
 """the reports' covering index
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03 12:55:00
 
 The managers' reports read a practice's cases by send date and only these columns: with all of
@@ -10,8 +10,8 @@ it replaces (practice_id, sent_at), so every query that used that one can use th
 """
 from alembic import op
 
-revision = '0012'
-down_revision = '0011'
+revision = '0013'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
