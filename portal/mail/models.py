@@ -11,7 +11,7 @@ from portal.extensions import db
 from portal.keyring import Encrypted
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
-# Where a private link's secret part (a token) stands in the stored bodies (RELIABILITY M1: the
+# Where a private link's secret part (a token) stands in the stored bodies (docs/reliability.md M1: the
 # database holds no usable token): the delivery puts the token back in, from `link_secret`.
 PLACEHOLDER = "[[lab-manager:private-link]]"
 SCRUBBED = "[private link removed after delivery]"

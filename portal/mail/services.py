@@ -40,7 +40,7 @@ def queue_mail(*, to: str | Iterable[str], subject: str, text: str, html: str = 
                lab_id: int | None = None, secret: str = "") -> MailMessage:
     """Add an outbox row to the current transaction and send it once that commits. `secret` (a
     private link's token) is kept only encrypted: the stored bodies hold a placeholder where it
-    stood, and the delivery puts it back (RELIABILITY M1)."""
+    stood, and the delivery puts it back (docs/reliability.md M1)."""
     to_addrs = _addresses(to)
     if not to_addrs:
         raise ValueError("an email needs at least one recipient")

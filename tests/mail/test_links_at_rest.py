@@ -1,4 +1,4 @@
-"""RELIABILITY M1 in the outbox: a private link's token is stored only as a hash, so the mail
+"""docs/reliability.md M1 in the outbox: a private link's token is stored only as a hash, so the mail
 that carries it keeps no usable token at rest. The raw rows hold a placeholder in the bodies and
 the token encrypted (SCANNER_CREDENTIALS_KEYS) until the mail is delivered or failed for good,
 and nothing at all afterwards; what the SMTP server receives has the working link."""
