@@ -17,7 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.auth import sessions
 from portal.cases import teeth
-from portal.cases.lifecycle import allowed_moves
+from portal.cases.lifecycle import UNDO_SECONDS, allowed_moves
 from portal.cases.status import LABELS, Status
 from portal.extensions import db, login_manager
 from portal.practices.models import Practice, Role, User
@@ -207,7 +207,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["teeth"] = _teeth
     app.jinja_env.filters["fromjson"] = lambda text: json.loads(text or "{}")
     app.jinja_env.globals.update(
-        Status=Status, STATUS_LABELS=LABELS, HTMX_CONFIG=HTMX_CONFIG, can_edit=can_edit, Role=Role,
+        Status=Status, STATUS_LABELS=LABELS, HTMX_CONFIG=HTMX_CONFIG, UNDO_SECONDS=UNDO_SECONDS, can_edit=can_edit, Role=Role,
         today=lambda: dt.date.today(), case_moves=allowed_moves, case_path=case_path,
     )
 

@@ -10,18 +10,35 @@
   function armToasts(root) {
     root.querySelectorAll(".toast:not([data-armed])").forEach(function (toast) {
       toast.dataset.armed = "1";
-      if (!toast.classList.contains("error")) setTimeout(function () { toast.remove(); }, 6000);
+      // A toast with an Undo button stays as long as the undo works (data-ttl, ms).
+      if (!toast.classList.contains("error")) setTimeout(function () { toast.remove(); }, Number(toast.dataset.ttl) || 6000);
     });
   }
   document.addEventListener("click", function (e) {
     var close = e.target.closest(".toast-close");
     if (close) close.closest(".toast").remove();
+    var undone = e.target.closest(".toast-undo button");
+    if (undone) setTimeout(function () { var t = undone.closest(".toast"); if (t) t.hidden = true; }, 0);
     var print = e.target.closest("[data-print]");
     if (print) window.print();
   });
   document.addEventListener("change", function (e) {
     if (e.target.matches("select[data-autosubmit]")) e.target.form.submit();
   });
+
+  // An error beside a field goes once the person changes that field (the server checks it again
+  // on the next submit); the other fields keep theirs.
+  function clearFieldError(e) {
+    var input = e.target;
+    if (!input.matches || !input.matches("input, select, textarea") || input.type === "hidden") return;
+    var holder = input.closest(".has-error");
+    if (!holder) return;
+    holder.classList.remove("has-error");
+    holder.querySelectorAll(".error").forEach(function (p) { p.hidden = true; });
+    holder.querySelectorAll("[aria-invalid]").forEach(function (el) { el.removeAttribute("aria-invalid"); });
+  }
+  document.addEventListener("input", clearFieldError);
+  document.addEventListener("change", clearFieldError);
 
   // "/" focuses the find-case box (a barcode scanner types into it and presses Enter).
   document.addEventListener("keydown", function (e) {

@@ -1,5 +1,5 @@
 """The repository explains itself: code, tests and the README cite documents under docs/ only,
-and the reliability codes they cite are defined in docs/reliability.md."""
+every document they cite is there, and the reliability codes they cite are defined."""
 from __future__ import annotations
 
 import pathlib
@@ -9,6 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("portal", "jobs", "tests", "sandbox", "bench", "templates", "openapi")
            for p in (ROOT / d).rglob("*") if p.suffix in {".py", ".html", ".yaml", ".txt"} and "vendor" not in p.parts]
 SOURCES.append(ROOT / "README.md")
+CITED = re.compile(r"\bdocs/[\w/.-]+\.md\b")
 OUTSIDE = re.compile(r"contracts/[a-z-]+\.md|\bRELIABILITY\b|\b[Ss]eeds? ?-?00\d\b|\bPRODUCT\.md|\.\./shared")
 
 
@@ -16,6 +17,12 @@ def test_nothing_cites_a_document_outside_the_repository():
     found = [f"{p.relative_to(ROOT)}:{n}: {m.group(0)}" for p in SOURCES if p != pathlib.Path(__file__)
              for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) for m in OUTSIDE.finditer(line)]
     assert not found, "citations of documents that are not in the repository:\n" + "\n".join(found)
+
+
+def test_every_cited_document_is_in_docs():
+    missing = sorted({m.group(0) for p in SOURCES for m in CITED.finditer(p.read_text(errors="replace"))
+                      if not (ROOT / m.group(0)).is_file()})
+    assert not missing, f"cited but not in the repository: {missing}"
 
 
 def test_the_reliability_codes_cited_are_defined():

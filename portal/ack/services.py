@@ -9,8 +9,9 @@
   cancelled the case or wrote to it (called by portal.labcomm.services.tell_lab, which tells an
   API lab through its API instead).
 
-Tokens are `secrets.token_urlsafe(32)` (256 bits); only their SHA-256 is stored. The token is
-in the outbox row only until the SMTP server has taken the mail (jobs.mail scrubs it then).
+Tokens are `secrets.token_urlsafe(32)` (256 bits); only their SHA-256 is stored. The outbox row
+holds the token only encrypted, in place of the link in its bodies, until the SMTP server has
+taken the mail (portal/mail/delivery.py drops it then).
 Services flush; the caller commits.
 """
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _queue_work_order(case: LabCase, lab: Lab, link: AckLink, token: str, kind: 
         subject += f" · due {case.due_date:%a %d %b}"
     return queue_mail(
         to=lab.email, cc=lab.cc_emails, subject=subject, kind=kind, case_id=case.id,
-        practice_id=case.practice_id, lab_id=lab.id, scrub=token,
+        practice_id=case.practice_id, lab_id=lab.id, secret=token,
         text=render_template("mail/work_order.txt", **context),
         html=render_template("mail/work_order.html", **context),
     )

@@ -18,7 +18,7 @@ from portal.clock import utcnow
 
 __all__ = [  # Status and its tables live in portal/cases/status.py; re-exported for callers here
     "LAB", "LABELS", "MAIN_LINE", "PHASE", "PRACTICE", "TERMINAL", "TRANSITIONS", "IllegalMove", "Rule",
-    "Status", "allowed_moves", "check", "move",
+    "Status", "UNDO_SECONDS", "allowed_moves", "check", "move", "undo", "undoable",
 ]
 
 if TYPE_CHECKING:
@@ -128,6 +128,66 @@ def check(case: LabCase, to: Status, side: str = PRACTICE, reason: str = "") -> 
     return rule
 
 
+_STAMPS = {Status.SENT: "sent_at", Status.DISPATCHED: "dispatched_at", Status.RECEIVED: "received_at",
+           Status.FITTED: "fitted_at"}
+UNDO_SECONDS = 30
+# A move the undo puts back only touched the case: a send dispatched a work order and a
+# cancellation told the lab, and those cannot be called back.
+NOT_UNDOABLE = frozenset({"send", "resend", "cancel"})
+
+
+def undoable(event, actor: Actor, now: dt.datetime | None = None) -> bool:
+    """Whether `actor` may still undo the move the audit row `event` records (see undo)."""
+    action = event.action.split(".", 1)[1] if event.action.startswith("case.") else ""
+    moves = {rule.action for targets in TRANSITIONS.values() for rule in targets.values()} | {"resume"}
+    age = ((now or utcnow()) - event.occurred_at).total_seconds()
+    return (event.entity_type == "lab_case" and action in moves and action not in NOT_UNDOABLE
+            and event.actor_type == "user" and event.actor_id == str(actor.id) and 0 <= age <= UNDO_SECONDS)
+
+
+def undo(case: LabCase, event, *, actor: Actor, latest_seq: int, now: dt.datetime | None = None) -> Status:
+    """Put back the move that the audit row `event` recorded, made by mistake a moment ago: the
+    status, its reason and everything else the move overwrote (time stamps, where it was held
+    from, the shipment), from the row's `before`. Only the person who moved it, within
+    UNDO_SECONDS, while it is still the case's newest change (`latest_seq`, the newest audit row
+    of the case) and not a send or a cancellation. Audited as case.undo, naming the row it undoes.
+    Raises IllegalMove and changes nothing otherwise; the caller commits."""
+    import json
+
+    now = now or utcnow()
+    if event.entity_id != str(case.id) or not undoable(event, actor, now):
+        raise IllegalMove(f"That move of {case.number} can't be undone any more: undo works for "
+                          f"{UNDO_SECONDS} seconds, for the person who made it, and not for a send or a cancellation.")
+    before, after = json.loads(event.before or "{}"), json.loads(event.after or "{}")
+    if event.seq != latest_seq or case.status.value != after.get("status"):
+        raise IllegalMove(f"{case.number} has changed since that move; open the case to put it right.")
+    moved_from = case.status
+    case.status = Status(before["status"])
+    case.status_reason = before.get("reason", "")
+    if "held_from" in before:
+        case.held_from = Status(before["held_from"]) if before["held_from"] else None
+    for name in ("closed_at", *_STAMPS.values()):
+        if name in before:
+            setattr(case, name, dt.datetime.fromisoformat(before[name]) if before[name] else None)
+    for name in ("carrier", "tracking_number"):
+        if name in before:
+            setattr(case, name, before[name] or "")
+    if "lab_eta" in before:
+        case.lab_eta = dt.date.fromisoformat(before["lab_eta"]) if before["lab_eta"] else None
+    if any(name in before for name in ("sent_at", "dispatched_at", "received_at")):
+        business_day_spans(case, closed_days(case.practice_id))
+    case.updated_at = now
+    refresh_risk(case)
+    record("case.undo", "lab_case", case.id, before={"status": moved_from.value, "reason": after.get("reason", "")},
+           after={"status": case.status.value, "reason": case.status_reason, "undoes": event.seq,
+                  "undone": event.action}, actor=actor, practice_id=case.practice_id)
+    from portal import events
+    from portal.cases.events import CaseMoved
+
+    events.publish(CaseMoved(case, moved_from, actor))
+    return case.status
+
+
 def move(
     case: LabCase,
     to: Status | str,
@@ -146,16 +206,17 @@ def move(
     rule = check(case, to, side, reason)
     now = now or utcnow()
     before = {"status": case.status.value, "reason": case.status_reason}
+    # What else the move overwrites, as it was (what undo() puts back): only what changes.
+    was = {"held_from": case.held_from.value if case.held_from else None, "closed_at": case.closed_at,
+           "carrier": case.carrier, "tracking_number": case.tracking_number, "lab_eta": case.lab_eta,
+           **{name: getattr(case, name) for name in _STAMPS.values()}}
     if to is Status.ON_HOLD:
         case.held_from = case.status
     elif case.status is Status.ON_HOLD:
         case.held_from = None
     case.status = to
     case.status_reason = reason.strip() if rule.needs_reason or to is Status.ON_HOLD else ""
-    stamp = {
-        Status.SENT: "sent_at", Status.DISPATCHED: "dispatched_at",
-        Status.RECEIVED: "received_at", Status.FITTED: "fitted_at",
-    }.get(to)
+    stamp = _STAMPS.get(to)
     # Resuming a case held at Sent does not send it again: the lab's clock (the reports'
     # turnaround) runs from the send. A resend after a rescan does restart it.
     if stamp and rule.action != "resume":
@@ -174,6 +235,8 @@ def move(
     refresh_risk(case)
     after = {"status": to.value, "reason": case.status_reason}
     after.update({k: str(v) for k, v in detail.items() if v not in (None, "")})
+    now_values = {"held_from": case.held_from.value if case.held_from else None}
+    before.update({k: v for k, v in was.items() if now_values.get(k, getattr(case, k, None)) != v})
     record(
         f"case.{rule.action}", "lab_case", case.id, before=before, after=after,
         actor=actor, practice_id=case.practice_id,

@@ -54,7 +54,10 @@ class LabCase(CaseDates, db.Model):
         # The board's Fitted column shows the last two weeks of a history that only grows.
         Index("ix_lab_case_fitted", "practice_id", "status", "fitted_at"),
         Index("ix_lab_case_practice_updated", "practice_id", "updated_at"),
-        Index("ix_lab_case_practice_sent", "practice_id", "sent_at"),  # the managers' reports
+        # The managers' reports: a practice's cases by send date, with every column the figures
+        # read, so the report scans the index alone (bench/reports.py: about 4x less CPU on SQLite).
+        Index("ix_lab_case_report", "practice_id", "sent_at", "status", "lab_id", "sent_to_dispatched_bdays",
+              "sent_to_received_bdays", "due_date", "received_at", "seat_appointment_id", "fee"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(20), unique=True)

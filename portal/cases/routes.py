@@ -13,7 +13,7 @@ from portal.board.actions import person_moves
 from portal.board.responses import board_response
 from portal.cases import services, teeth
 from portal.cases.forms import CaseForm, choices, CheckInForm, MoveForm, RemakeForm
-from portal.cases.lifecycle import IllegalMove, allowed_moves
+from portal.cases.lifecycle import IllegalMove, allowed_moves, undoable
 from portal.cases.models import LabCase
 from portal.cases.risk import risk_of
 from portal.cases.services import CaseData, ItemData
@@ -265,6 +265,28 @@ def move(case_id: int):
         refused = str(outcome.refused)
         return _board_response(409, refused) if from_board else _back(case, refused, "error", 409)
     message = f"{case.number} moved to {case.status.label}."
+    # Made by mistake? The board's toast offers to put it back, for as long as the undo allows.
+    latest = services.latest_event(case)
+    undo = {"url": url_for("cases.undo", case_id=case.id), "seq": latest.seq} \
+        if latest is not None and undoable(latest, Actor.user(current_user)) else None
+    return _board_response(200, message, "success", undo=undo) if from_board else _back(case, message, "success")
+
+
+@bp.post("/<int:case_id>/undo")
+@requires(*CAN_EDIT)
+def undo(case_id: int):
+    """Undo a move made a moment ago (lifecycle.undo), from the button in the move's toast."""
+    case = get_or_404(LabCase, case_id)
+    from_board = request.htmx and request.htmx.target == "board-columns"
+    seq = request.form.get("event", type=int)
+    with transaction(IllegalMove) as outcome:
+        if seq is None:
+            raise IllegalMove("Which move? Use the Undo button of the move's message.")
+        services.undo_move(case, seq, Actor.user(current_user))
+    if outcome.refused:
+        refused = str(outcome.refused)
+        return _board_response(409, refused) if from_board else _back(case, refused, "error", 409)
+    message = f"Undone: {case.number} is back in {case.status.label}."
     return _board_response(200, message, "success") if from_board else _back(case, message, "success")
 
 

@@ -207,6 +207,28 @@ def assign_lab(case: LabCase, lab_id: int, actor: Actor) -> bool:
     return True
 
 
+def latest_event(case: LabCase):
+    """The case's newest audit row (what an undo may put back), or None."""
+    from portal.audit.models import AuditEvent
+
+    return db.session.scalar(select(AuditEvent).where(
+        AuditEvent.entity_type == "lab_case", AuditEvent.entity_id == str(case.id)).order_by(AuditEvent.seq.desc()).limit(1))
+
+
+def undo_move(case: LabCase, seq: int, actor: Actor) -> Status:
+    """Undo the move audited as row `seq` (lifecycle.undo says when that is allowed)."""
+    latest = latest_event(case)
+    if latest is None or latest.seq != seq:
+        from portal.audit.models import AuditEvent
+
+        event = db.session.scalar(select(AuditEvent).where(AuditEvent.seq == seq))
+        if event is None or event.entity_type != "lab_case" or event.entity_id != str(case.id):
+            raise IllegalMove(f"There is no such move of {case.number} to undo.")
+    else:
+        event = latest
+    return lifecycle.undo(case, event, actor=actor, latest_seq=latest.seq if latest else 0)
+
+
 def status_of(to: str, case: LabCase) -> Status:
     """The status a person asked to move `case` to, or IllegalMove for a word that is not one."""
     try:

@@ -143,7 +143,8 @@ class PmsAdapter(Adapter):
         self.server_time: str | None = None
         self.requests = 0  # calls made, for the sync's progress and the bench
 
-    def read(self, resource: str, since: str | None) -> Iterator[list[dict]]:
+    def read(self, resource: str, since: str | None, patient_ref: str | None = None) -> Iterator[list[dict]]:
+        """`patient_ref`: only that patient's rows (the appointments of a patient a person just matched)."""
         raise NotImplementedError
 
     def lab_cases(self, patient_ref: str) -> list[dict]:

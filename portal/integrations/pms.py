@@ -94,6 +94,18 @@ def run_pms_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
             marks[resource] = {"since": adapter.server_time or since, "last_key": last_key}
             integration.set_config(cursors=marks)
             db.session.commit()
+        # Patients a person matched since the last sync: their appointments were left out while
+        # they waited (no patient to hang them on), so read them now, whatever their time stamp.
+        waiting = list(db.session.get(ScannerIntegration, integration_id).config.get("pending_patients") or [])
+        for ref in waiting:
+            counts = totals.setdefault("appointments", Counter())
+            for page in adapter.read("appointments", None, patient_ref=ref):
+                apply_page(integration_id, "appointments", page, actor, counts)
+        if waiting:
+            integration = db.session.get(ScannerIntegration, integration_id)
+            integration.set_config(pending_patients=[r for r in integration.config.get("pending_patients") or []
+                                                     if r not in waiting])
+            db.session.commit()
     except VendorError as exc:
         db.session.rollback()
         integration = db.session.get(ScannerIntegration, integration_id)

@@ -23,7 +23,6 @@ from portal.queue import SEND_MAIL
 log = logging.getLogger(__name__)
 ACTOR = Actor.job(SEND_MAIL.func)
 DEFAULT_MAX_ATTEMPTS = 12
-SCRUBBED = "[private link removed after delivery]"
 
 
 def send(mail_id: int) -> str:
@@ -58,10 +57,8 @@ def send(mail_id: int) -> str:
 
     mail.state, mail.sent_at = SENT, utcnow()
     mail.last_error = f"refused: {', '.join(sorted(refused))}"[:500] if refused else ""
-    if backend != "devmailbox" and mail.scrub:
-        mail.text_body = mail.text_body.replace(mail.scrub, SCRUBBED)
-        mail.html_body = mail.html_body.replace(mail.scrub, SCRUBBED)
-        mail.scrub = ""
+    if backend != "devmailbox":
+        mail.drop_link_secret()  # the recipient has the link; the database keeps no usable token
     record("mail.sent", "mail_message", mail.id, before={"state": PENDING},
            after={"state": SENT, "kind": mail.kind, "attempts": mail.attempts, "backend": backend},
            actor=ACTOR, practice_id=mail.practice_id)
@@ -81,6 +78,7 @@ def _deliver(mail: MailMessage, backend: str, config) -> dict:
 
 def _fail(mail: MailMessage, reason: str) -> None:
     mail.state, mail.last_error = FAILED, reason[:500]
+    mail.drop_link_secret()  # never sent, never will be: a resend makes a new link
     record("mail.failed", "mail_message", mail.id, before={"state": PENDING},
            after={"state": FAILED, "kind": mail.kind, "attempts": mail.attempts, "error": reason[:200]},
            actor=ACTOR, practice_id=mail.practice_id, outcome="failed")

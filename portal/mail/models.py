@@ -8,8 +8,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.clock import utcnow
 from portal.extensions import db
+from portal.keyring import Encrypted
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+# Where a private link's secret part (a token) stands in the stored bodies (docs/reliability.md M1: the
+# database holds no usable token): the delivery puts the token back in, from `link_secret`.
+PLACEHOLDER = "[[lab-manager:private-link]]"
+SCRUBBED = "[private link removed after delivery]"
 
 
 class MailMessage(db.Model):
@@ -24,16 +29,39 @@ class MailMessage(db.Model):
     to_addrs: Mapped[str] = mapped_column(String(1000))  # comma separated
     cc_addrs: Mapped[str] = mapped_column(String(1000), default="")
     subject: Mapped[str] = mapped_column(String(300))
-    text_body: Mapped[str] = mapped_column(Text)
-    html_body: Mapped[str] = mapped_column(Text, default="")
-    # Text to remove from the stored bodies once delivered over SMTP (a private link's token):
-    # the database keeps only the hash of a link after the lab has its copy.
-    scrub: Mapped[str] = mapped_column(String(200), default="")
+    # The bodies as stored: a private link's token replaced by PLACEHOLDER (`text_body` and
+    # `html_body` are the bodies as sent).
+    stored_text: Mapped[str] = mapped_column("text_body", Text)
+    stored_html: Mapped[str] = mapped_column("html_body", Text, default="")
+    # The token PLACEHOLDER stands for, encrypted (SCANNER_CREDENTIALS_KEYS); dropped once the mail
+    # is delivered or has failed for good, so the row then opens nothing. The dev mailbox keeps it
+    # (its page is where the link is clicked in development).
+    link_secret: Mapped[str | None] = mapped_column(Encrypted())
     state: Mapped[str] = mapped_column(String(10), default=PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    @property
+    def text_body(self) -> str:
+        return self._render(self.stored_text)
+
+    @property
+    def html_body(self) -> str:
+        return self._render(self.stored_html or "")
+
+    def _render(self, body: str) -> str:
+        if PLACEHOLDER not in body:
+            return body
+        return body.replace(PLACEHOLDER, self.link_secret or SCRUBBED)
+
+    def drop_link_secret(self) -> None:
+        """After delivery (or a final failure): the stored bodies say the link was removed."""
+        if self.link_secret is not None or PLACEHOLDER in (self.stored_text + (self.stored_html or "")):
+            self.stored_text = self.stored_text.replace(PLACEHOLDER, SCRUBBED)
+            self.stored_html = (self.stored_html or "").replace(PLACEHOLDER, SCRUBBED)
+            self.link_secret = None
 
     @property
     def recipients(self) -> list[str]:

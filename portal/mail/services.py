@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from portal import outbound
 from portal.extensions import db
-from portal.mail.models import PENDING, MailMessage, split_addresses
+from portal.mail.models import PENDING, PLACEHOLDER, MailMessage, split_addresses
 from portal.queue import SEND_MAIL, enqueue_after_commit, enqueue_now, get_queue
 
 SWEEP_BATCH = 500
@@ -37,16 +37,23 @@ def _addresses(value: str | Iterable[str]) -> str:
 
 def queue_mail(*, to: str | Iterable[str], subject: str, text: str, html: str = "", kind: str,
                cc: str | Iterable[str] = (), case_id: int | None = None, practice_id: int | None = None,
-               lab_id: int | None = None, scrub: str = "") -> MailMessage:
-    """Add an outbox row to the current transaction and send it once that commits."""
+               lab_id: int | None = None, secret: str = "") -> MailMessage:
+    """Add an outbox row to the current transaction and send it once that commits. `secret` (a
+    private link's token) is kept only encrypted: the stored bodies hold a placeholder where it
+    stood, and the delivery puts it back (docs/reliability.md M1)."""
     to_addrs = _addresses(to)
     if not to_addrs:
         raise ValueError("an email needs at least one recipient")
     already = {a.lower() for a in split_addresses(to_addrs)}
     cc_addrs = ", ".join(a for a in split_addresses(_addresses(cc)) if a.lower() not in already)
+    if secret:
+        if PLACEHOLDER in text or PLACEHOLDER in html or secret in subject:
+            raise ValueError("a private link's token belongs in the body only")
+        text, html = text.replace(secret, PLACEHOLDER), html.replace(secret, PLACEHOLDER)
     mail = MailMessage(
-        to_addrs=to_addrs, cc_addrs=cc_addrs, subject=subject[:300], text_body=text, html_body=html,
-        kind=kind, case_id=case_id, practice_id=practice_id, lab_id=lab_id, scrub=scrub, state=PENDING,
+        to_addrs=to_addrs, cc_addrs=cc_addrs, subject=subject[:300], stored_text=text, stored_html=html,
+        kind=kind, case_id=case_id, practice_id=practice_id, lab_id=lab_id, link_secret=secret or None,
+        state=PENDING,
     )
     db.session.add(mail)
     db.session.flush()

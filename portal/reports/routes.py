@@ -169,7 +169,7 @@ def organisation_cases():
     drill, drill_errors = Drill.parse(request.args, filters)
     errors |= drill_errors
     page = services.Page.parse(request.args, errors)
-    rows, total = services.load_page(services.organisation_scope(g.practice.organization_id), filters, drill=drill,
+    rows, total = services.load_page([p.id for p in practices], filters, drill=drill,
                                      limit=page.size, offset=page.offset)
     return render("reports/cases.html", code=422 if errors else 200, cases=rows, total=total, page=page,
                   filters=filters, drill=drill, errors=errors, across=True,
@@ -190,7 +190,7 @@ def organisation_export(table: str):
         return Response(" ".join((errors | drill_errors).values()) + "\n", 422, mimetype="text/plain")
     name = f"organisation-report-{table}-{filters.date_from.isoformat()}-{filters.date_to.isoformat()}.csv"
     if table == "cases":
-        body = services.cases_csv(services.load_cases(services.organisation_scope(g.practice.organization_id),
+        body = services.cases_csv(services.load_cases([p.id for p in practices],
                                                       filters, drill=drill), across=True)
     else:
         org = _organisation_report(filters, labs, practices)

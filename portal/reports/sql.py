@@ -1,25 +1,27 @@
 """The report's figures computed in the database, for one practice or across an organisation.
 
 Every figure of :mod:`portal.reports.services` (its docstring has the definitions) comes from one
-statement, plus one for the percentiles on SQLite, whatever the number of cases, labs, months or
-practices:
+statement whatever the number of cases, labs, months or practices:
 
 - ``facts`` (a common table expression): one row per case of the report with what the figures
   are made of. The turnaround is the case's stored business days (``sent_to_dispatched_bdays``,
   ``sent_to_received_bdays``, kept by ``lifecycle.move()`` and by the practice's closed days
   changing), so nothing is counted per case in Python.
-- ``expanded``: the facts once per grouping they count in (all, lab, month, service, remake and,
-  across an organisation, practice and practice x lab), as (kind, part, key) rows; a case with
-  several services appears once under each.
-- One ``GROUP BY kind, part, key`` gives every count, rate and fee of every table.
-- Median and 90th percentile (Hyndman-Fan type 7, as :mod:`portal.reports.stats`):
-  ``percentile_cont`` on PostgreSQL, in the same statement. SQLite has no ordered-set
-  aggregates; its path counts the cases per business-day value of each group and runs a
-  window (a running ``SUM`` of those counts) to find the values at ranks floor(h) and floor(h)+1
-  of h = (n - 1) q; the two values are interpolated exactly as stats.percentile does. Business
-  days are whole numbers, so a handful of rows per group carry the whole distribution. The same
-  window path runs on PostgreSQL too (``percentiles="window"``), which is how the tests hold the
-  two paths to the same figures.
+- ``fine``: the cases counted per finest key (practice, lab, month, both spans, the first
+  remake's reason and payer), and ``fine_service`` per service and both spans (a case with
+  several services once under each): a few thousand rows however many cases there are.
+- ``expanded``: those rows once per grouping they count in (all, lab, month, service, remake and,
+  across an organisation, practice and practice x lab) as (kind, part, key) rows; one
+  ``GROUP BY kind, part, key`` sums every count, rate and fee of every table.
+- Median and 90th percentile (Hyndman-Fan type 7, as :mod:`portal.reports.stats`): the cases per
+  business-day value of each group, a window (a running ``SUM`` of those counts) to find the
+  values at ranks floor(h) and floor(h) + 1 of h = (n - 1) q, interpolated exactly as
+  stats.percentile does (business days are whole numbers, so the counts carry the whole
+  distribution). The totals and the ranks come back as the two halves of one ``UNION ALL``.
+
+``percentile_cont`` over one row per case and grouping is the other path on PostgreSQL
+(``percentiles="cont"``); tests/reports/test_sql_figures.py holds both to a Python reference, and
+bench/reports.py times both (the counts are quicker, so they are the default on both databases).
 """
 from __future__ import annotations
 
@@ -105,14 +107,10 @@ def _dialect() -> str:
 # -- the cases of a report ---------------------------------------------------------------------------
 
 def scope(practice_ids) -> object:
-    """The cases' practices: one id, or a select of ids (an organisation's practices)."""
+    """The cases' practices: one id, or a list (an organisation's practices)."""
     if isinstance(practice_ids, int):
         return LabCase.practice_id == practice_ids
     return LabCase.practice_id.in_(practice_ids)
-
-
-def organisation_practices(organization_id: int):
-    return select(Practice.id).where(Practice.organization_id == organization_id)
 
 
 def conditions(practice_ids, filters) -> list:
@@ -227,98 +225,152 @@ def figures(practice_ids, filters, today: dt.date, *, across: bool = False,
     "month" (key: YYYY-MM), "service" (key: restoration), "remake" (part: payer, key: reason;
     only `cases` counts) and, `across` an organisation, "practice" (part: practice id) and
     "practice_lab" (part: practice id, key: lab id). Ids are strings, None for no lab.
-    `percentiles`: "cont" (percentile_cont, PostgreSQL's default) or "window" (SQLite's path)."""
-    percentiles = percentiles or ("cont" if _dialect() == "postgresql" else "window")
+    `percentiles`: "cont" (percentile_cont over every case) or "window" (counts and a window:
+    SQLite's only path, and PostgreSQL's default, being the quicker there too; bench/reports.py)."""
+    percentiles = percentiles or "window"
+    if percentiles == "window":
+        return _figures_by_counts(practice_ids, filters, today, across)
+    return _figures_by_percentile_cont(practice_ids, filters, today, across)
+
+
+def _services(base, filters):
+    """(case_id, restoration) once per service of each case of `base`."""
+    item = aliased(CaseItem)
+    query = (select(item.case_id, item.restoration).where(item.case_id.in_(select(base.c.case_id)))
+             .distinct())
+    if filters.service:
+        query = query.where(item.restoration == filters.service)
+    return query.subquery("case_service")
+
+
+def _figures_by_percentile_cont(practice_ids, filters, today, across) -> dict[Key, Group]:
+    """One row per case and grouping, aggregated with percentile_cont (PostgreSQL only)."""
     base = facts(practice_ids, filters, today).cte("facts")
     remade = case((base.c.remake_id.is_not(None), 1), else_=0)
+    services = _services(base, filters)
 
-    def part(kind, part_, key, source=base, where=None):
+    def part(kind, part_, key, *, where=None, service=False):
         query = select(literal(kind, String).label("kind"), _text(part_).label("part"), _text(key).label("key"),
-                       source.c.d_dispatch, source.c.d_receive, source.c.due_state, source.c.seat_state,
-                       remade.label("remade"), source.c.fee)
-        if source is not base:
-            query = query.select_from(source)
+                       base.c.d_dispatch, base.c.d_receive, base.c.due_state, base.c.seat_state,
+                       remade.label("remade"), base.c.fee)
+        if service:
+            query = query.select_from(base).join(services, services.c.case_id == base.c.case_id)
         return query.where(where) if where is not None else query
 
-    item = aliased(CaseItem)
-    services = (select(base, item.restoration).join(item, item.case_id == base.c.case_id)
-                .distinct().subquery("by_service"))
-    if filters.service:
-        services = select(services).where(services.c.restoration == filters.service).subquery("by_service_only")
-    services_remade = case((services.c.remake_id.is_not(None), 1), else_=0)
     parts = [
-        part("all", null(), null()),
-        part("lab", null(), base.c.lab_id),
-        part("month", null(), base.c.month),
-        select(literal("service", String).label("kind"), _text(null()).label("part"),
-               _text(services.c.restoration).label("key"), services.c.d_dispatch, services.c.d_receive,
-               services.c.due_state, services.c.seat_state, services_remade.label("remade"), services.c.fee),
+        part("all", null(), null()), part("lab", null(), base.c.lab_id), part("month", null(), base.c.month),
+        part("service", null(), services.c.restoration, service=True),
         part("remake", base.c.remake_payer, base.c.remake_reason, where=base.c.remake_id.is_not(None)),
     ]
     if across:
-        parts += [part("practice", base.c.practice_id, null()),
-                  part("practice_lab", base.c.practice_id, base.c.lab_id)]
+        parts += [part("practice", base.c.practice_id, null()), part("practice_lab", base.c.practice_id, base.c.lab_id)]
     expanded = union_all(*parts).cte("expanded")
     e = expanded.c
-    counts = [
+    columns = [
         func.count().label("cases"), func.count(e.d_dispatch).label("dispatch_count"),
         func.count(e.d_receive).label("receive_count"),
-        func.coalesce(func.sum(case((e.due_state == 1, 1), else_=0)), 0).label("due_on_time"),
+        func.sum(case((e.due_state == 1, 1), else_=0)).label("due_on_time"),
         func.count(e.due_state).label("due_known"),
-        func.coalesce(func.sum(case((e.seat_state == 1, 1), else_=0)), 0).label("seat_on_time"),
+        func.sum(case((e.seat_state == 1, 1), else_=0)).label("seat_on_time"),
         func.count(e.seat_state).label("seat_known"),
-        func.coalesce(func.sum(e.remade), 0).label("remade"),
-        func.coalesce(func.sum(cast(func.round(e.fee * 100), Integer)), 0).label("fee_cents"),
+        func.sum(e.remade).label("remade"),
+        func.sum(cast(func.round(e.fee * 100), Integer)).label("fee_cents"),
         func.count(e.fee).label("fees_count"),
     ]
-    if percentiles == "cont":
-        for name, column in (("dispatch", e.d_dispatch), ("receive", e.d_receive)):
-            for q, label in zip(QUANTILES, ("median", "p90"), strict=True):
-                counts.append(func.percentile_cont(q).within_group(column).label(f"{name}_{label}"))
+    for name, column in (("dispatch", e.d_dispatch), ("receive", e.d_receive)):
+        for q, label in zip(QUANTILES, ("median", "p90"), strict=True):
+            columns.append(func.percentile_cont(q).within_group(column).label(f"{name}_{label}"))
     groups: dict[Key, Group] = {}
-    for row in db.session.execute(select(e.kind, e.part, e.key, *counts).group_by(e.kind, e.part, e.key)).mappings():
+    for row in db.session.execute(select(e.kind, e.part, e.key, *columns).group_by(e.kind, e.part, e.key)).mappings():
         group = Group(**{name: int(row[name] or 0) for name in COUNTS})
-        if percentiles == "cont":
-            for name in PERCENTILES:
-                setattr(group, name, None if row[name] is None else float(row[name]))
+        for name in PERCENTILES:
+            setattr(group, name, None if row[name] is None else float(row[name]))
         groups[(row["kind"], row["part"], row["key"])] = group
-    if percentiles == "window":
-        for (kind, part_, key, metric), (median, p90) in window_percentiles(expanded).items():
-            group = groups[(kind, part_, key)]
-            setattr(group, f"{metric}_median", median)
-            setattr(group, f"{metric}_p90", p90)
     return groups
 
 
-def window_percentiles(expanded) -> dict[tuple, tuple[float | None, float | None]]:
-    """Median and 90th percentile of every group's business days, by counts and a window."""
+def _figures_by_counts(practice_ids, filters, today, across) -> dict[Key, Group]:
+    """One statement on either database. The cases are first counted per finest key (practice,
+    lab, month, both spans, remake reason and payer; services apart), a few thousand rows however
+    many cases there are; every grouping then sums those rows, and the percentiles come from the
+    counts per business-day value with a running sum (see the module's docstring)."""
+    base = facts(practice_ids, filters, today).cte("facts")
+
+    def measures(source):
+        c = source.c
+        return [func.count().label("n"),
+                func.sum(case((c.due_state == 1, 1), else_=0)).label("due_on_time"),
+                func.count(c.due_state).label("due_known"),
+                func.sum(case((c.seat_state == 1, 1), else_=0)).label("seat_on_time"),
+                func.count(c.seat_state).label("seat_known"),
+                func.sum(case((c.remake_id.is_not(None), 1), else_=0)).label("remade"),
+                func.sum(cast(func.round(c.fee * 100), Integer)).label("fee_cents"),
+                func.count(c.fee).label("fees_count")]
+
+    keys = [base.c.practice_id, base.c.lab_id, base.c.month, base.c.d_dispatch, base.c.d_receive,
+            base.c.remake_reason, base.c.remake_payer]
+    fine = select(*keys, *measures(base)).group_by(*keys).cte("fine")
+    services = _services(base, filters)
+    by_service = (select(services.c.restoration, base.c.d_dispatch, base.c.d_receive, *measures(base))
+                  .select_from(base).join(services, services.c.case_id == base.c.case_id)
+                  .group_by(services.c.restoration, base.c.d_dispatch, base.c.d_receive).cte("fine_service"))
+    sums = ("n", "due_on_time", "due_known", "seat_on_time", "seat_known", "remade", "fee_cents", "fees_count")
+
+    def part(kind, part_, key, source=fine, where=None):
+        c = source.c
+        query = select(literal(kind, String).label("kind"), _text(part_).label("part"), _text(key).label("key"),
+                       c.d_dispatch, c.d_receive, *[c[name] for name in sums])
+        return query.where(where) if where is not None else query
+
+    parts = [part("all", null(), null()), part("lab", null(), fine.c.lab_id), part("month", null(), fine.c.month),
+             part("service", null(), by_service.c.restoration, by_service),
+             part("remake", fine.c.remake_payer, fine.c.remake_reason, where=fine.c.remake_reason.is_not(None))]
+    if across:
+        parts += [part("practice", fine.c.practice_id, null()), part("practice_lab", fine.c.practice_id, fine.c.lab_id)]
+    expanded = union_all(*parts).cte("expanded")
     e = expanded.c
+    group_key = (e.kind, e.part, e.key)
+    totals = select(
+        literal("total", String).label("row"), *group_key, null().label("metric"),
+        func.sum(e.n).label("cases"), func.sum(case((e.d_dispatch.is_not(None), e.n), else_=0)).label("dispatch_count"),
+        func.sum(case((e.d_receive.is_not(None), e.n), else_=0)).label("receive_count"),
+        *[func.sum(e[name]).label(name) for name in sums[1:]],
+        null().label("lo0"), null().label("hi0"), null().label("lo1"), null().label("hi1"),
+    ).group_by(*group_key)
     hist = union_all(*[
-        select(e.kind, e.part, e.key, literal(metric, String).label("metric"), column.label("d"),
-               func.count().label("c"))
-        .where(column.is_not(None), e.kind != "remake").group_by(e.kind, e.part, e.key, column)
+        select(*group_key, literal(metric, String).label("metric"), column.label("d"), func.sum(e.n).label("c"))
+        .where(column.is_not(None), e.kind != "remake").group_by(*group_key, column)
         for metric, column in (("dispatch", e.d_dispatch), ("receive", e.d_receive))
     ]).subquery("hist")
-    window = {"partition_by": [hist.c.kind, hist.c.part, hist.c.key, hist.c.metric]}
-    cum = select(hist.c.kind, hist.c.part, hist.c.key, hist.c.metric, hist.c.d,
-                 func.sum(hist.c.c).over(**window, order_by=hist.c.d).label("upto"),
-                 func.sum(hist.c.c).over(**window).label("n")).subquery("cum")
+    h = hist.c
+    window = {"partition_by": [h.kind, h.part, h.key, h.metric]}
+    cum = select(h.kind, h.part, h.key, h.metric, h.d, func.sum(h.c).over(**window, order_by=h.d).label("upto"),
+                 func.sum(h.c).over(**window).label("total")).subquery("cum")
     picks = []
     for n, q in enumerate(QUANTILES):
         # h = (n - 1) q in double precision, as Python computes it in interpolate()
-        low = floor_of(cast(cum.c.n - 1, Float) * q)
+        low = floor_of(cast(cum.c.total - 1, Float) * q)
         picks += [func.min(case((cum.c.upto > low, cum.c.d))).label(f"lo{n}"),
                   func.min(case((cum.c.upto > low + 1, cum.c.d))).label(f"hi{n}")]
-    found = {}
-    for row in db.session.execute(
-        select(cum.c.kind, cum.c.part, cum.c.key, cum.c.metric, cum.c.n, *picks)
-        .group_by(cum.c.kind, cum.c.part, cum.c.key, cum.c.metric, cum.c.n)
-    ).mappings():
-        values = []
-        for n, q in enumerate(QUANTILES):
-            values.append(interpolate(int(row["n"]), q, row[f"lo{n}"], row[f"hi{n}"]))
-        found[(row["kind"], row["part"], row["key"], row["metric"])] = tuple(values)
-    return found
+    ranks = select(
+        literal("percentile", String).label("row"), cum.c.kind, cum.c.part, cum.c.key, cum.c.metric,
+        cum.c.total.label("cases"), *[null().label(name) for name in ("dispatch_count", "receive_count", *sums[1:])],
+        *picks,
+    ).group_by(cum.c.kind, cum.c.part, cum.c.key, cum.c.metric, cum.c.total)
+    groups: dict[Key, Group] = {}
+    ranked = []
+    for row in db.session.execute(union_all(totals, ranks)).mappings():
+        key = (row["kind"], row["part"], row["key"])
+        if row["row"] == "total":
+            groups[key] = Group(**{name: int(row[name] or 0) for name in COUNTS})
+        else:
+            ranked.append((key, row))
+    for key, row in ranked:
+        n = int(row["cases"])
+        values = [interpolate(n, q, row[f"lo{i}"], row[f"hi{i}"]) for i, q in enumerate(QUANTILES)]
+        setattr(groups[key], f"{row['metric']}_median", values[0])
+        setattr(groups[key], f"{row['metric']}_p90", values[1])
+    return groups
 
 
 def interpolate(n: int, q: float, low_value, high_value) -> float:

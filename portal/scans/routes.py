@@ -89,7 +89,7 @@ def _scan_page(scan: Scan, *, code: int = 200, error: str = "", error_at: str = 
     q = request.args.get("q", scan.patient_last_name)[:100]
     cases = inbox.open_cases(g.practice.id, [scan.patient_id]) if scan.patient_id else {}
     return render("scanners/scan.html", "scan_main", code=code, s=scan, q=q, history=_history(scan),
-                  patients=patient_options(g.practice.id, q, scan.patient_id) if _needs_patient(scan) else [],
+                  patients=_choices(scan, q, scan.patient_id) if _needs_patient(scan) else [], twins=_twins(scan),
                   cases=cases.get(scan.patient_id, []), events=inbox.scan_events(scan),
                   files=inbox.bite_partners(scan), error=error, error_at=error_at, confirm=confirm)
 
@@ -106,6 +106,22 @@ def _history(scan: Scan) -> list[tuple[str, dt.datetime | None]]:
     return found
 
 
+def _twins(scan: Scan) -> set[int]:
+    """Ids of the patients with the scanner's name and birth date when more than one has them."""
+    if scan.patient_id is not None:
+        return set()
+    found = services.same_name_and_birth(g.practice.id, services.scanner_ref(scan))
+    return {p.id for p in found} if len(found) > 1 else set()
+
+
+def _choices(scan: Scan, q: str, selected_id: int | None) -> list[Patient]:
+    """The patients to match to: every one with the scanner's name and birth date first (when two
+    or more have them), then those matching what was typed."""
+    twins = _twins(scan)
+    first = [db.session.get(Patient, i) for i in sorted(twins)]
+    return first + [p for p in patient_options(g.practice.id, q, selected_id) if p.id not in twins]
+
+
 def _needs_patient(scan: Scan) -> bool:
     return scan.case_id is None and scan.inbox is not InboxState.LINKED
 
@@ -116,7 +132,7 @@ def patients(scan_id: int):
     """The match-patient choices for what was typed (htmx active search, and the row's menu)."""
     scan = get_or_404(Scan, scan_id)
     q = request.args.get("q", scan.patient_last_name)[:100]
-    return render("scanners/_patient_options.html", s=scan, patients=patient_options(g.practice.id, q, None))
+    return render("scanners/_patient_options.html", s=scan, twins=_twins(scan), patients=_choices(scan, q, None))
 
 
 def _row_response(scan: Scan, *, code: int = 200, note: str = "", error: str = "", error_at: str = "",

@@ -287,15 +287,26 @@ def match_patient(practice_id: int, ref: PatientRef) -> tuple[Patient | None, st
             Patient.practice_id == practice_id, func.lower(Patient.chart_number) == chart.lower()))
         if patient is not None:
             return patient, "chart"
-    first, last = _name(ref.first_name), _name(ref.last_name)
-    if first and last and ref.date_of_birth:
-        found = list(db.session.scalars(select(Patient).where(
-            Patient.practice_id == practice_id, Patient.date_of_birth == ref.date_of_birth,
-            func.lower(Patient.last_name) == last).limit(5)))
-        found = [p for p in found if _name(p.first_name) == first]
-        if len(found) == 1:
-            return found[0], "name_dob"
+    found = same_name_and_birth(practice_id, ref)
+    if len(found) == 1:
+        return found[0], "name_dob"
     return None, ""
+
+
+def same_name_and_birth(practice_id: int, ref: PatientRef, limit: int = 5) -> list[Patient]:
+    """The practice's patients with the scanner's first name, last name and birth date (one is a
+    match; two or more are for a person to choose from)."""
+    first, last = _name(ref.first_name), _name(ref.last_name)
+    if not (first and last and ref.date_of_birth):
+        return []
+    found = db.session.scalars(select(Patient).where(
+        Patient.practice_id == practice_id, Patient.date_of_birth == ref.date_of_birth,
+        func.lower(Patient.last_name) == last).order_by(Patient.id).limit(limit))
+    return [p for p in found if _name(p.first_name) == first]
+
+
+def scanner_ref(scan: Scan) -> PatientRef:
+    return PatientRef(scan.patient_first_name, scan.patient_last_name, scan.patient_chart_number, scan.patient_dob)
 
 
 def _name(text: str) -> str:
@@ -541,9 +552,15 @@ def _settle(scan: Scan) -> None:
         scan.problem = ""  # the vendor's "still scanning" note no longer holds
     scan.inbox = InboxState.PENDING
     if scan.patient_id is None:
+        twins = same_name_and_birth(scan.practice_id, scanner_ref(scan))
         ref = scan.patient_chart_number and f"chart number {scan.patient_chart_number}"
-        scan.problem = (f"No patient of this practice has {ref or 'this name and birth date'}"
-                        f"{' or this name and birth date' if ref else ''}; match the patient.")
+        if len(twins) > 1:
+            listed = "; ".join(f"{p.last_name}, {p.first_name} · chart {p.chart_number or 'none'}" for p in twins)
+            scan.problem = (f"{len(twins)} patients of this practice have this name and birth date ({listed})"
+                            f"{f' and none has {ref}' if ref else ''}: choose the right one.")[:300]
+        else:
+            scan.problem = (f"No patient of this practice has {ref or 'this name and birth date'}"
+                            f"{' or this name and birth date' if ref else ''}; match the patient.")
     elif not scan.problem:
         scan.problem = "Choose the case for this scan, or create one."
 

@@ -317,6 +317,8 @@ def _ingest(practice_id, order: VendorOrder, staging, actor, patient, case, inte
     for row in scan.current_files:
         if row.ref in processing and row.state is not FileState.PROCESSING and row.triangle_count is None:
             row.state, row.progress, row.error = FileState.PROCESSING, 0, ""
+    if processing:
+        services._link_bites(scan)  # a mesh being read is an arch before a reference to the same scan
     db.session.flush()
     for row in scan.current_files:
         if row.state is FileState.PROCESSING:

@@ -366,3 +366,52 @@ def test_bulk_move_of_selected_cards_refuses_the_illegal_one_and_keeps_it_select
     expect(bar).to_be_hidden()
     expect(refused.get_by_label(f"Select {d}")).not_to_be_checked()
     page.screenshot(path="/tmp/ui/bulk_after.png")
+
+
+def test_at_risk_advice_comes_with_the_buttons_that_do_it(page, signed_in, world, db):
+    import datetime as dt
+
+    today = dt.date.today()
+    risky = factories.case(world, Status.SENT, seat=today + dt.timedelta(days=2), due=today + dt.timedelta(days=5))
+    assert risky.seat_risk
+    signed_in(page, world.users["coordinator"], "/risk")
+    row = page.locator("tr", has_text=risky.number)
+    expect(row.locator("td.why")).to_contain_text("Chase the lab or move the appointment")
+    row.get_by_role("link", name=f"Message {world.lab.name}").click()
+    expect(page).to_have_url(re.compile(rf"/cases/{risky.id}#message-text$"))
+    expect(page.locator("#message-text")).to_be_in_viewport()
+    page.go_back()
+    page.locator("tr", has_text=risky.number).get_by_role("link", name="Open the seat appointment").click()
+    expect(page).to_have_url(re.compile(rf"/appointments/{risky.seat_appointment_id}/edit$"))
+
+
+def test_a_mistaken_drag_is_undone_from_its_toast(page, signed_in, world, db):
+    case_id, number = make_case(world, Status.SENT)
+    signed_in(page, world.users["coordinator"])
+    with move_response(page):
+        drag(page, number, "dispatched")
+    expect(card(page, number, "dispatched")).to_be_visible()
+    toast = page.locator("#toasts .toast.success", has_text=f"{number} moved to Dispatched")
+    page.wait_for_timeout(6500)  # longer than an ordinary toast lives: this one waits for the undo
+    with page.expect_response(lambda r: urlsplit(r.url).path == f"/cases/{case_id}/undo") as response:
+        toast.get_by_role("button", name="Undo").click()
+    assert response.value.status == 200
+    expect(card(page, number, "sent")).to_be_visible()
+    expect(page.locator("#toasts .toast.success", has_text="is back in Sent")).to_be_visible()
+    fresh_case = fresh(case_id)
+    assert fresh_case.status is Status.SENT and fresh_case.dispatched_at is None
+    assert db.session.scalars(select(AuditEvent.action).where(
+        AuditEvent.entity_id == str(case_id)).order_by(AuditEvent.seq.desc())).first() == "case.undo"
+
+
+def test_errors_beside_the_case_forms_fields_clear_as_each_is_fixed(page, signed_in, world, db):
+    signed_in(page, world.users["coordinator"], "/cases/new")
+    page.get_by_role("button", name="Create draft case").click()
+    provider = page.locator(".field", has=page.locator("#provider_id"))
+    lab = page.locator(".field", has=page.locator("#lab_id"))
+    expect(provider.locator(".error")).to_contain_text("Choose the provider")
+    expect(lab.locator(".error")).to_contain_text("Choose the lab")
+    page.select_option("#provider_id", str(world.provider.id))
+    expect(provider.locator(".error")).to_be_hidden()
+    expect(page.locator("#provider_id")).not_to_have_attribute("aria-invalid", "true")
+    expect(lab.locator(".error")).to_be_visible()  # not fixed yet

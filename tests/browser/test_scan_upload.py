@@ -104,3 +104,66 @@ def test_a_large_files_progress_is_followed_live_until_it_is_read(page, signed_i
     expect(row).to_contain_text("60,000")
     assert db.session.get(Scan, scan_id).current_files[0].state is FileState.OK
     shot(page, tmp_path, "scan-page-processed.png")
+
+
+def test_a_large_exports_progress_and_a_jaw_set_by_hand(page, signed_in, world, db, app, live_server, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setitem(app.config, "SCAN_STORE_DIR", str(Path(live_server.log).parent / "scan-store"))
+    monkeypatch.setitem(app.config, "SCAN_BACKGROUND_MB", 1)
+    get_queue().empty()
+    patient = factories.patient(world.practice, "Jane", "Doe", chart="CH-1042")
+    order = "20240611_1432_Tech01_Doe"
+    big = meshes.big_binary_stl(tmp_path / "big.stl", 40_000).read_bytes()  # 2 MB of meshes: read by the job
+    files = meshes.export_files(order, meshes={**meshes.arch_files(order), f"{order}_Scan2.stl": big})
+    with open(meshes.write_export_zip(tmp_path / f"{order}.zip", order, files), "rb") as z:
+        received = uploads.receive(world.practice.id, [uploads.Incoming(f"{order}.zip", z)],
+                                   actor=Actor.user(world.users["coordinator"]), patient=patient)
+    busy = [f for f in received.scan.current_files if f.state is FileState.PROCESSING]
+    uploads.set_progress(busy[0].id, 35)
+    db.session.commit()
+
+    signed_in(page, world.users["coordinator"], f"/scans/{received.scan.id}")
+    panel = page.locator("#scan-processing")
+    expect(panel).to_contain_text(f"Checking {len(busy)} large files")
+    expect(panel.locator("progress").first).to_have_attribute("value", "35")
+    shot(page, tmp_path, "scan-page-export-processing.png")
+
+    # Two arches as wide as each other, one above the other: the shape is not sure, a person says.
+    same = [meshes.write(tmp_path / "scan-1.stl", meshes.binary_stl(meshes.corners(*meshes.arch("upper")))),
+            meshes.write(tmp_path / "scan-2.stl", meshes.binary_stl(meshes.corners(*meshes.arch("lower", scale=1.0))))]
+    with open(same[0], "rb") as a, open(same[1], "rb") as b:
+        second = uploads.receive(world.practice.id, [uploads.Incoming("scan-1.stl", a), uploads.Incoming("scan-2.stl", b)],
+                                 actor=Actor.user(world.users["coordinator"]), patient=patient)
+    db.session.commit()
+    page.goto(f"{live_server.url}/scans/{second.scan.id}")
+    first_row = page.locator("table.files tbody tr").first
+    expect(first_row).to_contain_text("not sure: one arch lies above the other along +z but both are as wide")
+    first_row.get_by_label("Jaw of scan-1.stl").select_option("upper")
+    shot(page, tmp_path, "scan-page-jaw-control.png")
+    first_row.get_by_role("button", name="Set jaw").click()
+    expect(page.locator(".toast")).to_contain_text("scan-1.stl is set to upper.")
+    first_row = page.locator("table.files tbody tr").first
+    expect(first_row).to_contain_text("set by hand")
+    expect(first_row.locator(".chip.jaw-upper")).to_be_visible()
+    shot(page, tmp_path, "scan-page-jaw-set.png")
+
+
+def test_the_upload_button_is_disabled_while_uploading_and_a_fixed_field_loses_its_error(page, signed_in, world, db,
+                                                                                        tmp_path):
+    """hx-disabled-elt found the first submit button of the form, the patient search's Find."""
+    patient = factories.patient(world.practice, "Ana", "Silva")
+    db.session.commit()
+    signed_in(page, world.users["coordinator"], "/scans/upload")
+    page.fill("#patient_q", "silva")
+    page.locator(f'#upload-patients input[value="{patient.id}"]').check()
+    page.set_input_files("#files", str(meshes.write(tmp_path / "broken.stl", b"%PDF-1.7 not a mesh" * 10)))
+    upload = page.get_by_role("button", name="Upload", exact=True)
+    page.evaluate("""(button) => { window.uploadDisabled = false;
+        new MutationObserver(() => { if (button.disabled) window.uploadDisabled = true; })
+            .observe(button, {attributes: true}); }""", upload.element_handle())
+    upload.click()
+    error = page.locator("#files-error")
+    expect(error).to_contain_text("was refused")
+    assert page.evaluate("window.uploadDisabled") is True
+    page.set_input_files("#files", [str(p) for p in mesh_files(tmp_path)])  # the field is fixed
+    expect(error).to_be_hidden()

@@ -105,6 +105,28 @@ def test_two_candidates_by_name_and_birth_date_wait_for_a_person(world, od):
     match = db.session.scalar(select(PmsMatch))
     assert match.state == "waiting" and len(match.candidate_ids) == 2
     assert audit_count("pms.match_waiting") == 1
+    assert count(Appointment) == 0  # its appointment waits with it
+
+
+def test_a_patient_a_person_matched_gets_the_appointments_left_out_meanwhile(world, od):
+    from portal.integrations import pms
+
+    for chart in ("X1", "X2"):
+        factories.patient(world.practice, "Cara", "Lind", chart=chart).date_of_birth = dt.date(1970, 3, 3)
+    db.session.commit()
+    pat = od.add("patients", FName="Cara", LName="Lind", Birthdate="1970-03-03", ChartNumber="")
+    od.add("appointments", PatNum=pat["PatNum"], AptStatus="Scheduled", AptDateTime="2030-05-06 10:00:00",
+           ProvNum=0, ProcDescript="Crown seat", Note="", ClinicNum=0)
+    i = od_integration(world.practice, od.base_url)
+    run_sync(i.id)
+    assert count(Appointment) == 0
+    match = db.session.scalar(select(PmsMatch))
+    pms.resolve_match(match, match.candidate_ids[0], Actor.system("test"))
+    db.session.commit()
+    run_sync(i.id)  # nothing changed at Open Dental since: the appointment comes from the patient's own read
+    appointment = db.session.scalar(select(Appointment))
+    assert appointment is not None and appointment.patient_id == match.candidate_ids[0]
+    assert reload(i.id).config.get("pending_patients") == []
 
 
 def _case_with_od_seat(world, od, integration_days: int = 20):

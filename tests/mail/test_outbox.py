@@ -65,7 +65,7 @@ def _worker_env(app, smtp_port: int, queue_name: str, instance) -> dict:
 
 def test_delivered_once_by_a_real_worker(app, mail_queue, smtp_server, use_smtp, tmp_path):
     use_smtp(smtp_server.port)
-    mail = _queue(scrub="https://example.test/lab/x")
+    mail = _queue(secret="https://example.test/lab/x")
     _db.session.commit()
     rq = str(Path(sys.executable).parent / "rq")
     subprocess.run([rq, "worker", "--burst", "--url", app.config["REDIS_URL"], "--path", str(ROOT),
@@ -83,7 +83,7 @@ def test_delivered_once_by_a_real_worker(app, mail_queue, smtp_server, use_smtp,
     row = _row(mail.id)
     assert (row.state, row.attempts, row.last_error) == ("sent", 1, "")
     # Delivered over SMTP: the private link is scrubbed from what the database keeps.
-    assert "example.test/lab/x" not in row.text_body and row.scrub == ""
+    assert "example.test/lab/x" not in row.text_body and row.link_secret is None
     assert _db.session.scalars(select(AuditEvent).where(AuditEvent.action == "mail.sent")).one().entity_id == str(mail.id)
     # Running the job again (a duplicate, a retry after a crash) sends nothing more.
     assert mail_job.send(mail.id) == "sent"
@@ -178,7 +178,7 @@ def test_unknown_backend_is_a_permanent_error(app, db, monkeypatch):
 
 def test_devmailbox_captures_and_keeps_the_body(app, db):
     assert app.config["MAIL_BACKEND"] == "devmailbox"
-    mail = _queue(scrub="https://example.test/lab/x")
+    mail = _queue(secret="https://example.test/lab/x")
     _db.session.commit()
     assert mail_job.send(mail.id) == "sent"
     row = _row(mail.id)

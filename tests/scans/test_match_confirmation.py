@@ -191,3 +191,31 @@ def test_accents_and_punctuation_are_the_same_name_a_different_surname_is_not(wo
     assert services.compare_patient(scan, patient)[0].differs
     with pytest.raises(services.NeedsConfirmation, match=r"the name and birth date differ"):
         services.assign_patient(scan, patient, Actor.user(world.users["coordinator"]))
+
+
+def test_when_two_patients_have_the_scanners_name_and_birth_date_the_inbox_says_so_and_offers_both(
+        client, login, world, scanner):
+    """Issue 9: the inbox said no patient matches; two do."""
+    twins = [factories.patient(world.practice, "Sam", "Lee", chart=f"L-{n}", dob=dt.date(1985, 1, 1)) for n in (1, 2)]
+    factories.patient(world.practice, "Sam", "Leeds", dob=dt.date(1985, 1, 1))
+    db.session.commit()
+
+    scan = scan_of(world, scanner, PatientRef("Sam", "Lee", "", dt.date(1985, 1, 1)))
+
+    assert scan.patient_id is None and scan.inbox is InboxState.PENDING
+    assert scan.problem == ("2 patients of this practice have this name and birth date (Lee, Sam · chart L-1; "
+                            "Lee, Sam · chart L-2): choose the right one.")
+    login()
+    for body in (client.get("/scans/").get_data(as_text=True),
+                 client.get(f"/scans/{scan.id}").get_data(as_text=True)):
+        assert "2 patients of this practice have this name and birth date" in body
+    options = client.hx(f"/scans/{scan.id}/patients?q=sam").get_data(as_text=True)
+    offered = re.findall(r'name="patient_id" value="(\d+)"', options)
+    assert offered[:2] == [str(p.id) for p in twins]  # both, first
+    assert options.count("same name and birth date") == 2 and "checked" not in options
+    page = client.get(f"/scans/{scan.id}?q=nobody-typed-this").get_data(as_text=True)
+    assert all(f'name="patient_id" value="{p.id}"' in page for p in twins)  # offered whatever was typed
+
+    client.post(f"/scans/{scan.id}/patient", {"patient_id": twins[1].id}, htmx=f"scan-{scan.id}")
+    db.session.expire_all()
+    assert db.session.get(Scan, scan.id).patient_id == twins[1].id  # no question: it is her name and birth date

@@ -558,6 +558,7 @@ def test_a_large_export_is_read_by_jobs_with_progress_on_the_scan_page(client, l
     assert all(f.triangle_count is None for f in meshes_)  # nothing was read in the request
     prep = rows[f"{ORDER}_PreparationScan.stl"]
     assert (prep.jaw, prep.jaw_source) == (Jaw.UPPER, "vendor")  # the order still tells the jaws
+    assert rows[f"{ORDER}_BiteScan.stl"].upper_file_id == prep.id  # the mesh being read, not the .dcm
     assert all(uploads.inspect_job_id(f.id) in scan_queue.get_job_ids() for f in meshes_
                if f.state is FileState.PROCESSING)
     assert "being checked in the background" in flash_of(client)

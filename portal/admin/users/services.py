@@ -7,7 +7,7 @@
   (`LastAdmin`); `by` is the admin acting, so the message can say "you".
 - `send_password_link(practice, membership)` and `resolve_link(token)` / `set_password(link, pw)`:
   the one-time link. Tokens are `secrets.token_urlsafe(32)`; only their SHA-256 is stored; the
-  token is in the outbox row until the SMTP server has taken the mail (`scrub`, as for lab links).
+  outbox row holds it only encrypted (`secret`, as for lab links) until the mail is delivered.
 
 Every change writes an audit row with before/after. Services flush; the caller commits.
 """
@@ -211,7 +211,7 @@ def send_password_link(practice: Practice, member: Membership, *, welcome: bool 
                "expires_at": link.expires_at, "hours": hours, "welcome": welcome}
     subject = (f"Your Lab Manager account at {practice.name}" if welcome
                else f"Set your Lab Manager password · {practice.name}")
-    queue_mail(to=user.email, subject=subject, kind="password_link", practice_id=practice.id, scrub=token,
+    queue_mail(to=user.email, subject=subject, kind="password_link", practice_id=practice.id, secret=token,
                text=render_template("mail/password_link.txt", **context),
                html=render_template("mail/password_link.html", **context))
     record("user.password_link_sent", "user", user.id, before={"live_link_ids": revoked},

@@ -73,7 +73,7 @@ class OpenDentalAdapter(PmsAdapter):
         rows = self._list(wire.PATHS["providers"], {"Limit": 1})
         return f"{LABEL} answered: the keys work ({'a provider' if rows else 'no providers'} listed)."
 
-    def read(self, resource: str, since: str | None) -> Iterator[list[dict]]:
+    def read(self, resource: str, since: str | None, patient_ref: str | None = None) -> Iterator[list[dict]]:
         """Pages of parsed rows; a row that can't be read is recorded in `skipped` and left out.
         The settings are read here, at once: the pages may be fetched on another thread than the
         one whose session holds the integration row (portal/integrations/pms.py reads ahead)."""
@@ -84,6 +84,8 @@ class OpenDentalAdapter(PmsAdapter):
         clinic = str(self.integration.config.get("clinic_num") or "").strip()
         if clinic and resource in ("patients", "appointments"):
             params["ClinicNum"] = clinic
+        if patient_ref and resource == "appointments":
+            params["PatNum"] = patient_ref
         self.server_time = None
         self.skipped: list[tuple[str, str]] = []
         return self._pages(resource, params)
