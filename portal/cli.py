@@ -176,8 +176,20 @@ def create_user(email: str, name: str, practice_id: tuple[int, ...], role: str, 
 @click.option("--revoke", is_flag=True, help="Take the role away instead.")
 def organisation_manager(email: str, organization_id: int, revoke: bool) -> None:
     """Make a user an organisation manager (the DSO view of every practice), or --revoke it."""
-    from sqlalchemy import select
+    _organisation_role(email, organization_id, OrganizationRole.MANAGER, revoke)
 
+
+@click.command("organisation-admin")
+@click.argument("email")
+@click.option("--organization-id", type=int, required=True)
+@click.option("--revoke", is_flag=True, help="Take the role away instead.")
+def organisation_admin(email: str, organization_id: int, revoke: bool) -> None:
+    """Make a user an organisation admin (the labs' API addresses and signing secrets), or --revoke it."""
+    _organisation_role(email, organization_id, OrganizationRole.ADMIN, revoke)
+
+
+def _organisation_role(email: str, organization_id: int, role: OrganizationRole, revoke: bool) -> None:
+    from sqlalchemy import select
 
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
@@ -185,18 +197,19 @@ def organisation_manager(email: str, organization_id: int, revoke: bool) -> None
     if db.session.get(Organization, organization_id) is None:
         raise click.BadParameter(f"no organisation with id {organization_id}", param_hint="--organization-id")
     row = db.session.scalar(select(OrganizationMembership).where(
-        OrganizationMembership.user_id == user.id, OrganizationMembership.organization_id == organization_id))
+        OrganizationMembership.user_id == user.id, OrganizationMembership.organization_id == organization_id,
+        OrganizationMembership.role == role))
     before = {"role": row.role.value, "active": row.active} if row else None
     if row is None:
-        row = OrganizationMembership(user_id=user.id, organization_id=organization_id, role=OrganizationRole.MANAGER)
+        row = OrganizationMembership(user_id=user.id, organization_id=organization_id, role=role)
         db.session.add(row)
-    row.role, row.active = OrganizationRole.MANAGER, not revoke
+    row.active = not revoke
     db.session.flush()
-    record("organization.manager_revoke" if revoke else "organization.manager_grant", "organization",
+    record(f"organization.{role.value}_{'revoke' if revoke else 'grant'}", "organization",
            organization_id, before=before, after={"user": user.email, "role": row.role.value, "active": row.active},
            actor=Actor.system("cli"))
     db.session.commit()
-    click.echo(f"{user.email} {'is no longer' if revoke else 'is now'} an organisation manager of organisation "
+    click.echo(f"{user.email} {'is no longer' if revoke else 'is now'} an organisation {role.value} of organisation "
                f"{organization_id}.")
 
 
@@ -206,3 +219,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(seed_demo)
     app.cli.add_command(create_user)
     app.cli.add_command(organisation_manager)
+    app.cli.add_command(organisation_admin)

@@ -115,6 +115,12 @@ def world() -> World:
     for role in Role:
         w.users[role.value] = user(f"{role.value}@test.test", [(main, role)])
     w.users["outsider"] = user("outsider@test.test", [(other, Role.ADMIN)])
+    # The world's admin also administers the organisation (a lab's API address and secrets);
+    # tests of a practice-only admin make one.
+    from portal.practices.models import OrganizationMembership, OrganizationRole
+
+    db.session.add(OrganizationMembership(user_id=w.users["admin"].id, organization_id=org.id,
+                                          role=OrganizationRole.ADMIN))
     db.session.commit()
     return w
 

@@ -150,6 +150,11 @@ def seed(password: str, today: dt.date | None = None, lab_url: str = DEMO_LAB_UR
                                           role=OrganizationRole.MANAGER))
     record("organization.manager_grant", "organization", org.id,
            after={"user": users[Role.MANAGER].email, "role": "manager", "active": True}, actor=system)
+    # The admin also administers the group: the labs' API addresses and signing secrets.
+    db.session.add(OrganizationMembership(user_id=users[Role.ADMIN].id, organization_id=org.id,
+                                          role=OrganizationRole.ADMIN))
+    record("organization.admin_grant", "organization", org.id,
+           after={"user": users[Role.ADMIN].email, "role": "admin", "active": True}, actor=system)
 
     labs = []
     for name, channel, contact, email, phone, services in LABS:

@@ -31,6 +31,12 @@ def _is_admin() -> bool:
     return current_user.role_in(g.practice.id) is Role.ADMIN
 
 
+def _is_org_admin() -> bool:
+    """Labs are shared by the organisation's practices: their API address and signing secrets are
+    the organisation's administrators' to change (portal/labs/services.py SHARED_ONLY)."""
+    return current_user.administers(g.practice.organization_id)
+
+
 @bp.get("/")
 @requires(*ANY_ROLE)
 def index():
@@ -49,7 +55,8 @@ def show(lab_id: int):
 
 
 def _show(lab: Lab, *, new_secret: str = "", code: int = 200):
-    response = render("labs/show.html", lab=lab, is_admin=_is_admin(), secret_form=SecretForm(),
+    response = render("labs/show.html", lab=lab, is_admin=_is_admin(), is_org_admin=_is_org_admin(),
+                      secret_form=SecretForm(),
                       active=services.active_secrets(lab), new_secret=new_secret, code=code)
     if new_secret:
         response.headers["Cache-Control"] = "no-store"
@@ -69,7 +76,7 @@ def _data(form: LabForm) -> LabData:
 
 
 def _form_page(form: LabForm, lab: Lab | None, code: int = 200):
-    return render("labs/form.html", "lab_form", form=form, lab=lab, code=code)
+    return render("labs/form.html", "lab_form", form=form, lab=lab, is_org_admin=_is_org_admin(), code=code)
 
 
 def _save(form: LabForm, lab: Lab | None):
@@ -83,13 +90,15 @@ def _save(form: LabForm, lab: Lab | None):
     actor = Actor.user(current_user)
     with transaction(LabError) as outcome:
         if lab is None:
-            lab = services.create_lab(g.practice.organization_id, _data(form), actor, g.practice.id)
+            lab = services.create_lab(g.practice.organization_id, _data(form), actor, g.practice.id,
+                                      org_admin=_is_org_admin())
             message = f"{lab.name} added to the lab directory."
         else:
-            changed = services.update_lab(lab, _data(form), actor, g.practice.id)
+            changed = services.update_lab(lab, _data(form), actor, g.practice.id, org_admin=_is_org_admin())
             message = f"{lab.name} saved." if changed else "Nothing changed."
     if outcome.refused:
-        form.form_errors.append(str(outcome.refused))
+        field = outcome.refused.field and getattr(form, outcome.refused.field, None)
+        (field.errors if field is not None else form.form_errors).append(str(outcome.refused))
         return _form_page(form, lab, 422)
     flash(message, "success")
     return redirect(url_for("labs.show", lab_id=lab.id), 303)
@@ -133,10 +142,12 @@ def generate_secret(lab_id: int):
     """Shows the new secret once, in this response only (never in a flash: the session cookie
     is signed, not encrypted)."""
     lab = _lab_or_404(lab_id)
+    if not _is_org_admin():
+        abort(403)
     if not SecretForm().validate():
         abort(400)
     with transaction(LabError) as outcome:
-        _, value = services.generate_secret(lab, Actor.user(current_user), g.practice.id)
+        _, value = services.generate_secret(lab, Actor.user(current_user), g.practice.id, org_admin=_is_org_admin())
     if outcome.refused:
         flash(str(outcome.refused), "error")
         return _show(lab, code=409)
@@ -147,10 +158,12 @@ def generate_secret(lab_id: int):
 @requires(*ADMIN)
 def revoke_secret(lab_id: int, secret_id: int):
     lab = _lab_or_404(lab_id)
+    if not _is_org_admin():
+        abort(403)
     if not SecretForm().validate():
         abort(400)
     with transaction(LabError) as outcome:
-        services.revoke_secret(lab, secret_id, Actor.user(current_user), g.practice.id)
+        services.revoke_secret(lab, secret_id, Actor.user(current_user), g.practice.id, org_admin=_is_org_admin())
     if outcome.refused:
         flash(str(outcome.refused), "error")
         return redirect(url_for("labs.show", lab_id=lab.id), 303)

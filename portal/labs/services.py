@@ -10,14 +10,19 @@ from decimal import Decimal
 from portal.audit.actor import Actor
 from portal.audit.record import record
 from portal.clock import utcnow
+from portal.errors import UserError
 from portal.extensions import db
 from portal.labs.models import Channel, Lab, LabSecret, LabService
 
 MAX_ACTIVE_SECRETS = 2
 
 
-class LabError(ValueError):
-    """A change the directory refuses; the message is for a person."""
+class LabError(UserError):
+    """A change the directory refuses; the message is for a person (beside `field` when it has one)."""
+
+
+SHARED_ONLY = ("Only an administrator of the organisation can change a lab's API address or signing secrets: "
+               "every practice of the organisation sends work to this lab.")
 
 
 @dataclass
@@ -88,8 +93,12 @@ def _check(data: LabData) -> None:
             raise LabError("Turnaround is 1 to 60 business days.")
 
 
-def create_lab(organization_id: int, data: LabData, actor: Actor, practice_id: int | None) -> Lab:
+def create_lab(organization_id: int, data: LabData, actor: Actor, practice_id: int | None, *,
+               org_admin: bool) -> Lab:
+    """`org_admin`: the actor administers the organisation, so may set what its practices share."""
     _check(data)
+    if data.api_url and not org_admin:
+        raise LabError(SHARED_ONLY, field="api_url")
     lab = Lab(organization_id=organization_id, name=data.name, channel=data.channel)
     db.session.add(lab)
     _apply(lab, data)
@@ -98,9 +107,12 @@ def create_lab(organization_id: int, data: LabData, actor: Actor, practice_id: i
     return lab
 
 
-def update_lab(lab: Lab, data: LabData, actor: Actor, practice_id: int | None) -> dict:
-    """Returns the changed fields; writes one audit row when anything changed."""
+def update_lab(lab: Lab, data: LabData, actor: Actor, practice_id: int | None, *, org_admin: bool) -> dict:
+    """Returns the changed fields; writes one audit row when anything changed. The API address
+    changes only for an administrator of the organisation (`org_admin`)."""
     _check(data)
+    if data.api_url != (lab.api_url or "") and not org_admin:
+        raise LabError(SHARED_ONLY, field="api_url")
     before = snapshot(lab)
     _apply(lab, data)
     db.session.flush()
@@ -121,9 +133,11 @@ def active_secrets(lab: Lab) -> list[LabSecret]:
     return [s for s in lab.secrets if s.revoked_at is None]
 
 
-def generate_secret(lab: Lab, actor: Actor, practice_id: int | None) -> tuple[LabSecret, str]:
+def generate_secret(lab: Lab, actor: Actor, practice_id: int | None, *, org_admin: bool) -> tuple[LabSecret, str]:
     """A new signing secret; the old one stays valid until revoked (docs/reliability.md W3). Returns the row and the
-    value, which is shown once to the admin."""
+    value, which is shown once to the admin. Only an administrator of the organisation (`org_admin`)."""
+    if not org_admin:
+        raise LabError(SHARED_ONLY)
     if len(active_secrets(lab)) >= MAX_ACTIVE_SECRETS:
         raise LabError("Two secrets are already active. Revoke the old one once the lab uses the new one, "
                        "then generate another.")
@@ -136,7 +150,9 @@ def generate_secret(lab: Lab, actor: Actor, practice_id: int | None) -> tuple[La
     return row, value
 
 
-def revoke_secret(lab: Lab, secret_id: int, actor: Actor, practice_id: int | None) -> LabSecret:
+def revoke_secret(lab: Lab, secret_id: int, actor: Actor, practice_id: int | None, *, org_admin: bool) -> LabSecret:
+    if not org_admin:
+        raise LabError(SHARED_ONLY)
     row = next((s for s in lab.secrets if s.id == secret_id), None)
     if row is None:
         raise LabError("That secret is not one of this lab's.")

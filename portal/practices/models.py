@@ -21,6 +21,10 @@ class OrganizationRole(enum.StrEnum):
     """A role over a whole organisation (a DSO), beside the roles per practice."""
 
     MANAGER = "manager"  # reads every practice's reports side by side (the DSO view)
+    # Administers what the practices share: a lab's API address and its signing secrets. A practice's
+    # own admin edits everything else about a lab, but one practice must not repoint or re-key a lab
+    # that every practice of the organisation sends work to.
+    ADMIN = "admin"
 
 
 class Organization(db.Model):
@@ -80,10 +84,17 @@ class User(UserMixin, db.Model):
     def manages(self, organization_id: int | None) -> bool:
         """An active organisation-manager role over `organization_id`: one statement, asked by
         the DSO view only."""
+        return self._holds(organization_id, OrganizationRole.MANAGER)
+
+    def administers(self, organization_id: int | None) -> bool:
+        """An active organisation-admin role over `organization_id` (a lab's shared settings)."""
+        return self._holds(organization_id, OrganizationRole.ADMIN)
+
+    def _holds(self, organization_id: int | None, role: OrganizationRole) -> bool:
         if organization_id is None:
             return False
         return db.session.query(OrganizationMembership.id).filter_by(
-            user_id=self.id, organization_id=organization_id, role=OrganizationRole.MANAGER, active=True,
+            user_id=self.id, organization_id=organization_id, role=role, active=True,
         ).first() is not None
 
     def role_in(self, practice_id: int | None) -> Role | None:
@@ -109,7 +120,7 @@ class OrganizationMembership(db.Model):
     practice memberships do that, and sign-in still needs one of them); it opens the views that
     span the organisation's practices."""
 
-    __table_args__ = (UniqueConstraint("user_id", "organization_id"),)
+    __table_args__ = (UniqueConstraint("user_id", "organization_id", "role"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)

@@ -175,7 +175,7 @@ def live_server(app, tmp_path_factory):
             process.wait(timeout=5)
 
 
-def _wait_until_up(server: LiveServer, timeout: float = 20.0) -> None:
+def _wait_until_up(server: LiveServer, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

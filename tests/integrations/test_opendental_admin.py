@@ -2,9 +2,7 @@
 connection and Sync now, patients waiting for a person, laboratories linked once."""
 from __future__ import annotations
 
-import json
 
-import pytest
 from sqlalchemy import select
 
 from portal import keyring as crypto
