@@ -28,7 +28,7 @@ import httpx
 from werkzeug.wrappers import Request, Response
 
 from sandbox import webhooks
-from sandbox.server import HOST, ApiError, Routes, Server, is_loopback, json_response
+from sandbox.server import HOST, ApiError, Routes, Server, is_loopback, json_response, serve_until_stopped
 
 SECRET = os.environ.get("DEMO_LAB_SECRET", "whsec_ZGVtby1sYWItc2VjcmV0LWZvci1rZXlzdG9uZS0wMDE=")
 PORT = int(os.environ.get("DEMO_LAB_PORT", "5055"))
@@ -205,15 +205,7 @@ def main() -> None:
     server = make_server(lab).start()
     threading.Thread(target=lab.run_plan, daemon=True).start()
     log.info("Keystone Digital Lab's API listening on %s/orders (events every %ss)", server.url, STEP)
-    done = threading.Event()
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        lab.stop()
-        server.stop()
+    serve_until_stopped(lab.stop, server.stop)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,12 @@ import datetime as dt
 import logging
 import os
 import random
-import signal
 import threading
 import time
 
 from werkzeug.wrappers import Request, Response
 
-from sandbox.server import HOST, ApiError, Routes, Server, int_arg, json_body, json_response
+from sandbox.server import HOST, ApiError, Routes, Server, int_arg, json_body, json_response, serve_until_stopped
 
 log = logging.getLogger("sandbox.opendental")
 PORT = 5057
@@ -509,15 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         demo(sandbox.store, people)
     log.info("Open Dental at %s (ODFHIR %s/%s), control at %s/_sandbox", sandbox.base_url, DEMO_DEVELOPER_KEY,
              DEMO_CUSTOMER_KEY, sandbox.url)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    serve_until_stopped(sandbox.stop)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -155,3 +156,18 @@ class Server:
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
+
+
+def serve_until_stopped(*stops: Callable[[], None]) -> None:
+    """A sandbox's `python -m` main: wait until SIGTERM (make run stopping it) or Ctrl-C, then call
+    each of `stops` in turn."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for stop in stops:
+            stop()

@@ -79,7 +79,6 @@ import os
 import random
 import re
 import secrets
-import signal
 import struct
 import threading
 import time
@@ -102,6 +101,7 @@ from sandbox.server import (
     is_loopback,
     json_body,
     json_response,
+    serve_until_stopped,
 )
 
 log = logging.getLogger("vendor-sandbox")
@@ -1551,15 +1551,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("iTero at %s (OAuth %s), Medit Link at %s, control at %s/_sandbox%s", sandbox.itero_url,
              sandbox.itero_oauth, sandbox.medit_url, sandbox.url,
              f"; demo step every {args.step}s for {len(patients)} patient(s)" if args.demo else "")
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    serve_until_stopped(sandbox.stop)
 
 
 if __name__ == "__main__":
