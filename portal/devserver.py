@@ -198,15 +198,8 @@ def _extra_processes(env: dict) -> list[Service]:
 def _connect_scanners(env: dict) -> None:
     """Sign the demo practice's iTero and Medit integrations in at the sandbox, once it answers.
     A failure is printed and the demo goes on without scanners (they can be connected by hand)."""
-    import httpx
-
     url = sandbox_url(env)
-    for _ in range(50):
-        try:
-            httpx.get(f"{url}/_sandbox/config", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    _wait_for(f"{url}/_sandbox/config")
     try:
         _flask(env, "scanners", "demo-connect", "--sandbox", url)
     except subprocess.CalledProcessError:
@@ -216,19 +209,26 @@ def _connect_scanners(env: dict) -> None:
 
 def _connect_pms(env: dict) -> None:
     """Connect the demo practice to the Open Dental sandbox on the port it was started on."""
-    import httpx
-
-    base = f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/api/v1"
-    for _ in range(50):
-        try:
-            httpx.get(f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}/_sandbox/counters", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    root = f"http://127.0.0.1:{env['OPENDENTAL_SANDBOX_PORT']}"
+    _wait_for(f"{root}/_sandbox/counters")
+    base = f"{root}/api/v1"
     try:
         _flask(env, "scanners", "demo-connect-pms", "--base-url", base)
     except subprocess.CalledProcessError:
         print("The demo Open Dental could not be connected; connect it under Settings → Integrations.")
+
+
+
+def _wait_for(url: str, tries: int = 50) -> None:
+    """Until a sandbox started beside the app answers (at most about five seconds)."""
+    import httpx
+
+    for _ in range(tries):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":
