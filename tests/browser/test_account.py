@@ -3,6 +3,7 @@ everywhere: the other browser's session ends too."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from playwright.sync_api import expect
@@ -29,8 +30,12 @@ def test_sign_out_everywhere_from_your_account_page(browser, page, signed_in, li
         expect(page.locator(".toast", has_text="You are signed out everywhere (2 sessions ended).")).to_be_visible()
         assert "/login" in page.url
 
+        # The phone was left on the board: its next poll (every second here) finds the session
+        # ended and sends it to the sign-in page with the reason. Whether that poll or a click
+        # comes first is timing, so wait for the poll rather than racing it with a navigation.
+        expect(phone).to_have_url(re.compile(r"/login"), timeout=10_000)
+        expect(phone.locator(".toast", has_text="You signed out everywhere.")).to_be_visible()
         phone.goto(live_server("/patients"))
         assert "/login" in phone.url
-        expect(phone.locator(".toast", has_text="You signed out everywhere.")).to_be_visible()
     finally:
         other.close()
