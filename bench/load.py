@@ -13,9 +13,7 @@ real Redis. At the same time, from other processes:
                 docs/lab-api.md) to /api/labs/<id>/events for cases sent to them, each case's
                 events in order; 2% of the deliveries are sent twice (a retry: same webhook-id).
                 Signed with sandbox/webhooks.py, the sandbox's own signer.
-  scanners      two Medit integrations notified on /api/scanners/hooks/<key> with signed webhooks
-                (as sandbox/vendors.py sends them); the job re-reads each case from the Medit
-                sandbox (sandbox/vendors.py, in this process).
+  (scanners     not driven yet: the two scanners notifying of issue 11 are still to do.)
 
 Then the run waits (bounded) for the queue to settle and counts from the database:
 
