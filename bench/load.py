@@ -32,7 +32,7 @@ sweep must hand its jobs to the others, nothing lost, nothing doubled. Exit stat
 duplicates or 5xx answers are not all 0.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1/lm_load REDIS_URL=redis://127.0.0.1:6379/4 \\
-      .venv/bin/python bench/load.py [--events 20000] [--coordinators 50] [--seconds 240] [--quick]
+      .venv/bin/python bench/load.py [--events 20000] [--coordinators 50] [--seconds 150] [--quick]
                                      [--runs plain,kill] [--web-workers 4] [--rq-workers 3]
 
 It drops and recreates every table in DATABASE_URL and empties the Redis database.
