@@ -23,11 +23,13 @@ runs `fn` once, just before the n-th answer of that endpoint: a row changing whi
 
 Control API under /_sandbox (no auth; for make run and curl): POST /reset, POST /seed
 {"patients", "appointments", ...}, POST /faults {"endpoint", "kind", "count"}, GET /counters,
-GET /requests, GET /labcases, POST /patients, POST /appointments/{AptNum} {fields to change}.
+GET /requests, GET /labcases, POST /patients, POST /appointments/{AptNum} {fields to change},
+DELETE /appointments/{AptNum} (gone: later reads skip it, GET by key answers 404).
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import datetime as dt
 import logging
@@ -79,6 +81,12 @@ class Store:
             self.tables: dict[str, dict[int, dict]] = {t: {} for t in (
                 "patients", "appointments", "providers", "laboratories", "labcases")}
             self.next_pk = {t: 1 for t in self.tables}
+            # Each table's rows by (DateTStamp, primary key), so a DateTStamp read finds its rows by
+            # bisecting instead of walking the table; `version` moves on every write, and `matches`
+            # keeps the last read's matching keys in key order so the next page of it is a slice.
+            self.by_stamp: dict[str, list[tuple[str, int]]] = {t: [] for t in self.tables}
+            self.version = 0
+            self.matches: dict[tuple, list[int]] = {}
             self.offset = 0.0  # seconds added to the real clock (tick)
             self.faults: dict[str, collections.deque] = {}
             self.hooks: dict[str, list] = {}
@@ -106,6 +114,8 @@ class Store:
             self.next_pk[table] += 1
             row = {key: pk, **row, "DateTStamp": stamp or self.stamp()}
             self.tables[table][pk] = row
+            bisect.insort(self.by_stamp[table], (row["DateTStamp"], pk))
+            self._moved()
             return dict(row)
 
     def change(self, table: str, pk: int, **fields) -> dict:
@@ -113,9 +123,51 @@ class Store:
             row = self.tables[table].get(pk)
             if row is None:
                 raise ApiError(404, f"no {table} row {pk}")
+            self._unindex(table, row, pk)
             row.update(fields)
             row["DateTStamp"] = self.stamp()
+            bisect.insort(self.by_stamp[table], (row["DateTStamp"], pk))
+            self._moved()
             return dict(row)
+
+    def delete(self, table: str, pk: int) -> None:
+        """The row is gone, as when a PMS user deletes an appointment: no later read returns it
+        (Open Dental keeps no tombstone a DateTStamp read would show) and GET by key answers 404."""
+        with self.lock:
+            row = self.tables[table].pop(pk, None)
+            if row is None:
+                raise ApiError(404, f"no {table} row {pk}")
+            self._unindex(table, row, pk)
+            self._moved()
+
+    def _unindex(self, table: str, row: dict, pk: int) -> None:
+        index = self.by_stamp[table]
+        at = bisect.bisect_left(index, (row["DateTStamp"], pk))
+        if at < len(index) and index[at] == (row["DateTStamp"], pk):
+            del index[at]
+
+    def _moved(self) -> None:
+        self.version += 1
+        self.matches.clear()
+
+    def matching(self, table: str, since: str, query: tuple, keep) -> list[int]:
+        """The keys of `table`'s rows stamped at or after `since` that `keep`, in key order; the
+        same read's next page reuses the list until a row is written."""
+        with self.lock:
+            cache_key = (table, since, query)
+            keys = self.matches.get(cache_key)
+            if keys is None:
+                rows = self.tables[table]
+                if since:
+                    index = self.by_stamp[table]
+                    keys = sorted(pk for _, pk in index[bisect.bisect_left(index, (since, 0)):])
+                else:
+                    keys = list(rows)  # inserted in key order, keys only grow
+                keys = [pk for pk in keys if keep(rows[pk])]
+                if len(self.matches) > 64:
+                    self.matches.clear()
+                self.matches[cache_key] = keys
+            return keys
 
     # --- faults and hooks ---
     def add_fault(self, endpoint: str, kind: str, count: int = 1, retry_after: int = 1, seconds: float = 1.0):
@@ -156,6 +208,7 @@ class OpenDentalApp(Routes):
             ("/_sandbox/labcases", "GET", "c_labcases", self.c_labcases),
             ("/_sandbox/patients", "POST", "c_patient", self.c_patient),
             ("/_sandbox/appointments/<int:num>", "POST", "c_appointment", self.c_appointment),
+            ("/_sandbox/appointments/<int:num>", "DELETE", "c_delete_appointment", self.c_delete_appointment),
         ])
         self.lost: set[int] = set()
 
@@ -210,21 +263,13 @@ class OpenDentalApp(Routes):
             except ValueError:
                 raise ApiError(400, f"DateTStamp must be YYYY-MM-DD HH:MM:SS, not {since!r}") from None
         clinic = request.args.get("ClinicNum", "")
+        query = tuple(sorted((k, v) for k, v in request.args.items() if k not in ("Limit", "Offset")))
         with self.store.lock:
             now = self.store.stamp()
-            page = []
-            # Rows are kept in primary key order (keys only grow), so a page is the next `limit`
-            # matches after skipping `offset` of them.
-            for row in self.store.tables[table].values():
-                if (since and row["DateTStamp"] < since) or not keep(row) \
-                        or (clinic and str(row.get("ClinicNum", 0)) != clinic):
-                    continue
-                if offset:
-                    offset -= 1
-                    continue
-                page.append({**row, "serverDateTime": now})
-                if len(page) == limit:
-                    break
+            keys = self.store.matching(table, since, query, lambda row: keep(row) and (
+                not clinic or str(row.get("ClinicNum", 0)) == clinic))
+            rows = self.store.tables[table]
+            page = [{**rows[pk], "serverDateTime": now} for pk in keys[offset:offset + limit]]
         return json_response(page)
 
     def patients(self, request: Request) -> Response:
@@ -329,6 +374,10 @@ class OpenDentalApp(Routes):
 
     def c_appointment(self, request: Request, num: int) -> Response:
         return json_response(self.store.change("appointments", num, **json_body(request)))
+
+    def c_delete_appointment(self, request: Request, num: int) -> Response:
+        self.store.delete("appointments", num)
+        return Response(status=204)
 
 
 def patient_row(FName: str, LName: str, Birthdate: str = NONE_DATE, ChartNumber: str = "",
@@ -439,6 +488,9 @@ class OpenDentalSandbox:
 
     def change(self, table: str, pk: int, **fields) -> dict:
         return self.store.change(table, pk, **fields)
+
+    def delete(self, table: str, pk: int) -> None:
+        self.store.delete(table, pk)
 
     def row(self, table: str, pk: int) -> dict:
         with self.store.lock:

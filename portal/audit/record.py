@@ -16,6 +16,8 @@ import hmac
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from flask import current_app, g, has_request_context, request
@@ -42,6 +44,47 @@ _NO_SYNC = {"synchronize_session": False}
 _TAKE_HEAD = (update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
               .returning(AuditHead.seq, AuditHead.hash))
 _SET_HEAD_HASH = update(AuditHead).where(AuditHead.id == 1).values(hash=bindparam("head_hash"))
+_SET_HEAD = (update(AuditHead).where(AuditHead.id == 1)
+             .values(seq=bindparam("head_seq"), hash=bindparam("head_hash")))
+
+
+@dataclass
+class _Held:
+    """The chain head as one transaction holds it inside `held_head()`: taken (and locked) by the
+    first row, moved on in memory by the rows after it, written back once when the scope ends."""
+
+    transaction: object = None
+    seq: int = 0
+    hash: str = ""
+    taken: bool = False
+
+
+_held: ContextVar[_Held | None] = ContextVar("audit_held_head", default=None)
+
+
+@contextmanager
+def held_head():
+    """Write the audit rows added inside this block with one UPDATE of the chain head to take it
+    and one to put it back, instead of two per row, and without a flush per row (the session's
+    next flush inserts them together). The rows, their order, seqs and hashes are the same as
+    `record()` writes one by one. For a block that ends in the same transaction it started in (an
+    ingest of one order): the head is written back as the block ends, before the caller commits;
+    a block that raises writes nothing back (the caller rolls back)."""
+    if _held.get() is not None:  # nested: the outer block writes the head back
+        yield
+        return
+    state = _Held()
+    token = _held.set(state)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+    if state.taken:
+        if db.session().get_transaction() is not state.transaction:
+            raise RuntimeError("held_head(): the transaction ended inside the block")
+        db.session.execute(_SET_HEAD, {"head_seq": state.seq, "head_hash": state.hash},
+                           execution_options=_NO_SYNC)
+        db.session.flush()
 
 
 def canonical(data: dict | None) -> str:
@@ -102,9 +145,15 @@ def record(
     """Add one audit row to the current transaction. The caller's commit makes both durable."""
     actor = actor or _request_actor()
     ring = keys.ring()
-    # Take the chain head first: the UPDATE locks it (row lock on PostgreSQL, the write lock on
-    # SQLite) until this transaction ends, so the prev_hash we read stays the newest one.
-    seq, prev = db.session.execute(_TAKE_HEAD, execution_options=_NO_SYNC).one()
+    held = _held.get()
+    if held is not None and held.taken:
+        if db.session().get_transaction() is not held.transaction:
+            raise RuntimeError("held_head(): the transaction ended inside the block")
+        seq, prev = held.seq + 1, held.hash
+    else:
+        # Take the chain head first: the UPDATE locks it (row lock on PostgreSQL, the write lock
+        # on SQLite) until this transaction ends, so the prev_hash we read stays the newest one.
+        seq, prev = db.session.execute(_TAKE_HEAD, execution_options=_NO_SYNC).one()
     source, ip = actor.source, ""
     if has_request_context():
         source = source or f"{request.method} {request.path}"[:120]
@@ -118,6 +167,12 @@ def record(
         key_id=ring.signing_id,
     )
     row.hash = row_hash(row, ring)
+    if held is not None:
+        if not held.taken:
+            held.transaction, held.taken = db.session().get_transaction(), True
+        held.seq, held.hash = seq, row.hash
+        db.session.add(row)
+        return row
     db.session.execute(_SET_HEAD_HASH, {"head_hash": row.hash}, execution_options=_NO_SYNC)
     db.session.add(row)
     db.session.flush()

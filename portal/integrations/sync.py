@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from portal.audit.actor import Actor
+from portal.audit.record import held_head
 from portal.extensions import db
 from portal.integrations.base import Notice
 from portal.integrations.http import VendorError
@@ -143,8 +144,9 @@ def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Acto
     for attempt in (1, 2):
         integration = db.session.get(ScannerIntegration, integration_id)
         try:
-            result = services.ingest(integration.practice_id, order, actor=actor, source=source,
-                                     integration=integration)
+            with held_head():  # one order's audit rows: the chain head taken and put back once
+                result = services.ingest(integration.practice_id, order, actor=actor, source=source,
+                                         integration=integration)
             db.session.commit()
             return result.outcome
         except IntegrityError:

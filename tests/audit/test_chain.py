@@ -389,3 +389,53 @@ def test_a_short_key_is_refused(app, db, monkeypatch):
     with pytest.raises(RuntimeError, match="shorter than 32 characters"):
         record("test.write", "probe", 1, actor=Actor.system("test"))
     db.session.rollback()
+
+
+def _head_statements(db):
+    from sqlalchemy import event
+
+    seen = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("UPDATE AUDIT_HEAD"):
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    return seen, lambda: event.remove(db.engine, "before_cursor_execute", count)
+
+
+def test_rows_written_under_a_held_head_are_the_rows_written_one_by_one(app, db):
+    from portal.audit.record import held_head
+
+    _write(db, 2)
+    seen, stop = _head_statements(db)
+    try:
+        with held_head():
+            for i in range(4):
+                record("test.held", "probe", i, after={"n": i}, actor=Actor.system("test"))
+        db.session.commit()
+    finally:
+        stop()
+    _write(db, 1)  # a row written one by one after the block follows its last row
+    rows = db.session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+    assert [r.seq for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(later.prev_hash == earlier.hash for earlier, later in zip(rows, rows[1:]))
+    assert all(row_hash(r) == r.hash for r in rows)
+    head = db.session.get(AuditHead, 1)
+    assert (head.seq, head.hash) == (7, rows[-1].hash)
+    assert len(seen) == 2  # taken once, put back once (one by one: two per row)
+    assert _verify(app)[0] == 0
+
+
+def test_a_held_head_block_that_raises_writes_nothing(app, db):
+    from portal.audit.record import held_head
+
+    _write(db, 1)
+    with pytest.raises(ValueError):
+        with held_head():
+            record("test.held", "probe", 1, actor=Actor.system("test"))
+            raise ValueError("bad order")
+    db.session.rollback()
+    _write(db, 1)
+    assert [r.seq for r in db.session.scalars(select(AuditEvent).order_by(AuditEvent.seq))] == [1, 2]
+    assert _verify(app)[0] == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.audit.models import AuditEvent
 from portal.cases.models import LabCase
@@ -70,3 +70,28 @@ def test_a_poll_writes_the_same_scans_cases_and_audit_rows_for_a_fixed_input(wor
     db.session.commit()
     assert scanner_sync.run_sync(integration.id, source="test") == {"unchanged": 3}
     assert db.session.scalar(select(AuditEvent.seq).order_by(AuditEvent.seq.desc()).limit(1)) == start + 9
+
+
+def test_each_order_takes_and_puts_back_the_audit_chain_head_once(world, sandbox):
+    from sqlalchemy import event
+
+    integration = _itero(world, sandbox)
+    patients = [factories.patient(world.practice) for _ in range(3)]
+    db.session.commit()
+    for patient in patients:
+        sandbox.add_itero_order(patient=patient_body(patient), teeth=["36"], procedure="Crown")
+    heads = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("UPDATE AUDIT_HEAD"):
+            heads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert scanner_sync.run_sync(integration.id, source="test") == {"new": 3}
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    # Four audit rows an order, the head taken and put back once for them (it was two per row).
+    assert len(heads) == 2 * 3
+    assert db.session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.actor_type == "vendor")) == 4 * 3

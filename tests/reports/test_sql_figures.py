@@ -13,7 +13,7 @@ import random
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from portal.audit.actor import Actor
 from portal.cases import lifecycle
@@ -275,3 +275,11 @@ def test_the_lifecycle_stores_the_spans_as_it_stamps_the_dates(world):
     assert (case.sent_to_dispatched_bdays, case.sent_to_received_bdays) == (3, None)  # Tue 4 is closed
     lifecycle.move(case, Status.RECEIVED, actor=Actor.user(world.users["coordinator"]), now=at("2031-03-10"))
     assert (case.sent_to_dispatched_bdays, case.sent_to_received_bdays) == (3, 4)
+
+
+def test_postgresql_connections_do_not_jit_compile(world):
+    """The reports' statement is estimated far above its size, which made PostgreSQL JIT-compile
+    it: compiling took longer than running it (bench/README.md). Every connection turns JIT off."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("JIT is PostgreSQL's")
+    assert db.session.scalar(text("SHOW jit")) == "off"
