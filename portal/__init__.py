@@ -26,9 +26,13 @@ def create_app(overrides: Mapping | None = None) -> Flask:
         # No server-side prepared statements: psycopg prepares a query after its fifth run and
         # PostgreSQL may then keep a generic plan chosen while the tables were nearly empty. A PMS
         # first sync filling empty tables (bench/pms.py) kept sequential scans that way and slowed
-        # down as the tables grew: 64.7 s for 80,000 rows, 27.4 s without preparing.
+        # down as the tables grew: 64.7 s for 80,000 rows, 39.0 s without preparing (README).
+        # And no JIT: the reports' one statement (portal/reports/sql.py) is estimated far above
+        # its real size, which crossed jit_above_cost: compiling took 1.3 s of its 1.8 s at
+        # 100,000 cases, for a query that runs in 0.5 s interpreted. No statement here gains.
         options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
-        options["connect_args"] = {"prepare_threshold": None, **(options.get("connect_args") or {})}
+        options["connect_args"] = {"prepare_threshold": None, "options": "-c jit=off",
+                                   **(options.get("connect_args") or {})}
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"), render_as_batch=True)

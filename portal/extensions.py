@@ -44,18 +44,7 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
         cursor.close()
 
 
-@event.listens_for(Engine, "connect")
-def _postgresql_no_jit(dbapi_connection, connection_record) -> None:
-    """PostgreSQL: no JIT compilation. The reports' one statement (portal/reports/sql.py) is
-    estimated far above its real size (the planner can't see into its CTEs), which crossed
-    jit_above_cost: compiling it took 1.3 s of its 1.8 s at 100,000 cases, for a query that runs in
-    0.5 s interpreted (EXPLAIN ANALYZE in bench/README.md). This portal's statements are short; none
-    gains from JIT."""
-    if type(dbapi_connection).__module__.startswith("psycopg"):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SET jit = off")
-        cursor.close()
-        dbapi_connection.commit()
+
 migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()

@@ -19,7 +19,7 @@ ChartNumber, or the PatNum where it is blank, as the CSV import keys it); then b
 name and birth date among patients not linked yet. Two or more candidates: the patient waits for a
 person (`PmsMatch`, on the integration's page) and nothing is created. A provider by abbreviation.
 
-A seat appointment that moves, or is broken, unscheduled or deleted in the PMS, changes its case
+A seat appointment that moves, or is broken or unscheduled in the PMS, changes its case
 at once: the seat date and seat risk follow, and the case's timeline says what happened.
 """
 from __future__ import annotations
