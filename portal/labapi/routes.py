@@ -69,7 +69,9 @@ def events(lab_id_text: str):
     lab_id = lab_id_or_none(lab_id_text)
     known = None
     if lab_id is not None:
-        known = services.inbound(lab_id, msg_id[:100], event_id if isinstance(event_id, str) else None)
+        # only an event id that could have been stored is looked up (parse() refuses the rest)
+        lookup = event_id if isinstance(event_id, str) and "\x00" not in event_id else None
+        known = services.inbound(lab_id, msg_id[:100], lookup)
     try:
         signing.verify(known.secrets if known is not None else [_NO_LAB_SECRET], msg_id,
                        request.headers.get("webhook-timestamp", ""), request.headers.get("webhook-signature", ""),

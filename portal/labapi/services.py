@@ -117,10 +117,23 @@ def _parse_time(value) -> dt.datetime:
     return when
 
 
+def _holds_nul(value: object) -> bool:
+    """A NUL anywhere in the event's strings (PostgreSQL's text cannot hold one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def parse(body: object) -> dict:
     """Check the shape of an event; returns the fields used. Raises EventError."""
     if not isinstance(body, dict):
         raise EventError("the body must be a JSON object")
+    if _holds_nul(body):
+        raise EventError("text must not contain NUL characters (\\u0000)")
     for name in ("event_id", "order_id", "type", "occurred_at"):
         if not isinstance(body.get(name), str) or not body[name].strip():
             raise EventError(f"{name} is required")

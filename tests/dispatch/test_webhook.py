@@ -247,6 +247,10 @@ def test_rejected_puts_the_case_on_hold_with_the_reason(client, sent):
     ({"type": "dispatched", "data": {"carrier": "UPS", "tracking_number": "1", "eta": "soon"}}, "data.eta"),
     ({"occurred_at": "yesterday"}, "occurred_at"),
     ({"case_number": "LC-1999-000001"}, "not LC-1999-000001"),
+    # PostgreSQL cannot store a NUL in text: the fuzzer's event_id "\u0000" was a 500 there
+    ({"event_id": "\x00"}, "NUL"),
+    ({"type": "message", "data": {"text": "a\x00b"}}, "NUL"),
+    ({"case_number": "\x00"}, "NUL"),
 ])
 def test_bad_bodies_are_422_with_a_json_error(client, sent, change, message):
     case, dispatch, lab = sent
