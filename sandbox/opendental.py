@@ -24,7 +24,7 @@ runs `fn` once, just before the n-th answer of that endpoint: a row changing whi
 Control API under /_sandbox (no auth; for make run and curl): POST /reset, POST /seed
 {"patients", "appointments", ...}, POST /faults {"endpoint", "kind", "count"}, GET /counters,
 GET /requests, GET /labcases, POST /patients, POST /appointments/{AptNum} {fields to change},
-DELETE /appointments/{AptNum} (gone: later reads skip it, GET by key answers 404).
+DELETE /appointments/{AptNum} (gone: later reads skip it; deleting it again answers 404).
 """
 from __future__ import annotations
 
@@ -82,10 +82,9 @@ class Store:
                 "patients", "appointments", "providers", "laboratories", "labcases")}
             self.next_pk = {t: 1 for t in self.tables}
             # Each table's rows by (DateTStamp, primary key), so a DateTStamp read finds its rows by
-            # bisecting instead of walking the table; `version` moves on every write, and `matches`
-            # keeps the last read's matching keys in key order so the next page of it is a slice.
+            # bisecting instead of walking the table; `matches` keeps recent reads' matching keys in
+            # key order, so the next page of a read is a slice; any write clears it.
             self.by_stamp: dict[str, list[tuple[str, int]]] = {t: [] for t in self.tables}
-            self.version = 0
             self.matches: dict[tuple, list[int]] = {}
             self.offset = 0.0  # seconds added to the real clock (tick)
             self.faults: dict[str, collections.deque] = {}
@@ -132,7 +131,7 @@ class Store:
 
     def delete(self, table: str, pk: int) -> None:
         """The row is gone, as when a PMS user deletes an appointment: no later read returns it
-        (Open Dental keeps no tombstone a DateTStamp read would show) and GET by key answers 404."""
+        (Open Dental keeps no tombstone a DateTStamp read would show); deleting it again is a 404."""
         with self.lock:
             row = self.tables[table].pop(pk, None)
             if row is None:
@@ -147,7 +146,6 @@ class Store:
             del index[at]
 
     def _moved(self) -> None:
-        self.version += 1
         self.matches.clear()
 
     def matching(self, table: str, since: str, query: tuple, keep) -> list[int]:
