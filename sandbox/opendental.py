@@ -9,6 +9,9 @@ otherwise; `keys` are what it accepts):
   GET  /patients/Simple?DateTStamp&ClinicNum&Limit&Offset     GET /patients/{PatNum}
   GET  /appointments?DateTStamp&PatNum&AptStatus&ClinicNum&Limit&Offset
   GET  /providers?DateTStamp&Limit&Offset                    GET /laboratories?Limit&Offset
+  GET  /histappointments?HistApptAction&AptNum&PatNum&ClinicNum&date&dateStart&dateEnd&Limit&Offset
+       (the dates are those of HistDateTStamp; the sandbox keeps only "Deleted" history rows, one
+       per deleted appointment: Open Dental also keeps Created, Changed, Missed and Cancelled ones)
   GET  /labcases?PatNum&LaboratoryNum&AptNum&Limit&Offset     GET /labcases/{LabCaseNum}
   POST /labcases (PatNum, LaboratoryNum, ProvNum required)    PUT /labcases/{LabCaseNum}
 Lists are ordered by primary key, at most 100 a page (`Limit` above 100 is read as 100), `DateTStamp`
@@ -24,7 +27,8 @@ runs `fn` once, just before the n-th answer of that endpoint: a row changing whi
 Control API under /_sandbox (no auth; for make run and curl): POST /reset, POST /seed
 {"patients", "appointments", ...}, POST /faults {"endpoint", "kind", "count"}, GET /counters,
 GET /requests, GET /labcases, POST /patients, POST /appointments/{AptNum} {fields to change},
-DELETE /appointments/{AptNum} (gone: later reads skip it; deleting it again answers 404).
+DELETE /appointments/{AptNum} (gone: later reads skip it, /histappointments lists it as Deleted;
+deleting it again answers 404).
 """
 from __future__ import annotations
 
@@ -51,8 +55,8 @@ STAMP = "%Y-%m-%d %H:%M:%S"
 NONE_DATE = "0001-01-01"
 NONE_TIME = "0001-01-01 00:00:00"
 
-ENDPOINTS = ("patients", "patient", "appointments", "providers", "laboratories", "labcases", "labcase",
-             "labcase_create", "labcase_update")
+ENDPOINTS = ("patients", "patient", "appointments", "histappointments", "providers", "laboratories", "labcases",
+             "labcase", "labcase_create", "labcase_update")
 APT_STATUSES = ("Scheduled", "Complete", "UnschedList", "ASAP", "Broken", "Planned", "PtNote", "PtNoteCompleted")
 PAT_STATUSES = ("Patient", "NonPatient", "Inactive", "Archived", "Deceased", "Prospective")
 
@@ -79,7 +83,7 @@ class Store:
         with self.lock:
             self.keys: set[tuple[str, str]] = {(DEMO_DEVELOPER_KEY, DEMO_CUSTOMER_KEY)}
             self.tables: dict[str, dict[int, dict]] = {t: {} for t in (
-                "patients", "appointments", "providers", "laboratories", "labcases")}
+                "patients", "appointments", "histappointments", "providers", "laboratories", "labcases")}
             self.next_pk = {t: 1 for t in self.tables}
             # Each table's rows by (DateTStamp, primary key), so a DateTStamp read finds its rows by
             # bisecting instead of walking the table; `matches` keeps recent reads' matching keys in
@@ -107,7 +111,7 @@ class Store:
     # --- rows ---
     def insert(self, table: str, row: dict, stamp: str | None = None) -> dict:
         key = {"patients": "PatNum", "appointments": "AptNum", "providers": "ProvNum",
-               "laboratories": "LaboratoryNum", "labcases": "LabCaseNum"}[table]
+               "laboratories": "LaboratoryNum", "labcases": "LabCaseNum", "histappointments": "HistApptNum"}[table]
         with self.lock:
             pk = self.next_pk[table]
             self.next_pk[table] += 1
@@ -130,13 +134,17 @@ class Store:
             return dict(row)
 
     def delete(self, table: str, pk: int) -> None:
-        """The row is gone, as when a PMS user deletes an appointment: no later read returns it
-        (Open Dental keeps no tombstone a DateTStamp read would show); deleting it again is a 404."""
+        """The row is gone, as when a PMS user deletes an appointment: no later read of the table
+        returns it (a DateTStamp read shows no tombstone); a deleted appointment leaves a "Deleted"
+        row in histappointments, as Open Dental's appointment history does. Again: a 404."""
         with self.lock:
             row = self.tables[table].pop(pk, None)
             if row is None:
                 raise ApiError(404, f"no {table} row {pk}")
             self._unindex(table, row, pk)
+            if table == "appointments":
+                self.insert("histappointments", {"HistUserNum": 0, "HistDateTStamp": self.stamp(),
+                                                 "HistApptAction": "Deleted", "ApptSource": "None", **row})
             self._moved()
 
     def _unindex(self, table: str, row: dict, pk: int) -> None:
@@ -192,6 +200,7 @@ class OpenDentalApp(Routes):
             (f"{api}/patients/Simple", "GET", "patients", self.patients),
             (f"{api}/patients/<int:pat_num>", "GET", "patient", self.patient),
             (f"{api}/appointments", "GET", "appointments", self.appointments),
+            (f"{api}/histappointments", "GET", "histappointments", self.histappointments),
             (f"{api}/providers", "GET", "providers", self.providers),
             (f"{api}/laboratories", "GET", "laboratories", self.laboratories),
             (f"{api}/labcases", "GET", "labcases", self.labcases),
@@ -284,6 +293,23 @@ class OpenDentalApp(Routes):
         pat, status = request.args.get("PatNum", ""), request.args.get("AptStatus", "")
         return self._page(request, "appointments", lambda r: (not pat or str(r["PatNum"]) == pat)
                           and (not status or r["AptStatus"] == status))
+
+    def histappointments(self, request: Request) -> Response:
+        equal = {k: request.args[k] for k in ("HistApptAction", "AptNum", "PatNum", "AptStatus")
+                 if request.args.get(k)}
+        day, start, end = (request.args.get(k, "") for k in ("date", "dateStart", "dateEnd"))
+        for name, value in (("date", day), ("dateStart", start), ("dateEnd", end)):
+            if value:
+                try:
+                    dt.date.fromisoformat(value)
+                except ValueError:
+                    raise ApiError(400, f"{name} must be yyyy-MM-dd, not {value!r}") from None
+
+        def keep(row: dict) -> bool:
+            on = row["HistDateTStamp"][:10]
+            return (all(str(row.get(k)) == v for k, v in equal.items()) and (not day or on == day)
+                    and (not start or on >= start) and (not end or on <= end))
+        return self._page(request, "histappointments", keep)
 
     def providers(self, request: Request) -> Response:
         return self._page(request, "providers")

@@ -53,6 +53,7 @@ def _fill_appointments(form: CaseForm, patient_id: int | None) -> None:
         appts = db.session.scalars(select(Appointment).where(
             Appointment.practice_id == practice.id, Appointment.patient_id == patient_id,
             Appointment.starts_at >= dt.datetime.combine(dt.date.today() - dt.timedelta(days=30), dt.time()),
+            Appointment.not_happening == "",  # broken, unscheduled or deleted in the PMS: not a seat date
         ).order_by(Appointment.starts_at)).all()
     form.seat_appointment_id.choices = choices([(0, "— none yet —")] + [
         (a.id, f"{a.starts_at:%a %d %b %Y %H:%M} · {a.kind.value.replace('_', '-')}") for a in appts])
@@ -209,12 +210,15 @@ def due_date_field():
 @requires(*ANY_ROLE)
 def show(case_id: int):
     case = get_or_404(LabCase, case_id)
+    panels = _panels(case)
+    pms_row = panels["pms_panel"]
     return render(
         "cases/show.html", case=case, moves=allowed_moves(case), events=services.timeline(case),
+        PMS_WRITE_LABELS=services.pms_write_labels(pms_row.integration.vendor.label if pms_row else "the PMS"),
         risk=risk_of(case), move_form=MoveForm(), remake_form=RemakeForm(), checkin_form=CheckInForm(),
         remakes=db.session.scalars(select(LabCase).where(LabCase.remake_of_id == case.id)).all(),
         next_stages=db.session.scalars(select(LabCase).where(LabCase.previous_stage_id == case.id)).all(),
-        **_panels(case),
+        **panels,
     )
 
 

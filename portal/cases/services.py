@@ -21,6 +21,7 @@ from portal.cases.status import Status
 from portal.clock import utcnow
 from portal.errors import UserError
 from portal.extensions import db
+from portal.integrations.models import PmsLabCase
 from portal.labs.models import Lab
 from portal.people.models import Appointment, Patient, Provider
 from portal.practices.models import Practice
@@ -100,6 +101,9 @@ def _check_refs(practice: Practice, data: CaseData) -> tuple[Patient, Lab | None
         appt = db.session.get(Appointment, data.seat_appointment_id)
         if appt is None or appt.practice_id != practice.id or appt.patient_id != patient.id:
             raise UserError("Choose one of this patient's appointments.", field="seat_appointment_id")
+        if appt.not_happening:
+            raise UserError(f"That visit is {appt.not_happening} in the practice management system; choose a "
+                            "booked one, or none yet.", field="seat_appointment_id")
     if data.previous_stage_id is not None:
         prev = db.session.get(LabCase, data.previous_stage_id)
         if prev is None or prev.practice_id != practice.id or prev.patient_id != patient.id:
@@ -309,13 +313,34 @@ def refresh_cases_for_appointment(appointment_id: int) -> None:
         refresh_risk(case)
 
 
-def timeline(case: LabCase):
-    """The case's own audit rows and those of the scans on it (received, updated by the vendor...)."""
+# What the timeline shows of the case's writes to its PMS (portal/integrations/writeback.py): each
+# outcome, in words ({pms} is the PMS's name), not the "queued" row every move leaves.
+PMS_WRITE_LABELS = {
+    "pms_lab_case.created": "lab case created in {pms}",
+    "pms_lab_case.found": "lab case found in {pms} (an earlier write had made it)",
+    "pms_lab_case.written": "written to {pms}",
+    "pms_lab_case.retry_scheduled": "{pms} write to be retried",
+    "pms_lab_case.failed": "{pms} write failed",
+    "pms_lab_case.retry": "{pms} write retried",
+    "pms_lab_case.not_needed": "nothing to write to {pms}",
+}
 
+
+def pms_write_labels(pms_name: str) -> dict[str, str]:
+    return {action: text.format(pms=pms_name) for action, text in PMS_WRITE_LABELS.items()}
+
+
+def timeline(case: LabCase):
+    """The case's own audit rows, those of the scans on it (received, updated by the vendor...)
+    and the outcomes of its writes to the practice's PMS."""
     scan_ids = [str(i) for i in db.session.scalars(select(Scan.id).where(Scan.case_id == case.id))]
+    pms_ids = [str(i) for i in db.session.scalars(select(PmsLabCase.id).where(PmsLabCase.case_id == case.id))]
     of_case = (AuditEvent.entity_type == "lab_case") & (AuditEvent.entity_id == str(case.id))
     if scan_ids:
         of_case = or_(of_case, (AuditEvent.entity_type == "scan") & AuditEvent.entity_id.in_(scan_ids))
+    if pms_ids:
+        of_case = or_(of_case, (AuditEvent.entity_type == "pms_lab_case") & AuditEvent.entity_id.in_(pms_ids)
+                      & AuditEvent.action.in_(list(PMS_WRITE_LABELS)))
     return db.session.scalars(select(AuditEvent).where(of_case).order_by(AuditEvent.seq.desc())).all()
 
 

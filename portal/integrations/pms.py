@@ -19,8 +19,12 @@ ChartNumber, or the PatNum where it is blank, as the CSV import keys it); then b
 name and birth date among patients not linked yet. Two or more candidates: the patient waits for a
 person (`PmsMatch`, on the integration's page) and nothing is created. A provider by abbreviation.
 
-A seat appointment that moves, or is broken or unscheduled in the PMS, changes its case
-at once: the seat date and seat risk follow, and the case's timeline says what happened.
+A seat appointment that moves, or is broken, unscheduled or deleted in the PMS (deletions are read
+from the PMS's appointment history, `deleted_appointments`), changes its case in the same sync:
+the seat date and seat risk follow, and the case's timeline says what happened. Such a visit is
+kept, marked (`Appointment.not_happening`), and never offered or chosen as a seat date again. A
+patient the PMS now lists as deceased, archived or inactive is marked too (`Patient.pms_standing`,
+shown on the patient's cases), and each open case of theirs says so on its timeline.
 """
 from __future__ import annotations
 
@@ -53,8 +57,6 @@ from portal.queue import SCANNER_SYNC
 log = logging.getLogger(__name__)
 ENTITY = "scanner_integration"
 OPEN = [s for s in Status if s not in (Status.FITTED, Status.CANCELLED)]
-NOT_HAPPENING = {"Broken": "broken", "UnschedList": "unscheduled", "Planned": "planned", "PtNote": "a note",
-                 "PtNoteCompleted": "a note"}
 
 
 def cursors(integration: ScannerIntegration) -> dict:
@@ -83,6 +85,10 @@ def run_pms_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     try:
         for resource in adapter.RESOURCES:
             since = (marks.get(resource) or {}).get("since")
+            if since is None and resource in STARTS_WITH:
+                # Nothing before the first read of the resource it follows can matter (a visit
+                # deleted before the appointments were first read never came in).
+                since = (marks.get(STARTS_WITH[resource]) or {}).get("since")
             counts: Counter = Counter()
             last_key = (marks.get(resource) or {}).get("last_key")
             for page in batches(read_ahead(adapter.read(resource, since))):
@@ -262,12 +268,10 @@ def apply_laboratories(integration: ScannerIntegration, page: list[dict], actor:
 
 # -- patients -----------------------------------------------------------------------------------------
 
-PATIENT_VALUES = ("first_name", "last_name", "date_of_birth", "email", "phone")
-
-
 def _patient_values(row: dict) -> dict:
     return {"first_name": row["first_name"] or "?", "last_name": row["last_name"] or "?",
-            "date_of_birth": row["date_of_birth"], "email": row["email"], "phone": row["phone"]}
+            "date_of_birth": row["date_of_birth"], "email": row["email"], "phone": row["phone"],
+            "pms_standing": row.get("standing", "")}
 
 
 def _name_key(first: str, last: str, born) -> tuple:
@@ -293,12 +297,14 @@ def apply_patients(integration: ScannerIntegration, page: list[dict], actor: Act
             by_name.setdefault(_name_key(p.first_name, p.last_name, p.date_of_birth), []).append(p)
     waiting = {m.ref: m for m in db.session.scalars(select(PmsMatch).where(
         PmsMatch.integration_id == integration.id, PmsMatch.resource == "patients", PmsMatch.ref.in_(refs)))}
-    inserts, updates = [], []
+    inserts, updates, standing = [], [], {}
     for row in page:
         ref, values = row["ref"], _patient_values(row)
         patient = existing.get(ref)
         if patient is not None:
             if any(getattr(patient, k) != v for k, v in values.items()):
+                if patient.pms_standing != values["pms_standing"]:
+                    standing[patient.id] = (patient.pms_standing, values["pms_standing"])
                 updates.append({"id": patient.id, **values})
                 out["updated"].append(ref)
             else:
@@ -333,8 +339,26 @@ def apply_patients(integration: ScannerIntegration, page: list[dict], actor: Act
         db.session.execute(insert(Patient), inserts)
     if updates:
         db.session.execute(update(Patient), updates)
+    if standing:
+        out["cases"] = standing_changed(integration, standing, actor)
     db.session.flush()
     return out
+
+
+def standing_changed(integration: ScannerIntegration, changes: dict[int, tuple[str, str]], actor: Actor) -> list[str]:
+    """Patients the PMS now lists as deceased, archived, inactive... (or as patients again): each
+    of their open cases says so on its timeline, so the coordinator stops (or resumes) the work."""
+    label = integration.vendor.label
+    numbers = []
+    for case in db.session.scalars(select(LabCase).where(LabCase.patient_id.in_(list(changes)),
+                                                         LabCase.status.in_(OPEN)).order_by(LabCase.id)):
+        was, now = changes[case.patient_id]
+        reason = (f"{label} now lists the patient as {now}; check whether this work should go on."
+                  if now else f"{label} lists the patient as a current patient again (was {was}).")
+        record("case.patient_standing_changed", "lab_case", case.id, before={"standing": was or "patient"},
+               after={"standing": now or "patient", "reason": reason}, actor=actor, practice_id=case.practice_id)
+        numbers.append(case.number)
+    return numbers
 
 
 def link_patient(patient: Patient, ref: str, values: dict, actor: Actor, integration: ScannerIntegration) -> None:
@@ -343,6 +367,8 @@ def link_patient(patient: Patient, ref: str, values: dict, actor: Actor, integra
     patient.external_id = ref
     for k, v in values.items():
         setattr(patient, k, v)
+    if before["pms_standing"] != patient.pms_standing:
+        standing_changed(integration, {patient.id: (before["pms_standing"], patient.pms_standing)}, actor)
     record("patient.linked", "patient", patient.id, before={k: str(v) if v else v for k, v in before.items()},
            after={"external_id": ref, "integration": integration.id,
                   **{k: str(v) if v else v for k, v in values.items()}},
@@ -437,7 +463,8 @@ def apply_appointments(integration: ScannerIntegration, page: list[dict], actor:
             out["no_patient"].append(ref)  # their patient waits for a person, or is in another clinic
             continue
         values = {"patient_id": patient_id, "provider_id": providers.get(row["provider_ref"]),
-                  "note": (row["note"] or row["procedure"])[:500], "pms_status": row["status"][:20]}
+                  "note": (row["note"] or row["procedure"])[:500], "pms_status": row["status"][:20],
+                  "not_happening": row["not_happening"]}
         if row["starts_at"] is not None:
             values["starts_at"] = row["starts_at"]
         if appointment is None:
@@ -471,7 +498,7 @@ def seat_changed(case: LabCase, appointment: Appointment, before: dict, row: dic
                  integration: ScannerIntegration) -> bool:
     """The case's seat appointment changed in the PMS: follow it (audited on the case)."""
     was = before.get("starts_at")
-    gone = NOT_HAPPENING.get(row["status"])
+    gone = row["not_happening"]
     moved = "starts_at" in before and was != appointment.starts_at
     if not gone and not moved:
         return False
@@ -498,8 +525,39 @@ def seat_changed(case: LabCase, appointment: Appointment, before: dict, row: dic
     return True
 
 
+def apply_deleted_appointments(integration: ScannerIntegration, page: list[dict], actor: Actor) -> dict[str, list[str]]:
+    """Visits deleted in the PMS: kept here, marked deleted (never offered as a seat date again); a
+    case seated on one loses its seat date and its timeline says why, as for a broken visit."""
+    practice_id = integration.practice_id
+    out: dict[str, list[str]] = {"deleted": [], "unchanged": [], "cases": []}
+    refs = {r["appointment_ref"] for r in page}
+    existing = {a.external_id: a for a in db.session.scalars(select(Appointment).where(
+        Appointment.practice_id == practice_id, Appointment.external_id.in_(refs)))}
+    seats: dict[int, list[LabCase]] = {}
+    if existing:
+        for case in db.session.scalars(select(LabCase).where(
+                LabCase.seat_appointment_id.in_([a.id for a in existing.values()]), LabCase.status.in_(OPEN))):
+            seats.setdefault(case.seat_appointment_id, []).append(case)
+    for row in page:
+        appointment = existing.get(row["appointment_ref"])
+        if appointment is None or appointment.not_happening == "deleted":
+            out["unchanged"].append(row["appointment_ref"])  # never came in, or already known
+            continue
+        before = {"starts_at": appointment.starts_at, "not_happening": appointment.not_happening}
+        appointment.not_happening, appointment.pms_status = "deleted", "Deleted"
+        out["deleted"].append(row["appointment_ref"])
+        for case in seats.get(appointment.id, []):
+            if seat_changed(case, appointment, before, {"status": "Deleted", "not_happening": "deleted"}, actor,
+                            integration):
+                out["cases"].append(case.number)
+    db.session.flush()
+    return out
+
+
 APPLY = {"providers": apply_providers, "laboratories": apply_laboratories, "patients": apply_patients,
-         "appointments": apply_appointments}
+         "appointments": apply_appointments, "deleted_appointments": apply_deleted_appointments}
+# A resource first read from another's mark (see run_pms_sync).
+STARTS_WITH = {"deleted_appointments": "appointments"}
 
 
 def pms_counts(integration: ScannerIntegration) -> dict:

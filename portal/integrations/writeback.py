@@ -1,5 +1,8 @@
-"""Lab cases back out to the practice's PMS: when a case is sent, received (checked in) or its due
-date changes, its lab case in the PMS is created or brought up to date.
+"""Lab cases back out to the practice's PMS: when a case is sent, received (checked in), fitted,
+cancelled or its due date changes, its lab case in the PMS is created or brought up to date. A
+cancelled case is written only when the PMS already has (or was asked for) its lab case: Open
+Dental's lab case has no status, so the cancellation reaches it as the instructions' first words
+("CANCELLED in Lab Manager on ...: <reason>"), and the dates stay as they were.
 
 The change's own transaction arms the case's outbox row (`PmsLabCase`, one per case and
 integration): pending, with the job relayed to RQ after the commit (portal/queue.py). The job
@@ -68,6 +71,8 @@ def on_moved(event: CaseMoved) -> None:
     reason = WRITES_ON.get(event.case.status)
     if reason:
         arm(event.case, reason, event.actor)
+    elif event.case.status is Status.CANCELLED:
+        arm(event.case, "cancelled", event.actor, only_if_known=True)
 
 
 def on_edited(event: CaseEdited) -> None:
@@ -75,13 +80,16 @@ def on_edited(event: CaseEdited) -> None:
         arm(event.case, "due_date", event.actor)
 
 
-def arm(case: LabCase, reason: str, actor: Actor | None = None) -> PmsLabCase | None:
-    """Ask for a write of `case` to its practice's PMS after the commit (None: it has none)."""
+def arm(case: LabCase, reason: str, actor: Actor | None = None, only_if_known: bool = False) -> PmsLabCase | None:
+    """Ask for a write of `case` to its practice's PMS after the commit (None: it has none, or
+    `only_if_known` and the PMS was never asked for this case's lab case)."""
     integration = pms_of(case.practice_id)
     if integration is None:
         return None
     row = db.session.scalar(select(PmsLabCase).where(PmsLabCase.integration_id == integration.id,
                                                      PmsLabCase.case_id == case.id))
+    if row is None and only_if_known:
+        return None
     if row is None:
         row = PmsLabCase(integration_id=integration.id, case_id=case.id, practice_id=case.practice_id,
                          state=DispatchState.PENDING, attempts=0, max_attempts=retries.attempts(),
@@ -160,7 +168,12 @@ def bodies(case: LabCase, integration: ScannerIntegration) -> tuple[str, dict, d
         raise NotWritable(f"{case.lab.name if case.lab else 'The case’s lab'} is not linked to one of {label}'s "
                           "laboratories: link it under Settings → Integrations, then Retry.")
     summary = "; ".join(f"{i.restoration} {i.teeth} {i.material} {i.shade}".strip() for i in case.items)
-    instructions = f"{wire.marker(case.number)} {summary}. {case.instructions}".strip()[:4000]
+    cancelled = ""
+    if case.status is Status.CANCELLED:
+        when = case.updated_at or utcnow()
+        cancelled = f"CANCELLED in Lab Manager on {when:%d %b %Y}" + (
+            f": {case.status_reason}. " if case.status_reason else ". ")
+    instructions = f"{wire.marker(case.number)} {cancelled}{summary}. {case.instructions}".strip()[:4000]
     appointment = case.seat_appointment.external_id if case.seat_appointment is not None else ""
     create = wire.lab_case_create(patient_ref=patient.external_id, laboratory_ref=laboratory.ref,
                                   provider_ref=provider.external_id, appointment_ref=appointment or "",
@@ -190,7 +203,7 @@ def deliver(row_id: int) -> str:
         patient_ref, create, change = bodies(case, integration)
     except NotWritable as exc:
         return _failed(row, str(exc), None, actor)
-    ref, attempt, number = row.ref, row.attempts, case.number
+    ref, attempt, number, case_status = row.ref, row.attempts, case.number, case.status
     adapter = adapter_for(integration)
     db.session.commit()  # the claim holds the row; nothing of ours is open while the PMS is called
     try:
@@ -200,6 +213,9 @@ def deliver(row_id: int) -> str:
             if found is not None:
                 ref = str(found["LabCaseNum"])
                 _keep_ref(row_id, ref, number, "found", actor)
+        if not ref and case_status is Status.CANCELLED:
+            db.session.rollback()
+            return _nothing_to_cancel(row_id, number, actor)
         if not ref:
             ref = str(adapter.create_lab_case(create)["LabCaseNum"])
             _keep_ref(row_id, ref, number, "created", actor)
@@ -226,6 +242,21 @@ def deliver(row_id: int) -> str:
         enqueue(row_id, attempt)
     db.session.commit()
     return "written"
+
+
+def _nothing_to_cancel(row_id: int, number: str, actor: Actor) -> str:
+    """The case was cancelled before the PMS ever had its lab case: there is nothing to create."""
+    row = db.session.get(PmsLabCase, row_id)
+    if not outbox.finish(row, state=DispatchState.DELIVERED, delivered_at=utcnow(), last_error="",
+                         last_status_code=None, next_attempt_at=None, again=False):
+        db.session.rollback()
+        return "superseded"
+    record("pms_lab_case.not_needed", ENTITY, row_id, before={"state": "sending"},
+           after={"state": "delivered", "case": number,
+                  "reason": "Cancelled before the PMS had its lab case: nothing was created there."},
+           actor=actor, practice_id=row.practice_id)
+    db.session.commit()
+    return "not needed"
 
 
 def _keep_ref(row_id: int, ref: str, number: str, how: str, actor: Actor) -> None:

@@ -25,6 +25,10 @@ class Patient(db.Model):
     sex: Mapped[str] = mapped_column(String(1), default="")  # F, M, X or blank
     phone: Mapped[str] = mapped_column(String(40), default="")
     email: Mapped[str] = mapped_column(String(254), default="")
+    # What the practice management system says of the patient: "" for a current patient, else why
+    # not ("deceased", "archived", "inactive", "not a patient", "prospective"); written by the sync
+    # (portal/integrations/pms.py), shown on the patient's cases.
+    pms_standing: Mapped[str] = mapped_column(String(20), default="", server_default="")
 
     @property
     def full_name(self) -> str:
@@ -73,6 +77,9 @@ class Appointment(db.Model):
     # The PMS's own word for the visit (Open Dental's AptStatus: Scheduled, Complete, Broken,
     # UnschedList...), "" for a visit entered here; portal/integrations/pms.py keeps it.
     pms_status: Mapped[str] = mapped_column(String(20), default="")
+    # "" for a visit that will happen; else why the PMS says it will not ("broken", "unscheduled",
+    # "planned", "a note", "deleted"). Such a visit is never offered or chosen as a seat appointment.
+    not_happening: Mapped[str] = mapped_column(String(20), default="", server_default="")
     patient: Mapped["Patient"] = relationship()
     provider: Mapped["Provider | None"] = relationship()
 

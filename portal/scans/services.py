@@ -492,7 +492,7 @@ def _seat_appointment_id(scan: Scan) -> int | None:
     """The patient's next seat appointment, the one this work is for when there is one."""
     return db.session.scalar(select(Appointment.id).where(
         Appointment.practice_id == scan.practice_id, Appointment.patient_id == scan.patient_id,
-        Appointment.kind == AppointmentKind.SEAT, Appointment.starts_at >= utcnow(),
+        Appointment.kind == AppointmentKind.SEAT, Appointment.starts_at >= utcnow(), Appointment.not_happening == "",
     ).order_by(Appointment.starts_at).limit(1))
 
 

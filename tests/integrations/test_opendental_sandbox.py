@@ -1,6 +1,6 @@
 """The Open Dental sandbox itself, over real HTTP: a DateTStamp read is found through the sandbox's
 (DateTStamp, primary key) index and stays in primary key order across writes; a deleted appointment
-is gone from every later read."""
+is gone from every later read and listed in the appointment history as Deleted."""
 from __future__ import annotations
 
 import httpx
@@ -44,3 +44,11 @@ def test_a_deleted_appointment_is_gone_from_every_later_read(od):
     keys = [r["AptNum"] for r in read_all(od, "appointments")]
     assert 42 not in keys and len(keys) == 119
     assert httpx.delete(f"{od.url}/_sandbox/appointments/42", timeout=10).status_code == 404
+    history = read_all(od, "histappointments", HistApptAction="Deleted")
+    assert [(r["AptNum"], r["HistApptAction"]) for r in history] == [(42, "Deleted")]
+    today = history[0]["HistDateTStamp"][:10]
+    assert read_all(od, "histappointments", HistApptAction="Deleted", dateStart=today) == history
+    assert read_all(od, "histappointments", HistApptAction="Deleted", dateStart="2999-01-01") == []
+    assert read_all(od, "histappointments", HistApptAction="Created") == []
+    bad = httpx.get(f"{od.base_url}/histappointments", params={"dateStart": "yesterday"}, headers=AUTH, timeout=10)
+    assert bad.status_code == 400 and "yyyy-MM-dd" in bad.text

@@ -3,6 +3,7 @@ real HTTP, incrementally by DateTStamp, every page, matched to the practice's ro
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
@@ -37,7 +38,8 @@ def test_first_sync_reads_every_page_then_only_what_changed(world, od):
     i = reload(i.id)
     assert i.last_success_at is not None and i.last_error == ""
     assert i.config["progress"]["state"] == "done"
-    assert set(i.config["cursors"]) == {"patients", "appointments", "providers", "laboratories"}
+    assert set(i.config["cursors"]) == {"patients", "appointments", "providers", "laboratories",
+                                        "deleted_appointments"}
     # every page asked for, 100 at a time
     offsets = [int(r["query"]["Offset"]) for r in od.requests("patients")]
     assert all(r["query"]["Limit"] == "100" for r in od.requests("patients"))
@@ -51,14 +53,16 @@ def test_first_sync_reads_every_page_then_only_what_changed(world, od):
     result = run_sync(i.id)
     assert result["patients"] == {"updated": 2}, result
     assert result["appointments"] == {"updated": 1}, result
-    assert od.counters == {"patients": 1, "appointments": 1, "providers": 1, "laboratories": 1}
+    assert od.counters == {"patients": 1, "appointments": 1, "providers": 1, "laboratories": 1,
+                           "histappointments": 1}
     assert db.session.scalar(select(Patient.last_name).where(Patient.external_id == "17")) == "Changed"
     moved = db.session.scalar(select(Appointment).where(Appointment.external_id == str(apt["AptNum"])))
     assert moved.starts_at == dt.datetime(2031, 1, 2, 9, 30)
 
     od.clear_log()
     result = run_sync(i.id)  # nothing changed: one request per resource
-    assert od.counters == {"patients": 1, "appointments": 1, "providers": 1, "laboratories": 1}
+    assert od.counters == {"patients": 1, "appointments": 1, "providers": 1, "laboratories": 1,
+                           "histappointments": 1}
     assert result["patients"] == {} or set(result["patients"]) <= {"unchanged"}
 
 
@@ -174,6 +178,80 @@ def test_a_broken_seat_appointment_is_shown_on_the_case(world, od, client, login
     page = client.get(f"/cases/{case.id}").get_data(as_text=True)
     assert "seat appointment cancelled" in page
     assert "is broken in Open Dental" in page
+
+
+def test_a_deleted_seat_appointment_takes_the_seat_date_off_the_case_in_one_sync(world, od, client, login):
+    i, case, apt = _case_with_od_seat(world, od)
+    od.tick(2)
+    od.delete("appointments", apt["AptNum"])
+    od.clear_log()
+    result = run_sync(i.id)
+    assert result["deleted_appointments"] == {"deleted": 1, "cases": 1}, result
+    assert od.requests("histappointments")[0]["query"]["HistApptAction"] == "Deleted"
+    db.session.expire_all()
+    case = db.session.get(type(case), case.id)
+    assert case.seat_appointment_id is None
+    appointment = db.session.scalar(select(Appointment).where(Appointment.external_id == str(apt["AptNum"])))
+    assert appointment.not_happening == "deleted"  # kept, marked: never a seat date again
+    login("coordinator")
+    page = client.get(f"/cases/{case.id}").get_data(as_text=True)
+    assert "seat appointment cancelled" in page and "is deleted in Open Dental" in page
+    # the next sync reads the same day's deletions again and changes nothing
+    od.clear_log()
+    assert run_sync(i.id)["deleted_appointments"] == {"unchanged": 1}
+    assert od.counters["histappointments"] == 1
+    assert audit_count("case.seat_appointment_cancelled") == 1
+
+
+def test_deletions_before_the_first_sync_are_not_read(world, od):
+    od.seed(patients=5, appointments=30, providers=1, laboratories=0)
+    for n in range(1, 11):
+        od.delete("appointments", n)
+    i = od_integration(world.practice, od.base_url)
+    result = run_sync(i.id)
+    assert count(Appointment, practice_id=world.practice.id) == 20
+    assert set(result["deleted_appointments"]) <= {"unchanged"}
+
+
+def test_a_visit_the_pms_called_off_is_never_offered_or_chosen_as_a_seat_date(world, od, client, login):
+    from portal.scans.services import _seat_appointment_id
+
+    i, case, apt = _case_with_od_seat(world, od)
+    od.tick(2)
+    od.change("appointments", apt["AptNum"], AptStatus="Broken")
+    run_sync(i.id)
+    appointment = db.session.scalar(select(Appointment).where(Appointment.external_id == str(apt["AptNum"])))
+    assert appointment.not_happening == "broken"
+    scan = SimpleNamespace(practice_id=case.practice_id, patient_id=case.patient_id)  # what the lookup reads
+    assert _seat_appointment_id(scan) is None  # a new scan of the patient does not pick the broken visit
+    login("coordinator")
+    form = client.get(f"/cases/{case.id}/edit").get_data(as_text=True)
+    seat_select = form[form.index('name="seat_appointment_id"'):]
+    seat_select = seat_select[:seat_select.index("</select>")]
+    assert "none yet" in seat_select and f'value="{appointment.id}"' not in seat_select
+    patient_page = client.get(f"/patients/{case.patient_id}").get_data(as_text=True)
+    assert "broken" in patient_page
+
+
+def test_a_patient_the_pms_lists_as_deceased_is_shown_and_each_open_case_says_so(world, od, client, login):
+    i, case, apt = _case_with_od_seat(world, od)
+    od.tick(2)
+    pat_num = int(case.patient.external_id)
+    od.change("patients", pat_num, PatStatus="Deceased")
+    result = run_sync(i.id)
+    assert result["patients"].get("updated") == 1, result
+    db.session.expire_all()
+    assert db.session.get(Patient, case.patient_id).pms_standing == "deceased"
+    login("coordinator")
+    page = client.get(f"/cases/{case.id}").get_data(as_text=True)
+    assert "Patient deceased" in page
+    assert "Open Dental now lists the patient as deceased" in page
+    od.tick(2)
+    od.change("patients", pat_num, PatStatus="Patient")
+    run_sync(i.id)
+    db.session.expire_all()
+    assert db.session.get(Patient, case.patient_id).pms_standing == ""
+    assert audit_count("case.patient_standing_changed") == 2
 
 
 @pytest.mark.parametrize("kind", ["500", "429"])

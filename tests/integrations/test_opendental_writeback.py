@@ -139,3 +139,66 @@ def test_a_case_whose_lab_is_not_linked_says_so_and_sends_nothing(world, od):
     db.session.expire_all()
     assert "not linked" in db.session.get(PmsLabCase, row.id).last_error
     assert od.requests("labcase_create") == []
+
+
+def cancel(world, case, reason="Patient moved away"):
+    case_services.move_case(case, Status.CANCELLED.value, actor(world), reason=reason)
+    db.session.commit()
+
+
+def test_a_cancelled_case_reaches_its_lab_case_and_the_timeline_shows_each_write(world, od, client, login):
+    i, case = setup(world, od)
+    row = send(world, case)
+    assert writeback.deliver(row.id) == "written"
+    cancel(world, case)
+    db.session.expire_all()
+    assert db.session.get(PmsLabCase, row.id).state is DispatchState.PENDING  # armed by the cancellation
+    assert writeback.deliver(row.id) == "written"
+    cases = od.rows("labcases")
+    assert len(cases) == 1
+    assert cases[0]["Instructions"].startswith(f"[Lab Manager {case.number}] CANCELLED in Lab Manager on ")
+    assert "Patient moved away" in cases[0]["Instructions"]
+    login("coordinator")
+    page = client.get(f"/cases/{case.id}").get_data(as_text=True)
+    timeline = page[page.index('class="timeline"'):]
+    assert timeline.count("written to Open Dental") == 2
+    assert "lab case created in Open Dental" in timeline and f"lab case #{cases[0]['LabCaseNum']}" in timeline
+    assert "queued" not in timeline
+
+
+def test_a_failed_write_is_on_the_timeline_with_its_reason(world, od, client, login):
+    i, case = setup(world, od)
+    od.fault("labcase_create", "400")
+    row = send(world, case)
+    assert writeback.deliver(row.id) == "failed"
+    login("coordinator")
+    page = client.get(f"/cases/{case.id}").get_data(as_text=True)
+    timeline = page[page.index('class="timeline"'):]
+    assert "Open Dental write failed" in timeline and "Invalid request" in timeline
+
+
+def test_a_case_cancelled_before_it_was_sent_asks_nothing_of_the_pms(world, od):
+    i, case = setup(world, od)
+    cancel(world, case)
+    assert db.session.scalar(select(PmsLabCase).where(PmsLabCase.case_id == case.id)) is None
+    assert od.rows("labcases") == []
+
+
+def test_a_case_cancelled_before_its_first_write_went_through_creates_nothing(world, od, client, login):
+    i, case = setup(world, od)
+    od.fault("labcase_create", "500")
+    row = send(world, case)
+    assert writeback.deliver(row.id) == "retry"
+    cancel(world, case)
+    db.session.expire_all()
+    row = db.session.get(PmsLabCase, row.id)
+    row.next_attempt_at = dt.datetime(2000, 1, 1)
+    db.session.commit()
+    assert writeback.deliver(row.id) == "not needed"
+    assert od.rows("labcases") == []
+    db.session.expire_all()
+    assert db.session.get(PmsLabCase, row.id).state is DispatchState.DELIVERED
+    login("coordinator")
+    page = client.get(f"/cases/{case.id}").get_data(as_text=True)
+    assert "the case was cancelled before Open Dental had one" in page
+    assert "nothing to write to Open Dental" in page

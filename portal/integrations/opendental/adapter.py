@@ -32,6 +32,7 @@ MAX_STEP_BACKS = 20
 
 class OpenDentalAdapter(PmsAdapter):
     vendor = Vendor.OPENDENTAL
+    RESOURCES = PmsAdapter.RESOURCES + ("deleted_appointments",)
     _target: tuple[str, dict] | None = None  # (base URL, headers) read once by `read`
 
     # --- the one way a request is made ---
@@ -79,10 +80,16 @@ class OpenDentalAdapter(PmsAdapter):
         one whose session holds the integration row (portal/integrations/pms.py reads ahead)."""
         self._target = (self._base(), self._auth())
         params: dict = {"Limit": wire.LIMIT}
-        if since:
+        if resource == "deleted_appointments":
+            # History has no DateTStamp filter: the day of the mark on (rows of that day read before
+            # come again and change nothing), only deletions.
+            params.update(wire.DELETED)
+            if since:
+                params["dateStart"] = since[:10]
+        elif since:
             params[wire.STAMP] = since
         clinic = str(self.integration.config.get("clinic_num") or "").strip()
-        if clinic and resource in ("patients", "appointments"):
+        if clinic and resource in ("patients", "appointments", "deleted_appointments"):
             params["ClinicNum"] = clinic
         if patient_ref and resource == "appointments":
             params["PatNum"] = patient_ref

@@ -12,9 +12,12 @@ import re
 
 # Paths, under the integration's base URL.
 PATHS = {"patients": "patients/Simple", "appointments": "appointments", "providers": "providers",
-         "laboratories": "laboratories", "labcases": "labcases"}
+         "laboratories": "laboratories", "labcases": "labcases", "deleted_appointments": "histappointments"}
 PRIMARY_KEYS = {"patients": "PatNum", "appointments": "AptNum", "providers": "ProvNum",
-                "laboratories": "LaboratoryNum", "labcases": "LabCaseNum"}
+                "laboratories": "LaboratoryNum", "labcases": "LabCaseNum", "deleted_appointments": "HistApptNum"}
+# A deleted appointment is gone from /appointments; its history row says so (HistApptAction).
+DELETED = {"HistApptAction": "Deleted"}
+HIST_STAMP = "HistDateTStamp"
 LIMIT = 100  # Open Dental answers at most 100 items a request
 STAMP = "DateTStamp"
 SERVER_TIME = "serverDateTime"
@@ -22,7 +25,11 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 NONE_DATES = ("", "0001-01-01", "0001-01-01 00:00:00")
 # AptStatus: booked visits, and those that mean the visit will not happen as planned.
 BOOKED = frozenset({"Scheduled", "Complete", "ASAP"})
-NOT_HAPPENING = {"Broken": "broken", "UnschedList": "unscheduled", "Planned": "planned"}
+NOT_HAPPENING = {"Broken": "broken", "UnschedList": "unscheduled", "Planned": "planned", "PtNote": "a note",
+                 "PtNoteCompleted": "a note"}
+# PatStatus: a current patient, or why the patient is not one (the neutral word Lab Manager keeps).
+STANDING = {"Patient": "", "NonPatient": "not a patient", "Inactive": "inactive", "Archived": "archived",
+            "Deceased": "deceased", "Prospective": "prospective"}
 # Instructions of a lab case Lab Manager wrote carry this marker, so after an unknown outcome the
 # earlier write is found instead of a second lab case being created.
 MARKER = "[Lab Manager {number}]"
@@ -94,9 +101,17 @@ def patient(row: dict) -> dict:
         raise WireError("LName and FName are both empty")
     return {"ref": ref, "last_name": last, "first_name": first, "preferred": _text(row, "Preferred", 100),
             "date_of_birth": _date(row, "Birthdate"), "status": _text(row, "PatStatus", 20),
+            "standing": _standing(row),
             "chart_number": _text(row, "ChartNumber", 40), "email": _text(row, "Email", 254),
             "phone": _text(row, "WirelessPhone", 40), "clinic": str(_int(row, "ClinicNum", False)),
             "provider_ref": str(_int(row, "PriProv", False) or ""), "stamp": stamp_of(row)}
+
+
+def _standing(row: dict) -> str:
+    status = _text(row, "PatStatus", 20)
+    if status not in STANDING and status:
+        return status.lower()[:20]  # a status newer than this list: kept in Open Dental's word
+    return STANDING.get(status, "")
 
 
 def appointment(row: dict) -> dict:
@@ -105,6 +120,7 @@ def appointment(row: dict) -> dict:
     if starts is None and status in BOOKED:
         raise WireError("AptDateTime is missing")
     return {"ref": str(_int(row, "AptNum")), "patient_ref": str(_int(row, "PatNum")), "status": status,
+            "not_happening": NOT_HAPPENING.get(status, ""),
             "starts_at": starts, "provider_ref": str(_int(row, "ProvNum", False) or ""),
             "procedure": _text(row, "ProcDescript", 255), "note": _text(row, "Note", 500),
             "clinic": str(_int(row, "ClinicNum", False)), "stamp": stamp_of(row)}
@@ -123,7 +139,17 @@ def laboratory(row: dict) -> dict:
             "stamp": stamp_of(row)}
 
 
-PARSERS = {"patients": patient, "appointments": appointment, "providers": provider, "laboratories": laboratory}
+def deleted_appointment(row: dict) -> dict:
+    """A history row of an appointment deleted in Open Dental: `ref` is the history row's key."""
+    if _text(row, "HistApptAction", 20) != DELETED["HistApptAction"]:
+        raise WireError(f"HistApptAction is {row.get('HistApptAction')!r}, not Deleted")
+    return {"ref": str(_int(row, "HistApptNum")), "appointment_ref": str(_int(row, "AptNum")),
+            "patient_ref": str(_int(row, "PatNum", False)), "deleted_at": _datetime(row, HIST_STAMP),
+            "stamp": _text(row, HIST_STAMP, 40)}
+
+
+PARSERS = {"patients": patient, "appointments": appointment, "providers": provider, "laboratories": laboratory,
+           "deleted_appointments": deleted_appointment}
 
 
 def lab_case(row: dict) -> dict:
