@@ -68,7 +68,7 @@ def card_select(ids: FromClause | None = None) -> Select:
                   _failed_notice(OrderNotice.last_error).label("notice_error"),
                   _retrying(Dispatch.next_attempt_at).label("retrying_at"),
                   _retrying(Dispatch.last_error).label("retrying_error"), Patient.first_name,
-                  Patient.last_name, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
+                  Patient.last_name, Patient.pms_standing, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
     if ids is not None:
         stmt = stmt.select_from(ids).join(LabCase, LabCase.id == ids.c.id)
     return (
@@ -88,7 +88,7 @@ def load_cards(stmt: Select, params: dict | None = None) -> list[CardView]:
             remake_of_id=r.remake_of_id, dispatch_error=r.dispatch_error,
             notice_failed=r.notice_type.label if r.notice_type else "", notice_error=r.notice_error or "",
             retrying_at=r.retrying_at, retrying_error=r.retrying_error or "",
-            patient=SimpleNamespace(first_name=r.first_name, last_name=r.last_name),
+            patient=SimpleNamespace(first_name=r.first_name, last_name=r.last_name, pms_standing=r.pms_standing),
             lab=SimpleNamespace(name=r.lab_name) if r.lab_name is not None else None,
             seat_appointment=SimpleNamespace(starts_at=r.seat_at) if r.seat_at is not None else None,
         )

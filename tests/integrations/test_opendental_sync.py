@@ -246,6 +246,9 @@ def test_a_patient_the_pms_lists_as_deceased_is_shown_and_each_open_case_says_so
     page = client.get(f"/cases/{case.id}").get_data(as_text=True)
     assert "Patient deceased" in page
     assert "Open Dental now lists the patient as deceased" in page
+    board = client.get("/").get_data(as_text=True)
+    card = board[board.index(f'data-case-number="{case.number}"'):]
+    assert "Patient deceased" in card[:card.index("</li>")]
     od.tick(2)
     od.change("patients", pat_num, PatStatus="Patient")
     run_sync(i.id)
