@@ -79,10 +79,43 @@ def _detail(response: httpx.Response) -> str:
     return f": {text}" if text else ""
 
 
+def parsed(response: httpx.Response):
+    """The response's JSON (ValueError when it is not JSON), with every NUL character taken out of
+    its strings: PostgreSQL's text cannot hold one (the row's insert would fail, and the whole
+    sync with it), and in a name, a note or an id it means nothing."""
+    data = response.json()
+    text = response.text
+    if "\\u0000" in text or "\x00" in text:
+        data = _without_nul(data)
+    return data
+
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
+def holds_nul(value) -> bool:
+    """Whether a string anywhere in parsed JSON holds a NUL character (a callback naming such an
+    id is refused: PostgreSQL cannot even look it up)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    return False
+
+
 def json_body(response: httpx.Response, vendor: str) -> dict:
     """The response's JSON object, or VendorError(kind="refused") saying the vendor sent something else."""
     try:
-        data = response.json()
+        data = parsed(response)
     except ValueError:
         raise VendorError(f"{vendor} sent an answer that is not JSON.", "refused", response.status_code) from None
     if not isinstance(data, dict):

@@ -338,7 +338,8 @@ def test_a_callback_while_the_order_is_being_read_leads_to_another_read(itero, s
     assert all("scan2" in f.file_name for f in scans()[0].current_files)
 
 
-@pytest.mark.parametrize("case", ["unknown key", "paused", "wrong account", "not json", "no rx", "not paired"])
+@pytest.mark.parametrize("case", ["unknown key", "paused", "wrong account", "not json", "no rx", "nul in rx",
+                                  "not paired"])
 def test_refused_callbacks_store_nothing_and_enqueue_nothing(itero, world, queue, client, case):
     url = new_callback_url(itero)
     db.session.commit()
@@ -354,6 +355,8 @@ def test_refused_callbacks_store_nothing_and_enqueue_nothing(itero, world, queue
         body, expected = b"rx_id=RX-1", 400
     elif case == "no rx":
         body, expected = {"account_number": ACCOUNT}, 400
+    elif case == "nul in rx":  # PostgreSQL can't even look such an id up: a 500 there before
+        body, expected = {"rx_id": "RX-\u00001", "account_number": ACCOUNT}, 400
     elif case == "not paired":
         itero.connected_at, expected = None, 409
     db.session.commit()

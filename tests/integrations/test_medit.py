@@ -661,6 +661,10 @@ def test_a_signed_body_names_each_case_once_and_other_events_name_none(world, sc
     with pytest.raises(CallbackRejected) as refused:
         adapter.verify_callback(Headers({"x-meditlink-signature": signed(raw)}), raw)
     assert refused.value.status == 422
+    raw = json.dumps({"order": {"uuid": "o1", "caseUuid": "c\u00003"}}).encode()
+    with pytest.raises(CallbackRejected) as refused:
+        adapter.verify_callback(Headers({"x-meditlink-signature": signed(raw)}), raw)
+    assert refused.value.status == 422 and "NUL" in str(refused.value)
 
 
 # -- the mapping ------------------------------------------------------------------------------------------

@@ -257,6 +257,17 @@ def test_a_patient_the_pms_lists_as_deceased_is_shown_and_each_open_case_says_so
     assert audit_count("case.patient_standing_changed") == 2
 
 
+def test_a_nul_character_from_the_pms_is_dropped_not_a_failed_sync(world, od):
+    od.add("providers", Abbr="DR\u0000X", FName="X", LName="Doc", IsHidden="false")
+    od.add("patients", FName="Ann\u0000", LName="Nul", Birthdate="1970-01-01", ChartNumber="N\u00001")
+    i = od_integration(world.practice, od.base_url)
+    result = run_sync(i.id)
+    assert "error" not in result, result  # PostgreSQL text can't hold NUL: the insert failed there
+    patient = db.session.scalar(select(Patient).where(Patient.last_name == "Nul"))
+    assert (patient.first_name, patient.chart_number) == ("Ann", "N1")
+    assert db.session.scalar(select(Provider.abbr).where(Provider.external_id == "1")) == "DRX"
+
+
 @pytest.mark.parametrize("kind", ["500", "429"])
 def test_a_vendor_that_says_later_is_not_read_again_before_it_and_keeps_the_mark(world, od, kind):
     od.seed(patients=250, appointments=0, providers=1, laboratories=0)

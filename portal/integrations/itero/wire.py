@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from portal.integrations.http import VendorError
+from portal.integrations.http import VendorError, holds_nul
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
 from portal.scans.services import restoration_for
 
@@ -262,6 +262,8 @@ def callback(raw: bytes) -> tuple[str, str]:
         raise ValueError("the body is not JSON") from None
     if not isinstance(data, dict):
         raise ValueError("the body is not a JSON object")
+    if holds_nul(data):
+        raise ValueError("the body holds a NUL character")
     rx, account = _id(data.get("rx_id")), _id(data.get("account_number"))
     if not rx:
         raise ValueError("rx_id is missing")

@@ -38,7 +38,7 @@ from urllib.parse import urlencode
 from portal import keyring as crypto
 from portal.integrations import oauth
 from portal.integrations.base import CallbackRejected, Notice, ScannerAdapter
-from portal.integrations.http import VendorError, call, check_host, json_body
+from portal.integrations.http import VendorError, call, check_host, holds_nul, json_body
 from portal.integrations.medit import wire
 from portal.integrations.vendor import Vendor, VendorOrder
 from portal.practices.models import utcnow
@@ -226,6 +226,8 @@ class MeditAdapter(ScannerAdapter):
             raise CallbackRejected(422, "the body is not JSON") from None
         if not isinstance(body, dict):
             raise CallbackRejected(422, "the body is not a JSON object")
+        if holds_nul(body):
+            raise CallbackRejected(422, "the body holds a NUL character")
         kind = wire.webhook_kind(body, headers.get(wire.EVENT_HEADER) or "")
         digest = hashlib.sha256(raw_body).hexdigest()
         cases = wire.webhook_case_uuids(body)

@@ -57,7 +57,7 @@ class OpenDentalAdapter(PmsAdapter):
         base, headers = self._target or (self._base(), self._auth())
         response = vendor_http.call(method, f"{base}/{path}", vendor=LABEL, headers=headers, **kwargs)
         try:
-            return response.json()
+            return vendor_http.parsed(response)
         except ValueError:
             raise VendorError(f"{LABEL} sent an answer that is not JSON (HTTP {response.status_code}, "
                               f"{path}); nothing of it was kept.", "refused", response.status_code) from None
