@@ -26,7 +26,8 @@ runs `fn` once, just before the n-th answer of that endpoint: a row changing whi
 
 Control API under /_sandbox (no auth; for make run and curl): POST /reset, POST /seed
 {"patients", "appointments", ...}, POST /faults {"endpoint", "kind", "count"}, GET /counters,
-GET /requests, GET /labcases, POST /patients, POST /appointments/{AptNum} {fields to change},
+GET /requests, GET /labcases, POST /patients, POST /patients/{PatNum} and POST /appointments/{AptNum}
+{fields to change},
 DELETE /appointments/{AptNum} (gone: later reads skip it, /histappointments lists it as Deleted;
 deleting it again answers 404).
 """
@@ -214,6 +215,7 @@ class OpenDentalApp(Routes):
             ("/_sandbox/requests", "GET", "c_requests", self.c_requests),
             ("/_sandbox/labcases", "GET", "c_labcases", self.c_labcases),
             ("/_sandbox/patients", "POST", "c_patient", self.c_patient),
+            ("/_sandbox/patients/<int:num>", "POST", "c_change_patient", self.c_change_patient),
             ("/_sandbox/appointments/<int:num>", "POST", "c_appointment", self.c_appointment),
             ("/_sandbox/appointments/<int:num>", "DELETE", "c_delete_appointment", self.c_delete_appointment),
         ])
@@ -395,6 +397,9 @@ class OpenDentalApp(Routes):
 
     def c_patient(self, request: Request) -> Response:
         return json_response(self.store.insert("patients", patient_row(**json_body(request))), 201)
+
+    def c_change_patient(self, request: Request, num: int) -> Response:
+        return json_response(self.store.change("patients", num, **json_body(request)))
 
     def c_appointment(self, request: Request, num: int) -> Response:
         return json_response(self.store.change("appointments", num, **json_body(request)))

@@ -52,3 +52,10 @@ def test_a_deleted_appointment_is_gone_from_every_later_read(od):
     assert read_all(od, "histappointments", HistApptAction="Created") == []
     bad = httpx.get(f"{od.base_url}/histappointments", params={"dateStart": "yesterday"}, headers=AUTH, timeout=10)
     assert bad.status_code == 400 and "yyyy-MM-dd" in bad.text
+
+
+def test_the_control_api_changes_a_patient_as_a_pms_user_would(od):
+    od.seed(patients=3, appointments=0, providers=1, laboratories=0)
+    answer = httpx.post(f"{od.url}/_sandbox/patients/2", json={"PatStatus": "Deceased"}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["PatStatus"] == "Deceased"
+    assert httpx.post(f"{od.url}/_sandbox/patients/99", json={"PatStatus": "Deceased"}, timeout=10).status_code == 404
