@@ -554,7 +554,8 @@ class OpenDentalSandbox:
 
 def demo(store: Store, patients: list[dict]) -> None:
     """The demo practice's patients as Open Dental has them (the same chart numbers, so they match),
-    each with a seat appointment in the coming days, and a few hundred more patients."""
+    each with a seat appointment (at the time the demo practice has it booked, when given), and a
+    few hundred more patients."""
     seed(store, patients=200, appointments=400, providers=0, laboratories=0)
     store.insert("providers", {"Abbr": "DRSMITH", "FName": "Anna", "LName": "Smith", "IsHidden": "false"})
     store.insert("laboratories", {"Description": "Northside Dental Lab", "Phone": "555-0100",
@@ -563,7 +564,8 @@ def demo(store: Store, patients: list[dict]) -> None:
     for i, p in enumerate(patients):
         row = store.insert("patients", patient_row(p["first_name"], p["last_name"], p.get("date_of_birth") or NONE_DATE,
                                                    p.get("chart_number") or "", PriProv=prov))
-        when = (store.now() + dt.timedelta(days=5 + i)).replace(hour=9, minute=0, second=0)
+        when = (dt.datetime.strptime(p["seat"], "%Y-%m-%d %H:%M") if p.get("seat") else
+                (store.now() + dt.timedelta(days=5 + i)).replace(hour=9, minute=0, second=0))
         store.insert("appointments", {"PatNum": row["PatNum"], "AptStatus": "Scheduled",
                                       "AptDateTime": when.strftime(STAMP), "ProvNum": prov,
                                       "ProcDescript": "Crown seat", "Note": "", "ClinicNum": 0})
@@ -574,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=HOST)
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--demo", action="store_true", help="the demo practice's patients and a few hundred more")
-    parser.add_argument("--patient", action="append", default=[], metavar="FIRST,LAST,CHART,YYYY-MM-DD")
+    parser.add_argument("--patient", action="append", default=[], metavar="FIRST,LAST,CHART,YYYY-MM-DD[,SEAT]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="opendental-sandbox: %(message)s")
     sandbox = OpenDentalSandbox(args.host, args.port).start()
@@ -583,9 +585,9 @@ def main(argv: list[str] | None = None) -> None:
         people = []
         for text in texts:
             parts = [x.strip() for x in text.split(",")] + ["", "", "", ""]
-            if parts[0] and parts[1]:
+            if parts[0] and parts[1]:  # the fifth: the patient's next seat appointment, booked the same here
                 people.append({"first_name": parts[0], "last_name": parts[1], "chart_number": parts[2],
-                               "date_of_birth": parts[3] or None})
+                               "date_of_birth": parts[3] or None, "seat": parts[4] or None})
         demo(sandbox.store, people)
     log.info("Open Dental at %s (ODFHIR %s/%s), control at %s/_sandbox", sandbox.base_url, DEMO_DEVELOPER_KEY,
              DEMO_CUSTOMER_KEY, sandbox.url)

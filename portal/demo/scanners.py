@@ -21,8 +21,8 @@ from portal.integrations import sync
 from portal.integrations.models import ScannerIntegration
 from portal.integrations.vendor import Vendor
 from portal.labs.models import Lab
-from portal.people.models import Patient
-from portal.practices.models import Practice
+from portal.people.models import Appointment, AppointmentKind, Patient
+from portal.practices.models import Practice, utcnow
 from portal.tokens import public_url
 
 PRACTICE = "Bright Smiles Downtown"
@@ -37,13 +37,21 @@ def demo_practice() -> Practice | None:
 
 
 def demo_patients(count: int = 8) -> list[str]:
-    """"First,Last,Chart,YYYY-MM-DD" of some demo patients, and two the practice does not know."""
+    """"First,Last,Chart,YYYY-MM-DD[,YYYY-MM-DD HH:MM]" of some demo patients (the last: their next
+    seat appointment, which the Open Dental sandbox books at the same time), and two the practice
+    does not know."""
     practice = demo_practice()
     if practice is None:
         return STRANGERS
     patients = db.session.scalars(select(Patient).where(Patient.practice_id == practice.id)
                                   .order_by(Patient.id).limit(count))
-    known = [f"{p.first_name},{p.last_name},{p.chart_number},{p.date_of_birth or ''}" for p in patients]
+    known = []
+    for p in patients:
+        seat = db.session.scalar(select(Appointment.starts_at).where(
+            Appointment.patient_id == p.id, Appointment.kind == AppointmentKind.SEAT,
+            Appointment.starts_at >= utcnow()).order_by(Appointment.starts_at).limit(1))
+        known.append(f"{p.first_name},{p.last_name},{p.chart_number},{p.date_of_birth or ''}"
+                     + (f",{seat:%Y-%m-%d %H:%M}" if seat else ""))
     return known + STRANGERS
 
 

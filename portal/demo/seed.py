@@ -204,7 +204,7 @@ def seed(password: str, today: dt.date | None = None, lab_url: str = DEMO_LAB_UR
                 seat_day = add_business_days(today, rng.randrange(2, 17))
                 seat = Appointment(practice_id=practice.id, patient_id=patient.id, provider_id=provider.id,
                                    starts_at=dt.datetime.combine(seat_day, dt.time(9 + n % 8, 0)),
-                                   kind=AppointmentKind.SEAT, external_id=f"A{practice.id}{n:04d}")
+                                   kind=AppointmentKind.SEAT)  # typed in here; Open Dental's copy is linked by its time
                 db.session.add(seat)
                 db.session.flush()
                 late = status in (Status.SENT, Status.ACKNOWLEDGED, Status.IN_PRODUCTION) and n % 4 == 0
@@ -303,8 +303,7 @@ def _history(practice: Practice, labs: list[Lab], patients: list[Patient], provi
         # Seats are booked a few days after the due date; now and then too close to it.
         seat_day = add_business_days(due, rng.choice([0, 1, 1, 2, 2, 3, 4, 5]), closed)
         seat = Appointment(practice_id=practice.id, patient_id=patient.id, provider_id=provider.id,
-                           starts_at=at(seat_day, 9 + n % 8), kind=AppointmentKind.SEAT,
-                           external_id=f"H{practice.id}{n:05d}")
+                           starts_at=at(seat_day, 9 + n % 8), kind=AppointmentKind.SEAT)
         db.session.add(seat)
         db.session.flush()
         case = create_case(practice, CaseData(

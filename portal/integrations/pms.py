@@ -440,7 +440,8 @@ def resolve_match(match: PmsMatch, patient_id: int | None, actor: Actor) -> Pati
 
 def apply_appointments(integration: ScannerIntegration, page: list[dict], actor: Actor) -> dict[str, list[str]]:
     practice_id = integration.practice_id
-    out: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "no_patient": [], "cases": []}
+    out: dict[str, list[str]] = {"created": [], "updated": [], "linked": [], "unchanged": [], "no_patient": [],
+                                 "cases": []}
     refs = [r["ref"] for r in page]
     existing = {a.external_id: a for a in db.session.scalars(select(Appointment).where(
         Appointment.practice_id == practice_id, Appointment.external_id.in_(refs)))}
@@ -449,8 +450,19 @@ def apply_appointments(integration: ScannerIntegration, page: list[dict], actor:
     providers = dict(db.session.execute(select(Provider.external_id, Provider.id).where(
         Provider.practice_id == practice_id, Provider.external_id.in_(
             {r["provider_ref"] for r in page if r["provider_ref"]}))).all())
+    # A visit typed in here before the PMS was connected: the same patient at the same minute is
+    # the same visit, so it is linked (it keeps its cases), not booked twice.
+    new = [r for r in page if r["ref"] not in existing and r["starts_at"] is not None
+           and r["patient_ref"] in patients]
+    typed: dict[tuple, Appointment] = {}
+    if new:
+        for a in db.session.scalars(select(Appointment).where(
+                Appointment.practice_id == practice_id, Appointment.external_id.is_(None),
+                Appointment.patient_id.in_({patients[r["patient_ref"]] for r in new}),
+                Appointment.starts_at.in_({r["starts_at"] for r in new})).order_by(Appointment.id)):
+            typed.setdefault((a.patient_id, a.starts_at), a)
     seats: dict[int, list[LabCase]] = {}
-    ids = [a.id for a in existing.values()]
+    ids = [a.id for a in existing.values()] + [a.id for a in typed.values()]
     if ids:
         for case in db.session.scalars(select(LabCase).where(LabCase.seat_appointment_id.in_(ids),
                                                              LabCase.status.in_(OPEN))):
@@ -467,6 +479,10 @@ def apply_appointments(integration: ScannerIntegration, page: list[dict], actor:
                   "not_happening": row["not_happening"]}
         if row["starts_at"] is not None:
             values["starts_at"] = row["starts_at"]
+        if appointment is None and (patient_id, row["starts_at"]) in typed:
+            appointment = typed.pop((patient_id, row["starts_at"]))
+            appointment.external_id = ref
+            out["linked"].append(ref)
         if appointment is None:
             if row["starts_at"] is None:
                 out["unchanged"].append(ref)  # an unscheduled visit with no time: nothing to show yet
@@ -480,11 +496,13 @@ def apply_appointments(integration: ScannerIntegration, page: list[dict], actor:
             values["kind"] = kind  # an inferred "other" never overwrites a kind set here
         before = {k: getattr(appointment, k) for k in values}
         if before == values:
-            out["unchanged"].append(ref)
+            if ref not in out["linked"]:
+                out["unchanged"].append(ref)
             continue
         for k, v in values.items():
             setattr(appointment, k, v)
-        out["updated"].append(ref)
+        if ref not in out["linked"]:
+            out["updated"].append(ref)
         for case in seats.get(appointment.id, []):
             if seat_changed(case, appointment, before, row, actor, integration):
                 out["cases"].append(case.number)

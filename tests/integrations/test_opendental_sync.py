@@ -180,6 +180,38 @@ def test_a_broken_seat_appointment_is_shown_on_the_case(world, od, client, login
     assert "is broken in Open Dental" in page
 
 
+def test_a_visit_typed_in_before_connecting_is_linked_not_booked_twice(world, od):
+    when = dt.datetime.combine(dt.date.today() + dt.timedelta(days=12), dt.time(10, 30))
+    patient = Patient(practice_id=world.practice.id, chart_number="T-1", first_name="Tia", last_name="Typed",
+                      date_of_birth=dt.date(1980, 3, 3))
+    db.session.add(patient)
+    db.session.flush()
+    typed = Appointment(practice_id=world.practice.id, patient_id=patient.id, starts_at=when, note="typed here")
+    db.session.add(typed)
+    db.session.flush()
+    case = factories.case(world, Status.SENT, patient_obj=patient, due=dt.date.today() + dt.timedelta(days=8))
+    case.seat_appointment_id = typed.id
+    db.session.commit()
+    pat = od.add("patients", FName="Tia", LName="Typed", Birthdate="1980-03-03", ChartNumber="T-1")
+    apt = od.add("appointments", PatNum=pat["PatNum"], AptStatus="Scheduled",
+                 AptDateTime=when.strftime("%Y-%m-%d %H:%M:%S"), ProvNum=0, ProcDescript="Crown seat", Note="",
+                 ClinicNum=0)
+    od.add("appointments", PatNum=pat["PatNum"], AptStatus="Scheduled", ProvNum=0, ProcDescript="Exam", Note="",
+           AptDateTime=(when + dt.timedelta(days=30)).strftime("%Y-%m-%d %H:%M:%S"), ClinicNum=0)
+    i = od_integration(world.practice, od.base_url)
+    result = run_sync(i.id)
+    assert result["appointments"] == {"linked": 1, "created": 1}, result
+    assert count(Appointment, patient_id=patient.id) == 2
+    db.session.expire_all()
+    assert db.session.get(Appointment, typed.id).external_id == str(apt["AptNum"])
+    od.tick(2)
+    later = when + dt.timedelta(days=2)
+    od.change("appointments", apt["AptNum"], AptDateTime=later.strftime("%Y-%m-%d %H:%M:%S"))
+    run_sync(i.id)
+    db.session.expire_all()
+    assert db.session.get(type(case), case.id).seat_date == later.date()  # the case follows Open Dental now
+
+
 def test_a_deleted_seat_appointment_takes_the_seat_date_off_the_case_in_one_sync(world, od, client, login):
     i, case, apt = _case_with_od_seat(world, od)
     od.tick(2)
