@@ -594,6 +594,7 @@ def pms_counts(integration: ScannerIntegration) -> dict:
 def page_view(integration: ScannerIntegration, organization_id: int) -> dict:
     """What the integration's page shows of a PMS: the live progress of the sync, how many rows
     came from it, the patients waiting for a person (with their candidates), its laboratories."""
+    from portal.integrations.writeback import unwritten_count
     from portal.labs.models import Lab
 
     matches = waiting_matches(integration)
@@ -603,6 +604,7 @@ def page_view(integration: ScannerIntegration, organization_id: int) -> dict:
         "progress": integration.config.get("progress") or {},
         "cursors": cursors(integration),
         "counts": pms_counts(integration),
+        "unwritten": unwritten_count(integration) if integration.active else 0,
         "matches": [(m, [people[i] for i in m.candidate_ids if i in people]) for m in matches],
         "laboratories": list(db.session.scalars(select(PmsLaboratory).where(
             PmsLaboratory.integration_id == integration.id).order_by(PmsLaboratory.name))),

@@ -439,3 +439,19 @@ def link_laboratory(integration_id: int, row_id: int):
     db.session.commit()
     flash(f"{row.name} is linked to {row.lab.name}." if row.lab else f"{row.name} is no longer linked.", "success")
     return go_to(url_for("scanner_settings.show", integration_id=integration_id))
+
+
+@bp.post("/<int:integration_id>/pms/write-open-cases")
+@requires(*ADMIN)
+def write_open_cases(integration_id: int):
+    """Ask the PMS for a lab case for each open case sent before it was connected."""
+    from portal.integrations import writeback
+
+    integration = _checked_action(integration_id)
+    if integration.vendor.kind != "pms" or not integration.active:
+        abort(404)
+    queued = writeback.write_open_cases(integration, Actor.user(current_user))
+    db.session.commit()
+    flash(f"{queued} open case{'s' if queued != 1 else ''} will be written to {integration.vendor.label}; "
+          "each case page shows how its write went.", "success")
+    return go_to(url_for("scanner_settings.show", integration_id=integration_id))

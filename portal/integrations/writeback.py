@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import bindparam, case as sql_case, literal, select, update
+from sqlalchemy import bindparam, case as sql_case, func, literal, select, update
 
 from portal import events
 from portal import retries
@@ -119,6 +119,30 @@ def arm(case: LabCase, reason: str, actor: Actor | None = None, only_if_known: b
         return row
     enqueue(row.id, 0)
     return row
+
+
+def _unwritten(integration: ScannerIntegration):
+    """The practice's cases in the lab's hands or back (sent, not fitted or cancelled) that the PMS
+    was never asked for: sent before it was connected, or while it was paused."""
+    asked = select(PmsLabCase.id).where(PmsLabCase.integration_id == integration.id, PmsLabCase.case_id == LabCase.id)
+    return (select(LabCase).where(LabCase.practice_id == integration.practice_id, LabCase.sent_at.is_not(None),
+                                  LabCase.status.not_in((Status.FITTED, Status.CANCELLED)), ~asked.exists())
+            .order_by(LabCase.id))
+
+
+def unwritten_count(integration: ScannerIntegration) -> int:
+    return db.session.scalar(select(func.count()).select_from(_unwritten(integration).subquery()))
+
+
+def write_open_cases(integration: ScannerIntegration, actor: Actor, limit: int = 500) -> int:
+    """An admin's "write them": each open case the PMS has no lab case for is armed as if it had just
+    been sent (at most `limit` at a time; the page says how many are left)."""
+    cases = list(db.session.scalars(_unwritten(integration).limit(limit)))
+    for case in cases:
+        arm(case, "connected", actor)
+    record("pms.open_cases_queued", "scanner_integration", integration.id, after={"cases": len(cases)},
+           actor=actor, practice_id=integration.practice_id)
+    return len(cases)
 
 
 def enqueue(row_id: int, attempts: int) -> None:

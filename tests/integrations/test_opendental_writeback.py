@@ -202,3 +202,25 @@ def test_a_case_cancelled_before_its_first_write_went_through_creates_nothing(wo
     page = client.get(f"/cases/{case.id}").get_data(as_text=True)
     assert "the case was cancelled before Open Dental had one" in page
     assert "nothing to write to Open Dental" in page
+
+
+def test_open_cases_sent_before_connecting_can_be_written_once_from_the_integration_page(world, od, client, login):
+    i, case = setup(world, od)
+    reload(i.id).active = False  # paused (or not connected yet) when the case is sent
+    db.session.commit()
+    send(world, case)
+    assert db.session.scalar(select(PmsLabCase).where(PmsLabCase.case_id == case.id)) is None
+    reload(i.id).active = True
+    db.session.commit()
+    login("admin")
+    page = client.get(f"/admin/scanners/{i.id}").get_data(as_text=True)
+    assert "1 open case sent before Open Dental was connected (or while it was paused) has no lab case" in page
+    answer = client.post(f"/admin/scanners/{i.id}/pms/write-open-cases")
+    assert answer.status_code in (302, 303)
+    row = db.session.scalar(select(PmsLabCase).where(PmsLabCase.case_id == case.id))
+    assert row is not None and row.state is DispatchState.PENDING and row.last_reason == "connected"
+    assert writeback.deliver(row.id) == "written"
+    assert len(od.rows("labcases")) == 1
+    assert audit_count("pms.open_cases_queued") == 1
+    page = client.get(f"/admin/scanners/{i.id}").get_data(as_text=True)
+    assert "sent before Open Dental was connected" not in page  # asked once: not offered again
