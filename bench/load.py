@@ -24,7 +24,9 @@ time, from other processes:
                 sandbox and make its scan (and the draft case of a matched patient); the sweep's
                 polls run too.
 
-Then the run waits (bounded) for the queues to settle and counts from the database:
+The load phase ends once the labs have posted every event (the coordinators and scanners stop
+then), or at --seconds. Then the run waits (bounded) for the queues to settle and counts from
+the database:
 
   applied     accepted events (answered 204) whose lab_event row says "applied", each with
               exactly one lab-actor audit row (case.<action>) naming its event id
@@ -44,7 +46,7 @@ sweep must hand its jobs to the others, nothing lost, nothing doubled. Exit stat
 lost, duplicates, errors, scans lost or doubled, notifications waiting or chain problems is not 0.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1/lm_load REDIS_URL=redis://127.0.0.1:6379/4 \\
-      .venv/bin/python bench/load.py [--events 20000] [--coordinators 50] [--seconds 150] [--quick]
+      .venv/bin/python bench/load.py [--events 20000] [--coordinators 50] [--seconds 900] [--quick]
                                      [--runs plain,kill] [--web-workers 4] [--rq-workers 3]
                                      [--scan-every 1.5] [--timeout 30]
 
@@ -245,11 +247,13 @@ def seed(app, n_events: int, coordinators: int, cards: int, lab_url: str) -> dic
 
 # -- the simulated clients (forked processes) ------------------------------------------------------------
 
-def coordinator_proc(base: str, people: list[dict], until: float, poll: float, out, timeout: float = 30) -> None:
+def coordinator_proc(base: str, people: list[dict], until: float, poll: float, out, timeout: float = 30,
+                     done=None) -> None:
     """One thread per coordinator. A request that raises (a timeout, a reset connection, a page
     without what it should hold) is counted under its kind and the exception's name ("poll
     ReadTimeout") and the coordinator carries on: signs in again if it was not signed in, reloads
-    the board, then goes on with the move it was making."""
+    the board, then goes on with the move it was making. Stops at `until`, or sooner once `done`
+    (an Event: the labs have posted every event) is set."""
     import httpx
 
     from tests.factories import PASSWORD
@@ -267,7 +271,7 @@ def coordinator_proc(base: str, people: list[dict], until: float, poll: float, o
         moves = [(case_id, to) for case_id in person["cases"] for to in ("received", "fitted")]
         state = {"signed_in": False, "stamp": None, "token": None, "last_full": 0.0}
         with httpx.Client(base_url=base, timeout=timeout, follow_redirects=False) as c:
-            while time.time() < until:
+            while time.time() < until and not (done is not None and done.is_set()):
                 started = time.perf_counter()
                 kind = "login"
                 try:
@@ -418,10 +422,10 @@ ITERO_ACCOUNT = "8001234"
 SCAN_PATIENTS = 20
 
 
-def scanner_proc(conn) -> None:
+def scanner_proc(conn, done=None) -> None:
     """Two scanners at the practice: sandbox/vendors.py's iTero and Medit Link, serving their APIs
     (the workers re-read every notified order from them) and, once told to go, making new scans
-    until the load phase ends: every `every` seconds a new iTero order (its callback) and a new
+    the load phase ends (`until`, or `done` set): every `every` seconds a new iTero order (its callback) and a new
     Medit case (case.created and files.created webhooks); every 4th step an older iTero order goes
     to iTero Modeling and back to Lab Review (a second callback for the same order), every 5th
     Medit case is delivered twice (a vendor's repeat) and every 7th an older one is rescanned
@@ -459,7 +463,7 @@ def scanner_proc(conn) -> None:
     box.set_medit_webhook(go["medit_webhook"], MEDIT_WEBHOOK_SECRET)
     made: dict[str, list[str]] = {"itero": [], "medit": []}
     patients, step = go["patients"], 0
-    while time.time() < go["until"]:
+    while time.time() < go["until"] and not (done is not None and done.is_set()):
         started = time.monotonic()
         person = patients[step % len(patients)]
         try:
@@ -554,7 +558,7 @@ def count_scans(app, scanners: dict, sent: dict) -> dict:
     """What became of each vendor's orders: one scan each (lost: none), at most one case each
     (duplicated: a second case, or a scan row beyond one, for one order), no notification still
     waiting to be acted on."""
-    from sqlalchemy import func, select
+    from sqlalchemy import false, func, select
 
     from portal.cases.models import LabCase
     from portal.extensions import db
@@ -571,7 +575,7 @@ def count_scans(app, scanners: dict, sent: dict) -> dict:
             for order_id, _, _ in scans:
                 per_order[order_id] = per_order.get(order_id, 0) + 1
             cases = db.session.execute(select(LabCase.origin_order_id, func.count()).where(
-                LabCase.origin == vendor, LabCase.origin_order_id.in_(made) if made else False)
+                LabCase.origin == vendor, LabCase.origin_order_id.in_(made) if made else false())
                 .group_by(LabCase.origin_order_id)).all()
             events = dict(db.session.execute(select(VendorEvent.outcome, func.count()).where(
                 VendorEvent.integration_id == integration_id).group_by(VendorEvent.outcome)).all())
@@ -726,7 +730,8 @@ def one_run(args, env: dict, kill: bool) -> dict:
     stub_proc, stub_port = _start_stub()
     ctx = mp.get_context("fork")
     box_pipe, box_end = ctx.Pipe()
-    box_proc = ctx.Process(target=scanner_proc, args=(box_end,), daemon=True)
+    done = ctx.Event()  # set once the labs have posted all their events: the load phase ends
+    box_proc = ctx.Process(target=scanner_proc, args=(box_end, done), daemon=True)
     box_proc.start()
     box_url = box_pipe.recv()
     procs: list[subprocess.Popen] = []
@@ -754,7 +759,7 @@ def one_run(args, env: dict, kill: bool) -> dict:
             if not mine:
                 continue
             a, b = ctx.Pipe(False)
-            p = ctx.Process(target=coordinator_proc, args=(base, mine, until, args.poll, b, args.timeout))
+            p = ctx.Process(target=coordinator_proc, args=(base, mine, until, args.poll, b, args.timeout, done))
             p.start()
             pipes.append(("coordinators", a))
             children.append(p)
@@ -774,7 +779,10 @@ def one_run(args, env: dict, kill: bool) -> dict:
             killed = time.time() - started
             print(f"  SIGKILLed RQ worker {victim.pid} (and its work horse) at {killed:.0f}s", flush=True)
         results = {"coordinators": [], "lab": []}
-        for kind, pipe in pipes:
+        for kind, pipe in sorted(pipes, key=lambda kp: kp[0] != "lab"):  # the labs first
+            if kind == "coordinators" and not done.is_set():
+                done.set()  # every lab event is posted: the coordinators and scanners stop too
+                print(f"  the labs were done at {time.time() - started:.0f}s", flush=True)
             results[kind].append(pipe.recv())
         for p in children:
             p.join()
@@ -869,7 +877,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000, help="lab status events in all (three a case)")
     parser.add_argument("--coordinators", type=int, default=50)
     parser.add_argument("--cards", type=int, default=4, help="cards each coordinator moves (two moves a card)")
-    parser.add_argument("--seconds", type=float, default=150, help="the load phase's limit")
+    parser.add_argument("--seconds", type=float, default=900,
+                        help="the load phase's limit; it ends sooner, once the labs have posted every event")
     parser.add_argument("--settle", type=float, default=90, help="how long to wait for the queue afterwards")
     parser.add_argument("--poll", type=float, default=3.0, help="a coordinator's poll interval (BOARD_POLL_SECONDS)")
     parser.add_argument("--web-workers", type=int, default=4)
