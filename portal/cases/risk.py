@@ -42,4 +42,6 @@ def risk_of(case) -> tuple[bool, str]:
 
 
 def refresh_risk(case) -> None:
-    case.seat_risk = risk_of(case)[0]
+    at_risk = risk_of(case)[0]
+    if case.seat_risk is not at_risk:  # the same value again would still make the case dirty (a flush for nothing)
+        case.seat_risk = at_risk

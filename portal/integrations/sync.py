@@ -2,7 +2,9 @@
 
 A sync asks the adapter for the orders changed since the integration's cursor and ingests each
 in its own transaction, so one bad order never holds back the others and no write is open while
-the vendor is being called (portal/integrations/oauth.py needs that). The cursor moves only after a
+the vendor is being called (portal/integrations/oauth.py needs that). What every order looks up
+again (the integration's labs and their services, the practice, its providers) is read once per
+sync (portal/scans/lookups.py), and the scans of a page of orders are looked up together. The cursor moves only after a
 whole poll succeeded; a failed poll records the vendor's reason on the integration (and an audit
 row when it starts or stops failing) and the next sweep tries again.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
 from flask import current_app
 from sqlalchemy import func, select
@@ -42,6 +45,8 @@ from portal.integrations.vendor import VendorOrder
 from portal.practices.models import utcnow
 from portal.queue import SCANNER_EVENTS, SCANNER_SYNC, enqueue_now, enqueue_once, enqueue_once_after_commit, get_queue
 from portal.scans import services
+from portal.scans.lookups import Lookups
+from portal.scans.models import Scan
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +79,12 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
         return run_pms_sync(integration_id, source)
     actor = Actor.vendor(integration, source)
     db.session.commit()  # nothing of ours is open while the vendor is called
+    lookups = Lookups(integration_id)  # read once for this sync, dropped when it ends
     outcomes: Counter[str] = Counter()
     try:
-        for order in adapter.poll():
-            outcomes[ingest_one(integration_id, order, "poll", actor)] += 1
-        outcomes.update(reread_unfinished(integration_id, adapter, actor))
+        for page in _pages(adapter.poll(), PAGE):
+            outcomes.update(ingest_page(lookups, page, "poll", actor))
+        outcomes.update(reread_unfinished(integration_id, adapter, actor, lookups))
     except VendorError as exc:
         db.session.rollback()
         failed(db.session.get(ScannerIntegration, integration_id), exc, actor)
@@ -96,10 +102,56 @@ def run_sync(integration_id: int, source: str = SCANNER_SYNC.func) -> dict:
     return dict(outcomes)
 
 
+PAGE = 50  # polled orders whose scans are looked up together (one SELECT), then ingested one by one
+
+
+def _pages(orders: Iterable[VendorOrder], size: int) -> Iterator[list[VendorOrder]]:
+    """The orders of a poll, `size` at a time. Reading on may call the vendor: the caller has
+    committed every order before asking for the next page. When the vendor fails, the orders read
+    before are still ingested (as they were one by one), then the error goes on."""
+    page: list[VendorOrder] = []
+    try:
+        for order in orders:
+            page.append(order)
+            if len(page) == size:
+                yield page
+                page = []
+    except VendorError:
+        if page:
+            yield page
+        raise
+    if page:
+        yield page
+
+
+def ingest_page(lookups: Lookups, orders: list[VendorOrder], source: str, actor: Actor) -> Counter[str]:
+    """Ingest a page of polled orders, each in its own transaction as `ingest_one` does. One SELECT
+    reads the content key of every scan the page names: an order whose scan already has its content
+    is "unchanged" with no transaction of its own, and one with no scan yet is not looked for again.
+    An order met a second time in the page is looked for as usual (its first report may have
+    written it)."""
+    integration = lookups.integration
+    keys = dict(db.session.execute(select(Scan.order_id, Scan.content_key).where(
+        Scan.practice_id == integration.practice_id, Scan.vendor == integration.vendor,
+        Scan.order_id.in_({order.order_id for order in orders}))).tuples().all())
+    db.session.commit()  # nothing open between orders
+    outcomes: Counter[str] = Counter()
+    seen: set[str] = set()
+    for order in orders:
+        first = order.order_id not in seen
+        seen.add(order.order_id)
+        if first and keys.get(order.order_id) == order.content_key():
+            outcomes["unchanged"] += 1
+            continue
+        absent = first and order.order_id not in keys
+        outcomes[ingest_one(integration.id, order, source, actor, lookups, absent=absent)] += 1
+    return outcomes
+
+
 REREAD_BATCH = 50  # scans re-read by order ref per sync, in turn (the next sync goes on from there)
 
 
-def reread_unfinished(integration_id: int, adapter, actor: Actor) -> Counter[str]:
+def reread_unfinished(integration_id: int, adapter, actor: Actor, lookups: Lookups | None = None) -> Counter[str]:
     """Re-read, by order ref, the scans in a stage the vendor may still change without listing the
     order again (the adapter's `reread_stages`: iTero's Get Orders lists only Ready for Download
     and Lab Review, so iTero Milling, Ready to Ship and Downloaded would never reach the case),
@@ -108,7 +160,7 @@ def reread_unfinished(integration_id: int, adapter, actor: Actor) -> Counter[str
     of a closed case are left out. What changed is counted as "reread_<outcome>"."""
     from portal.cases.models import LabCase
     from portal.cases.status import Status
-    from portal.scans.models import InboxState, Scan
+    from portal.scans.models import InboxState
 
     outcomes: Counter[str] = Counter()
     if not adapter.reread_stages:
@@ -129,7 +181,7 @@ def reread_unfinished(integration_id: int, adapter, actor: Actor) -> Counter[str
         if order_id in adapter.polled:
             continue
         order = adapter.fetch(ref)
-        outcome = ingest_one(integration_id, order, "poll", actor) if order is not None else "unchanged"
+        outcome = ingest_one(integration_id, order, "poll", actor, lookups) if order is not None else "unchanged"
         if outcome != "unchanged":
             outcomes[f"reread_{outcome}"] += 1
     if rows:
@@ -138,15 +190,19 @@ def reread_unfinished(integration_id: int, adapter, actor: Actor) -> Counter[str
     return outcomes
 
 
-def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Actor) -> str:
+def ingest_one(integration_id: int, order: VendorOrder, source: str, actor: Actor,
+               lookups: Lookups | None = None, *, absent: bool = False) -> str:
     """Ingest one order in its own transaction. A concurrent first ingest of the same new order
-    (two jobs at once) loses on the unique key; it is then ingested again as an update."""
+    (two jobs at once) loses on the unique key; it is then ingested again as an update. A sync
+    passes its `lookups` (the integration, labs, practice and providers read once); `absent`: the
+    caller has just found no scan of this order."""
     for attempt in (1, 2):
-        integration = db.session.get(ScannerIntegration, integration_id)
+        integration = lookups.integration if lookups else db.session.get(ScannerIntegration, integration_id)
         try:
             with held_head():  # one order's audit rows: the chain head taken and put back once
                 result = services.ingest(integration.practice_id, order, actor=actor, source=source,
-                                         integration=integration)
+                                         integration=integration, lookups=lookups,
+                                         absent=absent and attempt == 1)
             db.session.commit()
             return result.outcome
         except IntegrityError:

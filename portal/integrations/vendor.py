@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class Vendor(enum.StrEnum):
@@ -158,7 +158,23 @@ class VendorOrder:
     def content_key(self) -> str:
         """A digest of everything that matters to the case. The same order delivered again with the
         same content has the same key (a no-op); a rescan with new files does not (docs/reliability.md W4:
-        the order id alone is not enough)."""
-        data = asdict(self)
-        data.pop("extra", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        the order id alone is not enough). Worked out once per report (a sync compares it twice)."""
+        key = self.__dict__.get("_content_key")
+        if key is None:
+            data = _plain(self)
+            data.pop("extra", None)
+            key = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+            object.__setattr__(self, "_content_key", key)  # frozen: not a field, so not compared or copied
+        return key
+
+
+def _plain(value):
+    """`dataclasses.asdict` without its deep copy of every value (the JSON of both is the same; a
+    sync worked out the content key of 1,000 orders mostly copying them)."""
+    if hasattr(type(value), "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value

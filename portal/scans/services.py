@@ -26,7 +26,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import bindparam, exists, func, or_, select
 
 from portal.audit.actor import Actor
 from portal.audit.record import record
@@ -41,6 +41,7 @@ from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, Vendo
 from portal.labs.models import Lab
 from portal.people.models import Appointment, AppointmentKind, Patient, Provider
 from portal.practices.models import Practice, utcnow
+from portal.scans.lookups import Lookups
 from portal.scans.models import FileState, InboxState, Scan, ScanFile
 
 MESH_FORMATS = frozenset({"STL", "PLY", "OBJ"})
@@ -122,10 +123,13 @@ def inbox_counts(practice_id: int) -> dict[InboxState, int]:
 # -- ingest ------------------------------------------------------------------------------------------
 
 def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
-           integration: ScannerIntegration | None = None) -> Ingested:
-    """Make the inbox and the case agree with one report of one order (see the module's docstring)."""
+           integration: ScannerIntegration | None = None, lookups: Lookups | None = None,
+           absent: bool = False) -> Ingested:
+    """Make the inbox and the case agree with one report of one order (see the module's docstring).
+    A sync passes its `lookups` (portal/scans/lookups.py: its integration is then `integration`)
+    and says the order is `absent` when it has just looked for its scan and found none."""
     key = order.content_key()
-    scan = find_scan(practice_id, order.vendor, order.order_id)
+    scan = None if absent else find_scan(practice_id, order.vendor, order.order_id)
     if scan is not None:
         if scan.content_key == key:
             return Ingested(scan, "unchanged")
@@ -139,17 +143,21 @@ def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
         db.session.add(scan)
     before = None if new else _summary(scan)
     previous_stage = None if new else scan.stage
-    files_changed = _apply(scan, order, key, source)
-    db.session.flush()
+    files_changed = _apply(scan, order, key, source)  # flushed: the scan and its files have ids
     record("scan.received" if new else "scan.updated", "scan", scan.id, before=before, after=_summary(scan),
            actor=actor, practice_id=practice_id)
+    _link_bites(scan)  # after the row above took the chain head: these links go out with the next flush
     if scan.inbox is InboxState.DISMISSED:
         return Ingested(scan, "new" if new else "updated")
-    if scan.patient_id is None:
-        _match_patient(scan, actor)
     case_action = ""
-    if scan.case_id is None and scan.patient_id is not None and not still_scanning(scan):
-        case_action = _place(scan, integration, actor)
+    # Matching and placing read patients, requests, cases and appointments, none of which depend on
+    # the scan's pending changes: those go out with the next flush (creating a case flushes for its
+    # id) in one UPDATE, not one before each of these reads.
+    with db.session.no_autoflush:
+        if scan.patient_id is None:
+            _match_patient(scan, actor)
+        if scan.case_id is None and scan.patient_id is not None and not still_scanning(scan):
+            case_action = _place(scan, integration, actor, lookups)
     if scan.case_id is not None:
         _follow_stage(scan, previous_stage, files_changed, actor)
     _settle(scan)
@@ -227,8 +235,7 @@ def _apply_files(scan: Scan, assets: tuple[Asset, ...]) -> bool:
             scan.files.append(row)
             changed = True
         _copy_asset(row, asset)
-    db.session.flush()
-    _link_bites(scan)
+    db.session.flush()  # the new files' ids, for their bites' links (the caller links them)
     return changed
 
 
@@ -274,8 +281,37 @@ def _match_patient(scan: Scan, actor: Actor) -> None:
     if patient is None:
         return
     scan.patient_id, scan.matched_by = patient.id, how
+    scan.patient = patient  # held, so creating the case finds it in the session instead of loading it again
     record("scan.matched", "scan", scan.id, after={"patient_id": patient.id, "by": how,
            "patient": patient.full_name}, actor=actor, practice_id=scan.practice_id)
+
+
+# The statements every ingested order runs, built once: building and keying them for each order
+# cost about as much as running them (as portal/audit/record.py found for its own).
+_BY_CHART = select(Patient).where(Patient.practice_id == bindparam("practice_id"),
+                                  func.lower(Patient.chart_number) == bindparam("chart"))
+_RX_REQUEST = select(ScanRequest).where(ScanRequest.integration_id == bindparam("integration_id"),
+                                        ScanRequest.rx_id == bindparam("rx_id"))
+_CASE_WITH_ORDER = select(LabCase).where(
+    LabCase.practice_id == bindparam("practice_id"), LabCase.origin == bindparam("origin"),
+    LabCase.origin_order_id == bindparam("order_id"), LabCase.status != Status.CANCELLED,
+).order_by(LabCase.id.desc()).limit(1)
+# The patient's cases a new scan may join by itself: one returned for a rescan, or a draft with no
+# scan yet that waits for no particular order (a draft entered with another scanner's, or another
+# order's, id waits for that one: _case_with_order finds it).
+_OPEN_CASES_WITHOUT_SCAN = select(LabCase).where(
+    LabCase.practice_id == bindparam("practice_id"), LabCase.patient_id == bindparam("patient_id"),
+    or_(LabCase.status == Status.RESCAN,
+        (LabCase.status == Status.DRAFT) & ~exists().where(Scan.case_id == LabCase.id)
+        & ((LabCase.origin == "manual") | (func.coalesce(LabCase.origin_order_id, "") == ""))),
+).order_by(LabCase.id)
+_OTHER_SCANS = select(func.count()).select_from(Scan).where(Scan.case_id == bindparam("case_id"),
+                                                            Scan.id != bindparam("scan_id"))
+_NEXT_SEAT = select(Appointment).where(
+    Appointment.practice_id == bindparam("practice_id"), Appointment.patient_id == bindparam("patient_id"),
+    Appointment.kind == AppointmentKind.SEAT, Appointment.starts_at >= bindparam("now"),
+    Appointment.not_happening == "",
+).order_by(Appointment.starts_at).limit(1)
 
 
 def match_patient(practice_id: int, ref: PatientRef) -> tuple[Patient | None, str]:
@@ -283,8 +319,7 @@ def match_patient(practice_id: int, ref: PatientRef) -> tuple[Patient | None, st
     one patient has them. (None, "") when nothing matches for sure."""
     chart = ref.chart_number.strip()
     if chart:
-        patient = db.session.scalar(select(Patient).where(
-            Patient.practice_id == practice_id, func.lower(Patient.chart_number) == chart.lower()))
+        patient = db.session.scalar(_BY_CHART, {"practice_id": practice_id, "chart": chart.lower()})
         if patient is not None:
             return patient, "chart"
     found = same_name_and_birth(practice_id, ref)
@@ -368,7 +403,8 @@ def _record_match(scan: Scan, patient: Patient, before: dict, lines: list[Compar
 
 # -- the case ---------------------------------------------------------------------------------------
 
-def _place(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> str:
+def _place(scan: Scan, integration: ScannerIntegration | None, actor: Actor,
+           lookups: Lookups | None = None) -> str:
     """Join the scan to its case, or create one; or leave it for a person with the reason."""
     case = _case_of_rx(scan) or _case_with_order(scan)
     if case is None:
@@ -381,7 +417,7 @@ def _place(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> 
     if case is not None:
         link(scan, case, actor)
         return "joined"
-    case, problem = _new_case(scan, integration, actor)
+    case, problem = _new_case(scan, integration, actor, lookups)
     link(scan, case, actor, created=True)
     scan.problem = problem  # a note for the case (the lab to choose), once the scan is on it
     return "created"
@@ -390,8 +426,7 @@ def _place(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> 
 def _case_of_rx(scan: Scan) -> LabCase | None:
     if not scan.rx_id or scan.integration_id is None:
         return None
-    request = db.session.scalar(select(ScanRequest).where(
-        ScanRequest.integration_id == scan.integration_id, ScanRequest.rx_id == scan.rx_id))
+    request = db.session.scalar(_RX_REQUEST, {"integration_id": scan.integration_id, "rx_id": scan.rx_id})
     if request is None:
         return None
     request.state = RxState.SCANNED
@@ -399,22 +434,14 @@ def _case_of_rx(scan: Scan) -> LabCase | None:
 
 
 def _case_with_order(scan: Scan) -> LabCase | None:
-    return db.session.scalar(select(LabCase).where(
-        LabCase.practice_id == scan.practice_id, LabCase.origin == _origin(scan.vendor),
-        LabCase.origin_order_id == scan.order_id, LabCase.status != Status.CANCELLED,
-    ).order_by(LabCase.id.desc()).limit(1))
+    return db.session.scalar(_CASE_WITH_ORDER, {"practice_id": scan.practice_id, "origin": _origin(scan.vendor),
+                                                "order_id": scan.order_id})
 
 
 def _open_cases_without_scan(scan: Scan) -> list[LabCase]:
-    """The patient's cases a new scan may join by itself: one returned for a rescan, or a draft
-    with no scan yet that waits for no particular order (a draft entered with another scanner's,
-    or another order's, id waits for that one: _case_with_order finds it)."""
-    has_scan = exists().where(Scan.case_id == LabCase.id)
-    expects_nothing = (LabCase.origin == "manual") | (func.coalesce(LabCase.origin_order_id, "") == "")
-    return list(db.session.scalars(select(LabCase).where(
-        LabCase.practice_id == scan.practice_id, LabCase.patient_id == scan.patient_id,
-        or_(LabCase.status == Status.RESCAN, (LabCase.status == Status.DRAFT) & ~has_scan & expects_nothing),
-    ).order_by(LabCase.id)))
+    """The patient's cases a new scan may join by itself (_OPEN_CASES_WITHOUT_SCAN says which)."""
+    return list(db.session.scalars(_OPEN_CASES_WITHOUT_SCAN, {"practice_id": scan.practice_id,
+                                                              "patient_id": scan.patient_id}))
 
 
 def _origin(vendor: Vendor) -> str:
@@ -435,10 +462,12 @@ def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None
     scan.case_id, scan.patient_id = case.id, case.patient_id
     scan.matched_by = scan.matched_by or "person"
     scan.problem = ""
-    others = db.session.scalar(select(func.count()).select_from(Scan).where(
-        Scan.case_id == case.id, Scan.id != scan.id))
-    if case.origin == "manual" or not case.origin_order_id or not others:
-        case.origin, case.origin_order_id = _origin(scan.vendor), scan.order_id
+    # A case just created for this scan has no other scan to count.
+    others = 0 if created else db.session.scalar(_OTHER_SCANS, {"case_id": case.id, "scan_id": scan.id})
+    origin = (_origin(scan.vendor), scan.order_id)
+    if (case.origin == "manual" or not case.origin_order_id or not others) and (
+            case.origin, case.origin_order_id) != origin:  # unchanged: the case need not be flushed again
+        case.origin, case.origin_order_id = origin
     after = {"origin": case.origin, "origin_order_id": case.origin_order_id, "scan_id": scan.id,
              "vendor": scan.vendor.value, "order_id": scan.order_id, "created_from_scan": created}
     record("case.scan_linked", "lab_case", case.id, before=before, after=after, actor=actor,
@@ -446,16 +475,19 @@ def link(scan: Scan, case: LabCase, actor: Actor, created: bool = False) -> None
     _settle(scan)
 
 
-def _new_case(scan: Scan, integration: ScannerIntegration | None, actor: Actor) -> tuple[LabCase, str]:
-    practice = db.session.get(Practice, scan.practice_id)
+def _new_case(scan: Scan, integration: ScannerIntegration | None, actor: Actor,
+              lookups: Lookups | None = None) -> tuple[LabCase, str]:
+    practice = lookups.practice if lookups else db.session.get(Practice, scan.practice_id)
     lab, problem = resolve_lab(integration, scan.lab_ref, scan.lab_name)
+    seat = _seat_appointment(scan)  # held until the case is made: its checks and risk find it in the session
     data = CaseData(
-        patient_id=scan.patient_id, provider_id=_provider_id(scan.practice_id, scan.doctor_name),
-        lab_id=lab.id if lab else None, items=_items(scan), seat_appointment_id=_seat_appointment_id(scan),
+        patient_id=scan.patient_id, provider_id=_provider_id(scan.practice_id, scan.doctor_name,
+                                                                  lookups.providers if lookups else None),
+        lab_id=lab.id if lab else None, items=_items(scan), seat_appointment_id=seat.id if seat else None,
         due_date=scan.due_date, instructions=scan.notes, origin=_origin(scan.vendor),
         origin_order_id=scan.order_id,
     )
-    return create_case(practice, data, actor), problem
+    return create_case(practice, data, actor, lab=lab), problem
 
 
 def resolve_lab(integration: ScannerIntegration | None, lab_ref: str, lab_name: str) -> tuple[Lab | None, str]:
@@ -477,23 +509,24 @@ def resolve_lab(integration: ScannerIntegration | None, lab_ref: str, lab_name: 
     return None, ""
 
 
-def _provider_id(practice_id: int, doctor_name: str) -> int | None:
+def _provider_id(practice_id: int, doctor_name: str, providers: list[tuple[int, str]] | None = None) -> int | None:
+    """The practice's one active provider the scanner's doctor name is, else None. `providers`:
+    their (id, name) when the caller has them (a sync's Lookups), else they are read here."""
     wanted = _name(re.sub(r"^\s*dr\.?\s+", "", doctor_name, flags=re.IGNORECASE))
     if not wanted:
         return None
-    providers = list(db.session.scalars(select(Provider).where(Provider.practice_id == practice_id,
-                                                               Provider.active.is_(True))))
-    found = [p for p in providers
-             if _name(re.sub(r"^\s*dr\.?\s+", "", p.name, flags=re.IGNORECASE)) == wanted]
-    return found[0].id if len(found) == 1 else None
+    if providers is None:
+        providers = list(db.session.execute(select(Provider.id, Provider.name).where(
+            Provider.practice_id == practice_id, Provider.active.is_(True))).tuples())
+    found = [pid for pid, name in providers
+             if _name(re.sub(r"^\s*dr\.?\s+", "", name, flags=re.IGNORECASE)) == wanted]
+    return found[0] if len(found) == 1 else None
 
 
-def _seat_appointment_id(scan: Scan) -> int | None:
+def _seat_appointment(scan: Scan) -> Appointment | None:
     """The patient's next seat appointment, the one this work is for when there is one."""
-    return db.session.scalar(select(Appointment.id).where(
-        Appointment.practice_id == scan.practice_id, Appointment.patient_id == scan.patient_id,
-        Appointment.kind == AppointmentKind.SEAT, Appointment.starts_at >= utcnow(), Appointment.not_happening == "",
-    ).order_by(Appointment.starts_at).limit(1))
+    return db.session.scalar(_NEXT_SEAT, {"practice_id": scan.practice_id, "patient_id": scan.patient_id,
+                                          "now": utcnow()})
 
 
 def _items(scan: Scan) -> list[ItemData]:

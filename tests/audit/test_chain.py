@@ -391,13 +391,13 @@ def test_a_short_key_is_refused(app, db, monkeypatch):
     db.session.rollback()
 
 
-def _head_statements(db):
+def _head_statements(db, prefix="UPDATE AUDIT_HEAD"):
     from sqlalchemy import event
 
     seen = []
 
     def count(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("UPDATE AUDIT_HEAD"):
+        if statement.lstrip().upper().startswith(prefix):
             seen.append(statement)
 
     event.listen(db.engine, "before_cursor_execute", count)
@@ -409,13 +409,18 @@ def test_rows_written_under_a_held_head_are_the_rows_written_one_by_one(app, db)
 
     _write(db, 2)
     seen, stop = _head_statements(db)
+    inserts, stop_inserts = _head_statements(db, "INSERT INTO AUDIT_EVENT")
     try:
         with held_head():
             for i in range(4):
-                record("test.held", "probe", i, after={"n": i}, actor=Actor.system("test"))
+                row = record("test.held", "probe", i, after={"n": i}, actor=Actor.system("test"))
+                assert row not in db.session  # not written until the block ends
+            assert not inserts
         db.session.commit()
     finally:
         stop()
+        stop_inserts()
+    assert len(inserts) == 1  # the four rows in one INSERT as the block ended (one by one: four)
     _write(db, 1)  # a row written one by one after the block follows its last row
     rows = db.session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
     assert [r.seq for r in rows] == [1, 2, 3, 4, 5, 6, 7]

@@ -246,7 +246,7 @@ def test_deletions_before_the_first_sync_are_not_read(world, od):
 
 
 def test_a_visit_the_pms_called_off_is_never_offered_or_chosen_as_a_seat_date(world, od, client, login):
-    from portal.scans.services import _seat_appointment_id
+    from portal.scans.services import _seat_appointment
 
     i, case, apt = _case_with_od_seat(world, od)
     od.tick(2)
@@ -255,7 +255,7 @@ def test_a_visit_the_pms_called_off_is_never_offered_or_chosen_as_a_seat_date(wo
     appointment = db.session.scalar(select(Appointment).where(Appointment.external_id == str(apt["AptNum"])))
     assert appointment.not_happening == "broken"
     scan = SimpleNamespace(practice_id=case.practice_id, patient_id=case.patient_id)  # what the lookup reads
-    assert _seat_appointment_id(scan) is None  # a new scan of the patient does not pick the broken visit
+    assert _seat_appointment(scan) is None  # a new scan of the patient does not pick the broken visit
     login("coordinator")
     form = client.get(f"/cases/{case.id}/edit").get_data(as_text=True)
     seat_select = form[form.index('name="seat_appointment_id"'):]

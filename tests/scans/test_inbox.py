@@ -109,6 +109,25 @@ def test_the_same_report_again_changes_nothing_and_writes_nothing(world, scanner
     assert len(cases_of(patient)) == 1
 
 
+def test_the_content_key_is_the_digest_of_the_whole_report_as_it_always_was():
+    """Scans keep the key of their last report: working it out faster must not change it, or every
+    order would look changed (and be written again) on the first poll after an upgrade."""
+    import dataclasses
+    import hashlib
+
+    report = order(PatientRef("Ana", "Silva", "C-7", dt.date(1990, 2, 9)), rx_id="RX-9", lab_name="Keystone",
+                   scanned_at=T0, due_date=dt.date(2026, 12, 9), notes="margin 0.5", lab_ref="LAB-1",
+                   doctor_ref="DR-1", extra={"raw": {"ignored": True}},
+                   items=(RxItem(("11", "12"), "bridge", "zirconia", "A2", "check the bite"),))
+    data = dataclasses.asdict(report)
+    data.pop("extra")
+    before = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    assert report.content_key() == before
+    assert report.content_key() == before  # kept on the report after the first time
+    assert dataclasses.replace(report, status="Ready").content_key() != before  # a changed copy is worked out anew
+    assert dataclasses.replace(report, extra={"other": 1}).content_key() == before
+
+
 def test_a_patient_matches_by_name_and_birth_date_when_the_chart_number_is_unknown(world, scanner):
     patient = factories.patient(world.practice, "Zoë", "Okafor", dob=dt.date(1990, 2, 3))
     db.session.commit()
