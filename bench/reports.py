@@ -117,7 +117,8 @@ class Loader:
         if not rows:
             return
         defaults = _column_defaults(table)
-        names = [c.name for c in table.columns if c.name in rows[0] or c.name in defaults]
+        given = set().union(*rows)  # every row's keys: a remake's remake_of_id is not in a first case's row
+        names = [c.name for c in table.columns if c.name in given or c.name in defaults]
         conn = self.db.session.connection().connection.dbapi_connection
         values = ([_db_value(row.get(name, defaults.get(name)), self.dialect) for name in names] for row in rows)
         quoted = ", ".join(f'"{n}"' for n in names)
@@ -138,8 +139,10 @@ class Loader:
                     f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), (SELECT max(id) FROM \"{table}\"))"))
         self.db.session.commit()
         if self.dialect == "postgresql":
-            self.db.session.execute(text("ANALYZE"))
-            self.db.session.commit()
+            # what autovacuum does soon after a bulk load: statistics, and the visibility map that
+            # lets an index-only scan skip the table
+            with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE"))
 
 
 # -- the data --------------------------------------------------------------------------------------------
