@@ -152,7 +152,7 @@ def seed_organisation(loader: Loader, name: str, practices: int, cases: int, rng
     them; a manager who is also an organisation manager. Returns the manager's email."""
     from portal.auth.passwords import hash_password
     from portal.cases.lifecycle import Status
-    from portal.cases.models import CaseItem, LabCase
+    from portal.cases.models import CaseItem, LabCase, restorations_of
     from portal.labs.models import Channel, Lab
     from portal.people.models import Appointment, AppointmentKind, Patient, Provider
     from portal.practices.models import (
@@ -250,11 +250,11 @@ def seed_organisation(loader: Loader, name: str, practices: int, cases: int, rng
                 "sent_to_received_bdays":
                     business_days_between(sent_day, received.date(), days_off) if received else None,
             })
-            items.append({"id": next(item_ids), "case_id": case_id, "position": 0, "teeth": "11",
-                          "restoration": rng.choice(RESTORATIONS), "material": "zirconia"})
-            if rng.random() < .2:
-                items.append({"id": next(item_ids), "case_id": case_id, "position": 1, "teeth": "",
-                              "restoration": "night_guard", "material": "hard acrylic"})
+            codes = [rng.choice(RESTORATIONS)] + (["night_guard"] if rng.random() < .2 else [])
+            items += [{"id": next(item_ids), "case_id": case_id, "position": n, "teeth": "11" if n == 0 else "",
+                       "restoration": code, "material": "zirconia" if n == 0 else "hard acrylic"}
+                      for n, code in enumerate(codes)]
+            batch[-1]["restorations"] = restorations_of(codes)  # what a flush of these items keeps
             if received and rng.random() < .05:
                 remakes.append({"id": next(case_ids), "number": f"LC-R{case_id:09d}", "practice_id": pid,
                                 "patient_id": batch[-1]["patient_id"], "provider_id": providers[pid],

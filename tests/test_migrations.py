@@ -7,6 +7,7 @@ lists every difference: regenerate the migration with `flask db migrate`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import datetime as dt
 import logging
 import os
@@ -150,7 +151,9 @@ def _postgres_server_url() -> str | None:
     return admin
 
 
-def test_upgrade_on_a_fresh_postgresql_database_matches_the_models():
+@contextlib.contextmanager
+def _scratch_postgresql():
+    """The URL of a new, empty PostgreSQL database, dropped afterwards (skips without a server)."""
     admin = _postgres_server_url()
     if admin is None:
         pytest.skip("no PostgreSQL: set TEST_DATABASE_URL or run one on 127.0.0.1:5432")
@@ -159,11 +162,16 @@ def test_upgrade_on_a_fresh_postgresql_database_matches_the_models():
     with server.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        _check_database(urlunsplit(urlsplit(admin)._replace(path=f"/{name}")))
+        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
     finally:
         with server.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+def test_upgrade_on_a_fresh_postgresql_database_matches_the_models():
+    with _scratch_postgresql() as url:
+        _check_database(url)
 
 
 def _insert(conn, table: str, **values) -> int:
@@ -183,25 +191,64 @@ def _insert(conn, table: str, **values) -> int:
 def test_business_days_are_backfilled_with_the_practices_closed_days(tmp_path):
     """Migration 0007 fills the stored spans of the cases already there, by the lifecycle's rule:
     sent Mon 3 Mar 2031, dispatched Fri 7, received Mon 10, Wed 5 closed: 3 and 4 business days."""
-    app = _app(f"sqlite:///{tmp_path / 'backfill.sqlite3'}")
+    with _at_revision(f"sqlite:///{tmp_path / 'backfill.sqlite3'}", "0006"):
+        with db.engine.begin() as conn:
+            practice, patient = _practice(conn, closed=dt.date(2031, 3, 5))
+            stamps = [(dt.datetime(2031, 3, 3, 9), dt.datetime(2031, 3, 7, 15), dt.datetime(2031, 3, 10, 11)),
+                      (dt.datetime(2031, 3, 3, 9), None, None), (None, None, None)]
+            ids = [_insert(conn, "lab_case", number=f"LC-{n}", practice_id=practice, patient_id=patient,
+                           status="SENT", sent_at=sent, dispatched_at=dispatched, received_at=received)
+                   for n, (sent, dispatched, received) in enumerate(stamps)]
+        flask_migrate.upgrade()
+        with db.engine.connect() as conn:
+            found = conn.execute(sa.text(
+                "SELECT id, sent_to_dispatched_bdays, sent_to_received_bdays FROM lab_case ORDER BY id")).all()
+        assert [tuple(r) for r in found] == [(ids[0], 3, 4), (ids[1], None, None), (ids[2], None, None)]
+
+
+@contextlib.contextmanager
+def _at_revision(url: str, revision: str):
+    """An app on a database migrated up to `revision`; the test upgrades the rest of the way."""
+    app = _app(url)
     with app.app_context(), _logging_kept():
         try:
-            flask_migrate.upgrade(revision="0006")
-            with db.engine.begin() as conn:
-                org = _insert(conn, "organization", name="DSO")
-                practice = _insert(conn, "practice", organization_id=org, name="P")
-                _insert(conn, "practice_closure", practice_id=practice, day=dt.date(2031, 3, 5))
-                patient = _insert(conn, "patient", practice_id=practice, first_name="A", last_name="B")
-                stamps = [(dt.datetime(2031, 3, 3, 9), dt.datetime(2031, 3, 7, 15), dt.datetime(2031, 3, 10, 11)),
-                          (dt.datetime(2031, 3, 3, 9), None, None), (None, None, None)]
-                ids = [_insert(conn, "lab_case", number=f"LC-{n}", practice_id=practice, patient_id=patient,
-                               status="SENT", sent_at=sent, dispatched_at=dispatched, received_at=received)
-                       for n, (sent, dispatched, received) in enumerate(stamps)]
-            flask_migrate.upgrade()
-            with db.engine.connect() as conn:
-                found = conn.execute(sa.text(
-                    "SELECT id, sent_to_dispatched_bdays, sent_to_received_bdays FROM lab_case ORDER BY id")).all()
-            assert [tuple(r) for r in found] == [(ids[0], 3, 4), (ids[1], None, None), (ids[2], None, None)]
+            flask_migrate.upgrade(revision=revision)
+            yield
         finally:
             db.session.remove()
             db.engine.dispose()
+
+
+def _practice(conn, closed: dt.date | None = None) -> tuple[int, int]:
+    """(practice id, patient id): a practice of a new organisation, with a patient (and a closed day)."""
+    org = _insert(conn, "organization", name="DSO")
+    practice = _insert(conn, "practice", organization_id=org, name="P")
+    if closed:
+        _insert(conn, "practice_closure", practice_id=practice, day=closed)
+    return practice, _insert(conn, "patient", practice_id=practice, first_name="A", last_name="B")
+
+
+def _restorations_backfilled(url: str) -> None:
+    with _at_revision(url, "0015"):
+        with db.engine.begin() as conn:
+            practice, patient = _practice(conn)
+            ids = [_insert(conn, "lab_case", number=f"LC-{n}", practice_id=practice, patient_id=patient,
+                           status="SENT") for n in range(3)]
+            for position, restoration in enumerate(["night_guard", "crown", "night_guard"]):
+                _insert(conn, "case_item", case_id=ids[0], position=position, restoration=restoration)
+            _insert(conn, "case_item", case_id=ids[1], position=0, restoration="bridge")
+        flask_migrate.upgrade()
+        with db.engine.connect() as conn:
+            found = conn.execute(sa.text("SELECT id, restorations FROM lab_case ORDER BY id")).all()
+        assert [(r[0], json.loads(r[1])) for r in found] == [
+            (ids[0], ["crown", "night_guard"]), (ids[1], ["bridge"]), (ids[2], [])]
+
+
+def test_a_cases_restorations_are_backfilled_from_its_items(tmp_path):
+    """Migration 0016 stores each case's distinct restoration codes, sorted (portal/cases/models.py)."""
+    _restorations_backfilled(f"sqlite:///{tmp_path / 'restorations.sqlite3'}")
+
+
+def test_a_cases_restorations_are_backfilled_on_postgresql():
+    with _scratch_postgresql() as url:
+        _restorations_backfilled(url)

@@ -9,6 +9,7 @@ percentile_cont on PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from decimal import Decimal
 
@@ -19,8 +20,8 @@ from portal.audit.actor import Actor
 from portal.cases import lifecycle
 from portal.cases.catalog import REMAKE_PAYERS, REMAKE_REASONS
 from portal.cases.lifecycle import Status
-from portal.cases.models import LabCase
-from portal.cases.services import remake
+from portal.cases.models import CaseItem, LabCase
+from portal.cases.services import CaseData, ItemData, remake, update_case
 from portal.extensions import db
 from portal.practices.models import PracticeClosure
 from portal.reports import services, sql
@@ -283,3 +284,37 @@ def test_postgresql_connections_do_not_jit_compile(world):
     if db.engine.dialect.name != "postgresql":
         pytest.skip("JIT is PostgreSQL's")
     assert db.session.scalar(text("SHOW jit")) == "off"
+
+
+def _stored(case) -> list[str]:
+    """The case's restorations as the database holds them."""
+    db.session.expire_all()
+    return json.loads(db.session.scalar(select(LabCase.restorations).where(LabCase.id == case.id)))
+
+
+def test_a_cases_stored_restorations_follow_its_items(world):
+    """LabCase.restorations (what the figures group services by) is kept by every flush that adds,
+    changes or removes an item, whichever way: the case form, a remake, the ORM directly."""
+    case = made(world, world.labs["email"], None, restorations=("night_guard", "crown", "crown"))
+    db.session.commit()
+    assert _stored(case) == ["crown", "night_guard"]
+    items = [ItemData(teeth=["11"], restoration="bridge", material="zirconia")]
+    update_case(case, CaseData(patient_id=case.patient_id, provider_id=case.provider_id, lab_id=case.lab_id,
+                               items=items), Actor.user(world.users["coordinator"]))
+    db.session.commit()
+    assert _stored(case) == ["bridge"]
+    item = db.session.scalars(select(CaseItem).where(CaseItem.case_id == case.id)).one()
+    item.restoration = "denture"  # the item alone, its case not loaded with it
+    db.session.commit()
+    assert _stored(case) == ["denture"]
+    db.session.add(CaseItem(case_id=case.id, position=1, restoration="crown"))
+    db.session.commit()
+    assert _stored(case) == ["crown", "denture"]
+    db.session.delete(db.session.scalars(select(CaseItem).where(CaseItem.case_id == case.id,
+                                                                CaseItem.position == 0)).one())
+    db.session.commit()
+    assert _stored(case) == ["crown"]
+    sent = made(world, world.labs["email"], "2031-03-03", "2031-03-07", "2031-03-10", restorations=("implant_crown",))
+    redo = remake(sent, Actor.user(world.users["coordinator"]), "fit", "lab", "")
+    db.session.commit()
+    assert _stored(redo) == ["implant_crown"]
