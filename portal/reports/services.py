@@ -439,7 +439,8 @@ class Report:
 def build_report(practice_id, filters: ReportFilters, today: dt.date | None = None,
                  lab_names: Mapping[int, str] | None = None, *, percentiles: str | None = None) -> Report:
     """The report, its figures computed in the database (portal/reports/sql.py): one statement
-    (two on SQLite), plus one for the labs' names when `lab_names` is not given."""
+    (and a SET LOCAL before it on PostgreSQL), plus one for the labs' names when `lab_names` is
+    not given."""
     groups = sql.figures(practice_id, filters, today or dt.date.today(), percentiles=percentiles)
     return _report(groups, filters, lab_names)
 
@@ -469,8 +470,8 @@ class OrganisationReport:
 def build_organisation_report(organization_id: int, practices: list, filters: ReportFilters,
                               today: dt.date | None = None, lab_names: Mapping[int, str] | None = None,
                               *, percentiles: str | None = None) -> OrganisationReport:
-    """The DSO view's figures for `practices` (the organisation's, by name): one statement (two on
-    SQLite) whatever the number of practices, labs or cases."""
+    """The DSO view's figures for `practices` (the organisation's, by name): one statement (and a
+    SET LOCAL before it on PostgreSQL) whatever the number of practices, labs or cases."""
     # The practices' ids as a list, not a subquery: the planner then knows which rows it reads.
     groups = sql.figures([p.id for p in practices], filters, today or dt.date.today(),
                          across=True, percentiles=percentiles)
