@@ -174,6 +174,14 @@ def test_upgrade_on_a_fresh_postgresql_database_matches_the_models():
         _check_database(url)
 
 
+def test_the_reports_index_carries_the_case_id_on_postgresql():
+    """Alembic does not compare INCLUDE columns: the reports' index-only scan needs the id there
+    (migration 0017), as create_all makes it from the model."""
+    with _scratch_postgresql() as url, _at_revision(url, "head"):
+        found = db.session.scalar(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_lab_case_report'"))
+        assert found.endswith("INCLUDE (id)"), found
+
+
 def _insert(conn, table: str, **values) -> int:
     """A row with `values`, and a plain value in every other NOT NULL column (the models'
     defaults are Python-side, so the tables have none of their own)."""
