@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import delete, insert, text
 
 from portal import create_app
@@ -14,6 +15,11 @@ from portal.extensions import db as _db
 from portal.extensions import limiter
 
 from tests import factories
+
+# No per-example deadline for property tests: speed lives in bench/, and on a busy CI machine
+# Hypothesis' 200 ms default failed a correct test (tests/reports/test_stats.py) as DeadlineExceeded.
+settings.register_profile("labmanager", deadline=None)
+settings.load_profile("labmanager")
 
 # One audit-chain key for the test process and every worker or server it starts, so rows any of
 # them write verify here (without it each would generate its own into its instance/ folder).
