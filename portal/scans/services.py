@@ -143,24 +143,31 @@ def ingest(practice_id: int, order: VendorOrder, *, actor: Actor, source: str,
         db.session.add(scan)
     before = None if new else _summary(scan)
     previous_stage = None if new else scan.stage
-    files_changed = _apply(scan, order, key, source)  # flushed: the scan and its files have ids
+    _copy_report(scan, order, key, source)
+    # A new scan's patient is looked up before its row is written, so the row is inserted with it
+    # (not updated after); the match is audited after the scan.received row all the same.
+    matched = new and _find_patient(scan)
+    files_changed = _apply_files(scan, order.assets)  # flushed: the scan and its files have ids
     record("scan.received" if new else "scan.updated", "scan", scan.id, before=before, after=_summary(scan),
            actor=actor, practice_id=practice_id)
-    _link_bites(scan)  # after the row above took the chain head: these links go out with the next flush
-    if scan.inbox is InboxState.DISMISSED:
-        return Ingested(scan, "new" if new else "updated")
     case_action = ""
-    # Matching and placing read patients, requests, cases and appointments, none of which depend on
-    # the scan's pending changes: those go out with the next flush (creating a case flushes for its
-    # id) in one UPDATE, not one before each of these reads.
-    with db.session.no_autoflush:
-        if scan.patient_id is None:
-            _match_patient(scan, actor)
-        if scan.case_id is None and scan.patient_id is not None and not still_scanning(scan):
-            case_action = _place(scan, integration, actor, lookups)
-    if scan.case_id is not None:
-        _follow_stage(scan, previous_stage, files_changed, actor)
-    _settle(scan)
+    if scan.inbox is not InboxState.DISMISSED:
+        # Matching and placing read patients, requests, cases and appointments, none of which
+        # depend on the scan's pending changes: those go out with the next flush in one UPDATE, not
+        # one before each of these reads.
+        with db.session.no_autoflush:
+            if not new and scan.patient_id is None:
+                matched = _find_patient(scan)
+            if matched:
+                _audit_match(scan, actor)
+            if scan.case_id is None and scan.patient_id is not None and not still_scanning(scan):
+                case_action = _place(scan, integration, actor, lookups)
+        if scan.case_id is not None:
+            _follow_stage(scan, previous_stage, files_changed, actor)
+        _settle(scan)
+    # Last, so that creating a case (which flushes for its id) does not write them too: they go out
+    # with the scan's own changes when the order is committed.
+    _link_bites(scan)
     return Ingested(scan, "new" if new else "updated", case_action)
 
 
@@ -199,8 +206,8 @@ def _summary(scan: Scan) -> dict:
             "patient": scan.patient_label, "source": scan.source}
 
 
-def _apply(scan: Scan, order: VendorOrder, key: str, source: str) -> bool:
-    """Copy the report onto the scan; returns whether the set of current files changed."""
+def _copy_report(scan: Scan, order: VendorOrder, key: str, source: str) -> None:
+    """Copy the report's fields onto the scan (its files: _apply_files)."""
     scan.content_key, scan.source = key, source
     scan.status, scan.stage = order.status[:60], order.stage
     scan.vendor_updated_at = naive_utc(order.updated_at)
@@ -217,10 +224,11 @@ def _apply(scan: Scan, order: VendorOrder, key: str, source: str) -> bool:
     scan.due_date = order.due_date
     scan.history = json.dumps([{"status": s, "at": at.isoformat() if at else None} for s, at in order.history])
     scan.updated_at = utcnow()
-    return _apply_files(scan, order.assets)
 
 
 def _apply_files(scan: Scan, assets: tuple[Asset, ...]) -> bool:
+    """The report's files onto the scan, flushed (the new ones have ids; the caller links bites);
+    returns whether the set of current files changed."""
     current = {f.ref: f for f in scan.files if f.replaced_at is None}
     wanted = {a.ref: a for a in assets}
     now = utcnow()
@@ -276,13 +284,26 @@ def _link_bites(scan: Scan) -> None:
 # -- the patient ------------------------------------------------------------------------------------
 
 def _match_patient(scan: Scan, actor: Actor) -> None:
-    patient, how = match_patient(scan.practice_id, PatientRef(
-        scan.patient_first_name, scan.patient_last_name, scan.patient_chart_number, scan.patient_dob))
+    if _find_patient(scan):
+        _audit_match(scan, actor)
+
+
+def _find_patient(scan: Scan) -> bool:
+    """Put the scan on the practice's patient it is, if one matches for sure (the caller audits it:
+    _audit_match). Reading does not flush the scan's pending changes (a new scan is inserted with
+    its patient)."""
+    with db.session.no_autoflush:
+        patient, how = match_patient(scan.practice_id, scanner_ref(scan))
     if patient is None:
-        return
+        return False
     scan.patient_id, scan.matched_by = patient.id, how
     scan.patient = patient  # held, so creating the case finds it in the session instead of loading it again
-    record("scan.matched", "scan", scan.id, after={"patient_id": patient.id, "by": how,
+    return True
+
+
+def _audit_match(scan: Scan, actor: Actor) -> None:
+    patient = scan.patient
+    record("scan.matched", "scan", scan.id, after={"patient_id": patient.id, "by": scan.matched_by,
            "patient": patient.full_name}, actor=actor, practice_id=scan.practice_id)
 
 
