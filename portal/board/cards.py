@@ -68,7 +68,8 @@ def card_select(ids: FromClause | None = None) -> Select:
                   _failed_notice(OrderNotice.last_error).label("notice_error"),
                   _retrying(Dispatch.next_attempt_at).label("retrying_at"),
                   _retrying(Dispatch.last_error).label("retrying_error"), Patient.first_name,
-                  Patient.last_name, Patient.pms_standing, Lab.name.label("lab_name"), Appointment.starts_at.label("seat_at"))
+                  Patient.last_name, Patient.pms_standing, Lab.name.label("lab_name"),
+                  Appointment.starts_at.label("seat_at"))
     if ids is not None:
         stmt = stmt.select_from(ids).join(LabCase, LabCase.id == ids.c.id)
     return (

@@ -18,6 +18,7 @@ import httpx
 from flask import current_app
 
 from portal import outbound
+from portal.nul import without_nul
 
 # The one error type of outbound calls; str(exc) is fit for the integration's "last error".
 VendorError = outbound.OutboundError
@@ -81,35 +82,12 @@ def _detail(response: httpx.Response) -> str:
 
 def parsed(response: httpx.Response):
     """The response's JSON (ValueError when it is not JSON), with every NUL character taken out of
-    its strings: PostgreSQL's text cannot hold one (the row's insert would fail, and the whole
-    sync with it), and in a name, a note or an id it means nothing."""
+    its strings (portal/nul.py: PostgreSQL could not store the row, and the whole sync would fail)."""
     data = response.json()
     text = response.text
     if "\\u0000" in text or "\x00" in text:
-        data = _without_nul(data)
+        data = without_nul(data)
     return data
-
-
-def _without_nul(value):
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    return value
-
-
-def holds_nul(value) -> bool:
-    """Whether a string anywhere in parsed JSON holds a NUL character (a callback naming such an
-    id is refused: PostgreSQL cannot even look it up)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, list):
-        return any(holds_nul(v) for v in value)
-    if isinstance(value, dict):
-        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
-    return False
 
 
 def json_body(response: httpx.Response, vendor: str) -> dict:

@@ -4,8 +4,8 @@ A sync asks the adapter for the orders changed since the integration's cursor an
 in its own transaction, so one bad order never holds back the others and no write is open while
 the vendor is being called (portal/integrations/oauth.py needs that). What every order looks up
 again (the integration's labs and their services, the practice, its providers) is read once per
-sync (portal/scans/lookups.py), and the scans of a page of orders are looked up together. The cursor moves only after a
-whole poll succeeded; a failed poll records the vendor's reason on the integration (and an audit
+sync (portal/scans/lookups.py), and the scans of a page of orders are looked up together. The
+cursor moves only after a whole poll succeeded; a failed poll records the vendor's reason on the integration (and an audit
 row when it starts or stops failing) and the next sweep tries again.
 
 An order the adapter could not read (a malformed ORDER) is skipped and recorded (an audit row, the

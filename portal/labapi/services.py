@@ -34,6 +34,7 @@ from portal.dispatch.notices import release_next
 from portal.extensions import db
 from portal.labs.models import Lab, LabSecret
 from portal.messages.services import record_lab_message
+from portal.nul import holds_nul
 from portal.queue import APPLY_LAB_EVENTS, enqueue_now, enqueue_once_after_commit, get_queue
 
 REQUIRED = {
@@ -117,22 +118,11 @@ def _parse_time(value) -> dt.datetime:
     return when
 
 
-def _holds_nul(value: object) -> bool:
-    """A NUL anywhere in the event's strings (PostgreSQL's text cannot hold one)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
-
-
 def parse(body: object) -> dict:
     """Check the shape of an event; returns the fields used. Raises EventError."""
     if not isinstance(body, dict):
         raise EventError("the body must be a JSON object")
-    if _holds_nul(body):
+    if holds_nul(body):
         raise EventError("text must not contain NUL characters (\\u0000)")
     for name in ("event_id", "order_id", "type", "occurred_at"):
         if not isinstance(body.get(name), str) or not body[name].strip():

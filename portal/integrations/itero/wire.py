@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from portal.integrations.http import VendorError, holds_nul
+from portal.integrations.http import VendorError
+from portal.nul import holds_nul
 from portal.integrations.vendor import Asset, Jaw, OrderStage, PatientRef, RxItem, Vendor, VendorOrder
 from portal.scans.services import restoration_for
 

@@ -38,9 +38,10 @@ from urllib.parse import urlencode
 from portal import keyring as crypto
 from portal.integrations import oauth
 from portal.integrations.base import CallbackRejected, Notice, ScannerAdapter
-from portal.integrations.http import VendorError, call, check_host, holds_nul, json_body
+from portal.integrations.http import VendorError, call, check_host, json_body
 from portal.integrations.medit import wire
 from portal.integrations.vendor import Vendor, VendorOrder
+from portal.nul import holds_nul
 from portal.practices.models import utcnow
 
 log = logging.getLogger(__name__)
