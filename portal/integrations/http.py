@@ -84,8 +84,8 @@ def parsed(response: httpx.Response):
     """The response's JSON (ValueError when it is not JSON), with every NUL character taken out of
     its strings (portal/nul.py: PostgreSQL could not store the row, and the whole sync would fail)."""
     data = response.json()
-    text = response.text
-    if "\\u0000" in text or "\x00" in text:
+    body = response.content  # searched as bytes: no second decode of every answer
+    if b"\\u0000" in body or b"\x00" in body:
         data = without_nul(data)
     return data
 
