@@ -80,10 +80,12 @@ def on_edited(event: CaseEdited) -> None:
         arm(event.case, "due_date", event.actor)
 
 
-def arm(case: LabCase, reason: str, actor: Actor | None = None, only_if_known: bool = False) -> PmsLabCase | None:
+def arm(case: LabCase, reason: str, actor: Actor | None = None, only_if_known: bool = False,
+        integration: ScannerIntegration | None = None) -> PmsLabCase | None:
     """Ask for a write of `case` to its practice's PMS after the commit (None: it has none, or
-    `only_if_known` and the PMS was never asked for this case's lab case)."""
-    integration = pms_of(case.practice_id)
+    `only_if_known` and the PMS was never asked for this case's lab case). `integration`: the
+    practice's PMS when the caller holds it already."""
+    integration = integration or pms_of(case.practice_id)
     if integration is None:
         return None
     row = db.session.scalar(select(PmsLabCase).where(PmsLabCase.integration_id == integration.id,
@@ -139,7 +141,7 @@ def write_open_cases(integration: ScannerIntegration, actor: Actor, limit: int =
     been sent (at most `limit` at a time; the page says how many are left)."""
     cases = list(db.session.scalars(_unwritten(integration).limit(limit)))
     for case in cases:
-        arm(case, "connected", actor)
+        arm(case, "connected", actor, integration=integration)
     record("pms.open_cases_queued", "scanner_integration", integration.id, after={"cases": len(cases)},
            actor=actor, practice_id=integration.practice_id)
     return len(cases)
